@@ -1,0 +1,26 @@
+"""hybrids: a model zoo for hybrid sequence models (SSMs, selective-scan RNNs, sparse attention).
+
+Kept light on purpose: importing ``hybrids.kernels`` runs this file first, and kernels must not
+pull in Lightning. The heavy names load on first use.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "LanguageModel": ("hybrids.lit", "LanguageModel"),
+    "HybridLM": ("hybrids.model", "HybridLM"),
+    "ConfigError": ("hybrids.spec", "ConfigError"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'hybrids' has no attribute {name!r}")

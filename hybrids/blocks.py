@@ -1,0 +1,60 @@
+"""The residual block: pre-norm -> mixer -> residual, then (optionally) pre-norm -> MLP -> residual."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.mixers.base import State
+
+MLP_KINDS = ("swiglu", "gelu")
+
+
+class MLP(nn.Module):
+    """Channel mixer: SwiGLU (``silu(x W1) * (x W3)) W2``) or a plain GELU MLP of width ``hidden``."""
+
+    def __init__(self, d_model: int, hidden: int, kind: str = "swiglu") -> None:
+        super().__init__()
+        if kind not in MLP_KINDS:
+            raise ValueError(f"mlp: unknown kind {kind!r}; choose one of {MLP_KINDS}")
+        self.kind = kind
+        self.up = nn.Linear(d_model, 2 * hidden if kind == "swiglu" else hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        else:
+            h = F.gelu(h)
+        return self.down(h)
+
+
+class Block(nn.Module):
+    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))``; ``mlp=None`` leaves the MLP out.
+
+    ``step`` runs the same computation for one token through the mixer's recurrent form.
+    """
+
+    def __init__(self, d_model: int, mixer: nn.Module, mlp: nn.Module | None = None, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(d_model)
+        self.mixer = mixer
+        self.mlp_norm = nn.RMSNorm(d_model) if mlp is not None else None
+        self.mlp = mlp
+        self.dropout = nn.Dropout(dropout)
+
+    def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None:
+            return x
+        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.mixer(self.mixer_norm(x)))
+        return self._mlp_residual(x)
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, state = self.mixer.step(self.mixer_norm(x), state)
+        return self._mlp_residual(x + self.dropout(y)), state

@@ -1,0 +1,137 @@
+"""The ``hybrids`` command (and ``python -m hybrids``): LightningCLI over a model and a data module.
+
+    hybrids fit -c configs/transformer.yaml
+    hybrids fit -c configs/transformer.yaml --ckpt_path last      # resume the newest run
+    hybrids test -c configs/transformer.yaml --ckpt_path last
+    hybrids fit -c configs/transformer.yaml --print_config
+
+Defaults: CSV logs under ``runs/<name>/version_N`` (no network), a progress bar, and a checkpoint
+per epoch with ``last.ckpt`` (``--checkpoint.*`` configures it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from hybrids.lit import LanguageModel
+from hybrids.spec import ConfigError
+
+DEFAULT_TRAINER = {
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hybrids"}},
+    "max_epochs": 10,
+}
+
+
+def find_last_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest ``last*.ckpt`` among every version of this run's logger directory.
+
+    Lightning resolves ``ckpt_path="last"`` inside the *new* version's directory, which is empty,
+    so a plain ``--ckpt_path last`` would silently start from scratch; we look one level up.
+    """
+    roots = []
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "root_dir", None):
+        roots.append(Path(logger.root_dir))
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.dirpath:
+        roots.append(Path(callback.dirpath))
+    candidates = [p for root in roots if root.exists() for p in root.rglob("last*.ckpt")]
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+class HybridsCLI(LightningCLI):
+    """LightningCLI with the data module's vocabulary wired into the model and clear config errors."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ConfigError as err:
+            # Model errors name keys relative to the model's init_args.
+            self.parser.error(f"model.init_args.{err.key}: {err.message}")
+        except ValueError as err:
+            if "data" in self.config.get(self.subcommand, self.config) and _raised_by_data(err):
+                self.parser.error(f"data.init_args: {err}")
+            raise
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            found = find_last_checkpoint(self.trainer)
+            if found is None:
+                rank_zero_warn("--ckpt_path last: no last checkpoint found for this run; starting from scratch")
+                kwargs["ckpt_path"] = None
+            else:
+                rank_zero_info(f"hybrids: resuming from {found}")
+                kwargs["ckpt_path"] = str(found)
+        return kwargs
+
+    def after_fit(self) -> None:
+        print_summary(self.trainer, self.model, stage="val")
+
+    def after_validate(self) -> None:
+        print_summary(self.trainer, self.model, stage="val")
+
+    def after_test(self) -> None:
+        print_summary(self.trainer, self.model, stage="test")
+
+
+def _raised_by_data(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if "hybrids/data/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> None:
+    """One line with the figures a researcher compares: accuracy, parameters, state size."""
+    if trainer.sanity_checking or not trainer.is_global_zero:
+        return
+    metrics = trainer.callback_metrics
+    parts = []
+    acc = metrics.get(f"{stage}/acc")
+    if acc is not None:
+        parts.append(f"{stage} accuracy {float(acc):.4f}")
+    if hasattr(model, "num_parameters"):
+        parts.append(f"parameters {model.num_parameters():,}")
+    seq_len = getattr(trainer.datamodule, "seq_len", None)
+    if seq_len is not None and hasattr(model, "state_size"):
+        parts.append(f"recurrent state {model.state_size(seq_len):,} elements/sequence at seq_len {seq_len}")
+    if trainer.log_dir:
+        parts.append(f"logs {trainer.log_dir}")
+    print("hybrids: " + " | ".join(parts), flush=True)
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
+    """Parse ``args`` (default ``sys.argv[1:]``), instantiate, and run the subcommand if ``run``."""
+    return HybridsCLI(
+        LanguageModel,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=DEFAULT_TRAINER,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main() -> None:
+    """Entry point of the ``hybrids`` console script and of ``python -m hybrids``."""
+    build_cli()
+
+
+if __name__ == "__main__":
+    main()

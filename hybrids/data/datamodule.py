@@ -1,0 +1,86 @@
+"""LightningDataModules for synthetic tasks."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
+
+
+class MQAR(L.LightningDataModule):
+    """Multi-query associative recall (see :func:`hybrids.data.mqar.multiquery_ar`).
+
+    The training and test sets are generated from different seeds (``seed`` and ``seed + 1``),
+    so the test set holds fresh key-value assignments. Validation uses the test set, as zoology
+    does: there is no hyper-parameter search here to keep it apart from.
+
+    Args:
+        seq_len: tokens per example (even, at least ``4 * num_kv_pairs``).
+        num_kv_pairs: key-value pairs per example, each queried once.
+        vocab_size: keys from ``[1, vocab_size // 2)``, values from ``[vocab_size // 2, vocab_size)``.
+        num_train_examples, num_test_examples: sizes of the two sets.
+        batch_size: examples per batch.
+        power_a: exponent of the query-gap law ``p(g) ~ g^(power_a - 1)``; small = more short gaps.
+        random_non_queries: fill non-query positions with random tokens instead of 0.
+        seed: seed of the training set; the test set uses ``seed + 1``.
+        num_workers: DataLoader workers (0: in the main process, fastest for in-memory tensors).
+    """
+
+    def __init__(
+        self,
+        seq_len: int = 64,
+        num_kv_pairs: int = 4,
+        vocab_size: int = 128,
+        num_train_examples: int = 20_000,
+        num_test_examples: int = 1_000,
+        batch_size: int = 64,
+        power_a: float = 0.01,
+        random_non_queries: bool = True,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
+        if num_train_examples <= 0 or num_test_examples <= 0 or batch_size <= 0:
+            raise ValueError("num_train_examples, num_test_examples and batch_size must be positive")
+        self.save_hyperparameters()
+        self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.train_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+
+    def _generate(self, num_examples: int, seed: int) -> TensorDataset:
+        hp = self.hparams
+        inputs, labels = multiquery_ar(
+            num_examples, hp.seq_len, hp.num_kv_pairs, hp.vocab_size, hp.power_a, hp.random_non_queries, seed
+        )
+        return TensorDataset(inputs, labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._generate(self.hparams.num_train_examples, self.hparams.seed)
+        if self.test_set is None:
+            self.test_set = self._generate(self.hparams.num_test_examples, self.hparams.seed + 1)
+
+    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

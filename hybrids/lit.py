@@ -1,0 +1,152 @@
+"""The LightningModule that trains a :class:`~hybrids.model.HybridLM` on labelled token streams."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from hybrids.model import HybridLM
+
+IGNORE_INDEX = -100
+
+
+class LanguageModel(L.LightningModule):
+    """A hybrid stack trained with next-token cross-entropy on labelled positions.
+
+    Batches are ``(inputs, labels)``, both (B, L) int64; positions whose label is -100 count in
+    neither loss nor accuracy (MQAR labels only the values to recall).
+
+    Args:
+        vocab_size: set from the data module by the CLI (``data.vocab_size``).
+        d_model, n_layers, pattern, mixers, mlp, mlp_expand, dropout, tie_embeddings: the stack, see
+            :class:`~hybrids.model.HybridLM`.
+        lr: peak learning rate of AdamW.
+        weight_decay: applied to matrices only (``ndim >= 2``), not to norms, biases or vectors, nor
+            to parameters a mixer marks with ``_no_weight_decay = True``.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 128,
+        n_layers: int | None = None,
+        pattern: str = "A",
+        mixers: dict[str, dict[str, Any]] | None = None,
+        mlp: str = "swiglu",
+        mlp_expand: float = 2.0,
+        dropout: float = 0.0,
+        tie_embeddings: bool = True,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = HybridLM(
+            vocab_size=vocab_size,
+            d_model=d_model,
+            pattern=pattern,
+            mixers=mixers,
+            n_layers=n_layers,
+            mlp=mlp,
+            mlp_expand=mlp_expand,
+            dropout=dropout,
+            tie_embeddings=tie_embeddings,
+        )
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        inputs, labels = batch
+        logits = self.model(inputs)  # (B, L, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        labelled = labels != IGNORE_INDEX
+        n = int(labelled.sum())
+        correct = (logits.argmax(-1) == labels) & labelled
+        # Weighting each batch's mean by its labelled-token count makes the epoch value the exact
+        # token accuracy over the whole set.
+        acc = correct.sum() / max(n, 1)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=max(n, 1))
+        self.log(f"{stage}/acc", acc, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=max(n, 1))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch, batch_idx):
+        """Greedy predictions (B, L) for the inputs of a batch."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.model(inputs).argmax(-1)
+
+    # -- accounting ------------------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    def state_size(self, seq_len: int) -> int:
+        return self.model.state_size(seq_len)
+
+    def data_seq_len(self) -> int | None:
+        """The sequence length of the attached data module, if it declares one."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return getattr(datamodule, "seq_len", None)
+
+    def on_fit_start(self) -> None:
+        # self.log is not allowed in this hook; the loggers take the figures directly. They are
+        # logged once per run so that analysis code can read them next to the accuracy.
+        figures: dict[str, float] = {"params": self.num_parameters()}
+        seq_len = self.data_seq_len()
+        if seq_len is not None:
+            figures["state_size"] = self.state_size(seq_len)
+            figures["seq_len"] = seq_len
+        for logger in self.loggers:
+            logger.log_metrics(figures, step=0)
+
+    # -- optimisation ----------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(hp.warmup_steps, total // 2)
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

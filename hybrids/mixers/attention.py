@@ -1,0 +1,103 @@
+"""Causal multi-head attention with optional grouped KV heads and rotary positions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.kernels import apply_rotary, rotary_cos_sin
+from hybrids.mixers.base import Mixer, State
+
+
+class Attention(Mixer):
+    """Full causal self-attention; ``step`` decodes with a KV cache.
+
+    Args:
+        d_model: model width.
+        heads: query heads.
+        kv_heads: key/value heads (grouped-query attention); defaults to ``heads``.
+        head_dim: width of a head; defaults to ``d_model // heads``.
+        rotary: apply rotary position embeddings to queries and keys.
+        rotary_base: RoPE base frequency.
+        bias: biases in the projections.
+        dropout: dropout on attention weights while training.
+
+    The recurrent state is the K and V of every token seen, so ``state_size`` grows linearly:
+    ``2 * kv_heads * head_dim * seq_len``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 4,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        rotary: bool = True,
+        rotary_base: float = 10000.0,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(d_model)
+        kv_heads = heads if kv_heads is None else kv_heads
+        if heads <= 0 or kv_heads <= 0:
+            raise ValueError(f"heads and kv_heads must be positive, got heads={heads}, kv_heads={kv_heads}")
+        if head_dim is None:
+            if d_model % heads:
+                raise ValueError(
+                    f"heads: d_model={d_model} is not divisible by heads={heads}; "
+                    "pick heads that divide d_model, or set head_dim"
+                )
+            head_dim = d_model // heads
+        if heads % kv_heads:
+            raise ValueError(f"kv_heads: heads={heads} is not divisible by kv_heads={kv_heads}")
+        if rotary and head_dim % 2:
+            raise ValueError(f"head_dim: rotary positions need an even head_dim, got {head_dim}")
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.rotary, self.rotary_base, self.dropout = rotary, rotary_base, dropout
+        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * kv_heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
+
+    def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, L, d_model) -> q (B, H, L, hd), k and v (B, Hkv, L, hd), rotated from ``start``."""
+        b, length, _ = x.shape
+        q = self.q_proj(x).view(b, length, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv_proj(x).view(b, length, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            positions = torch.arange(start, start + length, device=x.device)
+            cos, sin = rotary_cos_sin(positions, self.head_dim, self.rotary_base, dtype=x.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+            enable_gqa=self.kv_heads != self.heads,
+        )  # (B, H, Lq, hd)
+        b, _, lq, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(b, lq, self.heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._project(x, start=0)
+        return self._attend(q, k, v, causal=True)
+
+    def init_state(self, batch_size: int) -> State:
+        empty = torch.empty(batch_size, self.kv_heads, 0, self.head_dim, **self._factory())
+        return {"k": empty, "v": empty.clone()}
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        # The cache grows by concatenation: simple, and exact about what is held. A decoder that
+        # knows its final length could preallocate; at the lengths of this zoo it does not matter.
+        q, k, v = self._project(x[:, None, :], start=state["k"].shape[2])
+        k = torch.cat((state["k"], k), dim=2)
+        v = torch.cat((state["v"], v), dim=2)
+        # One query attends to every cached key: no mask needed.
+        return self._attend(q, k, v, causal=False)[:, 0], {"k": k, "v": v}
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * self.kv_heads * self.head_dim * seq_len

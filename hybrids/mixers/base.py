@@ -1,0 +1,68 @@
+"""The mixer interface shared by every sequence mixer of the zoo (DESIGN.md).
+
+A mixer maps ``(batch, L, d_model) -> (batch, L, d_model)`` and has a recurrent form::
+
+    y = mixer(x)                                  # parallel over L
+    state = mixer.init_state(batch_size)          # empty recurrent cache
+    y_t, state = mixer.step(x_t, state)           # (batch, d_model) -> (batch, d_model)
+    n = mixer.state_size(seq_len)                 # state elements per sequence after seq_len tokens
+
+``forward`` and ``step`` over the same tokens give the same outputs. A state is a dict of tensors
+whose leading dimension is the batch (plus, where needed, plain Python ints such as a position),
+so that it can be counted, moved and reordered without knowing the mixer.
+
+User mixers need not subclass :class:`Mixer`: the model only needs ``forward`` to train, and the
+other three methods for decoding and for state-size accounting. Subclassing gives the checks.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+from torch import nn
+
+State = dict[str, Any]
+
+
+class Mixer(nn.Module, abc.ABC):
+    """Base class of sequence mixers. Constructors take ``d_model`` as their first argument."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        if d_model <= 0:
+            raise ValueError(f"d_model must be positive, got {d_model}")
+        self.d_model = d_model
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, L, d_model) -> (batch, L, d_model), causal."""
+
+    @abc.abstractmethod
+    def init_state(self, batch_size: int) -> State:
+        """The empty recurrent state for ``batch_size`` sequences, on the mixer's device."""
+
+    @abc.abstractmethod
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token: x (batch, d_model) -> y (batch, d_model) and the updated state."""
+
+    @abc.abstractmethod
+    def state_size(self, seq_len: int) -> int:
+        """Elements of recurrent state one sequence holds after ``seq_len`` tokens."""
+
+    def _factory(self) -> dict[str, Any]:
+        """device and dtype of the mixer's parameters, for allocating states."""
+        p = next(self.parameters())
+        return {"device": p.device, "dtype": p.dtype}
+
+
+def state_elements(state: Any) -> int:
+    """Total number of floating-point tensor elements in a (nested) state, all sequences."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() if state.is_floating_point() or state.is_complex() else 0
+    if isinstance(state, dict):
+        return sum(state_elements(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_elements(v) for v in state)
+    return 0

@@ -1,0 +1,95 @@
+"""Build mixers from ``class_path`` / ``init_args`` specs, with errors that name the config key.
+
+A spec is what a YAML stack gives under ``mixers``::
+
+    A: {class_path: hybrids.mixers.Attention, init_args: {heads: 4}}
+
+Any importable class works, ours or a user's: there is no registry. ``d_model`` is passed by the
+model, so specs never repeat it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``key`` is the dotted config key at fault (relative to the model)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+def import_class(path: str, key: str) -> type:
+    """Import ``package.module.Class``; ConfigError naming ``key`` if it cannot be found."""
+    module_name, _, class_name = path.rpartition(".")
+    if not module_name:
+        raise ConfigError(key, f"class_path {path!r} must be a dotted path such as 'hybrids.mixers.Attention'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(key, f"cannot import module {module_name!r} for class_path {path!r} ({err})") from err
+    if not hasattr(module, class_name):
+        public = [n for n in dir(module) if not n.startswith("_") and isinstance(getattr(module, n), type)]
+        close = difflib.get_close_matches(class_name, public, n=1)
+        hint = f"; did you mean {module_name}.{close[0]}?" if close else ""
+        raise ConfigError(key, f"module {module_name!r} has no class {class_name!r}{hint}")
+    cls = getattr(module, class_name)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(key, f"{path!r} is not a torch.nn.Module class")
+    return cls
+
+
+def _check_init_args(cls: type, init_args: Mapping[str, Any], key: str) -> None:
+    """Reject unknown argument names before construction, with a suggestion."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n in params if n not in ("self", "d_model")]
+    for name in init_args:
+        if name == "d_model":
+            raise ConfigError(f"{key}.d_model", "is set by the model (model.d_model); remove it from the mixer spec")
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{key}.{name}", f"unknown argument of {cls.__name__}; {hint}accepted: {accepted}")
+
+
+def build_mixer(spec: Mapping[str, Any], d_model: int, key: str) -> nn.Module:
+    """Instantiate one mixer spec for width ``d_model``. ``key`` is the spec's config key."""
+    if not isinstance(spec, Mapping) or "class_path" not in spec:
+        raise ConfigError(key, f"a mixer spec needs 'class_path' (and optionally 'init_args'), got {spec!r}")
+    extra = set(spec) - {"class_path", "init_args"}
+    if extra:
+        raise ConfigError(key, f"unexpected keys {sorted(extra)}; a spec has only 'class_path' and 'init_args'")
+    cls = import_class(spec["class_path"], f"{key}.class_path")
+    init_args = dict(spec.get("init_args") or {})
+    _check_init_args(cls, init_args, f"{key}.init_args")
+    try:
+        return cls(d_model, **init_args)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{key}.init_args", f"{cls.__name__}(d_model={d_model}, **{init_args}) failed: {err}") from err
+
+
+def expand_pattern(pattern: str, n_layers: int | None, letters: Mapping[str, Any]) -> str:
+    """The per-layer letters: ``pattern`` repeated (and cut) to ``n_layers`` (default: its length)."""
+    if not pattern:
+        raise ConfigError("pattern", "must name at least one layer, e.g. 'A' or 'MA'")
+    missing = sorted(set(pattern) - set(letters))
+    if missing:
+        raise ConfigError(
+            "pattern",
+            f"letters {missing} have no mixer; define them under 'mixers' (defined: {sorted(letters)})",
+        )
+    n_layers = len(pattern) if n_layers is None else n_layers
+    if n_layers <= 0:
+        raise ConfigError("n_layers", f"must be positive, got {n_layers}")
+    return (pattern * (n_layers // len(pattern) + 1))[:n_layers]

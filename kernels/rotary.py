@@ -1,0 +1,38 @@
+"""Rotary position embeddings (RoPE, Su et al. 2021) as pure tensor functions.
+
+We use the "rotate half" layout: the head dimension is split into two halves that form the real
+and imaginary parts of ``head_dim // 2`` complex numbers, each rotated by ``pos * theta_i`` with
+``theta_i = base ** (-2 i / rotary_dim)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rotary_cos_sin(
+    positions: torch.Tensor, rotary_dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for integer ``positions`` of shape (L,): each (L, rotary_dim // 2).
+
+    Angles are computed in float32 (float64 if asked for) so that large positions stay exact
+    enough, and only then cast to ``dtype``.
+    """
+    if rotary_dim % 2:
+        raise ValueError(f"rotary_dim must be even, got {rotary_dim}")
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    inv_freq = base ** (-torch.arange(0, rotary_dim, 2, device=positions.device, dtype=work) / rotary_dim)
+    angles = positions.to(work)[:, None] * inv_freq[None, :]  # (L, rotary_dim/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` of shape (..., L, head_dim) by tables of shape (L, r/2), r <= head_dim.
+
+    Only the first ``r = 2 * cos.shape[-1]`` channels are rotated (partial rotary); the rest pass
+    through unchanged.
+    """
+    half = cos.shape[-1]
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
