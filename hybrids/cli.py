@@ -56,13 +56,11 @@ class HybridsCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except ConfigError as err:
-            # Model errors name keys relative to the model's init_args.
-            self.parser.error(f"model.init_args.{err.key}: {err.message}")
-        except ValueError as err:
-            if "data" in self.config.get(self.subcommand, self.config) and _raised_by_data(err):
-                self.parser.error(f"data.init_args: {err}")
-            raise
+        except Exception as err:  # jsonargparse wraps what the classes raise; find our own error
+            located = locate_config_error(err)
+            if located is None:
+                raise
+            self.parser.error(located)
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
@@ -86,13 +84,26 @@ class HybridsCLI(LightningCLI):
         print_summary(self.trainer, self.model, stage="test")
 
 
-def _raised_by_data(err: BaseException) -> bool:
+def locate_config_error(err: BaseException) -> str | None:
+    """``"<section>.init_args.<key>: <message>"`` for a ConfigError in ``err``'s cause chain.
+
+    ConfigError keys are relative to the class that raised them; the section (``model`` or
+    ``data``) is found from the object under construction in the traceback.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen and not isinstance(err, ConfigError):
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    if not isinstance(err, ConfigError):
+        return None
+    section = "model"
     tb = err.__traceback__
     while tb is not None:
-        if "hybrids/data/" in tb.tb_frame.f_code.co_filename.replace("\\", "/"):
-            return True
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, L.LightningDataModule):
+            section = "data"
         tb = tb.tb_next
-    return False
+    return f"{section}.init_args.{err.key}: {err.message}"
 
 
 def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> None:

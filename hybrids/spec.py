@@ -76,6 +76,10 @@ def build_mixer(spec: Mapping[str, Any], d_model: int, key: str) -> nn.Module:
     try:
         return cls(d_model, **init_args)
     except (ValueError, TypeError) as err:
+        # Our mixers start their messages with the argument at fault ("heads: ..."): name its key.
+        named, _, rest = str(err).partition(": ")
+        if rest and named in inspect.signature(cls.__init__).parameters:
+            raise ConfigError(f"{key}.init_args.{named}", f"{rest} (in {cls.__name__}(d_model={d_model}, ...))") from err
         raise ConfigError(f"{key}.init_args", f"{cls.__name__}(d_model={d_model}, **{init_args}) failed: {err}") from err
 
 

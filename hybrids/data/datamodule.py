@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
+from hybrids.spec import ConfigError
 
 
 class MQAR(L.LightningDataModule):
@@ -43,8 +44,10 @@ class MQAR(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
-        if num_train_examples <= 0 or num_test_examples <= 0 or batch_size <= 0:
-            raise ValueError("num_train_examples, num_test_examples and batch_size must be positive")
+        for name, value in [("num_train_examples", num_train_examples), ("num_test_examples", num_test_examples),
+                            ("batch_size", batch_size), ("power_a", power_a)]:
+            if value <= 0:
+                raise ConfigError(name, f"must be positive, got {value}")
         self.save_hyperparameters()
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -20,23 +20,26 @@ from __future__ import annotations
 
 import torch
 
+from hybrids.spec import ConfigError
+
 IGNORE_INDEX = -100
 
 
 def check_mqar_arguments(seq_len: int, num_kv_pairs: int, vocab_size: int) -> None:
-    """Raise ValueError, naming the argument, for settings that cannot produce examples."""
+    """Raise ConfigError (a ValueError) naming the argument, for settings that give no examples."""
     if num_kv_pairs <= 0:
-        raise ValueError(f"num_kv_pairs must be positive, got {num_kv_pairs}")
+        raise ConfigError("num_kv_pairs", f"must be positive, got {num_kv_pairs}")
     if seq_len % 2:
-        raise ValueError(f"seq_len must be even, got {seq_len}")
+        raise ConfigError("seq_len", f"must be even, got {seq_len}")
     if 4 * num_kv_pairs > seq_len:
-        raise ValueError(
-            f"seq_len={seq_len} is too short for num_kv_pairs={num_kv_pairs}: need seq_len >= 4 * num_kv_pairs"
+        raise ConfigError(
+            "seq_len", f"{seq_len} is too short for num_kv_pairs={num_kv_pairs}: need seq_len >= 4 * num_kv_pairs"
         )
     if vocab_size // 2 - 1 < num_kv_pairs or vocab_size - vocab_size // 2 < num_kv_pairs:
-        raise ValueError(
-            f"vocab_size={vocab_size} has too few keys or values for num_kv_pairs={num_kv_pairs}: "
-            f"need vocab_size >= 2 * num_kv_pairs + 2"
+        raise ConfigError(
+            "vocab_size",
+            f"{vocab_size} has too few keys or values for num_kv_pairs={num_kv_pairs}: "
+            "need vocab_size >= 2 * num_kv_pairs + 2",
         )
 
 
@@ -47,7 +50,7 @@ def _sample_without_replacement(logits: torch.Tensor, k: int, generator: torch.G
     draws without replacement. logits (n, m) -> indices (n, k).
     """
     uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64).clamp_min(1e-300)
-    gumbel = -torch.log(-torch.log(uniform).clamp_min(1e-300))
+    gumbel = -torch.log((-torch.log(uniform)).clamp_min(1e-300))
     return (logits + gumbel).topk(k, dim=1).indices
 
 
@@ -63,7 +66,7 @@ def multiquery_ar(
     """MQAR examples: (inputs, labels), both (num_examples, seq_len) int64. Deterministic by seed."""
     check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
     if not 0 < power_a:
-        raise ValueError(f"power_a must be positive, got {power_a}")
+        raise ConfigError("power_a", f"must be positive, got {power_a}")
     g = torch.Generator().manual_seed(seed)
     n, pairs = num_examples, num_kv_pairs
     context = 2 * pairs

@@ -1,0 +1,21 @@
+import os
+import sys
+
+import pytest
+import torch
+
+# Lightning and the notebook should never try the network or a GPU in tests.
+os.environ.setdefault("PYTORCH_LIGHTNING_DISABLE_TIPS", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run the test from an empty folder, so that CLI runs write their logs there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["hybrids"])  # LightningCLI(args=...) warns about pytest's argv
+    return tmp_path

@@ -1,0 +1,115 @@
+"""The ``hybrids`` command: every config runs, bad configs fail early and clearly, runs resume."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hybrids.cli import build_cli
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def tiny_fit(config: Path, *extra: str) -> list[str]:
+    """fit arguments for a run of a few batches of small data."""
+    return [
+        "fit", "-c", str(config), *QUIET,
+        "--data.init_args.num_train_examples=64", "--data.init_args.num_test_examples=32",
+        "--data.init_args.batch_size=16", *extra,
+    ]
+
+
+def test_there_are_configs():
+    assert any(c.name == "transformer.yaml" for c in CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_parses_and_runs_fast_dev_run(config, in_tmp):
+    cli = build_cli(["fit", "-c", str(config), "--trainer.fast_dev_run=true", *QUIET])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+
+
+def write_config(tmp: Path, edit) -> Path:
+    config = yaml.safe_load((CONFIGS[0].parent / "transformer.yaml").read_text())
+    edit(config)
+    path = tmp / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _set_mixer(config, **init_args):
+    config["model"]["init_args"]["mixers"]["A"]["init_args"].update(init_args)
+
+
+BAD_CONFIGS = {
+    "unknown-class": (
+        lambda c: c["model"]["init_args"]["mixers"]["A"].update(class_path="hybrids.mixers.Atention"),
+        "model.init_args.mixers.A.class_path",
+    ),
+    "letter-without-mixer": (
+        lambda c: c["model"]["init_args"].update(pattern="AM"),
+        "model.init_args.pattern",
+    ),
+    "heads-do-not-divide-d_model": (lambda c: _set_mixer(c, heads=3), "model.init_args.mixers.A.init_args.heads"),
+    "misspelt-argument": (lambda c: _set_mixer(c, head=2), "model.init_args.mixers.A.init_args.head"),
+    "data-too-short": (lambda c: c["data"]["init_args"].update(num_kv_pairs=40), "data.init_args.seq_len"),
+    "unknown-data-class": (lambda c: c["data"].update(class_path="hybrids.data.MQR"), "data"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_CONFIGS)
+def test_bad_config_fails_before_training_naming_the_key(name, in_tmp, capsys):
+    edit, key = BAD_CONFIGS[name]
+    with pytest.raises(SystemExit) as info:
+        build_cli(["fit", "-c", str(write_config(in_tmp, edit)), *QUIET])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert key in err
+    assert not (in_tmp / "runs").exists(), "nothing may be trained or logged"
+
+
+def test_fit_logs_figures_and_resumes_from_last(in_tmp, capsys):
+    config = CONFIGS[0].parent / "transformer.yaml"
+    first = build_cli(tiny_fit(config, "--trainer.max_epochs=1"))
+    assert first.trainer.global_step == 4
+    out = capsys.readouterr().out
+    assert "val accuracy" in out and "parameters" in out and "recurrent state" in out
+    log_dir = Path(first.trainer.log_dir)
+    assert (log_dir / "checkpoints" / "last.ckpt").exists()
+    metrics = (log_dir / "metrics.csv").read_text()
+    assert "state_size" in metrics and "params" in metrics and "val/acc" in metrics
+
+    resumed = build_cli(tiny_fit(config, "--trainer.max_epochs=2", "--ckpt_path=last"))
+    assert resumed.trainer.current_epoch == 2
+    assert resumed.trainer.global_step == 8, "resumed at step 4, not from scratch"
+
+
+def test_ckpt_path_last_without_checkpoint_starts_from_scratch(in_tmp):
+    config = CONFIGS[0].parent / "transformer.yaml"
+    with pytest.warns(UserWarning, match="no last checkpoint"):
+        cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--ckpt_path=last"))
+    assert cli.trainer.global_step == 4
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_evaluation_subcommands(subcommand, in_tmp):
+    config = CONFIGS[0].parent / "transformer.yaml"
+    build_cli(tiny_fit(config, "--trainer.max_epochs=1"))
+    args = [subcommand, "-c", str(config), *QUIET, "--data.init_args.num_test_examples=32", "--ckpt_path=last"]
+    cli = build_cli(args)
+    assert cli.trainer.state.finished
+
+
+def test_console_script_and_module_print_config(in_tmp):
+    config = str(CONFIGS[0].parent / "transformer.yaml")
+    exe = Path(sys.executable).parent / "hybrids"
+    for command in ([str(exe)], [sys.executable, "-m", "hybrids"]):
+        result = subprocess.run([*command, "fit", "-c", config, "--print_config"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        printed = yaml.safe_load(result.stdout)
+        assert printed["model"]["class_path"] == "hybrids.LanguageModel"
+        assert printed["data"]["init_args"]["seq_len"] == 64

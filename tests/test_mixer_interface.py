@@ -1,0 +1,98 @@
+"""The mixer contract of DESIGN.md, checked once for every mixer class and setting."""
+
+import inspect
+
+import pytest
+import torch
+
+import hybrids.mixers
+from hybrids.mixers import Mixer, state_elements
+from mixer_cases import D_MODEL, MIXER_CASES
+
+BATCH, LENGTH = 2, 13
+
+
+def make(case: str, dtype=torch.float64) -> torch.nn.Module:
+    cls, kwargs = MIXER_CASES[case]
+    torch.manual_seed(0)
+    return cls(D_MODEL, **kwargs).to(dtype).eval()
+
+
+def run_steps(mixer, x):
+    """Feed x (B, L, D) one token at a time: outputs (B, L, D) and the final state."""
+    state = mixer.init_state(x.shape[0])
+    outputs = []
+    for t in range(x.shape[1]):
+        y, state = mixer.step(x[:, t], state)
+        outputs.append(y)
+    return (torch.stack(outputs, dim=1) if outputs else torch.zeros_like(x)), state
+
+
+def test_every_mixer_class_has_cases():
+    exported = {
+        obj for _, obj in inspect.getmembers(hybrids.mixers, inspect.isclass)
+        if issubclass(obj, Mixer) and obj is not Mixer
+    }
+    covered = {cls for cls, _ in MIXER_CASES.values()}
+    assert exported <= covered, f"mixers without interface test cases: {exported - covered}"
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+def test_shape_and_dtype(case):
+    mixer = make(case, torch.float32)
+    x = torch.randn(BATCH, LENGTH, D_MODEL)
+    y = mixer(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+@pytest.mark.parametrize("t", [0, 5, LENGTH - 1])
+def test_causality(case, t):
+    """Changing tokens from position t on leaves outputs before t unchanged (and changes t)."""
+    mixer = make(case)
+    x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=torch.float64)
+    changed = x.clone()
+    changed[:, t:] = torch.randn_like(changed[:, t:])
+    y, y_changed = mixer(x), mixer(changed)
+    torch.testing.assert_close(y_changed[:, :t], y[:, :t], rtol=0, atol=1e-12)
+    assert not torch.allclose(y_changed[:, t], y[:, t]), "output at t ignores the input at t"
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+def test_gradient_causality(case):
+    """d y[:, t] / d x[:, s] is zero for every s > t (checked through the sum of early outputs)."""
+    mixer = make(case)
+    x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=torch.float64, requires_grad=True)
+    t = LENGTH // 2
+    mixer(x)[:, : t + 1].sum().backward()
+    assert torch.count_nonzero(x.grad[:, t + 1 :]) == 0
+    assert torch.count_nonzero(x.grad[:, t]) > 0
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_forward_matches_step(case, dtype, tol):
+    mixer = make(case, dtype)
+    x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=dtype)
+    with torch.no_grad():
+        parallel = mixer(x)
+        recurrent, _ = run_steps(mixer, x)
+    torch.testing.assert_close(recurrent, parallel, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+@pytest.mark.parametrize("length", [0, 1, LENGTH])
+def test_state_size_matches_allocated_state(case, length):
+    mixer = make(case)
+    x = torch.randn(BATCH, length, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = run_steps(mixer, x)
+    assert state_elements(state) == BATCH * mixer.state_size(length)
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+def test_state_follows_parameters_dtype(case):
+    mixer = make(case, torch.float64)
+    state = mixer.init_state(BATCH)
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert tensors and all(v.dtype == torch.float64 for v in tensors)

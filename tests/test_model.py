@@ -1,0 +1,130 @@
+"""The stack: building from a pattern, config errors, recurrent decoding, optimisation set-up."""
+
+import pytest
+import torch
+
+from hybrids import HybridLM, LanguageModel
+from hybrids.blocks import MLP, Block
+from hybrids.mixers import Attention
+from hybrids.spec import ConfigError, expand_pattern
+
+ATTN = {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}
+NO_ROPE = {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 4, "rotary": False}}
+
+
+def test_pattern_repeats_to_n_layers():
+    assert expand_pattern("AB", 5, {"A": 1, "B": 2}) == "ABABA"
+    assert expand_pattern("AB", None, {"A": 1, "B": 2}) == "AB"
+
+
+def test_layers_follow_the_pattern():
+    model = HybridLM(50, d_model=16, pattern="AB", n_layers=3, mixers={"A": ATTN, "B": NO_ROPE})
+    assert [b.mixer.heads for b in model.blocks] == [2, 4, 2]
+    assert [b.mixer.rotary for b in model.blocks] == [True, False, True]
+
+
+def test_user_mixer_class_plugs_in_without_registry():
+    spec = {"class_path": "torch.nn.Linear", "init_args": {"out_features": 16}}
+    model = HybridLM(50, d_model=16, pattern="L", mixers={"L": spec})
+    assert isinstance(model.blocks[0].mixer, torch.nn.Linear)
+    assert model(torch.randint(50, (2, 5))).shape == (2, 5, 50)
+
+
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"pattern": "AX"}, "pattern"),
+        ({"pattern": ""}, "pattern"),
+        ({"mixers": {"A": {"class_path": "hybrids.mixers.Atention"}}}, "mixers.A.class_path"),
+        ({"mixers": {"A": {"class_path": "no_such_module.Mixer"}}}, "mixers.A.class_path"),
+        ({"mixers": {"A": {"class_path": "hybrids.mixers.attention.torch"}}}, "mixers.A.class_path"),
+        ({"mixers": {"A": {"init_args": {}}}}, "mixers.A"),
+        ({"mixers": {"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 3}}}},
+         "mixers.A.init_args.heads"),
+        ({"mixers": {"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"head": 3}}}},
+         "mixers.A.init_args.head"),
+        ({"mixers": {"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"d_model": 8}}}},
+         "mixers.A.init_args.d_model"),
+        ({"mlp": "relu"}, "mlp"),
+        ({"n_layers": 0}, "n_layers"),
+    ],
+)
+def test_bad_stacks_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        HybridLM(50, **{"d_model": 16, "pattern": "A", "mixers": {"A": ATTN}, **kwargs})
+    assert info.value.key == key
+
+
+def test_unknown_class_suggests_the_right_name():
+    with pytest.raises(ConfigError, match="did you mean hybrids.mixers.Attention"):
+        HybridLM(50, d_model=16, mixers={"A": {"class_path": "hybrids.mixers.Atention"}})
+
+
+def test_block_without_mlp():
+    block = Block(16, Attention(16, heads=2), mlp=None)
+    assert block.mlp is None and block(torch.randn(1, 3, 16)).shape == (1, 3, 16)
+
+
+@pytest.mark.parametrize("kind", ["swiglu", "gelu"])
+def test_mlp_kinds(kind):
+    assert MLP(8, 12, kind)(torch.randn(2, 8)).shape == (2, 8)
+
+
+def test_step_matches_forward_logits_and_generate_is_greedy():
+    model = HybridLM(40, d_model=16, pattern="AB", n_layers=3, mixers={"A": ATTN, "B": NO_ROPE}).double().eval()
+    tokens = torch.randint(40, (2, 9))
+    with torch.no_grad():
+        parallel = model(tokens)
+        states = model.init_state(2)
+        for t in range(tokens.shape[1]):
+            logits, states = model.step(tokens[:, t], states)
+            torch.testing.assert_close(logits, parallel[:, t], rtol=1e-10, atol=1e-10)
+    out = model.generate(tokens[:, :4], max_new_tokens=5)
+    assert out.shape == (2, 9)
+    with torch.no_grad():
+        for t in range(4, 9):
+            assert torch.equal(model(out[:, :t])[:, -1].argmax(-1), out[:, t])
+
+
+def test_state_size_sums_layers():
+    model = HybridLM(40, d_model=16, pattern="AB", n_layers=3, mixers={"A": ATTN, "B": NO_ROPE})
+    # Every layer keeps K and V of width d_model per token.
+    assert model.state_size(100) == 3 * 2 * 16 * 100
+
+
+def test_tied_embeddings_are_counted_once():
+    tied = HybridLM(100, d_model=16, mixers={"A": ATTN}, tie_embeddings=True)
+    untied = HybridLM(100, d_model=16, mixers={"A": ATTN}, tie_embeddings=False)
+    assert untied.num_parameters() - tied.num_parameters() == 100 * 16
+
+
+class _FakeTrainer:
+    estimated_stepping_batches = 1000
+
+
+def test_optimizer_groups_and_schedule():
+    lm = LanguageModel(vocab_size=40, d_model=16, mixers={"A": ATTN}, lr=1e-2, warmup_steps=100, min_lr_ratio=0.1)
+    lm.trainer = _FakeTrainer()
+    config = lm.configure_optimizers()
+    decay, no_decay = config["optimizer"].param_groups
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) > 0
+    schedule = config["lr_scheduler"]["scheduler"]
+    factors = [schedule.lr_lambdas[0](s) for s in (0, 49, 99, 100, 550, 999, 5000)]
+    assert factors[0] == pytest.approx(0.01) and factors[2] == pytest.approx(1.0)
+    assert factors[3] == pytest.approx(1.0) and factors[4] == pytest.approx(0.55)
+    assert factors[5] == pytest.approx(0.1, abs=1e-4) and factors[6] == pytest.approx(0.1)
+
+
+def test_loss_and_accuracy_ignore_unlabelled_positions():
+    lm = LanguageModel(vocab_size=10, d_model=16, mixers={"A": ATTN})
+    logged = {}
+    lm.log = lambda name, value, **kw: logged.__setitem__(name, (float(value.detach()), kw.get("batch_size")))
+    inputs = torch.randint(10, (2, 6))
+    labels = torch.full((2, 6), -100)
+    with torch.no_grad():
+        predicted = lm(inputs).argmax(-1)
+    labels[0, 3] = predicted[0, 3]  # right
+    labels[1, 5] = (predicted[1, 5] + 1) % 10  # wrong
+    lm.validation_step((inputs, labels), 0)
+    assert logged["val/acc"] == (0.5, 2)

@@ -1,0 +1,44 @@
+"""The analysis notebook runs top to bottom on the logs of a tiny real run."""
+
+import os
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from hybrids.analysis import load_runs, runs_table
+from hybrids.cli import build_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "state_size_vs_accuracy.ipynb"
+
+
+def tiny_runs(tmp: Path) -> Path:
+    for d_model in (16, 32):
+        build_cli([
+            "fit", "-c", str(ROOT / "configs" / "transformer.yaml"),
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--trainer.max_epochs=1", f"--model.init_args.d_model={d_model}",
+            "--data.init_args.num_train_examples=32", "--data.init_args.num_test_examples=16",
+            "--data.init_args.batch_size=16",
+        ])
+    return tmp / "runs"
+
+
+def test_load_runs_reads_fit_figures(in_tmp):
+    runs = load_runs(tiny_runs(in_tmp))
+    assert [r.state_size for r in runs] == [2 * 2 * 16 * 64, 2 * 2 * 32 * 64]
+    assert all(r.family == "Attention" and r.seq_len == 64 and 0 <= r.accuracy <= 1 for r in runs)
+    assert "Attention" in runs_table(runs)
+
+
+def test_notebook_executes(in_tmp, monkeypatch):
+    runs_dir = tiny_runs(in_tmp)
+    monkeypatch.setenv("HYBRIDS_RUNS", str(runs_dir))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "transformer/version_0" in text and "transformer/version_1" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the plot is drawn"
