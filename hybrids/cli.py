@@ -52,6 +52,8 @@ class HybridsCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
+        # `hybrids fit` with no config trains the default stack (attention) on MQAR.
+        parser.set_defaults({"model": {"class_path": "hybrids.LanguageModel"}, "data": {"class_path": "hybrids.data.MQAR"}})
 
     def instantiate_classes(self) -> None:
         try:
@@ -119,7 +121,10 @@ def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> N
         parts.append(f"parameters {model.num_parameters():,}")
     seq_len = getattr(trainer.datamodule, "seq_len", None)
     if seq_len is not None and hasattr(model, "state_size"):
-        parts.append(f"recurrent state {model.state_size(seq_len):,} elements/sequence at seq_len {seq_len}")
+        try:
+            parts.append(f"recurrent state {model.state_size(seq_len):,} elements/sequence at seq_len {seq_len}")
+        except TypeError:
+            parts.append("recurrent state unknown (a mixer has no state_size)")
     if trainer.log_dir:
         parts.append(f"logs {trainer.log_dir}")
     print("hybrids: " + " | ".join(parts), flush=True)

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 
 from hybrids.model import HybridLM
 
@@ -35,15 +36,15 @@ class LanguageModel(L.LightningModule):
     def __init__(
         self,
         vocab_size: int,
-        d_model: int = 128,
-        n_layers: int | None = None,
+        d_model: int = 64,
+        n_layers: int | None = 2,
         pattern: str = "A",
         mixers: dict[str, dict[str, Any]] | None = None,
         mlp: str = "swiglu",
         mlp_expand: float = 2.0,
         dropout: float = 0.0,
         tie_embeddings: bool = True,
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
@@ -117,8 +118,11 @@ class LanguageModel(L.LightningModule):
         figures: dict[str, float] = {"params": self.num_parameters()}
         seq_len = self.data_seq_len()
         if seq_len is not None:
-            figures["state_size"] = self.state_size(seq_len)
-            figures["seq_len"] = seq_len
+            try:
+                figures["state_size"] = self.state_size(seq_len)
+                figures["seq_len"] = seq_len
+            except TypeError as err:  # a user mixer without state_size: train anyway
+                rank_zero_warn(f"state size not logged: {err}")
         for logger in self.loggers:
             logger.log_metrics(figures, step=0)
 

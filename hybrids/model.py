@@ -12,7 +12,7 @@ from hybrids.blocks import MLP, Block
 from hybrids.spec import ConfigError, build_mixer, expand_pattern
 
 DEFAULT_MIXERS: dict[str, dict[str, Any]] = {
-    "A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 4}},
+    "A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}},
 }
 
 

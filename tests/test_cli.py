@@ -113,3 +113,13 @@ def test_console_script_and_module_print_config(in_tmp):
         printed = yaml.safe_load(result.stdout)
         assert printed["model"]["class_path"] == "hybrids.LanguageModel"
         assert printed["data"]["init_args"]["seq_len"] == 64
+
+
+def test_user_mixer_without_state_size_still_trains(in_tmp, capsys):
+    config = CONFIGS[0].parent / "transformer.yaml"
+    spec = '{"L": {"class_path": "torch.nn.Linear", "init_args": {"out_features": 64}}}'
+    with pytest.warns(UserWarning, match="state size not logged"):
+        cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--model.init_args.pattern=L",
+                                 f"--model.init_args.mixers={spec}"))
+    assert cli.trainer.global_step == 4
+    assert "recurrent state unknown" in capsys.readouterr().out
