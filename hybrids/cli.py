@@ -68,12 +68,15 @@ class HybridsCLI(LightningCLI):
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":
             found = find_last_checkpoint(self.trainer)
-            if found is None:
+            if found is not None:
+                rank_zero_info(f"hybrids: using checkpoint {found}")
+                kwargs["ckpt_path"] = str(found)
+            elif subcommand == "fit":
                 rank_zero_warn("--ckpt_path last: no last checkpoint found for this run; starting from scratch")
                 kwargs["ckpt_path"] = None
-            else:
-                rank_zero_info(f"hybrids: resuming from {found}")
-                kwargs["ckpt_path"] = str(found)
+            else:  # evaluating an untrained model by accident helps nobody
+                root = getattr(self.trainer.logger, "root_dir", None)
+                self.parser.error(f"ckpt_path: no last checkpoint found under {root}; run `fit` first")
         return kwargs
 
     def after_fit(self) -> None:

@@ -123,3 +123,11 @@ def test_user_mixer_without_state_size_still_trains(in_tmp, capsys):
                                  f"--model.init_args.mixers={spec}"))
     assert cli.trainer.global_step == 4
     assert "recurrent state unknown" in capsys.readouterr().out
+
+
+def test_evaluating_last_without_checkpoint_is_an_error(in_tmp, capsys):
+    config = CONFIGS[0].parent / "transformer.yaml"
+    with pytest.raises(SystemExit) as info:
+        build_cli(["test", "-c", str(config), *QUIET, "--ckpt_path=last"])
+    assert info.value.code == 2
+    assert "no last checkpoint" in capsys.readouterr().err
