@@ -58,9 +58,11 @@ class Mixer(nn.Module, abc.ABC):
 
 
 def state_elements(state: Any) -> int:
-    """Total number of floating-point tensor elements in a (nested) state, all sequences."""
+    """Real numbers held in a (nested) state, all sequences: a complex element counts as two."""
     if isinstance(state, torch.Tensor):
-        return state.numel() if state.is_floating_point() or state.is_complex() else 0
+        if state.is_complex():
+            return 2 * state.numel()
+        return state.numel() if state.is_floating_point() else 0
     if isinstance(state, dict):
         return sum(state_elements(v) for v in state.values())
     if isinstance(state, (list, tuple)):

@@ -1,0 +1,57 @@
+"""FFT convolution against direct summation."""
+
+import pytest
+import torch
+
+from hybrids.kernels.fftconv import direct_conv, fft_conv
+
+
+@pytest.mark.parametrize("length", [1, 7, 64, 127])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
+def test_fft_conv_matches_direct(length, bidirectional):
+    torch.manual_seed(length)
+    u = torch.randn(2, 3, length, dtype=torch.float64)
+    k = torch.randn(2, 3, length, dtype=torch.float64) if bidirectional else torch.randn(3, length, dtype=torch.float64)
+    D = torch.randn(3, dtype=torch.float64)
+    expected = direct_conv(u, k, D, bidirectional)
+    torch.testing.assert_close(fft_conv(u, k, D, bidirectional), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_causal_fft_conv_is_causal_and_shift_equivariant():
+    u = torch.zeros(1, 1, 16, dtype=torch.float64)
+    u[..., 5] = 1.0
+    k = torch.randn(1, 16, dtype=torch.float64)
+    y = fft_conv(u, k)
+    torch.testing.assert_close(y[..., :5], torch.zeros(1, 1, 5, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(y[0, 0, 5:], k[0, :11], rtol=1e-10, atol=1e-10)
+
+
+def test_bidirectional_reaches_the_future():
+    u = torch.zeros(1, 1, 8, dtype=torch.float64)
+    u[..., 6] = 1.0
+    k = torch.randn(2, 1, 8, dtype=torch.float64)
+    y = fft_conv(u, k, bidirectional=True)
+    # y[t] for t < 6 sees u[6] through k[1][6 - t - 1].
+    torch.testing.assert_close(y[0, 0, :6], k[1, 0, :6].flip(0), rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_match_direct():
+    u = torch.randn(2, 3, 33, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(3, 33, dtype=torch.float64, requires_grad=True)
+    grads = torch.autograd.grad(fft_conv(u, k).square().sum(), (u, k))
+    expected = torch.autograd.grad(direct_conv(u, k).square().sum(), (u, k))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_low_precision_inputs_keep_their_dtype():
+    u = torch.randn(1, 2, 32, dtype=torch.bfloat16)
+    k = torch.randn(2, 32)
+    y = fft_conv(u, k)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), direct_conv(u.float(), k), rtol=2e-2, atol=2e-2)
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="kernel length"):
+        fft_conv(torch.randn(1, 2, 8), torch.randn(2, 9))
