@@ -60,12 +60,16 @@ def test_causality(case, t):
 
 @pytest.mark.parametrize("case", MIXER_CASES)
 def test_gradient_causality(case):
-    """d y[:, t] / d x[:, s] is zero for every s > t (checked through the sum of early outputs)."""
+    """d y[:, t] / d x[:, s] vanishes for every s > t (checked through the sum of early outputs).
+
+    FFT convolutions leave round-off (~1e-16 relative) where exact zeros belong, hence the bound.
+    """
     mixer = make(case)
     x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=torch.float64, requires_grad=True)
     t = LENGTH // 2
     mixer(x)[:, : t + 1].sum().backward()
-    assert torch.count_nonzero(x.grad[:, t + 1 :]) == 0
+    scale = x.grad[:, : t + 1].abs().max()
+    assert x.grad[:, t + 1 :].abs().max() <= 1e-12 * scale
     assert torch.count_nonzero(x.grad[:, t]) > 0
 
 
@@ -94,5 +98,5 @@ def test_state_size_matches_allocated_state(case, length):
 def test_state_follows_parameters_dtype(case):
     mixer = make(case, torch.float64)
     state = mixer.init_state(BATCH)
-    tensors = [v for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
-    assert tensors and all(v.dtype == torch.float64 for v in tensors)
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())]
+    assert tensors and all(v.real.dtype == torch.float64 for v in tensors)

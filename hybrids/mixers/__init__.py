@@ -2,5 +2,6 @@
 
 from hybrids.mixers.attention import Attention
 from hybrids.mixers.base import Mixer, State, state_elements
+from hybrids.mixers.s4 import S4, S4D
 
-__all__ = ["Attention", "Mixer", "State", "state_elements"]
+__all__ = ["S4", "S4D", "Attention", "Mixer", "State", "state_elements"]

@@ -1,0 +1,253 @@
+"""S4 (diagonal plus low rank) and S4D (diagonal) state-space mixers.
+
+Each of the H = d_model channels runs its own linear time-invariant SSM
+
+    x'(t) = A x(t) + B u(t),    y(t) = Re(C x(t)) + D u(t)
+
+with N states kept as N/2 complex modes by conjugate symmetry. Training uses the convolution
+form: the length-L kernel K is generated from (A, B, C, dt) and applied with an FFT in
+O(L log L). Decoding uses the recurrent form, one discretised step per token. The output passes
+through GELU, dropout, and a GLU gate (Linear(H, 2H) then GLU), as in the S4 papers' blocks.
+
+Shapes: x (batch, L, H) at the mixer boundary, u (batch, H, L) inside; Lambda, B, C (H, N2)
+complex; P (rank, H, N2) complex; dt (H,).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.kernels.fftconv import fft_conv
+from hybrids.kernels.ssm_kernels import (
+    DISCRETISATIONS,
+    conjugate_full,
+    diagonal_kernel,
+    discretize_diagonal,
+    dplr_bilinear_dense,
+    dplr_kernel,
+)
+from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, nplr, required_rank
+
+# HiPPO-LegT, LagT and FouT put the real part of every mode of Lambda at exactly 0 (their
+# normal parts are skew-symmetric); the exp parametrisation needs it strictly negative, so it
+# starts at -REAL_FLOOR instead. The full A = Lambda - P P^* stays strictly stable.
+REAL_FLOOR = 1e-4
+
+
+def _complex_parameter(value: torch.Tensor) -> nn.Parameter:
+    """Complex values stored as a real (..., 2) parameter, so that .double()/.half() cast them."""
+    return nn.Parameter(torch.view_as_real(value.to(torch.complex128).contiguous()).to(torch.float32).clone())
+
+
+def _as_complex(parameter: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_complex(parameter.contiguous())
+
+
+def _no_weight_decay(*parameters: nn.Parameter) -> None:
+    # The SSM's own parameters (dynamics, input matrix, step) are not regularised (S4's practice).
+    for p in parameters:
+        p._no_weight_decay = True
+
+
+class _SSMMixer(Mixer):
+    """What S4 and S4D share: the step size, D, the conv/recurrent plumbing and the output gate."""
+
+    def __init__(self, d_model: int, d_state: int, dt_min: float, dt_max: float, dropout: float) -> None:
+        super().__init__(d_model)
+        if d_state <= 0 or d_state % 2:
+            raise ValueError(f"d_state: must be a positive even number (N/2 complex modes), got {d_state}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        self.d_state = d_state
+        # log dt ~ U[log dt_min, log dt_max] per channel.
+        log_dt = torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        self.log_dt = nn.Parameter(log_dt)
+        self.D = nn.Parameter(torch.randn(d_model))
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(d_model, 2 * d_model)
+        _no_weight_decay(self.log_dt)
+
+    # Subclasses provide the kernel (conv mode) and the discrete system (recurrent mode).
+    def kernel(self, length: int) -> torch.Tensor:  # (H, length) real
+        raise NotImplementedError
+
+    def _recurrence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A_bar, B_bar, C) for the kept modes: see ``_advance``."""
+        raise NotImplementedError
+
+    def _advance(self, A_bar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        """(..., H) SSM output -> gated (..., H) mixer output."""
+        return F.glu(self.out_proj(self.dropout(F.gelu(y))), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.transpose(1, 2)  # (B, H, L)
+        y = fft_conv(u, self.kernel(u.shape[-1]).to(u.dtype), self.D)
+        return self._output(y.transpose(1, 2))
+
+    def _complex_dtype(self) -> torch.dtype:
+        return torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
+
+    def init_state(self, batch_size: int) -> State:
+        zeros = torch.zeros(batch_size, self.d_model, self.d_state // 2, dtype=self._complex_dtype(), device=self.D.device)
+        return {"x": zeros}
+
+    def _cached_recurrence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Building the discrete system can cost O(H N^3) (S4): do it once per parameter version.
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype,)
+        cache = getattr(self, "_recurrence_cache", None)
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, self._recurrence())
+            self._recurrence_cache = cache
+        return cache[1]
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        A_bar, B_bar, C = self._cached_recurrence()
+        u = x  # (B, H)
+        h = self._advance(A_bar, state["x"]) + B_bar * u[..., None].to(B_bar.dtype)  # (B, H, N2)
+        y = 2 * (C * h).sum(-1).real.to(x.dtype) + self.D * u
+        return self._output(y), {"x": h}
+
+    def state_size(self, seq_len: int) -> int:
+        # N/2 complex modes per channel, counted as two reals each.
+        return self.d_model * self.d_state
+
+
+class S4D(_SSMMixer):
+    """S4D: diagonal state matrices, Vandermonde kernel (Gu et al. 2022).
+
+    Args:
+        d_model: channels H.
+        d_state: state size N per channel (N/2 complex modes).
+        init: "legs" (S4D-LegS), "lin" (S4D-Lin), "inv" (S4D-Inv) or "real" (S4D-Real).
+        discretization: "zoh" or "bilinear".
+        dt_min, dt_max: range of the log-uniform initial step.
+        dropout: after the activation.
+        learn_B: train B (otherwise fixed at its initialisation).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        init: str = "legs",
+        discretization: str = "zoh",
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dropout: float = 0.0,
+        learn_B: bool = True,
+    ) -> None:
+        super().__init__(d_model, d_state, dt_min, dt_max, dropout)
+        if init not in DIAGONAL_INITS:
+            raise ValueError(f"init: unknown S4D initialisation {init!r}; use one of {DIAGONAL_INITS}")
+        if discretization not in DISCRETISATIONS:
+            raise ValueError(f"discretization: unknown {discretization!r}; use one of {DISCRETISATIONS}")
+        self.init, self.discretization = init, discretization
+        Lambda, B = diagonal_init(init, d_state)  # (N2,) each
+        Lambda, B = Lambda.expand(d_model, -1), B.expand(d_model, -1)
+        # Re(Lambda) = -exp(log_neg_real) < 0 keeps every mode stable whatever training does.
+        self.log_neg_real = nn.Parameter(torch.log((-Lambda.real).clamp(min=REAL_FLOOR)).float())
+        self.imag = nn.Parameter(Lambda.imag.float().clone())
+        self.B = _complex_parameter(B)
+        self.B.requires_grad_(learn_B)
+        self.C = _complex_parameter(torch.randn(d_model, d_state // 2, dtype=torch.complex128) * math.sqrt(0.5))
+        _no_weight_decay(self.log_neg_real, self.imag, self.B)
+
+    def _system(self):
+        Lambda = torch.complex(-torch.exp(self.log_neg_real), self.imag)
+        return Lambda, _as_complex(self.B), _as_complex(self.C), torch.exp(self.log_dt)
+
+    def kernel(self, length: int) -> torch.Tensor:
+        Lambda, B, C, dt = self._system()
+        return diagonal_kernel(Lambda, B, C, dt, length, self.discretization)
+
+    def _recurrence(self):
+        Lambda, B, C, dt = self._system()
+        A_bar, B_bar = discretize_diagonal(Lambda, B, dt, self.discretization)
+        return A_bar, B_bar, C
+
+    def _advance(self, A_bar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return A_bar * x
+
+
+class S4(_SSMMixer):
+    """S4: diagonal plus low-rank state matrices from HiPPO, Cauchy kernel (Gu et al. 2022).
+
+    A = Lambda - P P^* starts as the NPLR form of the HiPPO matrix of ``measure`` and is trained
+    in that form. The learned output matrix is S4's C~ = C (I - A_bar^l_max), so the kernel of any
+    length L <= ``l_max`` is the first L taps of the length-``l_max`` kernel.
+
+    Args:
+        d_model: channels H.
+        d_state: state size N per channel (N/2 complex modes).
+        measure: HiPPO measure of the initialisation: "legs", "legt", "lagt" or "fout".
+        rank: rank of the low-rank term; default: the least the measure needs (legt 2, others 1).
+        l_max: the longest sequence the layer handles (the kernel length).
+        dt_min, dt_max: range of the log-uniform initial step.
+        dropout: after the activation.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        measure: str = "legs",
+        rank: int | None = None,
+        l_max: int = 1024,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__(d_model, d_state, dt_min, dt_max, dropout)
+        if measure not in MEASURES:
+            raise ValueError(f"measure: unknown HiPPO measure {measure!r}; use one of {MEASURES}")
+        if l_max <= 0:
+            raise ValueError(f"l_max: must be positive, got {l_max}")
+        rank = required_rank(measure) if rank is None else rank
+        if rank < required_rank(measure):
+            raise ValueError(f"rank: measure {measure!r} needs rank >= {required_rank(measure)}, got {rank}")
+        self.measure, self.rank, self.l_max = measure, rank, l_max
+        system = nplr(measure, d_state, rank=rank)
+        Lambda = system.Lambda.expand(d_model, -1)
+        self.log_neg_real = nn.Parameter(torch.log((-Lambda.real).clamp(min=REAL_FLOOR)).float())
+        self.imag = nn.Parameter(Lambda.imag.float().clone())
+        self.P = _complex_parameter(system.P[:, None, :].expand(-1, d_model, -1))
+        self.B = _complex_parameter(system.B.expand(d_model, -1))
+        self.C = _complex_parameter(torch.randn(d_model, d_state // 2, dtype=torch.complex128) * math.sqrt(0.5))
+        _no_weight_decay(self.log_neg_real, self.imag, self.P, self.B)
+
+    def _system(self, dtype: torch.dtype | None = None):
+        Lambda = torch.complex(-torch.exp(self.log_neg_real), self.imag)
+        parts = (Lambda, _as_complex(self.P), _as_complex(self.B), _as_complex(self.C), torch.exp(self.log_dt))
+        return parts if dtype is None else tuple(p.to(dtype) if p.is_complex() else p.double() for p in parts)
+
+    def kernel(self, length: int) -> torch.Tensor:
+        if length > self.l_max:
+            raise ValueError(f"S4: sequence length {length} exceeds l_max={self.l_max}; set l_max >= {length}")
+        Lambda, P, B, C_tilde, dt = self._system()
+        return dplr_kernel(Lambda, P, B, C_tilde, dt, self.l_max)[:, :length]
+
+    def _recurrence(self):
+        # Exact recurrence of the same system, built densely in double precision: the rank term
+        # couples all modes, so A_bar is an (N/2 x N) block per channel on the kept half.
+        Lambda, P, B, C_tilde, dt = self._system(torch.complex128)
+        A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt)  # (H, N, N), (H, N)
+        eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
+        # C = C~ (I - A_bar^l_max)^-1, solved as a transposed system.
+        power = torch.linalg.matrix_power(A_bar, self.l_max)
+        C = torch.linalg.solve((eye - power).mT, conjugate_full(C_tilde)[..., None])[..., 0]
+        half = self.d_state // 2
+        dtype = self._complex_dtype()
+        return A_bar[:, :half, :].to(dtype), B_bar[:, :half].to(dtype), C[:, :half].to(dtype)
+
+    def _advance(self, A_bar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        # Full state = (x, conj x); the kept rows of A_bar act on both halves.
+        return torch.einsum("hnm,bhm->bhn", A_bar, conjugate_full(x))
