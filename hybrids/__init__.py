@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "LanguageModel": ("hybrids.lit", "LanguageModel"),
     "HybridLM": ("hybrids.model", "HybridLM"),
-    "ConfigError": ("hybrids.spec", "ConfigError"),
+    "ConfigError": ("hybrids.errors", "ConfigError"),
 }
 
 __all__ = ["__version__", *_LAZY]

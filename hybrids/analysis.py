@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+from hybrids.model import DEFAULT_MIXERS
+from hybrids.spec import expand_pattern
+
 
 @dataclass
 class Run:
@@ -33,15 +36,12 @@ class Run:
 
 
 def mixer_family(hparams: dict[str, Any]) -> str:
-    """``"A+B"`` from the class names of the mixers the layer pattern uses, in order of appearance."""
-    mixers = hparams.get("mixers") or {"A": {"class_path": "hybrids.mixers.Attention"}}
-    names: list[str] = []
-    for letter in hparams.get("pattern", "A"):
-        spec = mixers.get(letter, {})
-        name = str(spec.get("class_path", "?")).rpartition(".")[2]
-        if name not in names:
-            names.append(name)
-    return "+".join(names)
+    """``"A+B"``: the class names of the mixers the run's layers use, sorted (so "MA" and "AM"
+    stacks are one family)."""
+    mixers = hparams.get("mixers") or DEFAULT_MIXERS
+    letters = expand_pattern(hparams.get("pattern", "A"), hparams.get("n_layers"), mixers)
+    names = {str(mixers[letter].get("class_path", "?")).rpartition(".")[2] for letter in letters}
+    return "+".join(sorted(names))
 
 
 def _last_value(rows: list[dict[str, str]], column: str) -> float | None:
@@ -76,10 +76,18 @@ def load_run(path: str | Path, metric: str = "val/acc") -> Run | None:
 
 
 def load_runs(root: str | Path, metric: str = "val/acc") -> list[Run]:
-    """Every finished run below ``root``, sorted by family then state size."""
+    """Every finished run below ``root``, sorted by family then state size.
+
+    A run that was later resumed (``--ckpt_path last`` logs ``resumed_from``) is left out: its
+    continuation holds the final figures.
+    """
     root = Path(root)
-    runs = [load_run(p.parent, metric) for p in sorted(root.rglob("metrics.csv"))]
-    return sorted((r for r in runs if r is not None), key=lambda r: (r.family, r.state_size, r.name))
+    runs = [r for r in (load_run(p.parent, metric) for p in sorted(root.rglob("metrics.csv"))) if r is not None]
+    # resumed_from is <save_dir>/<name>/version_N/checkpoints/last.ckpt, maybe relative to another
+    # working directory: match runs by their last two folders, <name>/version_N.
+    superseded = {Path(r.hparams["resumed_from"]).parents[1].parts[-2:] for r in runs if r.hparams.get("resumed_from")}
+    runs = [r for r in runs if r.path.parts[-2:] not in superseded]
+    return sorted(runs, key=lambda r: (r.family, r.state_size, r.name))
 
 
 def runs_table(runs: list[Run]) -> str:
@@ -99,18 +107,19 @@ def plot_state_size_vs_accuracy(runs: list[Run], ax=None, title: str | None = No
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    families = sorted({r.family for r in runs})
-    for family in families:
-        members = sorted((r for r in runs if r.family == family), key=lambda r: r.state_size)
-        ax.plot([r.state_size for r in members], [r.accuracy for r in members], "o-", label=family)
+    seq_lens = sorted({r.seq_len for r in runs})
+    series = sorted({(r.family, r.seq_len) for r in runs})
+    for family, seq_len in series:
+        members = sorted((r for r in runs if (r.family, r.seq_len) == (family, seq_len)), key=lambda r: r.state_size)
+        label = family if len(seq_lens) == 1 else f"{family}, seq_len {seq_len}"
+        ax.plot([r.state_size for r in members], [r.accuracy for r in members], "o-", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("recurrent state size (elements per sequence)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(True, which="both", alpha=0.3)
-    seq_lens = sorted({r.seq_len for r in runs})
     ax.set_title(title or f"MQAR: state size vs accuracy (seq_len {', '.join(map(str, seq_lens))})")
-    if families:
+    if series:
         ax.legend()
     return ax
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from hybrids.lit import LanguageModel
-from hybrids.spec import ConfigError
+from hybrids.errors import ConfigError
 
 DEFAULT_TRAINER = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hybrids"}},
@@ -28,21 +29,31 @@ DEFAULT_TRAINER = {
 }
 
 
-def find_last_checkpoint(trainer: L.Trainer) -> Path | None:
-    """The newest ``last*.ckpt`` among every version of this run's logger directory.
+# Model arguments that fix the shapes of the weights: a checkpoint is only resumable if they match.
+ARCHITECTURE_KEYS = ("vocab_size", "d_model", "n_layers", "pattern", "mixers", "mlp", "mlp_expand", "tie_embeddings")
+
+
+def _same_architecture(checkpoint: Path, model: L.LightningModule) -> bool:
+    # mmap: only the small hyper-parameter dict is read, not the weights.
+    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
+    current = dict(model.hparams)
+    return all(saved.get(key) == current.get(key) for key in ARCHITECTURE_KEYS if key in current)
+
+
+def find_last_checkpoint(trainer: L.Trainer, model: L.LightningModule) -> Path | None:
+    """The newest ``last*.ckpt`` of this run's name whose model has the current architecture.
 
     Lightning resolves ``ckpt_path="last"`` inside the *new* version's directory, which is empty,
-    so a plain ``--ckpt_path last`` would silently start from scratch; we look one level up.
+    so a plain ``--ckpt_path last`` would silently start from scratch; we look at every version
+    under the logger's ``save_dir/name``, newest first, and skip checkpoints of other shapes (a
+    sweep over ``d_model`` shares one name).
     """
-    roots = []
     logger = trainer.logger
-    if logger is not None and getattr(logger, "root_dir", None):
-        roots.append(Path(logger.root_dir))
-    callback = trainer.checkpoint_callback
-    if callback is not None and callback.dirpath:
-        roots.append(Path(callback.dirpath))
-    candidates = [p for root in roots if root.exists() for p in root.rglob("last*.ckpt")]
-    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+    root = getattr(logger, "root_dir", None) if logger is not None else None
+    if not root or not Path(root).exists():
+        return None
+    candidates = sorted(Path(root).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((p for p in candidates if _same_architecture(p, model)), None)
 
 
 class HybridsCLI(LightningCLI):
@@ -64,13 +75,23 @@ class HybridsCLI(LightningCLI):
                 raise
             self.parser.error(located)
 
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> L.Trainer:
+        # The checkpoint callback is always configured (--checkpoint.*); leave it out when the
+        # trainer is told not to checkpoint, which Lightning would otherwise refuse.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":
-            found = find_last_checkpoint(self.trainer)
+            found = find_last_checkpoint(self.trainer, self.model)
             if found is not None:
                 rank_zero_info(f"hybrids: using checkpoint {found}")
                 kwargs["ckpt_path"] = str(found)
+                if subcommand == "fit" and self.trainer.logger is not None:
+                    # hybrids.analysis drops the run this one continues, so it is not counted twice.
+                    self.trainer.logger.log_hyperparams({"resumed_from": str(found)})
             elif subcommand == "fit":
                 rank_zero_warn("--ckpt_path last: no last checkpoint found for this run; starting from scratch")
                 kwargs["ckpt_path"] = None

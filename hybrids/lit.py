@@ -9,10 +9,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torchmetrics import MeanMetric
 
+from hybrids.data.mqar import IGNORE_INDEX
 from hybrids.model import HybridLM
-
-IGNORE_INDEX = -100
 
 
 class LanguageModel(L.LightningModule):
@@ -52,6 +53,9 @@ class LanguageModel(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc")}
+        )
         self.model = HybridLM(
             vocab_size=vocab_size,
             d_model=d_model,
@@ -74,14 +78,17 @@ class LanguageModel(L.LightningModule):
         logits = self.model(inputs)  # (B, L, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         labelled = labels != IGNORE_INDEX
-        n = int(labelled.sum())
-        correct = (logits.argmax(-1) == labels) & labelled
-        # Weighting each batch's mean by its labelled-token count makes the epoch value the exact
-        # token accuracy over the whole set.
-        acc = correct.sum() / max(n, 1)
+        count = labelled.sum()
+        correct = ((logits.argmax(-1) == labels) & labelled).sum()
+        # Means weighted by each batch's labelled-token count: the epoch value is the exact token
+        # accuracy (and mean token loss) over the whole set. No .item(): no device sync per step.
+        weight = count.clamp(min=1).float()
+        self.metrics[f"{stage}_loss"].update(loss.detach(), weight)
+        self.metrics[f"{stage}_acc"].update(correct.float() / weight, weight)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=max(n, 1))
-        self.log(f"{stage}/acc", acc, prog_bar=True, on_step=on_step, on_epoch=True, batch_size=max(n, 1))
+        for name in ("loss", "acc"):
+            metric = self.metrics[f"{stage}_{name}"]
+            self.log(f"{stage}/{name}", metric, prog_bar=True, on_step=on_step, on_epoch=True)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -143,12 +150,19 @@ class LanguageModel(L.LightningModule):
             lr=hp.lr,
             betas=tuple(hp.betas),
         )
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(hp.warmup_steps, total // 2)
+        total = self.trainer.estimated_stepping_batches
+        if math.isfinite(total):
+            total = max(int(total), 1)
+            warmup = min(hp.warmup_steps, total // 2)
+        else:  # max_epochs=-1 with max_time, say: no end to decay towards
+            rank_zero_warn("training length is unbounded: the learning rate stays at lr after warm-up")
+            warmup = hp.warmup_steps
 
         def lr_factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
+            if not math.isfinite(total):
+                return 1.0
             progress = min((step - warmup) / max(total - warmup, 1), 1.0)
             return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 

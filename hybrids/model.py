@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from hybrids.blocks import MLP, Block
-from hybrids.spec import ConfigError, build_mixer, expand_pattern
+from hybrids.errors import ConfigError
+from hybrids.spec import build_mixer, expand_pattern
 
 DEFAULT_MIXERS: dict[str, dict[str, Any]] = {
     "A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}},

@@ -18,14 +18,7 @@ from typing import Any
 
 from torch import nn
 
-
-class ConfigError(ValueError):
-    """A configuration problem; ``key`` is the dotted config key at fault (relative to the model)."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
+from hybrids.errors import ConfigError
 
 
 def import_class(path: str, key: str) -> type:
@@ -65,6 +58,12 @@ def _check_init_args(cls: type, init_args: Mapping[str, Any], key: str) -> None:
 
 def build_mixer(spec: Mapping[str, Any], d_model: int, key: str) -> nn.Module:
     """Instantiate one mixer spec for width ``d_model``. ``key`` is the spec's config key."""
+    if isinstance(spec, Mapping) and any("." in str(k) for k in spec):
+        raise ConfigError(
+            key,
+            f"dotted keys {sorted(k for k in spec if '.' in str(k))} cannot patch a mixer spec: on the command "
+            "line give the whole spec, e.g. --model.init_args.mixers='{A: {class_path: ..., init_args: {...}}}'",
+        )
     if not isinstance(spec, Mapping) or "class_path" not in spec:
         raise ConfigError(key, f"a mixer spec needs 'class_path' (and optionally 'init_args'), got {spec!r}")
     extra = set(spec) - {"class_path", "init_args"}
@@ -75,8 +74,9 @@ def build_mixer(spec: Mapping[str, Any], d_model: int, key: str) -> nn.Module:
     _check_init_args(cls, init_args, f"{key}.init_args")
     try:
         return cls(d_model, **init_args)
-    except (ValueError, TypeError) as err:
-        # Our mixers start their messages with the argument at fault ("heads: ..."): name its key.
+    except ValueError as err:
+        # Bad arguments raise ValueError (anything else is a bug and keeps its traceback). Our
+        # mixers start their messages with the argument at fault ("heads: ..."): name its key.
         named, _, rest = str(err).partition(": ")
         if rest and named in inspect.signature(cls.__init__).parameters:
             raise ConfigError(f"{key}.init_args.{named}", f"{rest} (in {cls.__name__}(d_model={d_model}, ...))") from err

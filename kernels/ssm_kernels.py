@@ -64,9 +64,10 @@ def vandermonde(
 ) -> torch.Tensor:
     """``2 Re sum_n v_n x_n^l`` for l < ``length`` -> (..., length) real.
 
-    The chunked path computes the powers of a chunk as ``x^(start + j) = exp((start + j) log x)``,
-    which is exact for the S4D case where x = exp(dt * Lambda) (log x = dt * Lambda is passed as
-    ``log_x`` internally), and bounds memory to one chunk of (..., chunk, N2) terms.
+    The chunked path computes the powers of a chunk as ``x^l = exp(l log x)`` (any branch of the
+    log gives the same integer powers; x must be nonzero) and bounds memory to one chunk of
+    (..., chunk, N2) terms. :func:`vandermonde_log` takes ``log x`` directly, as the ZOH kernel
+    does with ``log x = dt * Lambda``.
     """
     if backend == "reference":
         return vandermonde_reference(v, x, length)

@@ -1,5 +1,6 @@
 """The ``hybrids`` command: every config runs, bad configs fail early and clearly, runs resume."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hybrids.analysis import load_runs
 from hybrids.cli import build_cli
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -57,7 +59,7 @@ BAD_CONFIGS = {
     "heads-do-not-divide-d_model": (lambda c: _set_mixer(c, heads=3), "model.init_args.mixers.A.init_args.heads"),
     "misspelt-argument": (lambda c: _set_mixer(c, head=2), "model.init_args.mixers.A.init_args.head"),
     "data-too-short": (lambda c: c["data"]["init_args"].update(num_kv_pairs=40), "data.init_args.seq_len"),
-    "unknown-data-class": (lambda c: c["data"].update(class_path="hybrids.data.MQR"), "data"),
+    "unknown-data-class": (lambda c: c["data"].update(class_path="hybrids.data.MQR"), "hybrids.data.MQR"),
 }
 
 
@@ -83,9 +85,25 @@ def test_fit_logs_figures_and_resumes_from_last(in_tmp, capsys):
     metrics = (log_dir / "metrics.csv").read_text()
     assert "state_size" in metrics and "params" in metrics and "val/acc" in metrics
 
+    # A newer checkpoint of another shape under the same run name must be skipped.
+    build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--model.init_args.d_model=32"))
+
     resumed = build_cli(tiny_fit(config, "--trainer.max_epochs=2", "--ckpt_path=last"))
-    assert resumed.trainer.current_epoch == 2
-    assert resumed.trainer.global_step == 8, "resumed at step 4, not from scratch"
+    assert Path(resumed.trainer.ckpt_path).resolve() == (log_dir / "checkpoints" / "last.ckpt").resolve()
+    assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 8
+    rows = list(csv.DictReader((Path(resumed.trainer.log_dir) / "metrics.csv").open()))
+    trained_epochs = {row["epoch"] for row in rows if row.get("train/loss_epoch")}
+    assert trained_epochs == {"1"}, "only the second epoch was trained after resuming"
+    runs = load_runs(in_tmp / "runs")
+    assert log_dir.name not in {r.path.name for r in runs}, "the resumed run is superseded by its continuation"
+    assert len(runs) == 2
+
+
+def test_checkpointing_can_be_switched_off(in_tmp):
+    config = CONFIGS[0].parent / "transformer.yaml"
+    cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--trainer.enable_checkpointing=false"))
+    assert cli.trainer.global_step == 4
+    assert not list((in_tmp / "runs").rglob("*.ckpt"))
 
 
 def test_ckpt_path_last_without_checkpoint_starts_from_scratch(in_tmp):
@@ -102,6 +120,7 @@ def test_evaluation_subcommands(subcommand, in_tmp):
     args = [subcommand, "-c", str(config), *QUIET, "--data.init_args.num_test_examples=32", "--ckpt_path=last"]
     cli = build_cli(args)
     assert cli.trainer.state.finished
+    assert cli.trainer.ckpt_path and cli.trainer.ckpt_path.endswith("last.ckpt"), "the trained weights were loaded"
 
 
 def test_console_script_and_module_print_config(in_tmp):

@@ -1,27 +1,73 @@
-"""The house rules of DESIGN.md: kernels stay pure, and importing them stays light."""
+"""The house rules of DESIGN.md: each layer imports only from the layers below it."""
 
 import ast
 import subprocess
 import sys
+
 from pathlib import Path
 
-KERNELS = Path(__file__).resolve().parents[1] / "kernels"
+import pytest
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "kernels"
+
+# Layer of each module of ours, bottom (0) to top. A module may import from its layer and below.
+LAYERS = {
+    "hybrids.kernels": 0,
+    "hybrids.errors": 0,
+    "hybrids.mixers": 1,
+    "hybrids.blocks": 2,
+    "hybrids.spec": 2,
+    "hybrids.model": 2,
+    "hybrids.lit": 3,
+    "hybrids.data": 3,
+    "hybrids.cli": 4,
+    "hybrids.analysis": 4,
+    "hybrids.__main__": 4,
+    "hybrids": 4,  # the package's lazy __init__
+}
 
 
-def test_kernels_import_nothing_above_them():
-    for path in KERNELS.rglob("*.py"):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            else:
-                continue
-            for name in names:
-                assert not name.startswith(("lightning", "pytorch_lightning")), f"{path.name} imports {name}"
-                if name.startswith("hybrids"):
-                    assert name.startswith("hybrids.kernels"), f"{path.name} imports {name}"
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYERS:
+            return LAYERS[".".join(parts[:n])]
+    raise KeyError(f"{module} has no layer in tests/test_layering.py: add it")
+
+
+def our_modules():
+    for path in sorted((ROOT / "hybrids").rglob("*.py")):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        yield name, path
+    for path in sorted(KERNELS.rglob("*.py")):
+        name = "hybrids.kernels." + ".".join(path.relative_to(KERNELS).with_suffix("").parts)
+        yield name.removesuffix(".__init__"), path
+
+
+def imports_of(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+
+
+def test_each_layer_imports_only_from_below():
+    for module, path in our_modules():
+        own = layer_of(module)
+        for imported in imports_of(path):
+            if imported.startswith("hybrids"):
+                assert layer_of(imported) <= own, f"{module} (layer {own}) imports {imported}"
+
+
+def test_kernels_and_mixers_do_not_import_lightning():
+    for module, path in our_modules():
+        if layer_of(module) <= 2:
+            for imported in imports_of(path):
+                assert not imported.startswith(("lightning", "pytorch_lightning")), f"{module} imports {imported}"
 
 
 def test_importing_kernels_does_not_load_lightning():
@@ -34,3 +80,10 @@ def test_kernels_install_as_hybrids_kernels():
     import hybrids.kernels
 
     assert Path(hybrids.kernels.__file__).resolve().parent == KERNELS
+
+
+def test_every_package_is_listed_in_pyproject():
+    """The wheel holds only the packages pyproject names: a new sub-package must be added there."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, path in our_modules() if path.name == "__init__.py"}
+    assert found <= listed, f"packages missing from pyproject.toml: {found - listed}"

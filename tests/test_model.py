@@ -6,7 +6,8 @@ import torch
 from hybrids import HybridLM, LanguageModel
 from hybrids.blocks import MLP, Block
 from hybrids.mixers import Attention
-from hybrids.spec import ConfigError, expand_pattern
+from hybrids.errors import ConfigError
+from hybrids.spec import expand_pattern
 
 ATTN = {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}
 NO_ROPE = {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 4, "rotary": False}}
@@ -118,13 +119,55 @@ def test_optimizer_groups_and_schedule():
 
 def test_loss_and_accuracy_ignore_unlabelled_positions():
     lm = LanguageModel(vocab_size=10, d_model=16, mixers={"A": ATTN})
-    logged = {}
-    lm.log = lambda name, value, **kw: logged.__setitem__(name, (float(value.detach()), kw.get("batch_size")))
+    lm.log = lambda *args, **kwargs: None  # no trainer attached
     inputs = torch.randint(10, (2, 6))
     labels = torch.full((2, 6), -100)
     with torch.no_grad():
-        predicted = lm(inputs).argmax(-1)
+        logits = lm(inputs)
+    predicted = logits.argmax(-1)
     labels[0, 3] = predicted[0, 3]  # right
     labels[1, 5] = (predicted[1, 5] + 1) % 10  # wrong
-    lm.validation_step((inputs, labels), 0)
-    assert logged["val/acc"] == (0.5, 2)
+    with torch.no_grad():
+        lm.validation_step((inputs, labels), 0)
+    assert float(lm.metrics["val_acc"].compute()) == 0.5
+    expected_loss = torch.nn.functional.cross_entropy(
+        torch.stack([logits[0, 3], logits[1, 5]]), torch.stack([labels[0, 3], labels[1, 5]])
+    )
+    torch.testing.assert_close(lm.metrics["val_loss"].compute(), expected_loss)
+
+
+def test_epoch_accuracy_weights_batches_by_labelled_tokens():
+    lm = LanguageModel(vocab_size=10, d_model=16, mixers={"A": ATTN})
+    lm.log = lambda *args, **kwargs: None
+    inputs = torch.randint(10, (1, 6))
+    with torch.no_grad():
+        predicted = lm(inputs).argmax(-1)
+        right = torch.full((1, 6), -100)
+        right[0, :3] = predicted[0, :3]  # 3 labels, all right
+        wrong = torch.full((1, 6), -100)
+        wrong[0, 0] = (predicted[0, 0] + 1) % 10  # 1 label, wrong
+        lm.validation_step((inputs, right), 0)
+        lm.validation_step((inputs, wrong), 1)
+    assert float(lm.metrics["val_acc"].compute()) == 0.75  # 3 of 4 tokens, not the mean of 1 and 0
+
+
+def test_unbounded_training_keeps_lr_flat_after_warmup():
+    class Unbounded:
+        estimated_stepping_batches = float("inf")
+
+    lm = LanguageModel(vocab_size=40, d_model=16, mixers={"A": ATTN}, warmup_steps=10)
+    lm.trainer = Unbounded()
+    with pytest.warns(UserWarning, match="unbounded"):
+        config = lm.configure_optimizers()
+    factor = config["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert factor(4) == pytest.approx(0.5) and factor(10) == 1.0 and factor(10**6) == 1.0
+
+
+def test_mixer_family_follows_the_layers_used():
+    from hybrids.analysis import mixer_family
+
+    mixers = {"A": ATTN, "L": {"class_path": "torch.nn.Linear"}}
+    assert mixer_family({"pattern": "AL", "n_layers": 1, "mixers": mixers}) == "Attention"
+    assert mixer_family({"pattern": "AL", "n_layers": 2, "mixers": mixers}) == "Attention+Linear"
+    assert mixer_family({"pattern": "LA", "n_layers": 2, "mixers": mixers}) == "Attention+Linear"
+    assert mixer_family({}) == "Attention"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hybrids.data import IGNORE_INDEX, MQAR, multiquery_ar
-from hybrids.spec import ConfigError
+from hybrids.errors import ConfigError
 
 N, SEQ_LEN, PAIRS, VOCAB = 200, 64, 4, 128
 
@@ -113,3 +113,35 @@ def test_gap_sampler_draws_without_replacement_with_the_given_law():
     # P(first = 0, second = 1) = 0.5 * 0.3 / (1 - 0.5) = 0.3 for sequential draws.
     both = ((draws[:, 0] == 0) & (draws[:, 1] == 1)).float().mean()
     assert abs(float(both) - 0.3) < 0.01
+
+
+def test_values_are_distinct_within_an_example(examples):
+    inputs, _ = examples
+    for row in inputs[:, 1 : 2 * PAIRS : 2]:
+        assert len(set(row.tolist())) == PAIRS
+
+
+def test_generation_in_chunks_keeps_the_structure(monkeypatch):
+    import hybrids.data.mqar as mqar
+
+    monkeypatch.setattr(mqar, "CHUNK_EXAMPLES", 7)
+    inputs, labels = mqar.multiquery_ar(20, SEQ_LEN, PAIRS, VOCAB, seed=1)
+    assert inputs.shape == (20, SEQ_LEN)
+    assert ((labels != IGNORE_INDEX).sum(1) == PAIRS).all()
+    again = mqar.multiquery_ar(20, SEQ_LEN, PAIRS, VOCAB, seed=1)
+    assert torch.equal(inputs, again[0]) and torch.equal(labels, again[1])
+    assert not torch.equal(inputs[:7], inputs[7:14]), "each chunk draws fresh examples"
+
+
+def test_shuffle_order_is_a_function_of_seed_and_epoch():
+    from hybrids.data.datamodule import EpochShuffle
+
+    sampler = EpochShuffle(10, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(10))
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first
+    resumed = EpochShuffle(10, seed=3)
+    resumed.set_epoch(1)
+    assert list(resumed) == second, "a resumed run sees the order the uninterrupted run would"

@@ -1,6 +1,7 @@
 """The analysis notebook runs top to bottom on the logs of a tiny real run."""
 
-import os
+import json
+import sys
 from pathlib import Path
 
 import nbformat
@@ -32,11 +33,25 @@ def test_load_runs_reads_fit_figures(in_tmp):
     assert "Attention" in runs_table(runs)
 
 
+def kernel_of_this_python(tmp: Path, monkeypatch) -> str:
+    """A kernelspec that runs this interpreter (the venv's), found first through JUPYTER_PATH.
+
+    A user-level "python3" kernel would otherwise win and run the notebook outside the venv.
+    """
+    spec = tmp / "jupyter" / "kernels" / "hybrids-test"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "hybrids", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp / "jupyter"))
+    return "hybrids-test"
+
+
 def test_notebook_executes(in_tmp, monkeypatch):
     runs_dir = tiny_runs(in_tmp)
     monkeypatch.setenv("HYBRIDS_RUNS", str(runs_dir))
+    kernel = kernel_of_this_python(in_tmp, monkeypatch)
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    NotebookClient(nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs)

@@ -4,10 +4,31 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
-from hybrids.spec import ConfigError
+from hybrids.errors import ConfigError
+
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation each epoch, drawn from ``seed + epoch``.
+
+    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the
+    same order in its remaining epochs as the uninterrupted run would have.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class MQAR(L.LightningDataModule):
@@ -68,13 +89,8 @@ class MQAR(L.LightningDataModule):
             self.test_set = self._generate(self.hparams.num_test_examples, self.hparams.seed + 1)
 
     def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.hparams.seed) if shuffle else None,
-        )
+        sampler = EpochShuffle(len(dataset), self.hparams.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

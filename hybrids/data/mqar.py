@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from hybrids.spec import ConfigError
+from hybrids.errors import ConfigError
 
 IGNORE_INDEX = -100
+CHUNK_EXAMPLES = 32_768
 
 
 def check_mqar_arguments(seq_len: int, num_kv_pairs: int, vocab_size: int) -> None:
@@ -63,12 +64,30 @@ def multiquery_ar(
     random_non_queries: bool = True,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MQAR examples: (inputs, labels), both (num_examples, seq_len) int64. Deterministic by seed."""
+    """MQAR examples: (inputs, labels), both (num_examples, seq_len) int64. Deterministic by seed.
+
+    Examples are generated in chunks so that the (chunk, vocab_size / 2) random matrices that draw
+    distinct keys and values stay near 2^24 elements, whatever the number of examples.
+    """
     check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
     if not 0 < power_a:
         raise ConfigError("power_a", f"must be positive, got {power_a}")
     g = torch.Generator().manual_seed(seed)
-    n, pairs = num_examples, num_kv_pairs
+    chunk = max(1, min(CHUNK_EXAMPLES, 2**24 // vocab_size))
+    parts = [
+        _mqar_chunk(min(chunk, num_examples - start), seq_len, num_kv_pairs, vocab_size, power_a, random_non_queries, g)
+        for start in range(0, num_examples, chunk)
+    ]
+    if not parts:
+        empty = torch.empty(0, seq_len, dtype=torch.long)
+        return empty, empty.clone()
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _mqar_chunk(
+    n: int, seq_len: int, pairs: int, vocab_size: int, power_a: float, random_non_queries: bool, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` examples drawn from the generator ``g`` (see :func:`multiquery_ar`)."""
     context = 2 * pairs
     half = vocab_size // 2
 

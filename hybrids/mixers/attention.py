@@ -66,7 +66,8 @@ class Attention(Mixer):
         k, v = self.kv_proj(x).view(b, length, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.rotary:
             positions = torch.arange(start, start + length, device=x.device)
-            cos, sin = rotary_cos_sin(positions, self.head_dim, self.rotary_base, dtype=x.dtype)
+            # q's dtype, not x's: under autocast the projections run in bf16/fp16 while x is fp32.
+            cos, sin = rotary_cos_sin(positions, self.head_dim, self.rotary_base, dtype=q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
