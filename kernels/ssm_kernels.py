@@ -29,12 +29,16 @@ def _cauchy_pairs(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Te
     """One chunk of the Cauchy sum, the conjugate pair folded into one fraction.
 
     v / (z - w) + conj(v) / (z - conj(w)) = (2 Re(v) z - 2 Re(v conj(w))) / (z^2 - 2 Re(w) z + |w|^2)
-    which costs one complex division per term instead of two.
+
+    The denominator does not depend on v, so its reciprocal is formed once per (z, w) pair and
+    both numerator parts become contractions over n (batched matrix products):
+    sum_n = 2 z sum_n Re(v_n) / den_n - 2 sum_n Re(v_n conj(w_n)) / den_n.
     """
-    z = z[..., :, None]  # (..., chunk, 1)
-    num = 2 * v.real[..., None, :] * z - 2 * (v * w.conj()).real[..., None, :]
-    den = z * z - 2 * w.real[..., None, :] * z + (w.real**2 + w.imag**2)[..., None, :]
-    return (num / den).sum(-1)
+    zc = z[..., :, None]  # (..., chunk, 1)
+    inv_den = 1 / (zc * zc - 2 * w.real[..., None, :] * zc + (w.real**2 + w.imag**2)[..., None, :])
+    first = torch.einsum("...n,...ln->...l", v.real.to(inv_den.dtype), inv_den)
+    second = torch.einsum("...n,...ln->...l", (v * w.conj()).real.to(inv_den.dtype), inv_den)
+    return 2 * z * first - 2 * second
 
 
 def cauchy(
@@ -77,12 +81,19 @@ def vandermonde(
 
 
 def vandermonde_log(v: torch.Tensor, log_x: torch.Tensor, length: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """:func:`vandermonde` given ``log x`` (e.g. ``dt * Lambda`` for ZOH), chunked over l."""
+    """:func:`vandermonde` given ``log x`` (e.g. ``dt * Lambda`` for ZOH), chunked over l.
+
+    One table ``x^j`` for j < chunk is built with ``exp``; chunk c then uses
+    ``x^(c chunk + j) = x^(c chunk) x^j``, one complex product per term instead of an ``exp``.
+    """
+    chunk = min(chunk, length)
+    steps = torch.arange(chunk, device=log_x.device, dtype=log_x.real.dtype)
+    table = torch.exp(log_x[..., None, :] * steps[:, None])  # (..., chunk, N2)
     out = []
     for start in range(0, length, chunk):
-        steps = torch.arange(start, min(start + chunk, length), device=log_x.device, dtype=log_x.real.dtype)
-        powers = torch.exp(log_x[..., None, :] * steps[:, None])  # (..., chunk, N2)
-        out.append(2 * (v[..., None, :] * powers).sum(-1).real)
+        offset = torch.exp(log_x * start)[..., None, :]  # x^start, (..., 1, N2)
+        width = min(chunk, length - start)
+        out.append(2 * torch.einsum("...n,...ln->...l", v, offset * table[..., :width, :]).real)
     return torch.cat(out, dim=-1)
 
 
