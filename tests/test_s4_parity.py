@@ -40,3 +40,31 @@ def test_convolution_and_recurrence_agree_over_1024_steps(case, dtype):
             steps.append(y)
     error = relative_error(torch.stack(steps, 1), conv)
     assert error <= TOLERANCE[dtype], f"{case} {dtype}: relative error {error:.2e}"
+
+
+def test_s4_rejects_sequences_longer_than_l_max():
+    mixer = S4(4, d_state=8, l_max=16)
+    mixer(torch.randn(1, 16, 4))
+    with pytest.raises(ValueError, match="l_max"):
+        mixer(torch.randn(1, 17, 4))
+
+
+@pytest.mark.parametrize("cls,kwargs,argument", [
+    (S4, {"d_state": 7}, "d_state"),
+    (S4, {"measure": "legx"}, "measure"),
+    (S4, {"measure": "legt", "rank": 1}, "rank"),
+    (S4D, {"init": "linear"}, "init"),
+    (S4D, {"discretization": "euler"}, "discretization"),
+    (S4D, {"dt_min": 0.2, "dt_max": 0.1}, "dt_min"),
+])
+def test_bad_arguments_name_themselves(cls, kwargs, argument):
+    with pytest.raises(ValueError, match=f"^{argument}:"):
+        cls(4, **kwargs)
+
+
+def test_ssm_parameters_skip_weight_decay_and_dt_is_in_range():
+    mixer = S4(64, d_state=8)
+    no_decay = {name for name, p in mixer.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert no_decay == {"log_dt", "log_neg_real", "imag", "P", "B"}
+    dt = mixer.log_dt.exp()
+    assert dt.min() >= 1e-3 and dt.max() <= 1e-1
