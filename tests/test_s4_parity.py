@@ -68,3 +68,17 @@ def test_ssm_parameters_skip_weight_decay_and_dt_is_in_range():
     assert no_decay == {"log_dt", "log_neg_real", "imag", "P", "B"}
     dt = mixer.log_dt.exp()
     assert dt.min() >= 1e-3 and dt.max() <= 1e-1
+
+
+@pytest.mark.parametrize("cls", [S4, S4D])
+def test_bfloat16_parameters_compute_in_float32_internally(cls):
+    torch.manual_seed(0)
+    mixer = cls(8, d_state=8, **({"l_max": 32} if cls is S4 else {}))
+    x = torch.randn(2, 32, 8)
+    expected = mixer(x)
+    low = mixer.to(torch.bfloat16)
+    got = low(x.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert relative_error(got, expected) < 0.05  # bf16 rounding of weights and activations
+    y, _ = low.step(x[:, 0].bfloat16(), low.init_state(2))
+    assert relative_error(y, got[:, 0]) < 0.05

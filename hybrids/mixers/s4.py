@@ -44,8 +44,18 @@ def _complex_parameter(value: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(torch.view_as_real(value.to(torch.complex128).contiguous()).to(torch.float32).clone())
 
 
+def _wide(parameter: torch.Tensor) -> torch.Tensor:
+    """float32 at least: complex arithmetic has no bfloat16/float16 form, and the kernel needs it."""
+    return parameter.float() if parameter.dtype in (torch.float16, torch.bfloat16) else parameter
+
+
 def _as_complex(parameter: torch.Tensor) -> torch.Tensor:
-    return torch.view_as_complex(parameter.contiguous())
+    return torch.view_as_complex(_wide(parameter).contiguous())
+
+
+def _diagonal(log_neg_real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+    """Lambda = -exp(log_neg_real) + i imag, (H, N2) complex."""
+    return torch.complex(-torch.exp(_wide(log_neg_real)), _wide(imag))
 
 
 def _no_weight_decay(*parameters: nn.Parameter) -> None:
@@ -89,7 +99,7 @@ class _SSMMixer(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = x.transpose(1, 2)  # (B, H, L)
-        y = fft_conv(u, self.kernel(u.shape[-1]).to(u.dtype), self.D)
+        y = fft_conv(u, self.kernel(u.shape[-1]), self.D)  # kernel stays in float32 or wider
         return self._output(y.transpose(1, 2))
 
     def _complex_dtype(self) -> torch.dtype:
@@ -110,6 +120,8 @@ class _SSMMixer(Mixer):
         return cache[1]
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        # For decoding: the discrete system is built without gradients to the SSM parameters
+        # (train with forward; gradients still flow to x, D and the output projection).
         A_bar, B_bar, C = self._cached_recurrence()
         u = x  # (B, H)
         h = self._advance(A_bar, state["x"]) + B_bar * u[..., None].to(B_bar.dtype)  # (B, H, N2)
@@ -162,8 +174,7 @@ class S4D(_SSMMixer):
         _no_weight_decay(self.log_neg_real, self.imag, self.B)
 
     def _system(self):
-        Lambda = torch.complex(-torch.exp(self.log_neg_real), self.imag)
-        return Lambda, _as_complex(self.B), _as_complex(self.C), torch.exp(self.log_dt)
+        return _diagonal(self.log_neg_real, self.imag), _as_complex(self.B), _as_complex(self.C), torch.exp(_wide(self.log_dt))
 
     def kernel(self, length: int) -> torch.Tensor:
         Lambda, B, C, dt = self._system()
@@ -225,8 +236,8 @@ class S4(_SSMMixer):
         _no_weight_decay(self.log_neg_real, self.imag, self.P, self.B)
 
     def _system(self, dtype: torch.dtype | None = None):
-        Lambda = torch.complex(-torch.exp(self.log_neg_real), self.imag)
-        parts = (Lambda, _as_complex(self.P), _as_complex(self.B), _as_complex(self.C), torch.exp(self.log_dt))
+        Lambda = _diagonal(self.log_neg_real, self.imag)
+        parts = (Lambda, _as_complex(self.P), _as_complex(self.B), _as_complex(self.C), torch.exp(_wide(self.log_dt)))
         return parts if dtype is None else tuple(p.to(dtype) if p.is_complex() else p.double() for p in parts)
 
     def kernel(self, length: int) -> torch.Tensor:
