@@ -1,0 +1,126 @@
+"""Banded sparse attention against dense causal SDPA on the CPU: time and peak memory.
+
+    python benchmarks/sparse_attention_cpu.py                       # the README table
+    python benchmarks/sparse_attention_cpu.py --lengths 1024 --long 0 --repeats 1
+
+(a) For each L: sliding-window attention through ``sparse_attention(..., backend="banded")`` and
+dense causal attention through ``scaled_dot_product_attention(is_causal=True)``, forward alone
+(under ``torch.no_grad``) and forward + backward. (b) One banded layer, forward + backward, at
+``--long`` tokens.
+
+Every configuration runs in a fresh subprocess, so that one configuration's caches and freed
+memory do not count towards the next. Time: best of ``--repeats`` runs after one warm-up run.
+Peak memory: the process's resident-set high-water mark during the timed runs minus the
+resident set before them (the mark is reset through ``/proc/self/clear_refs``, Linux only), so it
+counts what the computation itself allocates and touches, inputs excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hybrids.kernels.sparse_attention import SparsePattern, sparse_attention
+
+MiB = 1 << 20
+
+
+def _status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in KiB."""
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
+
+
+def run_one(config: dict) -> dict:
+    """Time one configuration and measure its peak memory; runs inside the child process."""
+    torch.manual_seed(0)
+    batch, heads, length, head_dim = config["batch"], config["heads"], config["length"], config["head_dim"]
+    backward = config["mode"] == "fwd+bwd"
+    q, k, v = (torch.randn(batch, heads, length, head_dim, requires_grad=backward) for _ in range(3))
+    grad_out = torch.randn(batch, heads, length, head_dim)
+    pattern = SparsePattern(window=config["window"])
+
+    def attention():
+        if config["impl"] == "sdpa":
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return sparse_attention(q, k, v, pattern, backend="banded")
+
+    def step():
+        if backward:
+            attention().backward(grad_out)
+            for t in (q, k, v):
+                t.grad = None
+        else:
+            with torch.no_grad():
+                attention()
+
+    step()  # warm-up: thread pools, cached masks and random tables
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the high-water mark VmHWM to the current resident set
+    before = _status_kib("VmRSS")
+    best = float("inf")
+    for _ in range(config["repeats"]):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return {"seconds": best, "peak_mib": (_status_kib("VmHWM") - before) / 1024}
+
+
+def measure(config: dict) -> dict:
+    """Run one configuration in a fresh Python process and return its figures."""
+    child = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True, check=False
+    )
+    if child.returncode:
+        raise RuntimeError(f"configuration {config} failed:\n{child.stderr}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--long", type=int, default=65536, help="L of the single banded layer (b); 0 skips it")
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(json.loads(args.child))))
+        return
+
+    base = {"batch": args.batch, "heads": args.heads, "head_dim": args.head_dim, "window": args.window}
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch {args.batch}, "
+        f"{args.heads} heads of {args.head_dim}, window {args.window}; time: best of {args.repeats}; "
+        f"memory: peak RSS increase over the inputs\n"
+    )
+    print("| L | attention | pass | time | peak memory |")
+    print("| ---: | --- | --- | ---: | ---: |")
+    modes = ("fwd", "fwd+bwd")
+    rows = [(length, impl, mode) for length in args.lengths for impl in ("banded", "sdpa") for mode in modes]
+    if args.long:
+        rows.append((args.long, "banded", "fwd+bwd"))
+    names = {"banded": f"banded, window {args.window}", "sdpa": "dense causal SDPA"}
+    for length, impl, mode in rows:
+        # The long layer is timed once: it is the memory figure that matters there.
+        repeats = 1 if length == args.long else args.repeats
+        result = measure({**base, "length": length, "impl": impl, "mode": mode, "repeats": repeats})
+        print(
+            f"| {length:,} | {names[impl]} | {mode} | {result['seconds'] * 1e3:,.1f} ms | "
+            f"{result['peak_mib']:,.0f} MiB |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
