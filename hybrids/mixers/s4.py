@@ -82,6 +82,17 @@ class _SSMMixer(Mixer):
         self.out_proj = nn.Linear(d_model, 2 * d_model)
         _no_weight_decay(self.log_dt)
 
+    def _init_modes(self, Lambda: torch.Tensor, B: torch.Tensor) -> None:
+        """Per-channel copies of the initial modes Lambda, B (N2,) and a random C (H, N2)."""
+        Lambda = Lambda.expand(self.d_model, -1)
+        # Re(Lambda) = -exp(log_neg_real) < 0 keeps every mode stable whatever training does.
+        self.log_neg_real = nn.Parameter(torch.log((-Lambda.real).clamp(min=REAL_FLOOR)).float())
+        self.imag = nn.Parameter(Lambda.imag.float().clone())
+        self.B = _complex_parameter(B.expand(self.d_model, -1))
+        C = torch.randn(self.d_model, self.d_state // 2, dtype=torch.complex128) * math.sqrt(0.5)
+        self.C = _complex_parameter(C)
+        _no_weight_decay(self.log_neg_real, self.imag, self.B)
+
     # Subclasses provide the kernel (conv mode) and the discrete system (recurrent mode).
     def kernel(self, length: int) -> torch.Tensor:  # (H, length) real
         raise NotImplementedError
@@ -164,14 +175,8 @@ class S4D(_SSMMixer):
             raise ValueError(f"discretization: unknown {discretization!r}; use one of {DISCRETISATIONS}")
         self.init, self.discretization = init, discretization
         Lambda, B = diagonal_init(init, d_state)  # (N2,) each
-        Lambda, B = Lambda.expand(d_model, -1), B.expand(d_model, -1)
-        # Re(Lambda) = -exp(log_neg_real) < 0 keeps every mode stable whatever training does.
-        self.log_neg_real = nn.Parameter(torch.log((-Lambda.real).clamp(min=REAL_FLOOR)).float())
-        self.imag = nn.Parameter(Lambda.imag.float().clone())
-        self.B = _complex_parameter(B)
+        self._init_modes(Lambda, B)
         self.B.requires_grad_(learn_B)
-        self.C = _complex_parameter(torch.randn(d_model, d_state // 2, dtype=torch.complex128) * math.sqrt(0.5))
-        _no_weight_decay(self.log_neg_real, self.imag, self.B)
 
     def _system(self):
         return _diagonal(self.log_neg_real, self.imag), _as_complex(self.B), _as_complex(self.C), torch.exp(_wide(self.log_dt))
@@ -227,13 +232,9 @@ class S4(_SSMMixer):
             raise ValueError(f"rank: measure {measure!r} needs rank >= {required_rank(measure)}, got {rank}")
         self.measure, self.rank, self.l_max = measure, rank, l_max
         system = nplr(measure, d_state, rank=rank)
-        Lambda = system.Lambda.expand(d_model, -1)
-        self.log_neg_real = nn.Parameter(torch.log((-Lambda.real).clamp(min=REAL_FLOOR)).float())
-        self.imag = nn.Parameter(Lambda.imag.float().clone())
+        self._init_modes(system.Lambda, system.B)
         self.P = _complex_parameter(system.P[:, None, :].expand(-1, d_model, -1))
-        self.B = _complex_parameter(system.B.expand(d_model, -1))
-        self.C = _complex_parameter(torch.randn(d_model, d_state // 2, dtype=torch.complex128) * math.sqrt(0.5))
-        _no_weight_decay(self.log_neg_real, self.imag, self.P, self.B)
+        _no_weight_decay(self.P)
 
     def _system(self, dtype: torch.dtype | None = None):
         Lambda = _diagonal(self.log_neg_real, self.imag)
