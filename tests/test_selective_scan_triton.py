@@ -1,0 +1,403 @@
+"""The Triton selective scan (forward and hand-written backward) against the reference.
+
+Every case compares the output, the last state and every gradient (u, delta, A, B, C, D, z,
+delta_bias) with the relative RMS error ``rms(x - ref) / rms(ref)``.
+
+Where to run the kernels:
+
+- with CUDA: here, on CUDA tensors;
+- without: in Triton's interpreter, which needs ``TRITON_INTERPRET=1`` before triton is first
+  imported in a process (Triton's library functions such as ``tl.sum`` are decorated then). The
+  rest of the suite may have imported triton already, and setting the variable here would leak
+  into other tests, so the CPU cases run in one subprocess: this file run as a script
+  (``python tests/test_selective_scan_triton.py --worker ID ...``), which prints the errors of
+  each case as JSON. The parametrised tests read them from a module-scoped fixture.
+
+The worker also swaps the interpreter's scan loop, which calls the combine function once per
+element, for one that calls it once per column (the same sequential order of combination, on
+whole columns): about 10x faster, nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import traceback
+
+import pytest
+import torch
+
+FP32_TOL = 1e-4
+HALF_TOL = 1e-2
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    batch: int
+    dim: int
+    d_state: int
+    length: int
+    groups: int | None = None  # None: 3-D B and C; else 4-D with this many groups (B and C)
+    groups_C: int | None = -1  # -1: as groups; None: 3-D C; else 4-D C with this many groups
+    has_D: bool = True
+    has_z: bool = True
+    has_bias: bool = True
+    softplus: bool = True
+    last: bool = False  # return_last_state, with a gradient on the last state in the loss
+    loss: str = "both"  # "both": out and (if last) last state; "last": the last state only
+    dtype: str = "float32"
+    strided: bool = False  # u, delta, z, B, C as transposed views (stride along L != 1)
+    blocks: tuple = ()  # (("block_l", 8), ...) overrides of the launch configuration
+    check_nograd: bool = False  # also run the forward without autograd (no states saved)
+
+    @property
+    def id(self) -> str:
+        parts = [f"B{self.batch}-D{self.dim}-N{self.d_state}-L{self.length}"]
+        if self.groups is not None:
+            parts.append(f"G{self.groups}")
+        if self.groups_C != -1:
+            parts.append(f"GC{self.groups_C}")
+        parts += [flag for flag, on in (("noD", not self.has_D), ("noz", not self.has_z),
+                                        ("nobias", not self.has_bias), ("nosoftplus", not self.softplus),
+                                        ("last", self.last), ("strided", self.strided)) if on]  # fmt: skip
+        if self.loss != "both":
+            parts.append(f"loss-{self.loss}")
+        parts += [f"{k.replace('block_', 'b')}{v}" for k, v in self.blocks]
+        if self.dtype != "float32":
+            parts.append({"bfloat16": "bf16", "float16": "fp16"}[self.dtype])
+        return "-".join(parts)
+
+
+CASES = [
+    Case(2, 4, 4, 37, last=True, check_nograd=True),  # L not a multiple of BLOCK_L
+    Case(1, 5, 5, 1, last=True),  # L = 1
+    Case(2, 5, 3, 37, blocks=(("block_d", 2), ("block_d_bwd", 4))),  # dim % BLOCK_D != 0, N = 3
+    Case(1, 4, 4, 130, groups=2, last=True),  # grouped B / C: 2 channels per group, 9 chunks
+    Case(1, 6, 2, 20, groups=3, groups_C=1),  # 4-D B with 3 groups, 4-D C with 1 group
+    Case(1, 4, 4, 23, groups_C=None, groups=2),  # 4-D B, 3-D C
+    Case(2, 3, 4, 32),  # L a multiple of BLOCK_L: no padding
+    Case(1, 3, 4, 19, has_D=False, has_z=False, has_bias=False, softplus=False),
+    Case(1, 3, 4, 19, has_z=False, has_bias=False),
+    Case(1, 3, 4, 19, has_D=False, softplus=False),
+    Case(1, 3, 16, 19, last=True, loss="last"),  # no gradient on the output at all
+    Case(2, 4, 4, 29, strided=True, last=True),
+    Case(1, 4, 3, 41, blocks=(("block_l", 8),), last=True),  # 6 chunks of 8
+    Case(2, 4, 4, 37, last=True, dtype="bfloat16"),
+    Case(2, 4, 4, 37, groups=2, dtype="float16"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# one case, on any device (runs in the worker on CPU, here on CUDA)
+
+
+def rel_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """rms(x - ref) / rms(ref), in float64 (0 when both are 0)."""
+    x, ref = x.double(), ref.double()
+    num = (x - ref).pow(2).mean().sqrt().item()
+    den = ref.pow(2).mean().sqrt().item()
+    return num / den if den > 0 else num
+
+
+def make_inputs(case: Case, device, seed: int = 0) -> dict:
+    """Mamba-like inputs: A = -(1..N) scaled per channel; delta around softplus(-1)."""
+    g = torch.Generator().manual_seed(seed)
+    b, d, n, L = case.batch, case.dim, case.d_state, case.length
+    low = getattr(torch, case.dtype)
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g) * scale + shift).to(device)
+
+    def seq(*lead, **kw):  # (*lead, L), low precision, optionally a transposed view
+        x = randn(*lead, L, **kw)
+        if case.strided:
+            x = x.movedim(-1, 1).contiguous().movedim(1, -1)  # same values, stride along L != 1
+        return x.to(low)
+
+    def bc(groups):
+        return seq(b, n) if groups is None else seq(b, groups, n)
+
+    groups_C = case.groups if case.groups_C == -1 else case.groups_C
+    if case.softplus:
+        delta = seq(b, d, scale=0.5, shift=-1.0)
+    else:  # delta is used as is: keep it positive
+        delta = (torch.rand(b, d, L, generator=g) * 0.3 + 0.02).to(device).to(low)
+    A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1) * (0.5 + torch.rand(d, 1, generator=g))
+    return dict(
+        u=seq(b, d),
+        delta=delta,
+        A=A.to(device),
+        B=bc(case.groups),
+        C=bc(groups_C),
+        D=randn(d) if case.has_D else None,
+        z=seq(b, d) if case.has_z else None,
+        delta_bias=randn(d, scale=0.5) if case.has_bias else None,
+    )
+
+
+def run_case(case: Case, device) -> dict:
+    """Relative RMS errors of the Triton scan against the reference on the same inputs."""
+    from hybrids.kernels.selective_scan import selective_scan_reference
+    from hybrids.kernels.selective_scan_triton import selective_scan_triton
+
+    inputs = make_inputs(case, device)
+    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+    flags = (case.softplus, case.last)
+
+    def run(fn, cast, **kw):
+        leaves = {k: (cast(v).detach().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+        res = fn(*leaves.values(), *flags, **kw)
+        out, last = res if case.last else (res, None)
+        return out, last, leaves
+
+    # The reference runs in float32 on the very values the kernel reads.
+    out, last, leaves = run(selective_scan_triton, lambda v: v, **dict(case.blocks))
+    ref_out, ref_last, ref_leaves = run(selective_scan_reference, lambda v: v.float())
+    g = torch.Generator().manual_seed(1)
+    dout = torch.randn(out.shape, generator=g).to(device).to(out.dtype)
+    dlast = torch.randn(ref_last.shape, generator=g).to(device) if case.last else None
+
+    def loss(o, s):
+        terms = [] if case.loss == "last" else [(o.float() * dout.float()).sum()]
+        return sum(terms + ([(s * dlast).sum()] if s is not None else []))
+
+    # allow_unused: with loss="last", z and D do not reach the loss (zero gradients).
+    grads = torch.autograd.grad(loss(out, last), [leaves[k] for k in names], allow_unused=True, materialize_grads=True)
+    ref_grads = torch.autograd.grad(
+        loss(ref_out, ref_last), [ref_leaves[k] for k in names], allow_unused=True, materialize_grads=True
+    )
+
+    errors = {"out": rel_rms(out, ref_out)}
+    if case.last:
+        errors["last"] = rel_rms(last, ref_last)
+        errors["last_dtype"] = str(last.dtype)
+    errors["out_dtype"] = str(out.dtype)
+    for k, gr, rg in zip(names, grads, ref_grads):
+        errors[f"d{k}"] = rel_rms(gr, rg)
+        assert gr.shape == inputs[k].shape and gr.dtype == inputs[k].dtype, (k, gr.shape, gr.dtype)
+    if case.check_nograd:
+        with torch.no_grad():  # inputs that require grad, but no backward can follow: no states
+            res = selective_scan_triton(*leaves.values(), *flags, **dict(case.blocks))
+        errors["nograd_out_max_diff"] = ((res[0] if case.last else res) - out).abs().max().item()
+    return errors
+
+
+def expected_errors(case: Case) -> list[str]:
+    return ["out"] + (["last"] if case.last else []) + [
+        f"d{k}" for k, on in zip(GRAD_NAMES, (1, 1, 1, 1, 1, case.has_D, case.has_z, case.has_bias)) if on
+    ]
+
+
+def check_errors(case: Case, errors: dict) -> None:
+    if "traceback" in errors:
+        pytest.fail(f"{case.id} raised:\n{errors['traceback']}")
+    tol = FP32_TOL if case.dtype == "float32" else HALF_TOL
+    assert set(expected_errors(case)) <= set(errors), errors
+    bad = {k: errors[k] for k in expected_errors(case) if not errors[k] <= tol}
+    assert not bad, f"relative RMS errors above {tol}: {bad} (all: {errors})"
+    assert errors["out_dtype"] == f"torch.{case.dtype}"
+    if case.last:
+        assert errors["last_dtype"] == "torch.float32"
+    if "nograd_out_max_diff" in errors:
+        assert errors["nograd_out_max_diff"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# the worker: this file run as a script, under TRITON_INTERPRET=1
+
+
+def _vectorise_interpreter_scan() -> None:
+    """Make the interpreter's generic associative scan combine whole columns at a time.
+
+    Triton's interpreter walks every element of a scanned tensor and calls the combine function
+    on scalars. Here the combine function gets the columns i (accumulated) and i + 1 (new) of
+    all the independent rows at once, in the same sequential order. If the interpreter's
+    internals have moved, the original (slow) loop stays.
+    """
+    import numpy as np
+
+    try:
+        from triton.runtime.interpreter import ScanOps
+    except ImportError:
+        return
+    if not hasattr(ScanOps, "generic_scan"):
+        return
+
+    def generic_scan(self, input):
+        data = [np.moveaxis(arg.handle.data, self.axis, 0) for arg in input]
+        outputs = [np.empty_like(x) for x in data]
+        acc = None
+        for i in range(data[0].shape[0]):
+            cur = tuple(self.to_tensor(np.ascontiguousarray(x[i]), arg.dtype) for x, arg in zip(data, input))
+            if acc is None:
+                acc = cur
+            else:
+                res = self.combine_fn.fn(*acc, *cur)
+                acc = res if isinstance(res, tuple) else (res,)
+            for out, a in zip(outputs, acc):
+                out[i] = a.handle.data
+        return [
+            self.to_tensor(np.ascontiguousarray(np.moveaxis(out, 0, self.axis)), arg.dtype)
+            for out, arg in zip(outputs, input)
+        ]
+
+    ScanOps.generic_scan = generic_scan
+
+
+def error_checks(device) -> dict:
+    """Messages of the errors the Triton entry points must raise on this machine."""
+    from hybrids.kernels.selective_scan import BackendUnavailable, selective_scan
+    from hybrids.kernels.selective_scan_triton import selective_scan_triton
+
+    messages = {}
+    x = make_inputs(Case(1, 2, 2, 3), device)
+    try:
+        selective_scan_triton(*[v.double() if v is not None else None for v in x.values()])
+    except ValueError as e:
+        messages["float64"] = str(e)
+    if device == "cpu":
+        saved = os.environ.pop("TRITON_INTERPRET", None)
+        try:
+            for name, fn in (("dispatcher", lambda: selective_scan(*x.values(), backend="triton")),
+                             ("direct", lambda: selective_scan_triton(*x.values()))):  # fmt: skip
+                try:
+                    fn()
+                except BackendUnavailable as e:
+                    messages[name] = str(e)
+        finally:
+            if saved is not None:
+                os.environ["TRITON_INTERPRET"] = saved
+    return messages
+
+
+def worker(ids: list[str]) -> dict:
+    assert os.environ.get("TRITON_INTERPRET") == "1", "the worker needs TRITON_INTERPRET=1"
+    _vectorise_interpreter_scan()
+    results = {}
+    for case in CASES:
+        if ids and case.id not in ids:
+            continue
+        torch.manual_seed(0)
+        try:
+            results[case.id] = run_case(case, "cpu")
+        except Exception:
+            results[case.id] = {"traceback": traceback.format_exc()}
+    results["error_checks"] = error_checks("cpu")
+    return results
+
+
+@pytest.fixture(scope="module")
+def interpreter_results(request, tmp_path_factory):
+    """All selected CPU cases, computed in one subprocess under TRITON_INTERPRET=1.
+
+    Under pytest-xdist every worker would start its own subprocess for all the cases; the first
+    one writes the results to the session's temporary folder and the others read them.
+    """
+    from filelock import FileLock  # a dependency of torch
+
+    selected = sorted(
+        item.callspec.params["case"].id
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_against_reference" and hasattr(item, "callspec")
+    )
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    cache = root / "selective_scan_triton_interpreter.json"
+    with FileLock(str(cache) + ".lock"):
+        if cache.exists():
+            return json.loads(cache.read_text())
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker", *selected],
+            env=env, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            pytest.fail(
+                f"the interpreter worker failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            )
+        cache.write_text(proc.stdout.strip().splitlines()[-1])
+        return json.loads(cache.read_text())
+
+
+# --------------------------------------------------------------------------------------------
+# tests
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_against_reference(case, request):
+    if torch.cuda.is_available():
+        errors = run_case(case, "cuda")
+    else:
+        errors = request.getfixturevalue("interpreter_results")[case.id]
+    check_errors(case, errors)
+
+
+def test_errors(request):
+    if torch.cuda.is_available():
+        messages = error_checks("cuda")
+    else:
+        messages = request.getfixturevalue("interpreter_results")["error_checks"]
+    assert "float64" in messages.get("float64", ""), messages
+    assert "backend='torch'" in messages["float64"]
+    if not torch.cuda.is_available():
+        for name in ("dispatcher", "direct"):
+            assert "TRITON_INTERPRET=1" in messages.get(name, ""), messages
+            assert "CUDA" in messages[name]
+
+
+def test_backend_unavailable_in_this_process(monkeypatch):
+    """In a CPU process without TRITON_INTERPRET, asking for "triton" says why and what to do."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: the Triton backend can run")
+    from hybrids.kernels.selective_scan import BackendUnavailable, selective_scan
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = make_inputs(Case(1, 2, 2, 3), "cpu")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET=1"):
+        selective_scan(*x.values(), backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "case",
+    [Case(2, 256, 16, 2048, last=True, dtype="bfloat16"), Case(2, 256, 16, 1000, dtype="float16"),
+     Case(1, 128, 16, 777, groups=2, last=True), Case(1, 64, 64, 300, strided=True)],
+    ids=lambda c: c.id,
+)  # fmt: skip
+def test_gpu_larger(case):
+    check_errors(case, run_case(case, "cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_default_blocks_chunks():
+    """The GPU block sizes (BLOCK_L = 64) with several chunks and a ragged end."""
+    case = Case(2, 48, 16, 64 * 5 + 3, groups=2, last=True)
+    check_errors(case, run_case(case, "cuda"))
+
+
+@pytest.mark.gpu
+def test_gpu_against_mamba_extension():
+    """Our kernel against mamba_ssm's CUDA op, where it is installed (bf16, Mamba's setting)."""
+    pytest.importorskip("selective_scan_cuda")
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    from hybrids.kernels.selective_scan_triton import selective_scan_triton
+
+    case = Case(2, 256, 16, 1024, last=True, dtype="bfloat16")
+    x = make_inputs(case, "cuda")
+    ours, ours_last = selective_scan_triton(*x.values(), True, True)
+    theirs, theirs_last = selective_scan_fn(*x.values(), True, True)
+    assert rel_rms(ours, theirs) < HALF_TOL
+    assert rel_rms(ours_last, theirs_last) < 1e-3
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        print(json.dumps(worker(sys.argv[2:])))
+    else:
+        sys.exit(pytest.main([__file__, *sys.argv[1:]]))
