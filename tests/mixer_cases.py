@@ -5,6 +5,8 @@ Each mixer class exported from ``hybrids.mixers`` must appear here at least once
 """
 
 from hybrids.mixers import S4, S4D, Attention
+from hybrids.mixers import SparseAttention
+from hybrids.mixers import Mamba, RGLRU
 
 D_MODEL = 16
 
@@ -16,4 +18,13 @@ MIXER_CASES = {
     "s4-legt": (S4, {"d_state": 8, "measure": "legt", "l_max": 16}),
     "s4d-legs-zoh": (S4D, {"d_state": 8}),
     "s4d-lin-bilinear": (S4D, {"d_state": 6, "init": "lin", "discretization": "bilinear"}),
+    "sparse-window": (SparseAttention, {"heads": 4, "window": 4, "dilation": 2, "global_tokens": 2}),
+    "sparse-gqa-random": (
+        SparseAttention, {"heads": 4, "kv_heads": 2, "window": 3, "random_blocks": 1, "block_size": 4}
+    ),
+    "sparse-full": (SparseAttention, {"heads": 2, "kv_heads": 1, "window": None, "global_tokens": 3}),
+    "mamba": (Mamba, {"d_state": 4, "expand": 2}),
+    "mamba-dtrank": (Mamba, {"d_state": 3, "dt_rank": 3, "d_conv": 3, "expand": 1.5, "bias": True}),
+    "rglru": (RGLRU, {}),
+    "rglru-wide": (RGLRU, {"d_rnn": 24, "heads": 4, "d_conv": 2}),
 }

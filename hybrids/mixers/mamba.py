@@ -1,0 +1,210 @@
+"""Mamba: the selective state-space block of Gu & Dao (2023), "Mamba: Linear-Time Sequence
+Modeling with Selective State Spaces", with the parameter names of mamba_ssm's ``Mamba`` module.
+
+One block, for x (batch, L, d_model)::
+
+    x, z  = in_proj(x).chunk(2)                    # (batch, d_inner, L) each, d_inner = expand * d_model
+    x     = silu(causal depthwise conv1d(x))       # width d_conv
+    dt, B, C = x_proj(x).split(dt_rank, d_state, d_state)
+    delta = softplus(dt_proj(dt))                  # (batch, d_inner, L): input-dependent step
+    y     = selective_scan(x, delta, A, B, C, D, z) # A = -exp(A_log), S4D-Real init -(1..d_state)
+    out   = out_proj(y)
+
+``dt_proj``'s bias is handed to the scan as ``delta_bias`` (with ``delta_softplus``), as
+mamba_ssm does, so that the kernel fuses it. The recurrent state per sequence is the scan state
+``h`` (d_inner, d_state), kept in float32, and the last ``d_conv`` inputs of the convolution
+(d_inner, d_conv), as mamba_ssm's cache holds them: ``state_size = d_inner * (d_state + d_conv)``
+whatever the sequence length.
+
+Paths:
+
+- ``forward``: ``hybrids.kernels.causal_conv1d`` then ``hybrids.kernels.selective_scan`` (whose
+  dispatcher picks the backend for the device; ``scan_backend`` forces one).
+- On CUDA with mamba-ssm and causal-conv1d installed, ``use_fast_path`` and no backend forced
+  (not ``scan_backend``, ``HYBRIDS_SELECTIVE_SCAN_BACKEND`` nor ``HYBRIDS_CAUSAL_CONV1D_BACKEND``),
+  2 <= d_conv <= 4 and not float64: mamba_ssm's fused
+  ``mamba_inner_fn`` on the same parameters. Not exercised by the test suite (no GPU here).
+- ``step``: ``causal_conv1d_update`` and ``selective_state_update``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.kernels.causal_conv1d import BACKEND_ENV as CONV_BACKEND_ENV
+from hybrids.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
+from hybrids.kernels.selective_scan import BACKEND_ENV as SCAN_BACKEND_ENV
+from hybrids.kernels.selective_scan import BACKENDS as SCAN_BACKENDS
+from hybrids.kernels.selective_scan import selective_scan
+from hybrids.kernels.selective_state_update import selective_state_update
+from hybrids.mixers.base import Mixer, State
+
+DT_INITS = ("random", "constant")
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """float32 at least (float64 stays float64): the SSM parameters enter the scan in it."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+@functools.cache
+def _mamba_inner_fn():
+    """mamba_ssm's fused block function, or None where mamba-ssm/causal-conv1d are missing."""
+    try:
+        import causal_conv1d_cuda  # noqa: F401  (mamba_inner_fn needs the compiled conv)
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+    except ImportError:
+        return None
+    return mamba_inner_fn
+
+
+class Mamba(Mixer):
+    """The Mamba-1 block (module docstring).
+
+    Args:
+        d_model: model width.
+        d_state: SSM state size N per channel.
+        d_conv: width of the causal depthwise convolution.
+        expand: d_inner = expand * d_model.
+        dt_rank: rank of the step projection; "auto" = ceil(d_model / 16).
+        dt_min, dt_max: initial steps are drawn log-uniformly in [dt_min, dt_max] ...
+        dt_init_floor: ... and floored at this value; dt_proj's bias is their inverse softplus.
+        dt_init: "random" (dt_proj weight uniform in +-dt_rank^-0.5 * dt_scale) or "constant".
+        dt_scale: scale of dt_proj's initial weight.
+        conv_bias: bias in the convolution.
+        bias: biases in in_proj and out_proj.
+        use_fast_path: use mamba_ssm's fused kernel where it can run (CUDA, installed).
+        scan_backend: force a ``selective_scan`` backend ("reference", "torch", "cpu", "triton",
+            "extension"); None lets the dispatcher choose.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: float = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,
+        scan_backend: str | None = None,
+    ) -> None:
+        super().__init__(d_model)
+        if not isinstance(d_state, int) or d_state <= 0:
+            raise ValueError(f"d_state: must be a positive int, got {d_state!r}")
+        if not isinstance(d_conv, int) or d_conv <= 0:
+            raise ValueError(f"d_conv: must be a positive int (4 in Mamba), got {d_conv!r}")
+        if expand <= 0 or int(expand * d_model) <= 0:
+            raise ValueError(f"expand: expand * d_model must be at least 1, got expand={expand}")
+        if dt_rank == "auto":
+            dt_rank = math.ceil(d_model / 16)
+        if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank <= 0:
+            raise ValueError(f"dt_rank: must be a positive int or 'auto' (ceil(d_model / 16)), got {dt_rank!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if dt_init not in DT_INITS:
+            raise ValueError(f"dt_init: unknown {dt_init!r}; use one of {DT_INITS}")
+        if dt_init_floor < 0:
+            raise ValueError(f"dt_init_floor: must be >= 0, got {dt_init_floor}")
+        if scan_backend is not None and scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend: unknown {scan_backend!r}; use one of {SCAN_BACKENDS} or None")
+        self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
+        self.d_inner = int(expand * d_model)
+        self.use_fast_path, self.scan_backend = use_fast_path, scan_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1, bias=conv_bias
+        )
+        self.x_proj = nn.Linear(self.d_inner, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, self.d_inner, bias=True)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+
+        # Step: dt_proj(dt) starts at scale dt_rank^-0.5 * dt_scale; its bias makes the initial
+        # softplus steps log-uniform in [dt_min, dt_max] (floored), per channel.
+        std = dt_rank**-0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                self.dt_proj.weight.fill_(std)
+            else:
+                self.dt_proj.weight.uniform_(-std, std)
+            log_dt = torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus
+        # S4D-Real: A[d, n] = -(n + 1), stored as its log so that A stays negative.
+        A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        # The SSM's own parameters are not regularised (mamba_ssm's practice; hybrids.lit reads it).
+        for p in (self.A_log, self.D, self.dt_proj.bias):
+            p._no_weight_decay = True
+
+    # -- parallel ------------------------------------------------------------------------------
+
+    def _scan_kwargs(self) -> dict:
+        return {} if self.scan_backend is None else {"backend": self.scan_backend}
+
+    def _fast_path_fn(self, x: torch.Tensor):
+        if not (self.use_fast_path and x.is_cuda and self.scan_backend is None and 2 <= self.d_conv <= 4):
+            return None
+        if os.environ.get(SCAN_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV) or x.dtype == torch.float64:
+            return None  # a forced backend wins; the CUDA kernels take float32/16 and bfloat16 only
+        return _mamba_inner_fn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 * d_inner, L)
+        A = -torch.exp(_wide(self.A_log))  # (d_inner, N)
+        fast = self._fast_path_fn(x)
+        if fast is not None:  # untested here: needs CUDA and mamba-ssm
+            return fast(
+                xz.contiguous(), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                self.out_proj.weight, self.out_proj.bias, A, None, None, _wide(self.D),
+                delta_bias=_wide(self.dt_proj.bias), delta_softplus=True,
+            )
+        u, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
+        u = causal_conv1d(u, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias goes to the scan
+        y = selective_scan(
+            u, delta, A, B.transpose(1, 2), C.transpose(1, 2), _wide(self.D), z=z,
+            delta_bias=_wide(self.dt_proj.bias), delta_softplus=True, **self._scan_kwargs(),
+        )  # (B, d_inner, L)
+        return self.out_proj(y.transpose(1, 2))
+
+    # -- recurrent -----------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> State:
+        factory = self._factory()
+        ssm_dtype = torch.promote_types(factory["dtype"], torch.float32)
+        return {
+            "conv": torch.zeros(batch_size, self.d_inner, self.d_conv, **factory),
+            "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=factory["device"], dtype=ssm_dtype),
+        }
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        # The kernels update states in place: work on copies, so the caller's state stays valid.
+        conv, ssm = state["conv"].clone(), state["ssm"].clone()
+        u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, d_inner) each
+        u = causal_conv1d_update(u, conv, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(_wide(self.A_log))
+        y = selective_state_update(
+            ssm, u, dt, A, B, C, _wide(self.D), z=z, dt_bias=_wide(self.dt_proj.bias), dt_softplus=True
+        )
+        return self.out_proj(y), {"conv": conv, "ssm": ssm}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_inner * (self.d_state + self.d_conv)

@@ -1,0 +1,186 @@
+"""The recurrent block of Griffin and Hawk (De et al. 2024, "Griffin: Mixing Gated Linear
+Recurrences with Local Attention for Efficient Language Models"), with its Real-Gated Linear
+Recurrent Unit (RG-LRU), run on the selective-scan kernel.
+
+The block, for x (batch, L, d_model), two branches of width d_rnn::
+
+    x, gate = in_proj(x).chunk(2)            # Griffin's two Linear layers, fused
+    x       = conv1d(x)                      # causal depthwise, width d_conv (4), no activation
+    h       = rg_lru(x)
+    out     = out_proj(gelu(gate) * h)
+
+The RG-LRU, per channel, with ``a = sigmoid(Lambda)`` learned per channel and ``c = 8``::
+
+    r_t = sigmoid(W_a x_t + b_a)                       # recurrence gate
+    i_t = sigmoid(W_x x_t + b_x)                       # input gate
+    log a_t = -c * r_t * softplus(-Lambda)             # i.e. a_t = a ** (c * r_t)
+    h_t = a_t * h_{t-1} + sqrt(1 - a_t^2) * (i_t * x_t)
+
+``Lambda`` starts so that ``a ** c`` is uniform in [a_min, a_max] = [0.9, 0.999], as in the
+paper. The gate weights ``W_a, W_x`` are block-diagonal with ``heads`` blocks, as in Griffin;
+``heads=1`` (the default) makes them dense, which costs 2 d_rnn^2 weights instead of
+2 d_rnn^2 / heads and is affordable at this zoo's widths. Griffin's reference code also replaces
+``sqrt(1 - a_t^2)`` by 1 at the first token of a sequence; this block follows the paper's
+equation at every token.
+
+On the selective scan. The RG-LRU is a diagonal linear recurrence, so it runs on
+``hybrids.kernels.selective_scan`` unchanged, with ``d_state = 1``, ``A = -1``, ``B = C = 1`` (one
+group) and no ``D`` or ``z`` (the GeLU gate is applied outside)::
+
+    delta_t = c * r_t * softplus(-Lambda)             exp(delta_t * A) = a_t
+    u_t     = sqrt(1 - a_t^2) * i_t * x_t / delta_t   delta_t * B * u_t = the RG-LRU's input term
+
+``sqrt(1 - a_t^2)`` is computed as ``sqrt(-expm1(-2 delta_t))``, exact for small steps. The
+division needs ``delta_t > 0``: it is floored at ``DELTA_FLOOR = 1e-6``, which reached only when
+``r_t * softplus(-Lambda) < 1.25e-7`` (at initialisation ``softplus(-Lambda) >= 1.25e-4``, so
+``r_t < 1e-3``). Where the floor acts, the decay is ``a_t = exp(-1e-6)`` instead of a value
+still closer to 1 (the state forgets at most a fraction 1e-6 per step more than asked, e^-1 over
+a million steps), the input scale is ``sqrt(1 - exp(-2e-6)) ~ 1.4e-3`` instead of a smaller one,
+and the gradient through ``delta`` to ``r_t`` and ``Lambda`` is zero. ``u_t`` is then at most
+~1400 times the gated input, well inside float32.
+
+``step`` uses ``causal_conv1d_update`` and ``selective_state_update`` with the same
+reparametrisation, so decoding runs the scan's own one-step kernel. The state per sequence is
+``h`` (d_rnn) in float32 (or wider) and the last ``d_conv - 1`` inputs of the convolution:
+``state_size = d_rnn * d_conv``, whatever the sequence length.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
+from hybrids.kernels.selective_scan import BACKENDS as SCAN_BACKENDS
+from hybrids.kernels.selective_scan import selective_scan
+from hybrids.kernels.selective_state_update import selective_state_update
+from hybrids.mixers.base import Mixer, State
+
+# Least step of the scan reparametrisation (module docstring).
+DELTA_FLOOR = 1e-6
+
+
+class BlockDiagonalLinear(nn.Module):
+    """``heads`` independent (width/heads -> width/heads) linear maps side by side, plus a bias."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.block = heads, width // heads
+        bound = 1 / math.sqrt(self.block)  # nn.Linear's default scale for fan-in = block
+        self.weight = nn.Parameter(torch.empty(heads, self.block, self.block).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., width) -> (..., width)
+        blocks = x.unflatten(-1, (self.heads, self.block))
+        return torch.einsum("...hi,hij->...hj", blocks, self.weight).flatten(-2) + self.bias
+
+
+class RGLRU(Mixer):
+    """Griffin's recurrent block with the RG-LRU (module docstring).
+
+    Args:
+        d_model: model width.
+        d_rnn: width of the recurrence; default ``round(4 * d_model / 3)``, Hawk's and Griffin's
+            choice, which gives the block about the parameters of an attention layer.
+        d_conv: width of the causal depthwise convolution (4 in Griffin).
+        heads: blocks of the block-diagonal gate weights (must divide d_rnn); 1 = dense gates.
+        c: the fixed scale of the recurrence gate's exponent (8 in Griffin).
+        a_min, a_max: ``a ** c`` starts uniform in [a_min, a_max].
+        bias: biases in in_proj and out_proj (Griffin's linear layers have them).
+        scan_backend: force a ``selective_scan`` backend; None lets the dispatcher choose.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_rnn: int | None = None,
+        d_conv: int = 4,
+        heads: int = 1,
+        c: float = 8.0,
+        a_min: float = 0.9,
+        a_max: float = 0.999,
+        bias: bool = True,
+        scan_backend: str | None = None,
+    ) -> None:
+        super().__init__(d_model)
+        d_rnn = round(4 * d_model / 3) if d_rnn is None else d_rnn
+        if not isinstance(d_rnn, int) or isinstance(d_rnn, bool) or d_rnn <= 0:
+            raise ValueError(f"d_rnn: must be a positive int (or None for round(4 * d_model / 3)), got {d_rnn!r}")
+        if not isinstance(d_conv, int) or d_conv <= 0:
+            raise ValueError(f"d_conv: must be a positive int (4 in Griffin), got {d_conv!r}")
+        if not isinstance(heads, int) or heads <= 0 or d_rnn % heads:
+            raise ValueError(f"heads: must be a positive int dividing d_rnn={d_rnn}, got {heads!r}")
+        if not c > 0:
+            raise ValueError(f"c: must be positive (8 in Griffin), got {c}")
+        if not 0 < a_min <= a_max < 1:
+            raise ValueError(f"a_min: need 0 < a_min <= a_max < 1, got a_min={a_min}, a_max={a_max}")
+        if scan_backend is not None and scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"scan_backend: unknown {scan_backend!r}; use one of {SCAN_BACKENDS} or None")
+        self.d_rnn, self.d_conv, self.heads, self.c = d_rnn, d_conv, heads, float(c)
+        self.scan_backend = scan_backend
+
+        self.in_proj = nn.Linear(d_model, 2 * d_rnn, bias=bias)  # (recurrent branch, gate branch)
+        self.conv1d = nn.Conv1d(d_rnn, d_rnn, d_conv, groups=d_rnn, padding=d_conv - 1)
+        self.gate_a = BlockDiagonalLinear(d_rnn, heads)  # recurrence gate r
+        self.gate_x = BlockDiagonalLinear(d_rnn, heads)  # input gate i
+        # a ** c ~ U[a_min, a_max]  =>  a = U ** (1 / c),  Lambda = logit(a).
+        a = (torch.rand(d_rnn, dtype=torch.float64) * (a_max - a_min) + a_min) ** (1 / c)
+        self.Lambda = nn.Parameter((torch.log(a) - torch.log1p(-a)).float())
+        self.Lambda._no_weight_decay = True
+        self.out_proj = nn.Linear(d_rnn, d_model, bias=bias)
+
+    # -- the RG-LRU as scan inputs ------------------------------------------------------------------
+
+    def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv output x (..., d_rnn) -> (u, delta) of the scan, float32 or wider, same shape."""
+        r = torch.sigmoid(self.gate_a(x))
+        i = torch.sigmoid(self.gate_x(x))
+        work = torch.promote_types(x.dtype, torch.float32)
+        # -log a = softplus(-Lambda) > 0;  delta = -log a_t = c r_t softplus(-Lambda).
+        delta = (self.c * r.to(work) * F.softplus(-self.Lambda.to(work))).clamp(min=DELTA_FLOOR)
+        scale = torch.sqrt(-torch.expm1(-2 * delta))  # sqrt(1 - a_t^2)
+        return scale * i.to(work) * x.to(work) / delta, delta
+
+    def _unit(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A = -1 (d_rnn, 1) and the all-ones B = C for ``batch`` sequences."""
+        A = -torch.ones(self.d_rnn, 1, dtype=like.dtype, device=like.device)
+        return A, torch.ones(batch, 1, dtype=like.dtype, device=like.device)
+
+    # -- parallel ------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        rec, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d_rnn) each
+        rec = causal_conv1d(rec.transpose(1, 2), self.conv1d.weight[:, 0, :], self.conv1d.bias)  # (B, d_rnn, L)
+        u, delta = self._scan_inputs(rec.transpose(1, 2))  # (B, L, d_rnn)
+        A, ones = self._unit(batch, u)
+        BC = ones[:, :, None, None].expand(batch, 1, 1, length)  # (B, groups=1, d_state=1, L)
+        kwargs = {} if self.scan_backend is None else {"backend": self.scan_backend}
+        h = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, BC, BC, **kwargs)  # (B, d_rnn, L)
+        return self.out_proj(F.gelu(gate) * h.transpose(1, 2).to(gate.dtype))
+
+    # -- recurrent -----------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> State:
+        factory = self._factory()
+        h_dtype = torch.promote_types(factory["dtype"], torch.float32)
+        return {
+            "conv": torch.zeros(batch_size, self.d_rnn, self.d_conv - 1, **factory),
+            "h": torch.zeros(batch_size, self.d_rnn, device=factory["device"], dtype=h_dtype),
+        }
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        # The kernels update states in place: work on copies, so the caller's state stays valid.
+        conv, h = state["conv"].clone(), state["h"].clone()
+        rec, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, d_rnn) each
+        rec = causal_conv1d_update(rec, conv, self.conv1d.weight[:, 0, :], self.conv1d.bias)
+        u, delta = self._scan_inputs(rec)
+        A, ones = self._unit(x.shape[0], u)
+        y = selective_state_update(h[:, :, None], u, delta, A, ones, ones)  # writes h through the view
+        return self.out_proj(F.gelu(gate) * y.to(gate.dtype)), {"conv": conv, "h": h}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_rnn * self.d_conv  # h (d_rnn) + the conv's last d_conv - 1 inputs (d_rnn each)

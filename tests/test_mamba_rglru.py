@@ -1,0 +1,269 @@
+"""Mamba and the RG-LRU block against plain re-implementations; initialisation; names; errors.
+
+The shared mixer contract (causality, forward vs step, state size) is in test_mixer_interface.py.
+"""
+
+import importlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hybrids.errors import ConfigError
+from hybrids.kernels.selective_scan import selective_scan_reference
+from hybrids.mixers import RGLRU, Mamba
+from hybrids.spec import build_mixer
+
+mamba_module = importlib.import_module("hybrids.mixers.mamba")
+rglru_module = importlib.import_module("hybrids.mixers.rglru")
+
+
+def relative_rms(a, b):
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
+
+
+# --------------------------------------------------------------------------------------------
+# Mamba
+
+
+def plain_mamba(m: Mamba, x: torch.Tensor) -> torch.Tensor:
+    """The Mamba block written out: nn.Conv1d cut to length, softplus step, the reference scan."""
+    length = x.shape[1]
+    u, z = (x @ m.in_proj.weight.T + (0 if m.in_proj.bias is None else m.in_proj.bias)).chunk(2, dim=-1)
+    u = F.silu(m.conv1d(u.transpose(1, 2))[..., :length])  # (B, d_inner, L)
+    proj = u.transpose(1, 2) @ m.x_proj.weight.T
+    dt, B, C = proj[..., : m.dt_rank], proj[..., m.dt_rank : m.dt_rank + m.d_state], proj[..., m.dt_rank + m.d_state :]
+    delta = F.softplus(dt @ m.dt_proj.weight.T + m.dt_proj.bias)  # (B, L, d_inner)
+    A = -torch.exp(m.A_log)
+    y = selective_scan_reference(u, delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), m.D, z.transpose(1, 2))
+    return y.transpose(1, 2) @ m.out_proj.weight.T + (0 if m.out_proj.bias is None else m.out_proj.bias)
+
+
+MAMBA_SETTINGS = {
+    "default": {"d_state": 4},
+    "dtrank-conv3-bias": {"d_state": 3, "dt_rank": 2, "d_conv": 3, "bias": True, "expand": 1.5},
+    "no-conv-bias": {"d_state": 5, "conv_bias": False, "d_conv": 2},
+}
+
+
+@pytest.mark.parametrize("setting", MAMBA_SETTINGS)
+@pytest.mark.parametrize("scan_backend", [None, "reference"])
+def test_mamba_equals_plain_reimplementation(setting, scan_backend):
+    m = Mamba(16, scan_backend=scan_backend, **MAMBA_SETTINGS[setting]).double()
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert relative_rms(m(x), plain_mamba(m, x)) < 1e-12
+
+
+def test_mamba_parameter_names_and_shapes_are_mamba_ssm_s():
+    d_model, d_state, d_conv, expand = 32, 8, 4, 2
+    m = Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand)
+    d_inner, dt_rank = expand * d_model, math.ceil(d_model / 16)
+    expected = {
+        "in_proj.weight": (2 * d_inner, d_model),
+        "conv1d.weight": (d_inner, 1, d_conv),
+        "conv1d.bias": (d_inner,),
+        "x_proj.weight": (dt_rank + 2 * d_state, d_inner),
+        "dt_proj.weight": (d_inner, dt_rank),
+        "dt_proj.bias": (d_inner,),
+        "A_log": (d_inner, d_state),
+        "D": (d_inner,),
+        "out_proj.weight": (d_model, d_inner),
+    }
+    assert {name: tuple(p.shape) for name, p in m.named_parameters()} == expected
+    with_bias = {name for name, _ in Mamba(d_model, bias=True).named_parameters()}
+    assert with_bias == set(expected) | {"in_proj.bias", "out_proj.bias"}
+    assert m.state_size(100) == d_inner * (d_state + d_conv)
+
+
+@pytest.mark.parametrize("dt_min,dt_max,floor", [(1e-3, 0.1, 1e-4), (1e-2, 0.5, 1e-4), (1e-5, 1e-3, 1e-4)])
+def test_mamba_initialisation(dt_min, dt_max, floor):
+    torch.manual_seed(1)
+    m = Mamba(64, d_state=16, dt_min=dt_min, dt_max=dt_max, dt_init_floor=floor, dt_scale=2.0)
+    dt = F.softplus(m.dt_proj.bias.double())
+    assert dt.min() >= max(dt_min, floor) * (1 - 1e-5) and dt.max() <= dt_max * (1 + 1e-5)
+    # log-uniform: the log-steps spread over most of the range
+    span = math.log(dt_max) - math.log(max(dt_min, floor))
+    assert dt.log().max() - dt.log().min() > 0.8 * span
+    bound = m.dt_rank**-0.5 * 2.0
+    assert m.dt_proj.weight.abs().max() <= bound and m.dt_proj.weight.abs().max() > 0.5 * bound
+    A = -torch.exp(m.A_log)
+    torch.testing.assert_close(A, -torch.arange(1.0, 17.0).expand(m.d_inner, -1))
+    torch.testing.assert_close(m.D.detach(), torch.ones(m.d_inner))
+
+
+def test_mamba_constant_dt_init():
+    m = Mamba(32, dt_rank=4, dt_init="constant")
+    torch.testing.assert_close(m.dt_proj.weight.detach(), torch.full_like(m.dt_proj.weight, 0.5))
+
+
+def test_ssm_parameters_are_excluded_from_weight_decay():
+    """hybrids.lit decays parameters with ndim >= 2 unless marked ``_no_weight_decay``."""
+    m = Mamba(16).double()  # the marks survive a dtype change
+    decayed = {n for n, p in m.named_parameters() if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)}
+    assert decayed == {"in_proj.weight", "conv1d.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight"}
+    assert all(getattr(p, "_no_weight_decay", False) for p in (m.A_log, m.D, m.dt_proj.bias))
+    assert getattr(RGLRU(16).double().Lambda, "_no_weight_decay", False)
+
+
+def test_mamba_calls_the_scan_without_backend_unless_configured(monkeypatch):
+    seen = []
+    real = mamba_module.selective_scan
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("backend", "absent"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mamba_module, "selective_scan", spy)
+    x = torch.randn(1, 5, 16)
+    Mamba(16, d_state=2)(x)
+    Mamba(16, d_state=2, scan_backend="reference")(x)
+    assert seen == ["absent", "reference"]
+
+
+def test_mamba_fast_path_is_not_taken_on_cpu():
+    m = Mamba(16, use_fast_path=True)
+    assert m._fast_path_fn(torch.randn(1, 3, 16)) is None
+
+
+# --------------------------------------------------------------------------------------------
+# RG-LRU
+
+
+def plain_rglru(m: RGLRU, x: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """Griffin's recurrent block with the RG-LRU as a direct loop over time (no scan)."""
+    length = x.shape[1]
+    rec, gate = (x @ m.in_proj.weight.T + m.in_proj.bias).chunk(2, dim=-1)
+    rec = m.conv1d(rec.transpose(1, 2))[..., :length].transpose(1, 2)  # (B, L, d_rnn)
+
+    def block_diagonal(layer, v):
+        blocks = v.unflatten(-1, (m.heads, m.d_rnn // m.heads))
+        return torch.stack([blocks[..., h, :] @ layer.weight[h] for h in range(m.heads)], dim=-2).flatten(-2) + layer.bias
+
+    r, i = torch.sigmoid(block_diagonal(m.gate_a, rec)), torch.sigmoid(block_diagonal(m.gate_x, rec))
+    a = torch.sigmoid(m.Lambda)
+    h = torch.zeros(x.shape[0], m.d_rnn, dtype=x.dtype)
+    hs = []
+    for t in range(length):
+        a_t = a ** (m.c * r[:, t])
+        if floor:
+            a_t = a_t.clamp(max=math.exp(-floor))
+        h = a_t * h + torch.sqrt(1 - a_t**2) * (i[:, t] * rec[:, t])
+        hs.append(h)
+    hs = torch.stack(hs, dim=1)
+    return (F.gelu(gate) * hs) @ m.out_proj.weight.T + m.out_proj.bias
+
+
+RGLRU_SETTINGS = {
+    "default": {},
+    "heads-wide": {"d_rnn": 24, "heads": 4},
+    "conv1-c4": {"d_conv": 1, "c": 4.0, "a_min": 0.5, "a_max": 0.9},
+}
+
+
+@pytest.mark.parametrize("setting", RGLRU_SETTINGS)
+@pytest.mark.parametrize("scan_backend", [None, "reference"])
+def test_rglru_scan_equals_direct_recurrence(setting, scan_backend):
+    m = RGLRU(16, scan_backend=scan_backend, **RGLRU_SETTINGS[setting]).double()
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert relative_rms(m(x), plain_rglru(m, x)) < 1e-11
+
+
+def test_rglru_step_floor_where_the_decay_is_nearly_one():
+    """With a ~ 1 the step would vanish; the floor keeps the scan finite and a_t <= exp(-floor)."""
+    m = RGLRU(16).double()
+    with torch.no_grad():
+        m.Lambda.fill_(40.0)  # softplus(-40) ~ 4e-18: every step below the floor
+        x = torch.randn(2, 9, 16, dtype=torch.float64)
+        y = m(x)
+        assert torch.isfinite(y).all()
+        assert relative_rms(y, plain_rglru(m, x, floor=rglru_module.DELTA_FLOOR)) < 1e-9
+
+
+@pytest.mark.parametrize("a_min,a_max,c", [(0.9, 0.999, 8.0), (0.5, 0.6, 2.0)])
+def test_rglru_initialisation(a_min, a_max, c):
+    torch.manual_seed(2)
+    m = RGLRU(64, a_min=a_min, a_max=a_max, c=c)
+    a_c = torch.sigmoid(m.Lambda.double()) ** c
+    assert a_c.min() >= a_min - 1e-6 and a_c.max() <= a_max + 1e-6
+    assert a_c.max() - a_c.min() > 0.8 * (a_max - a_min)  # spread over the range
+    assert m.d_rnn == round(4 * 64 / 3)
+    assert m.state_size(10) == m.d_rnn * m.d_conv
+
+
+def test_rglru_parameters():
+    names = {n: tuple(p.shape) for n, p in RGLRU(16, d_rnn=24, heads=4).named_parameters()}
+    assert names == {
+        "in_proj.weight": (48, 16),
+        "in_proj.bias": (48,),
+        "conv1d.weight": (24, 1, 4),
+        "conv1d.bias": (24,),
+        "gate_a.weight": (4, 6, 6),
+        "gate_a.bias": (24,),
+        "gate_x.weight": (4, 6, 6),
+        "gate_x.bias": (24,),
+        "Lambda": (24,),
+        "out_proj.weight": (16, 24),
+        "out_proj.bias": (16,),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# both
+
+
+@pytest.mark.parametrize(
+    "mixer",
+    [
+        lambda: Mamba(16, d_state=4, bias=True),
+        lambda: Mamba(16, d_state=4, dt_rank=2, d_conv=2),
+        lambda: RGLRU(16),
+        lambda: RGLRU(16, d_rnn=12, heads=3),
+    ],
+    ids=["mamba-bias", "mamba-dtrank", "rglru", "rglru-heads"],
+)
+def test_gradients_reach_every_parameter(mixer):
+    m = mixer()
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    m(x).square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().max() > 0, f"no gradient reaches {name}"
+    assert x.grad.abs().max() > 0
+
+
+BAD = {
+    "mamba-d_state": (Mamba, {"d_state": 0}, "d_state"),
+    "mamba-d_conv": (Mamba, {"d_conv": 0}, "d_conv"),
+    "mamba-expand": (Mamba, {"expand": 0}, "expand"),
+    "mamba-dt_rank": (Mamba, {"dt_rank": "big"}, "dt_rank"),
+    "mamba-dt_rank-0": (Mamba, {"dt_rank": 0}, "dt_rank"),
+    "mamba-dt_min": (Mamba, {"dt_min": 0.5, "dt_max": 0.1}, "dt_min"),
+    "mamba-dt_init": (Mamba, {"dt_init": "uniform"}, "dt_init"),
+    "mamba-dt_init_floor": (Mamba, {"dt_init_floor": -1.0}, "dt_init_floor"),
+    "mamba-scan_backend": (Mamba, {"scan_backend": "fast"}, "scan_backend"),
+    "rglru-d_rnn": (RGLRU, {"d_rnn": 0}, "d_rnn"),
+    "rglru-d_conv": (RGLRU, {"d_conv": 0}, "d_conv"),
+    "rglru-heads": (RGLRU, {"d_rnn": 20, "heads": 3}, "heads"),
+    "rglru-c": (RGLRU, {"c": 0.0}, "c"),
+    "rglru-a_min": (RGLRU, {"a_min": 0.99, "a_max": 0.9}, "a_min"),
+    "rglru-a_max-1": (RGLRU, {"a_max": 1.0}, "a_min"),
+    "rglru-scan_backend": (RGLRU, {"scan_backend": "fast"}, "scan_backend"),
+}
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_bad_arguments_name_the_argument(name):
+    cls, kwargs, arg = BAD[name]
+    with pytest.raises(ValueError) as info:
+        cls(16, **kwargs)
+    assert str(info.value).startswith(f"{arg}: ")
+
+
+def test_bad_argument_in_a_config_names_the_key():
+    spec = {"class_path": "hybrids.mixers.RGLRU", "init_args": {"d_rnn": 20, "heads": 3}}
+    with pytest.raises(ConfigError) as info:
+        build_mixer(spec, 16, "model.init_args.mixers.R")
+    assert "model.init_args.mixers.R.init_args.heads" in str(info.value)
