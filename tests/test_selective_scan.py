@@ -15,7 +15,7 @@ import torch
 
 import hybrids.kernels.selective_scan_torch as scan_torch
 from hybrids.kernels import cpp_build
-from hybrids.kernels.selective_scan import BackendUnavailable, selective_scan
+from hybrids.kernels.selective_scan import BackendUnavailable, default_backend, selective_scan
 
 needs_cpp = pytest.mark.skipif(cpp_build.unavailable_reason() is not None, reason="no C++ compiler here")
 
@@ -216,12 +216,10 @@ def small():
 
 def test_default_backend_on_cpu(monkeypatch):
     monkeypatch.delenv("HYBRIDS_SELECTIVE_SCAN_BACKEND", raising=False)
-    import hybrids.kernels.selective_scan as ss
-
     expected = "cpu" if cpp_build.unavailable_reason() is None else "torch"
-    assert ss.default_backend(torch.empty(0)) == expected
+    assert default_backend(torch.empty(0)) == expected
     monkeypatch.setenv(cpp_build.DISABLE_ENV, "1")
-    assert ss.default_backend(torch.empty(0)) == "torch"
+    assert default_backend(torch.empty(0)) == "torch"
     out = selective_scan(**small())  # runs through the fallback
     torch.testing.assert_close(out, selective_scan(**small(), backend="reference"), rtol=1e-12, atol=1e-12)
 
