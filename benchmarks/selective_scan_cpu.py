@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from hybrids.kernels.selective_scan import selective_scan, unavailable_reason
+from hybrids.kernels.scan import SELECTIVE_SCAN, selective_scan
 
 BACKENDS = ("reference", "torch", "cpu")
 
@@ -102,7 +102,7 @@ def main() -> None:
         return
 
     probe = torch.empty(0)
-    backends = [name for name in BACKENDS if unavailable_reason(name, probe) is None]
+    backends = [name for name in BACKENDS if SELECTIVE_SCAN.backend(name).reason_not(probe.device.type, probe.dtype, {}) is None]
     shape = {"batch": args.batch, "dim": args.dim, "d_state": args.d_state, "length": args.length}
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch {args.batch}, "

@@ -107,15 +107,15 @@ def cuda_time_ms(fn, warmup: int, repeats: int) -> float:
 
 def scan_function(backend: str, **triton_blocks):
     """A callable (u, delta, A, B, C, D, z, delta_bias, softplus) -> out, or an error string."""
-    from hybrids.kernels.selective_scan import selective_scan, unavailable_reason
+    from hybrids.kernels.scan import SELECTIVE_SCAN, selective_scan
 
     if backend == "triton":
         try:
-            from hybrids.kernels.selective_scan_triton import selective_scan_triton
+            from hybrids.kernels.scan.triton_kernels import selective_scan_triton
         except ImportError as e:
             return f"cannot import: {e}"
         return lambda *args: selective_scan_triton(*args, **triton_blocks)
-    why_not = unavailable_reason(backend, torch.empty(0, device="cuda"))
+    why_not = SELECTIVE_SCAN.backend(backend).reason_not("cuda", torch.bfloat16, {})
     if why_not:
         return why_not
     return lambda *args: selective_scan(*args, backend=backend)
@@ -149,7 +149,7 @@ def rel_rms(x, ref) -> float:
 
 def check_against_reference(fn, shape, dtype) -> float:
     """Relative RMS error of ``fn``'s output against the reference on the same inputs."""
-    from hybrids.kernels.selective_scan import selective_scan_reference
+    from hybrids.kernels.scan.reference import selective_scan_reference
 
     x = make_inputs(*shape, dtype, "cuda", requires_grad=False)
     with torch.no_grad():

@@ -27,7 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hybrids.kernels.sparse_attention import SparsePattern, sparse_attention
+from hybrids.kernels.sparse import SparsePattern, sparse_attention
 
 MiB = 1 << 20
 

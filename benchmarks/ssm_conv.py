@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hybrids.kernels.fftconv import fft_conv
+from hybrids.kernels.ssm import fft_conv
 from hybrids.mixers.s4 import S4, S4D
 
 

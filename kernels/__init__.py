@@ -1,27 +1,60 @@
 """hybrids.kernels: pure functions on tensors (installed from the top-level ``kernels/`` folder).
 
-Each op has a plain-PyTorch reference beside its fast paths. Nothing here imports Lightning or
-any module of ``hybrids`` outside ``hybrids.kernels`` (see DESIGN.md, "The house").
+One package per op, each with a plain-PyTorch reference beside its fast paths and its decode
+step where the op has one; one dispatcher (:mod:`hybrids.kernels.dispatch`) picks the backend of
+every call. ``python -m hybrids.kernels`` prints which backends are available here.
+
+Nothing here imports Lightning or any module of ``hybrids`` outside ``hybrids.kernels`` (see
+DESIGN.md, "The house").
 """
 
-from hybrids.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
-from hybrids.kernels.fftconv import direct_conv, fft_conv
+from hybrids.kernels.conv import causal_conv1d, causal_conv1d_update
+from hybrids.kernels.dispatch import REGISTRY, Backend, BackendUnavailable, Op, describe
+from hybrids.kernels.dtypes import at_least_float32, widen
 from hybrids.kernels.rotary import apply_rotary, rotary_cos_sin
-from hybrids.kernels.selective_scan import selective_scan
-from hybrids.kernels.selective_state_update import selective_state_update
-from hybrids.kernels.ssm_kernels import cauchy, diagonal_kernel, dplr_kernel, vandermonde
+from hybrids.kernels.scan import selective_scan, selective_state_update
+from hybrids.kernels.sparse import SparsePattern, sparse_attention
+from hybrids.kernels.ssm import (
+    cauchy,
+    cauchy_reference,
+    conjugate_full,
+    diagonal_kernel,
+    direct_conv,
+    discretize_diagonal,
+    dplr_bilinear_dense,
+    dplr_kernel,
+    fft_conv,
+    vandermonde,
+    vandermonde_log,
+    vandermonde_reference,
+)
 
 __all__ = [
+    "REGISTRY",
+    "Backend",
+    "BackendUnavailable",
+    "Op",
+    "SparsePattern",
     "apply_rotary",
+    "at_least_float32",
     "cauchy",
+    "cauchy_reference",
     "causal_conv1d",
     "causal_conv1d_update",
+    "conjugate_full",
+    "describe",
     "diagonal_kernel",
     "direct_conv",
+    "discretize_diagonal",
+    "dplr_bilinear_dense",
     "dplr_kernel",
     "fft_conv",
     "rotary_cos_sin",
     "selective_scan",
     "selective_state_update",
+    "sparse_attention",
     "vandermonde",
+    "vandermonde_log",
+    "vandermonde_reference",
+    "widen",
 ]

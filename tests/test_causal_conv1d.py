@@ -1,16 +1,18 @@
 """causal_conv1d and causal_conv1d_update against a direct per-tap sum."""
 
 import importlib
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hybrids.kernels import causal_conv1d, causal_conv1d_update
-from hybrids.kernels.selective_scan import BackendUnavailable
+from hybrids.kernels import BackendUnavailable
+from hybrids.kernels.conv.extension import package
 
 # The package exports the function under the module's name: fetch the module itself.
-module = importlib.import_module("hybrids.kernels.causal_conv1d")
+module = importlib.import_module("hybrids.kernels.conv")
 
 ACTIVATIONS = [None, "silu", "swish"]
 
@@ -165,11 +167,14 @@ def test_forced_extension_that_cannot_run_says_how_to_get_it(how, monkeypatch):
     with pytest.raises(BackendUnavailable) as info:
         causal_conv1d(x, w, **kwargs)
     message = str(info.value)
-    if module._extension() is None:
+    if package() is None:
         assert "pip install -e '.[cuda]'" in message
     else:
         assert "CUDA" in message
 
 
-def test_default_backend_on_cpu_is_torch_without_importing_the_package():
-    assert module._resolve_backend(None, torch.randn(1, 2, 3), torch.randn(2, 2)) == "torch"
+def test_default_backend_on_cpu_is_torch_without_importing_the_package(monkeypatch):
+    monkeypatch.delenv(module.BACKEND_ENV, raising=False)
+    imported = "causal_conv1d" in sys.modules
+    assert module.CAUSAL_CONV1D.select("cpu", torch.float32, width=2) == "torch"
+    assert ("causal_conv1d" in sys.modules) == imported

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybrids.kernels.fftconv import direct_conv, fft_conv
+from hybrids.kernels.ssm import direct_conv, fft_conv
 
 
 @pytest.mark.parametrize("length", [1, 7, 64, 127])

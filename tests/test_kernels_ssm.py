@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hybrids.kernels.ssm_kernels import (
+from hybrids.kernels.ssm import (
     cauchy,
     cauchy_reference,
     conjugate_full,

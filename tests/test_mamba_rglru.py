@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.errors import ConfigError
-from hybrids.kernels.selective_scan import selective_scan_reference
+from hybrids.kernels.scan.reference import selective_scan_reference
 from hybrids.mixers import RGLRU, Mamba
 from hybrids.spec import build_mixer
 

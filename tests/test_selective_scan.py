@@ -13,9 +13,9 @@ import textwrap
 import pytest
 import torch
 
-import hybrids.kernels.selective_scan_torch as scan_torch
+import hybrids.kernels.scan.segmented as scan_torch
 from hybrids.kernels import cpp_build
-from hybrids.kernels.selective_scan import BackendUnavailable, default_backend, selective_scan
+from hybrids.kernels.scan import BackendUnavailable, default_backend, selective_scan
 
 needs_cpp = pytest.mark.skipif(cpp_build.unavailable_reason() is not None, reason="no C++ compiler here")
 
@@ -169,7 +169,7 @@ def test_no_batch_dim_length_state_tensor(backend, budget):
     code = textwrap.dedent(
         f"""
         import re, torch
-        from hybrids.kernels.selective_scan import selective_scan
+        from hybrids.kernels.scan import selective_scan
 
         def kib(field):
             with open("/proc/self/status") as status:
@@ -239,7 +239,7 @@ def test_missing_backends_say_how_to_get_them(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailable, match=r"mamba-ssm.*|CUDA"):
         selective_scan(**small(), backend="extension")
-    with pytest.raises(ValueError, match="unknown 'fast'"):
+    with pytest.raises(ValueError, match="unknown selective_scan backend 'fast'"):
         selective_scan(**small(), backend="fast")
     monkeypatch.setenv(cpp_build.DISABLE_ENV, "1")
     with pytest.raises(BackendUnavailable, match="HYBRIDS_DISABLE_CPP"):

@@ -141,8 +141,8 @@ def make_inputs(case: Case, device, seed: int = 0) -> dict:
 
 def run_case(case: Case, device) -> dict:
     """Relative RMS errors of the Triton scan against the reference on the same inputs."""
-    from hybrids.kernels.selective_scan import selective_scan_reference
-    from hybrids.kernels.selective_scan_triton import selective_scan_triton
+    from hybrids.kernels.scan.reference import selective_scan_reference
+    from hybrids.kernels.scan.triton_kernels import selective_scan_triton
 
     inputs = make_inputs(case, device)
     names = [k for k in GRAD_NAMES if inputs[k] is not None]
@@ -250,8 +250,8 @@ def _vectorise_interpreter_scan() -> None:
 
 def error_checks(device) -> dict:
     """Messages of the errors the Triton entry points must raise on this machine."""
-    from hybrids.kernels.selective_scan import BackendUnavailable, selective_scan
-    from hybrids.kernels.selective_scan_triton import selective_scan_triton
+    from hybrids.kernels.scan import BackendUnavailable, selective_scan
+    from hybrids.kernels.scan.triton_kernels import selective_scan_triton
 
     messages = {}
     x = make_inputs(Case(1, 2, 2, 3), device)
@@ -354,7 +354,7 @@ def test_backend_unavailable_in_this_process(monkeypatch):
     """In a CPU process without TRITON_INTERPRET, asking for "triton" says why and what to do."""
     if torch.cuda.is_available():
         pytest.skip("CUDA is available: the Triton backend can run")
-    from hybrids.kernels.selective_scan import BackendUnavailable, selective_scan
+    from hybrids.kernels.scan import BackendUnavailable, selective_scan
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = make_inputs(Case(1, 2, 2, 3), "cpu")
@@ -386,7 +386,7 @@ def test_gpu_against_mamba_extension():
     pytest.importorskip("selective_scan_cuda")
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    from hybrids.kernels.selective_scan_triton import selective_scan_triton
+    from hybrids.kernels.scan.triton_kernels import selective_scan_triton
 
     case = Case(2, 256, 16, 1024, last=True, dtype="bfloat16")
     x = make_inputs(case, "cuda")

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from hybrids.kernels import selective_state_update
-from hybrids.kernels.selective_scan import BackendUnavailable, selective_scan_reference
+from hybrids.kernels import BackendUnavailable
+from hybrids.kernels.scan.reference import selective_scan_reference
 
 # The package exports the function under the module's name: fetch the module itself.
-module = importlib.import_module("hybrids.kernels.selective_state_update")
+module = importlib.import_module("hybrids.kernels.scan.step")
 
 
 def relative_rms(a, b):

@@ -13,8 +13,11 @@ import textwrap
 import pytest
 import torch
 
-import hybrids.kernels.sparse_attention as sa
-from hybrids.kernels.sparse_attention import SparsePattern, sparse_attention
+import hybrids.kernels.sparse as sa
+import hybrids.kernels.sparse.banded as banded
+import hybrids.kernels.sparse.flex as flex
+import hybrids.kernels.sparse.reference as reference
+from hybrids.kernels.sparse import SparsePattern, sparse_attention
 
 BLOCK = 16  # random-block size in these tests, so that L <= 200 has several blocks
 HEADS = 4
@@ -177,8 +180,8 @@ def test_banded_chunks_give_the_same_result(L, pattern, kv_heads, monkeypatch):
     q, k, v = random_qkv(L, kv_heads)
     weights = torch.randn(2, HEADS, L, 8, dtype=torch.float64)
     results = []
-    for chunk_scores in (sa._CHUNK_SCORES, 1000):
-        monkeypatch.setattr(sa, "_CHUNK_SCORES", chunk_scores)
+    for chunk_scores in (banded._CHUNK_SCORES, 1000):
+        monkeypatch.setattr(banded, "_CHUNK_SCORES", chunk_scores)
         out = sparse_attention(q, k, v, pattern, backend="banded")
         results.append((out, *torch.autograd.grad((out * weights).sum(), (q, k, v))))
     for name, actual, expected in zip(("out", "dq", "dk", "dv"), *results):
@@ -206,7 +209,7 @@ def test_banded_never_allocates_an_L_by_L_tensor():
     code = textwrap.dedent(
         """
         import re, torch
-        from hybrids.kernels.sparse_attention import SparsePattern, sparse_attention
+        from hybrids.kernels.sparse import SparsePattern, sparse_attention
 
         def kib(field):
             with open("/proc/self/status") as status:
@@ -246,7 +249,7 @@ def test_banded_never_allocates_an_L_by_L_tensor():
 # flex
 
 needs_flex = pytest.mark.skipif(
-    sa.flex_attention is None, reason="torch.nn.attention.flex_attention needs torch >= 2.5"
+    flex.flex_attention is None, reason="torch.nn.attention.flex_attention needs torch >= 2.5"
 )
 FLEX_CASES = [PATTERN_CASES[i] for i in (1, 3, 4, 7, 9, 11)]
 
@@ -272,9 +275,9 @@ def test_flex_on_cpu_refuses_inputs_that_need_grad():
 @needs_flex
 def test_flex_block_mask_is_built_once_per_shape():
     pattern = SparsePattern(4, global_tokens=1, random_blocks=1, block_size=BLOCK)
-    first = sa._block_mask(pattern, 40, torch.device("cpu"))
-    assert sa._block_mask(pattern, 40, torch.device("cpu")) is first
-    assert sa._block_mask(pattern, 41, torch.device("cpu")) is not first
+    first = flex._block_mask(pattern, 40, torch.device("cpu"))
+    assert flex._block_mask(pattern, 40, torch.device("cpu")) is first
+    assert flex._block_mask(pattern, 41, torch.device("cpu")) is not first
 
 
 @pytest.mark.gpu
@@ -297,7 +300,7 @@ def test_flex_matches_reference_on_cuda(L, pattern, kv_heads):
 def test_default_backend_on_cpu_is_banded(monkeypatch):
     calls = []
     monkeypatch.delenv(sa.BACKEND_ENV, raising=False)
-    monkeypatch.setattr(sa, "sparse_attention_banded", lambda *args: calls.append("banded") or args[0])
+    monkeypatch.setattr(banded, "sparse_attention_banded", lambda *args: calls.append("banded") or args[0])
     q, k, v = random_qkv(8, HEADS, requires_grad=False)
     sparse_attention(q, k, v, SparsePattern(4))
     assert calls == ["banded"]
@@ -306,7 +309,7 @@ def test_default_backend_on_cpu_is_banded(monkeypatch):
 def test_environment_variable_forces_a_backend(monkeypatch):
     calls = []
     monkeypatch.setenv(sa.BACKEND_ENV, "reference")
-    monkeypatch.setattr(sa, "sparse_attention_reference", lambda *args: calls.append("reference") or args[0])
+    monkeypatch.setattr(reference, "sparse_attention_reference", lambda *args: calls.append("reference") or args[0])
     q, k, v = random_qkv(8, HEADS, requires_grad=False)
     sparse_attention(q, k, v, SparsePattern(4))
     assert calls == ["reference"]

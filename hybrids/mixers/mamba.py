@@ -18,7 +18,7 @@ whatever the sequence length.
 
 Paths:
 
-- ``forward``: ``hybrids.kernels.causal_conv1d`` then ``hybrids.kernels.selective_scan`` (whose
+- ``forward``: ``hybrids.kernels.conv`` then ``hybrids.kernels.scan`` (whose
   dispatcher picks the backend for the device; ``scan_backend`` forces one).
 - On CUDA with mamba-ssm and causal-conv1d installed, ``use_fast_path`` and no backend forced
   (not ``scan_backend``, ``HYBRIDS_SELECTIVE_SCAN_BACKEND`` nor ``HYBRIDS_CAUSAL_CONV1D_BACKEND``),
@@ -37,20 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrids.kernels.causal_conv1d import BACKEND_ENV as CONV_BACKEND_ENV
-from hybrids.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
-from hybrids.kernels.selective_scan import BACKEND_ENV as SCAN_BACKEND_ENV
-from hybrids.kernels.selective_scan import BACKENDS as SCAN_BACKENDS
-from hybrids.kernels.selective_scan import selective_scan
-from hybrids.kernels.selective_state_update import selective_state_update
+from hybrids.kernels import at_least_float32, causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from hybrids.kernels import widen as _wide
+from hybrids.kernels.conv import BACKEND_ENV as CONV_BACKEND_ENV
+from hybrids.kernels.scan import BACKEND_ENV as SCAN_BACKEND_ENV
+from hybrids.kernels.scan import BACKENDS as SCAN_BACKENDS
 from hybrids.mixers.base import Mixer, State
 
 DT_INITS = ("random", "constant")
-
-
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """float32 at least (float64 stays float64): the SSM parameters enter the scan in it."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 @functools.cache
@@ -187,7 +181,7 @@ class Mamba(Mixer):
 
     def init_state(self, batch_size: int) -> State:
         factory = self._factory()
-        ssm_dtype = torch.promote_types(factory["dtype"], torch.float32)
+        ssm_dtype = at_least_float32(factory["dtype"])
         return {
             "conv": torch.zeros(batch_size, self.d_inner, self.d_conv, **factory),
             "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=factory["device"], dtype=ssm_dtype),

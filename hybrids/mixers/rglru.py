@@ -24,7 +24,7 @@ paper. The gate weights ``W_a, W_x`` are block-diagonal with ``heads`` blocks, a
 equation at every token.
 
 On the selective scan. The RG-LRU is a diagonal linear recurrence, so it runs on
-``hybrids.kernels.selective_scan`` unchanged, with ``d_state = 1``, ``A = -1``, ``B = C = 1`` (one
+``hybrids.kernels.scan`` unchanged, with ``d_state = 1``, ``A = -1``, ``B = C = 1`` (one
 group) and no ``D`` or ``z`` (the GeLU gate is applied outside)::
 
     delta_t = c * r_t * softplus(-Lambda)             exp(delta_t * A) = a_t
@@ -53,10 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrids.kernels.causal_conv1d import causal_conv1d, causal_conv1d_update
-from hybrids.kernels.selective_scan import BACKENDS as SCAN_BACKENDS
-from hybrids.kernels.selective_scan import selective_scan
-from hybrids.kernels.selective_state_update import selective_state_update
+from hybrids.kernels import at_least_float32, causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
+from hybrids.kernels.scan import BACKENDS as SCAN_BACKENDS
 from hybrids.mixers.base import Mixer, State
 
 # Least step of the scan reparametrisation (module docstring).
@@ -138,7 +136,7 @@ class RGLRU(Mixer):
         """Conv output x (..., d_rnn) -> (u, delta) of the scan, float32 or wider, same shape."""
         r = torch.sigmoid(self.gate_a(x))
         i = torch.sigmoid(self.gate_x(x))
-        work = torch.promote_types(x.dtype, torch.float32)
+        work = at_least_float32(x.dtype)
         # -log a = softplus(-Lambda) > 0;  delta = -log a_t = c r_t softplus(-Lambda).
         delta = (self.c * r.to(work) * F.softplus(-self.Lambda.to(work))).clamp(min=DELTA_FLOOR)
         scale = torch.sqrt(-torch.expm1(-2 * delta))  # sqrt(1 - a_t^2)
@@ -166,7 +164,7 @@ class RGLRU(Mixer):
 
     def init_state(self, batch_size: int) -> State:
         factory = self._factory()
-        h_dtype = torch.promote_types(factory["dtype"], torch.float32)
+        h_dtype = at_least_float32(factory["dtype"])
         return {
             "conv": torch.zeros(batch_size, self.d_rnn, self.d_conv - 1, **factory),
             "h": torch.zeros(batch_size, self.d_rnn, device=factory["device"], dtype=h_dtype),

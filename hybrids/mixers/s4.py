@@ -21,14 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrids.kernels.fftconv import fft_conv
-from hybrids.kernels.ssm_kernels import (
+from hybrids.kernels import widen as _wide
+from hybrids.kernels.ssm import (
     DISCRETISATIONS,
     conjugate_full,
     diagonal_kernel,
     discretize_diagonal,
     dplr_bilinear_dense,
     dplr_kernel,
+    fft_conv,
 )
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, nplr, required_rank
@@ -42,11 +43,6 @@ REAL_FLOOR = 1e-4
 def _complex_parameter(value: torch.Tensor) -> nn.Parameter:
     """Complex values stored as a real (..., 2) parameter, so that .double()/.half() cast them."""
     return nn.Parameter(torch.view_as_real(value.to(torch.complex128).contiguous()).to(torch.float32).clone())
-
-
-def _wide(parameter: torch.Tensor) -> torch.Tensor:
-    """float32 at least: complex arithmetic has no bfloat16/float16 form, and the kernel needs it."""
-    return parameter.float() if parameter.dtype in (torch.float16, torch.bfloat16) else parameter
 
 
 def _as_complex(parameter: torch.Tensor) -> torch.Tensor:

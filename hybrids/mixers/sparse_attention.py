@@ -1,4 +1,4 @@
-"""Sparse causal attention (Longformer / BigBird style) on the kernel ``hybrids.kernels.sparse_attention``."""
+"""Sparse causal attention (Longformer / BigBird style) on the kernel ``hybrids.kernels.sparse``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 
 import torch
 
-from hybrids.kernels.sparse_attention import BACKENDS, SparsePattern, sparse_attention
+from hybrids.kernels import at_least_float32
+from hybrids.kernels.sparse import BACKENDS, SparsePattern, sparse_attention
 from hybrids.mixers.attention import Attention
 from hybrids.mixers.base import State
 
@@ -20,7 +21,7 @@ class SparseAttention(Attention):
     0`` (the window), or ``j < global_tokens`` (every query sees the global keys), or
     ``i < global_tokens`` (a global query sees every earlier key), or ``j`` lies in one of the
     ``random_blocks`` key blocks drawn for the query's block (see
-    :class:`hybrids.kernels.sparse_attention.SparsePattern`). ``window=None`` is full causal
+    :class:`hybrids.kernels.sparse.SparsePattern`). ``window=None`` is full causal
     attention, the same function as :class:`Attention`.
 
     Args:
@@ -188,7 +189,7 @@ class SparseAttention(Attention):
         kernel does."""
         b = q.shape[0]
         group = self.heads // self.kv_heads
-        work = torch.promote_types(q.dtype, torch.float32)
+        work = at_least_float32(q.dtype)
         qg = q.to(work).view(b, self.kv_heads, group, self.head_dim)  # (B, Hkv, group, hd)
         scores = qg @ k.to(work).transpose(-1, -2) * self.head_dim**-0.5  # (B, Hkv, group, n)
         if mask is not None:

@@ -1,5 +1,5 @@
 """One decoding step of the selective scan, with the contract of mamba_ssm's Triton
-``selective_state_update``: the recurrence of :mod:`hybrids.kernels.selective_scan` for a single
+``selective_state_update``: the recurrence of :mod:`hybrids.kernels.scan` for a single
 token, with the state kept by the caller and updated in place::
 
     dt    = softplus(dt + dt_bias) if dt_softplus else dt + dt_bias
@@ -21,8 +21,8 @@ Returns ``out`` shaped like ``x``, in ``x``'s dtype. The state math runs in floa
 for float64 inputs); ``state`` keeps its own dtype. Stepping ``L`` tokens from a zero state gives
 ``selective_scan`` of them, and its last state.
 
-Backends (``backend=`` argument, else the ``HYBRIDS_STATE_UPDATE_BACKEND`` environment variable,
-else the default):
+Backends (``backend=`` argument, else the ``HYBRIDS_SELECTIVE_STATE_UPDATE_BACKEND`` environment
+variable, else the dispatcher's choice):
 
 - ``"torch"``: plain PyTorch, any device and dtype.
 - ``"extension"``: mamba_ssm's Triton kernel (``pip install -e '.[cuda]'`` on a CUDA machine),
@@ -37,17 +37,40 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
-from hybrids.kernels.selective_scan import BackendUnavailable
+from hybrids.kernels.dispatch import Backend, Op
+from hybrids.kernels.dtypes import at_least_float32
 
-BACKENDS = ("torch", "extension")
-BACKEND_ENV = "HYBRIDS_STATE_UPDATE_BACKEND"
-INSTALL_HINT = "mamba-ssm is not installed: `pip install -e '.[cuda]'` on a CUDA machine"
 _EXTENSION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _extension_available(device: str) -> str | None:
+    return None if _extension() is not None else "mamba-ssm is not installed"
+
+
+def _extension_accepts(call) -> str | None:
+    state_dtype = call.get("state_dtype")
+    if state_dtype is not None and state_dtype not in _EXTENSION_DTYPES:
+        return f"mamba_ssm's kernel keeps float32/float16/bfloat16 states, got {state_dtype}"
+    return None
+
+
+SELECTIVE_STATE_UPDATE = Op(
+    "selective_state_update",
+    (
+        Backend("torch", f"{__name__}:_state_update_torch", priority=10),
+        Backend(
+            "extension", f"{__name__}:_state_update_extension", devices=("cuda",), dtypes=_EXTENSION_DTYPES,
+            priority=20, available=_extension_available, accepts=_extension_accepts,
+            install="`pip install -e '.[cuda]'` on a CUDA machine",
+        ),
+    ),
+)
+BACKENDS = SELECTIVE_STATE_UPDATE.names
+BACKEND_ENV = SELECTIVE_STATE_UPDATE.env
 
 
 def selective_state_update(
@@ -65,9 +88,8 @@ def selective_state_update(
 ) -> torch.Tensor:
     """One step (module docstring): ``state`` updated in place, ``out`` shaped like ``x``."""
     check_state_update_arguments(state, x, dt, A, B, C, D, z, dt_bias)
-    if _resolve_backend(backend, state, x) == "extension":
-        return _state_update_extension(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    return _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    name = SELECTIVE_STATE_UPDATE.select(x.device, x.dtype, backend, state_dtype=state.dtype)
+    return SELECTIVE_STATE_UPDATE.function(name)(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +97,7 @@ def selective_state_update(
 
 
 def _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
-    work = torch.promote_types(torch.promote_types(x.dtype, state.dtype), torch.float32)
+    work = at_least_float32(torch.promote_types(x.dtype, state.dtype))
     dt = dt.to(work)
     if dt_bias is not None:
         dt = dt + dt_bias.to(work)
@@ -149,7 +171,11 @@ def _state_update_extension(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
 
 
 def check_state_update_arguments(state, x, dt, A, B, C, D=None, z=None, dt_bias=None) -> None:
-    """Raise ValueError naming the argument whose shape breaks the contract."""
+    """Raise ValueError (shape) or TypeError (dtype) naming the argument that breaks the contract."""
+    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("dt_bias", dt_bias)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
     if state.ndim not in (3, 4):
         raise ValueError(
             f"state: expected (batch, dim, dstate) or (batch, nheads, dim, dstate), got shape {tuple(state.shape)}"
@@ -174,33 +200,3 @@ def check_state_update_arguments(state, x, dt, A, B, C, D=None, z=None, dt_bias=
                 f"{name}: expected (batch={batch}, dstate={dstate}) or (batch, ngroups, dstate) with ngroups "
                 f"dividing {what}={rows}, got {tuple(t.shape)}"
             )
-
-
-def unavailable_reason(backend: str, state: torch.Tensor, x: torch.Tensor) -> str | None:
-    """None if ``backend`` can take these tensors, else why not and how to fix it."""
-    if backend == "torch":
-        return None
-    if _extension() is None:
-        return INSTALL_HINT
-    if not x.is_cuda:
-        return f"mamba_ssm's kernel needs CUDA tensors, got {x.device}; use backend 'torch'"
-    if x.dtype not in _EXTENSION_DTYPES or state.dtype not in _EXTENSION_DTYPES:
-        return f"mamba_ssm's kernel takes float32/float16/bfloat16, got x {x.dtype}, state {state.dtype}; use 'torch'"
-    return None
-
-
-def _resolve_backend(backend: str | None, state: torch.Tensor, x: torch.Tensor) -> str:
-    if backend is None:
-        forced = os.environ.get(BACKEND_ENV)
-        if not forced:
-            # The import is tried on CUDA tensors only: a CPU run never loads mamba_ssm.
-            return "extension" if x.is_cuda and unavailable_reason("extension", state, x) is None else "torch"
-        if forced not in BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}: unknown backend {forced!r}; valid: {', '.join(BACKENDS)}")
-        backend = forced
-    elif backend not in BACKENDS:
-        raise ValueError(f"backend: unknown {backend!r}; valid: {', '.join(BACKENDS)} (or None)")
-    why_not = unavailable_reason(backend, state, x)
-    if why_not:
-        raise BackendUnavailable(f"selective_state_update backend {backend!r} cannot run here: {why_not}")
-    return backend

@@ -1,57 +1,17 @@
-"""Sparse attention: sliding windows (optionally dilated), global tokens and BigBird-style random
-key blocks, as in Longformer (Beltagy et al. 2020) and BigBird (Zaheer et al. 2020).
-
-A :class:`SparsePattern` says which keys each query may see; :func:`sparse_attention` computes
-``softmax(q k^T * scale + mask) v`` restricted to them, on tensors shaped like
-``scaled_dot_product_attention``'s: ``q`` (batch, heads, L, head_dim), ``k, v`` (batch, kv_heads,
-L, head_dim) with ``heads % kv_heads == 0`` (grouped-query attention: query head ``h`` reads
-key/value head ``h // (heads // kv_heads)``).
-
-Backends (``backend=`` argument, else the ``HYBRIDS_SPARSE_ATTENTION_BACKEND`` environment
-variable, else ``"flex"`` on CUDA and ``"banded"`` elsewhere):
-
-- ``"reference"``: the dense (L, L) mask of :meth:`SparsePattern.dense_mask` and a masked softmax.
-  O(L^2) memory; the ground truth for tests.
-- ``"banded"``: pure PyTorch, forward and a hand-written backward, never forms an (L, L)
-  tensor. The keys a query sees are split into disjoint sets, each attended with its own
-  natural tiling: the window band (a dilation of d turned into d interleaved undilated bands),
-  the global keys, and the random key blocks. Each set gives a partial softmax (its output and
-  log-normaliser) and the partials are merged exactly by their log-sum-exp weights. The
-  backward recomputes probabilities chunk by chunk, as FlashAttention does, so memory is the
-  inputs and outputs, O(batch * heads * L * head_dim); boolean masks shared by batch and heads
-  (cached per pattern, L and device), L * (window + 63 + global_tokens + random_blocks *
-  block_size) entries, the window counted twice if non-causal; and one chunk of about a
-  million scores. Memory is thus O(L * (window + global_tokens + random_blocks * block_size)),
-  and time that times head_dim: no L^2 term. ``window=None`` (full attention) is handed to
-  ``scaled_dot_product_attention``, whose fused CPU kernel is exact and does not materialise
-  the scores either.
-- ``"flex"``: ``torch.nn.attention.flex_attention`` with a ``BlockMask`` built from the same
-  rule, cached per (pattern, L, device), and ``torch.compile``-d on CUDA. On CPU (torch 2.13)
-  FlexAttention runs only uncompiled and only forward: it materialises the (L, L) scores and
-  has no backward, so ``"flex"`` on CPU with inputs that require grad raises
-  ``NotImplementedError``; use ``"banded"`` to train on CPU.
-
-Softmax runs in float32 for float16/bfloat16 inputs (float64 stays float64); the output has
-``q``'s dtype.
-"""
+"""The ``"banded"`` backend of sparse attention: pure PyTorch, forward and a hand-written
+backward, never an (L, L) tensor (see the package docstring for the plan of the parts)."""
 
 from __future__ import annotations
 
 import functools
 import math
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-try:
-    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
-except ImportError:  # torch < 2.5
-    BlockMask = create_block_mask = flex_attention = None
+from hybrids.kernels.dtypes import at_least_float32
+from hybrids.kernels.sparse.pattern import SparsePattern, _random_key_blocks
 
-BACKENDS = ("reference", "banded", "flex")
-BACKEND_ENV = "HYBRIDS_SPARSE_ATTENTION_BACKEND"
 
 # Query tile of the banded path, in positions of one residue class. A tile of Bq queries reads
 # Bq + window - 1 keys, so scores per query cost (Bq + window - 1) / window of the exact band,
@@ -61,207 +21,6 @@ _BAND_TILE = 64
 # Tiles are processed in chunks of about this many scores (summed over batch and heads), 4 MiB
 # in float32: 2^19 to 2^21 measured alike on CPU.
 _CHUNK_SCORES = 1 << 20
-# Block masks kept by the flex backend, oldest forgotten first.
-_BLOCK_MASK_CACHE_SIZE = 16
-
-
-@dataclass(frozen=True)
-class SparsePattern:
-    """Which keys each query may attend to.
-
-    Causal (``causal=True``) query ``i`` sees key ``j <= i`` when any of these holds:
-
-    - window: ``i - j < window * dilation`` and ``(i - j) % dilation == 0`` (``window=None``:
-      every ``j <= i``, full causal attention);
-    - global: ``i < global_tokens`` (a global query sees every earlier key) or
-      ``j < global_tokens`` (every query sees the global keys);
-    - random: ``j`` lies in one of the ``random_blocks`` key blocks drawn for the query's block
-      (blocks of ``block_size`` positions; key blocks at or before the query block).
-
-    Non-causal (``causal=False``, encoders): the window is symmetric, ``|i - j| < window *
-    dilation`` with ``|i - j| % dilation == 0``; global queries see every key and every query sees
-    the global keys; random key blocks are drawn among all blocks. The diagonal always lies in
-    the window, so every query sees at least itself.
-
-    Random blocks come from a ``torch.Generator`` seeded with ``seed``, one query block after
-    the other, so they are deterministic, and in causal mode the blocks of a prefix do not depend
-    on the length: ``dense_mask(n)`` is the leading (n, n) corner of ``dense_mask(L)``, as a
-    decoder needs.
-    """
-
-    window: int | None
-    dilation: int = 1
-    global_tokens: int = 0
-    random_blocks: int = 0
-    block_size: int = 64
-    causal: bool = True
-    seed: int = 0
-
-    def __post_init__(self):
-        for name in ("dilation", "global_tokens", "random_blocks", "block_size", "seed"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name}: must be an int, got {value!r}")
-        if self.window is not None and (not isinstance(self.window, int) or isinstance(self.window, bool)):
-            raise ValueError(f"window: must be an int or None (full attention), got {self.window!r}")
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"window: must be positive (or None for full attention), got {self.window}")
-        if self.dilation < 1:
-            raise ValueError(f"dilation: must be positive, got {self.dilation}")
-        if self.window is None and self.dilation != 1:
-            raise ValueError(f"dilation: needs a window; window=None is full attention (got dilation={self.dilation})")
-        if self.global_tokens < 0:
-            raise ValueError(f"global_tokens: must be >= 0, got {self.global_tokens}")
-        if self.random_blocks < 0:
-            raise ValueError(f"random_blocks: must be >= 0, got {self.random_blocks}")
-        if self.block_size < 1:
-            raise ValueError(f"block_size: must be positive, got {self.block_size}")
-        if not isinstance(self.causal, bool):
-            raise ValueError(f"causal: must be a bool, got {self.causal!r}")
-
-    def random_key_blocks(self, L: int) -> torch.Tensor:
-        """The random key blocks of each query block: int64 (ceil(L / block_size), random_blocks).
-
-        Row ``b`` lists, in increasing order, the distinct key blocks drawn uniformly for query
-        block ``b`` (among blocks ``0..b`` if causal, all blocks otherwise); when fewer blocks
-        exist than ``random_blocks``, all are taken and the row is padded with -1.
-        """
-        return _random_key_blocks(self, L).clone()
-
-    def dense_mask(self, L: int, device: torch.device | str | None = None) -> torch.Tensor:
-        """(L, L) bool, True where query ``i`` (row) may attend key ``j`` (column)."""
-        pos = torch.arange(L, device=device)
-        return self.allowed(pos[:, None], pos[None, :], self.random_lookup(L, device))
-
-    def allowed(self, i: torch.Tensor, j: torch.Tensor, random_lookup: torch.Tensor | None = None) -> torch.Tensor:
-        """The rule of the class docstring, elementwise on broadcastable query and key positions.
-
-        ``random_lookup`` (n_blocks, n_blocks) bool marks the drawn (query block, key block) pairs
-        (see :meth:`random_lookup`); the FlexAttention mask and :meth:`dense_mask` both call this.
-        """
-        ok = self.in_window(i, j)
-        if self.global_tokens:
-            ok = ok | (i < self.global_tokens) | (j < self.global_tokens)
-        if random_lookup is not None:
-            # Clamped because FlexAttention also evaluates the padding past L of its last block.
-            last = random_lookup.shape[0] - 1
-            ok = ok | random_lookup[(i // self.block_size).clamp(max=last), (j // self.block_size).clamp(max=last)]
-        if self.causal:
-            ok = ok & (j <= i)
-        return ok
-
-    def in_window(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """The window rule alone (including ``j <= i`` when causal), elementwise."""
-        diff = i - j
-        if not self.causal:
-            diff = diff.abs()
-        if self.window is None:
-            return diff >= 0
-        return (diff >= 0) & (diff < self.window * self.dilation) & (diff % self.dilation == 0)
-
-    def random_lookup(self, L: int, device: torch.device | str | None = None) -> torch.Tensor | None:
-        """(n_blocks, n_blocks) bool, True where the key block was drawn for the query block;
-        None without random blocks."""
-        if not self.random_blocks or L == 0:
-            return None
-        table = _random_key_blocks(self, L)
-        lookup = torch.zeros(table.shape[0], table.shape[0] + 1, dtype=torch.bool)
-        lookup.scatter_(1, table % (table.shape[0] + 1), True)  # -1 (no block) lands in the extra column
-        return lookup[:, :-1].to(device)
-
-
-@functools.lru_cache(maxsize=64)
-def _random_key_blocks(pattern: SparsePattern, L: int) -> torch.Tensor:
-    """Cached draw behind :meth:`SparsePattern.random_key_blocks` (callers must not modify it)."""
-    n_blocks = -(-L // pattern.block_size)
-    table = torch.full((n_blocks, pattern.random_blocks), -1, dtype=torch.long)
-    generator = torch.Generator().manual_seed(pattern.seed)
-    for block in range(n_blocks):
-        # One draw per query block, in order: a causal block's draw depends only on the draws
-        # before it, never on how many blocks follow.
-        candidates = block + 1 if pattern.causal else n_blocks
-        drawn = torch.randperm(candidates, generator=generator)[: pattern.random_blocks]
-        table[block, : drawn.numel()] = drawn.sort().values
-    return table
-
-
-def sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    pattern: SparsePattern,
-    backend: str | None = None,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """Attention restricted to ``pattern``: (batch, heads, L, head_dim) -> the same shape.
-
-    q: (batch, heads, L, head_dim); k, v: (batch, kv_heads, L, head_dim), heads % kv_heads == 0.
-    scale: multiplies ``q k^T``; ``head_dim ** -0.5`` by default.
-    backend: ``"reference"``, ``"banded"`` or ``"flex"``; ``None`` reads
-    ``HYBRIDS_SPARSE_ATTENTION_BACKEND``, else takes ``"flex"`` on CUDA and ``"banded"`` otherwise.
-    """
-    backend = _resolve_backend(backend, q)
-    _check_shapes(q, k, v)
-    if q.shape[-2] == 0:
-        return q.clone()  # nothing to attend to; the backends' tilings assume L >= 1
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if backend == "reference":
-        return sparse_attention_reference(q, k, v, pattern, scale)
-    if backend == "banded":
-        return sparse_attention_banded(q, k, v, pattern, scale)
-    return sparse_attention_flex(q, k, v, pattern, scale)
-
-
-def _resolve_backend(backend: str | None, q: torch.Tensor) -> str:
-    if backend is None:
-        forced = os.environ.get(BACKEND_ENV)
-        if forced:
-            if forced not in BACKENDS:
-                raise ValueError(f"{BACKEND_ENV}: unknown backend {forced!r}; valid: {', '.join(BACKENDS)}")
-            return forced
-        return "flex" if q.is_cuda else "banded"
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown {backend!r}; valid: {', '.join(BACKENDS)} (or None)")
-    return backend
-
-
-def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.ndim != 4:
-        raise ValueError(f"q: expected (batch, heads, L, head_dim), got shape {tuple(q.shape)}")
-    if k.shape != v.shape:
-        raise ValueError(f"v: shape {tuple(v.shape)} differs from k's {tuple(k.shape)}")
-    batch, heads, length, head_dim = q.shape
-    if k.ndim != 4 or (k.shape[0], k.shape[2], k.shape[3]) != (batch, length, head_dim):
-        expected = f"(batch={batch}, kv_heads, L={length}, head_dim={head_dim})"
-        raise ValueError(f"k: expected {expected}, got {tuple(k.shape)}")
-    if heads % k.shape[1]:
-        raise ValueError(f"k: heads={heads} is not a multiple of kv_heads={k.shape[1]}")
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for float16/bfloat16/float32, float64 for float64: the softmax's precision."""
-    return torch.promote_types(dtype, torch.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# reference
-
-
-def sparse_attention_reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: SparsePattern, scale: float
-) -> torch.Tensor:
-    """Dense masked softmax over the (L, L) mask: O(L^2) memory, for tests and small L."""
-    work = _work_dtype(q.dtype)
-    group = q.shape[1] // k.shape[1]
-    k = k.to(work).repeat_interleave(group, dim=1)  # (batch, heads, L, head_dim)
-    v = v.to(work).repeat_interleave(group, dim=1)
-    scores = q.to(work) @ k.transpose(-1, -2) * scale  # (batch, heads, L, L)
-    scores = scores.masked_fill(~pattern.dense_mask(q.shape[-2], q.device), -math.inf)
-    return (scores.softmax(dim=-1) @ v).to(q.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# banded
 
 
 def sparse_attention_banded(
@@ -277,7 +36,7 @@ def sparse_attention_banded(
     """
     batch, heads, length, head_dim = q.shape
     kv_heads = k.shape[1]
-    work = _work_dtype(q.dtype)
+    work = at_least_float32(q.dtype)
     if pattern.window is None:
         # Full attention: the global and random keys are all visible already.
         out = F.scaled_dot_product_attention(
@@ -544,61 +303,3 @@ def _random_plan(pattern: SparsePattern, length: int, device: torch.device) -> t
     if pattern.causal:
         blocked |= j > i
     return index, blocked
-
-
-# --------------------------------------------------------------------------------------------
-# flex
-
-_block_masks: dict[tuple[SparsePattern, int, torch.device], BlockMask] = {}
-
-
-def sparse_attention_flex(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: SparsePattern, scale: float
-) -> torch.Tensor:
-    """FlexAttention with a block mask of ``pattern`` (compiled on CUDA, eager forward on CPU)."""
-    if flex_attention is None:
-        raise RuntimeError(
-            "backend='flex' needs torch.nn.attention.flex_attention (torch >= 2.5): "
-            "pip install -U torch, or use backend='banded'"
-        )
-    if not q.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise NotImplementedError(
-            f"backend='flex' on {q.device.type}: FlexAttention has no backward off CUDA in torch "
-            f"{torch.__version__}; use backend='banded' to train, or call under torch.no_grad()"
-        )
-    block_mask = _block_mask(pattern, q.shape[-2], q.device)
-    gqa = q.shape[1] != k.shape[1]
-    if q.is_cuda:
-        # The compiled kernel keeps its softmax statistics in float32 itself.
-        return _compiled(flex_attention)(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
-    # Grad mode is off here, so detaching changes nothing but passes FlexAttention's CPU check,
-    # which refuses any input that requires grad.
-    work = _work_dtype(q.dtype)
-    q_w, k_w, v_w = (t.detach().to(work) for t in (q, k, v))
-    return flex_attention(q_w, k_w, v_w, block_mask=block_mask, scale=scale, enable_gqa=gqa).to(q.dtype)
-
-
-def _block_mask(pattern: SparsePattern, length: int, device: torch.device) -> BlockMask:
-    """The pattern's BlockMask for this length and device, built once and kept in a small cache.
-
-    On CUDA the builder is compiled, which evaluates the mask block by block; uncompiled (on
-    CPU, where FlexAttention is O(L^2) anyway) it first materialises the (L, L) mask.
-    """
-    key = (pattern, length, device)
-    if key not in _block_masks:
-        if len(_block_masks) >= _BLOCK_MASK_CACHE_SIZE:
-            del _block_masks[next(iter(_block_masks))]  # dicts keep insertion order: the oldest
-        lookup = pattern.random_lookup(length, device)
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return pattern.allowed(q_idx, kv_idx, lookup)
-
-        build = _compiled(create_block_mask) if device.type == "cuda" else create_block_mask
-        _block_masks[key] = build(mask_mod, None, None, length, length, device=device)
-    return _block_masks[key]
-
-
-@functools.cache
-def _compiled(fn):
-    """``torch.compile(fn)``, made once per function."""
-    return torch.compile(fn, dynamic=False)

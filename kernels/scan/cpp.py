@@ -1,4 +1,4 @@
-"""The ``"cpu"`` backend of :func:`hybrids.kernels.selective_scan`: compiled C++ loops.
+"""The ``"cpu"`` backend of :func:`hybrids.kernels.scan`: compiled C++ loops.
 
 ``csrc/selective_scan.cpp`` runs the recurrence for one (batch, channel) pair per OpenMP
 iteration with the d_state axis vectorised. The forward keeps the state only at chunk
@@ -15,14 +15,16 @@ import ctypes
 import torch
 
 from hybrids.kernels import cpp_build
-from hybrids.kernels.selective_scan import gated_scan
+from hybrids.kernels.scan.common import gated_scan
 
 # Steps between saved states. The backward's per-chunk buffer is 2 * CHUNK * d_state values
 # (8 KiB at d_state 16 in float32): it stays in L1 while the adjoint loop walks back over it.
 CHUNK = 32
 
 
-def selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+def selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=None):
+    if initial_state is not None:  # TODO(initial_state): implemented in this backend next
+        raise NotImplementedError("initial_state")
     return gated_scan(_scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 

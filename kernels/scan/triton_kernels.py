@@ -9,7 +9,7 @@ Math (one batch ``b``, channel ``d``, state index ``n``; ``t`` runs over L)::
     y[t]     = sum_n C[t, n] * h[t, n] + D[d] * u[t]
     out[t]   = y[t] * silu(z[t])
 
-Shapes (those of mamba_ssm's ``selective_scan_fn``, see :mod:`hybrids.kernels.selective_scan`):
+Shapes (those of mamba_ssm's ``selective_scan_fn``, see :mod:`hybrids.kernels.scan`):
 ``u, delta, z``: (batch, dim, L); ``A``: (dim, d_state); ``B, C``: (batch, d_state, L) or
 (batch, groups, d_state, L); ``D, delta_bias``: (dim,). ``out`` has ``u``'s dtype, the last
 state (batch, dim, d_state) is float32. Inputs may be float32, float16 or bfloat16; everything
@@ -62,12 +62,8 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from hybrids.kernels.selective_scan import (
-    BackendUnavailable,
-    check_scan_arguments,
-    grouped,
-    unavailable_reason,
-)
+from hybrids.kernels.dispatch import BackendUnavailable
+from hybrids.kernels.scan.common import check_scan_arguments, grouped
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -363,7 +359,9 @@ def _block_sizes(u, d_state, B, C, block_l=None, block_d=None, block_d_bwd=None,
 
 
 def _check_runnable(u, delta, A, B, C, D, z, delta_bias) -> None:
-    why_not = unavailable_reason("triton", u)
+    from hybrids.kernels.scan import SELECTIVE_SCAN
+
+    why_not = SELECTIVE_SCAN.backend("triton").available(u.device.type)
     if why_not:
         raise BackendUnavailable(f"selective_scan_triton cannot run here: {why_not}")
     if u.dtype not in SUPPORTED_DTYPES:
@@ -482,6 +480,7 @@ def selective_scan_triton(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
     *,
     block_l: int | None = None,
     block_d: int | None = None,
@@ -494,6 +493,8 @@ def selective_scan_triton(
     The keyword-only block sizes override the defaults (for tuning, see
     ``benchmarks/selective_scan_gpu.py``); BLOCK_D is still lowered to fit the groups of B / C.
     """
+    if initial_state is not None:  # TODO(initial_state): implemented in this backend next
+        raise NotImplementedError("initial_state")
     check_scan_arguments(u, delta, A, B, C, D, z, delta_bias)
     _check_runnable(u, delta, A, B, C, D, z, delta_bias)
     blocks = _block_sizes(u, A.shape[1], B, C, block_l, block_d, block_d_bwd, num_warps)

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import torch
 
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from hybrids.kernels.dtypes import at_least_float32
 
 
 def fft_conv(
-    u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None, bidirectional: bool = False
+    u: torch.Tensor,
+    k: torch.Tensor,
+    D: torch.Tensor | None = None,
+    bidirectional: bool = False,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Convolve each channel of ``u`` with its kernel.
 
@@ -24,7 +26,12 @@ def fft_conv(
     ``y[t] += sum_{s > t} k[1][s - t - 1] u[s]``, as in S4's bidirectional layers.
 
     Zero-padding to length 2L turns the FFT's circular convolution into a linear one.
+    ``backend="direct"`` computes the same sum directly (:func:`direct_conv`, the reference).
     """
+    from hybrids.kernels.ssm import FFT_CONV
+
+    if FFT_CONV.select(u.device, None, backend) == "direct":
+        return direct_conv(u, k, D, bidirectional)
     length = u.shape[-1]
     if bidirectional:
         if k.ndim != 3 or k.shape[0] != 2:
@@ -35,7 +42,7 @@ def fft_conv(
         kernel = k
     if k.shape[-1] != length:
         raise ValueError(f"kernel length {k.shape[-1]} does not match the input length {length}")
-    work = _work_dtype(u.dtype)
+    work = at_least_float32(u.dtype)
     n = 2 * length
     u_f = torch.fft.rfft(u.to(work), n=n)  # (B, H, L + 1)
     k_f = torch.fft.rfft(kernel.to(work), n=n)  # (H, L + 1)

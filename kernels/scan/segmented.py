@@ -1,4 +1,4 @@
-"""The ``"torch"`` backend of :func:`hybrids.kernels.selective_scan`: pure PyTorch, any device.
+"""The ``"torch"`` backend of :func:`hybrids.kernels.scan`: pure PyTorch, any device.
 
 A Python loop over L steps costs microseconds of overhead per step whatever the tensor sizes,
 so the sequence is cut into ``K`` segments of ``T`` steps that are scanned side by side: the
@@ -30,7 +30,7 @@ import math
 
 import torch
 
-from hybrids.kernels.selective_scan import gated_scan
+from hybrids.kernels.scan.common import gated_scan
 
 # Elements of the state updated by one loop step (batch * dim * K * d_state), and of one block
 # of S steps (1 MiB in float32): large enough to amortise per-op overhead, small enough to stay
@@ -39,7 +39,9 @@ _STEP_ELEMENTS = 1 << 16
 _BLOCK_ELEMENTS = 1 << 18
 
 
-def selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+def selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=None):
+    if initial_state is not None:  # TODO(initial_state): implemented in this backend next
+        raise NotImplementedError("initial_state")
     return gated_scan(_scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
 

@@ -1,0 +1,53 @@
+"""Vandermonde sums with conjugate pairs, the core of the S4D (diagonal) kernel::
+
+    vandermonde(v, x, L)[..., l] = 2 Re sum_n v_n x_n^l        for l < L
+
+``v, x`` (..., N2) complex. Backends: ``"reference"`` materialises the (..., L, N2) powers;
+``"chunked"`` (the default) builds one table of ``chunk`` powers and never holds more.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hybrids.kernels.ssm.cauchy import DEFAULT_CHUNK
+
+
+def vandermonde_reference(v: torch.Tensor, x: torch.Tensor, length: int) -> torch.Tensor:
+    """``2 Re sum_n v_n x_n^l`` for l < length, materialising (..., length, N2) powers."""
+    powers = x[..., None, :] ** torch.arange(length, device=x.device)[:, None]  # (..., L, N2)
+    return 2 * (v[..., None, :] * powers).sum(-1).real
+
+
+def vandermonde(
+    v: torch.Tensor, x: torch.Tensor, length: int, backend: str | None = None, chunk: int = DEFAULT_CHUNK
+) -> torch.Tensor:
+    """``2 Re sum_n v_n x_n^l`` for l < ``length`` -> (..., length) real.
+
+    The chunked path computes the powers of a chunk as ``x^l = exp(l log x)`` (any branch of the
+    log gives the same integer powers; x must be nonzero) and bounds memory to one chunk of
+    (..., chunk, N2) terms. :func:`vandermonde_log` takes ``log x`` directly, as the ZOH kernel
+    does with ``log x = dt * Lambda``.
+    """
+    from hybrids.kernels.ssm import VANDERMONDE
+
+    if VANDERMONDE.select(x.device, None, backend) == "reference":
+        return vandermonde_reference(v, x, length)
+    return vandermonde_log(v, torch.log(x), length, chunk=chunk)
+
+
+def vandermonde_log(v: torch.Tensor, log_x: torch.Tensor, length: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """:func:`vandermonde` given ``log x`` (e.g. ``dt * Lambda`` for ZOH), chunked over l.
+
+    One table ``x^j`` for j < chunk is built with ``exp``; chunk c then uses
+    ``x^(c chunk + j) = x^(c chunk) x^j``, one complex product per term instead of an ``exp``.
+    """
+    chunk = min(chunk, length)
+    steps = torch.arange(chunk, device=log_x.device, dtype=log_x.real.dtype)
+    table = torch.exp(log_x[..., None, :] * steps[:, None])  # (..., chunk, N2)
+    out = []
+    for start in range(0, length, chunk):
+        offset = torch.exp(log_x * start)[..., None, :]  # x^start, (..., 1, N2)
+        width = min(chunk, length - start)
+        out.append(2 * torch.einsum("...n,...ln->...l", v, offset * table[..., :width, :]).real)
+    return torch.cat(out, dim=-1)
