@@ -1,0 +1,56 @@
+"""What the tests share: an error measure that scales with the values, and a peak-memory meter
+that runs code in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+# Python source defining ``peak_bytes(fn)``: the rise of the resident set's high-water mark
+# (Linux /proc) while ``fn`` runs. Pasted at the top of the code ``peak_memory`` runs.
+PEAK_METER = textwrap.dedent(
+    """
+    import re
+
+    def _kib(field):
+        with open("/proc/self/status") as status:
+            return int(re.search(rf"^{field}:\\s+(\\d+) kB", status.read(), re.MULTILINE).group(1))
+
+    def peak_bytes(fn):
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # reset the high-water mark VmHWM to the current RSS
+        before = _kib("VmRSS")
+        fn()
+        return (_kib("VmHWM") - before) * 1024
+    """
+)
+
+MEMORY_METER_PLATFORM = sys.platform.startswith("linux")
+
+
+def relative_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref|| in float64 (0 for two empty tensors): an error that scales with the values."""
+    x, ref = x.detach().double(), ref.detach().double()
+    if ref.numel() == 0:
+        assert x.numel() == 0, f"expected an empty tensor, got shape {tuple(x.shape)}"
+        return 0.0
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def peak_memory(code: str, timeout: float = 300) -> list[int]:
+    """Run ``code`` in a fresh Python process after :data:`PEAK_METER` and return the integers it
+    prints (on its last line).
+
+    glibc is told to return freed blocks over 128 KiB to the system, so that the meter reads
+    live memory rather than the allocator's retained heap. Tests should also measure a control
+    allocation of known size, to show that the meter sees torch's memory.
+    """
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 17)}
+    source = PEAK_METER + "\n" + textwrap.dedent(code)
+    child = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=timeout, env=env)
+    assert child.returncode == 0, child.stderr
+    return [int(v) for v in child.stdout.strip().splitlines()[-1].split()]
