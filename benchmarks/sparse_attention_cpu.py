@@ -19,23 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+from common import run_child, time_and_peak
 from hybrids.kernels.sparse import SparsePattern, sparse_attention
 
 MiB = 1 << 20
-
-
-def _status_kib(field: str) -> int:
-    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in KiB."""
-    with open("/proc/self/status") as status:
-        return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
 
 
 def run_one(config: dict) -> dict:
@@ -61,26 +52,12 @@ def run_one(config: dict) -> dict:
             with torch.no_grad():
                 attention()
 
-    step()  # warm-up: thread pools, cached masks and random tables
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset the high-water mark VmHWM to the current resident set
-    before = _status_kib("VmRSS")
-    best = float("inf")
-    for _ in range(config["repeats"]):
-        start = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - start)
-    return {"seconds": best, "peak_mib": (_status_kib("VmHWM") - before) / 1024}
+    return time_and_peak(step, config["repeats"])
 
 
 def measure(config: dict) -> dict:
     """Run one configuration in a fresh Python process and return its figures."""
-    child = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True, check=False
-    )
-    if child.returncode:
-        raise RuntimeError(f"configuration {config} failed:\n{child.stderr}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return run_child(__file__, config)
 
 
 def main() -> None:

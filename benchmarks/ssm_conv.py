@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 
+from common import best_time
 from hybrids.kernels.ssm import fft_conv
 from hybrids.mixers.s4 import S4, S4D
 
 
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(fn, repeats)
 
 
 def direct_conv1d(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

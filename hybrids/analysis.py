@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from hybrids.model import DEFAULT_MIXERS
+from hybrids.config import DEFAULT_MIXERS
 from hybrids.spec import expand_pattern
 
 
@@ -36,12 +36,13 @@ class Run:
 
 
 def mixer_family(hparams: dict[str, Any]) -> str:
-    """``"A+B"``: the class names of the mixers the run's layers use, sorted (so "MA" and "AM"
-    stacks are one family)."""
+    """``"A+B"``: the class names of the mixers the run's layers use, each once, in the order of
+    their first layer (pattern ``"SA"`` gives ``"S4+Attention"``, ``"AS"`` ``"Attention+S4"``:
+    which mixer comes first is part of the design)."""
     mixers = hparams.get("mixers") or DEFAULT_MIXERS
     letters = expand_pattern(hparams.get("pattern", "A"), hparams.get("n_layers"), mixers)
-    names = {str(mixers[letter].get("class_path", "?")).rpartition(".")[2] for letter in letters}
-    return "+".join(sorted(names))
+    names = [str(mixers[letter].get("class_path", "?")).rpartition(".")[2] for letter in letters]
+    return "+".join(dict.fromkeys(names))
 
 
 def _last_value(rows: list[dict[str, str]], column: str) -> float | None:

@@ -20,17 +20,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from hybrids.config import ARCHITECTURE_KEYS
+from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.lit import LanguageModel
-from hybrids.errors import ConfigError
 
 DEFAULT_TRAINER = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hybrids"}},
     "max_epochs": 10,
 }
-
-
-# Model arguments that fix the shapes of the weights: a checkpoint is only resumable if they match.
-ARCHITECTURE_KEYS = ("vocab_size", "d_model", "n_layers", "pattern", "mixers", "mlp", "mlp_expand", "tie_embeddings")
 
 
 def _same_architecture(checkpoint: Path, model: L.LightningModule) -> bool:
@@ -113,8 +110,8 @@ class HybridsCLI(LightningCLI):
 def locate_config_error(err: BaseException) -> str | None:
     """``"<section>.init_args.<key>: <message>"`` for a ConfigError in ``err``'s cause chain.
 
-    ConfigError keys are relative to the class that raised them; the section (``model`` or
-    ``data``) is found from the object under construction in the traceback.
+    ConfigError keys are relative to the class that raised them; the class declares its section
+    of the config (``model`` or ``data``) with :class:`hybrids.errors.config_section`.
     """
     seen = set()
     while err is not None and id(err) not in seen and not isinstance(err, ConfigError):
@@ -122,14 +119,7 @@ def locate_config_error(err: BaseException) -> str | None:
         err = err.__cause__ or err.__context__
     if not isinstance(err, ConfigError):
         return None
-    section = "model"
-    tb = err.__traceback__
-    while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        if isinstance(owner, L.LightningDataModule):
-            section = "data"
-        tb = tb.tb_next
-    return f"{section}.init_args.{err.key}: {err.message}"
+    return f"{err.full_key}: {err.message}"
 
 
 def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> None:
@@ -147,7 +137,7 @@ def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> N
     if seq_len is not None and hasattr(model, "state_size"):
         try:
             parts.append(f"recurrent state {model.state_size(seq_len):,} elements/sequence at seq_len {seq_len}")
-        except TypeError:
+        except StateSizeUnknown:
             parts.append("recurrent state unknown (a mixer has no state_size)")
     if trainer.log_dir:
         parts.append(f"logs {trainer.log_dir}")

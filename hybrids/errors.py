@@ -2,12 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 class ConfigError(ValueError):
-    """A configuration problem; ``key`` is the dotted config key at fault, relative to the class
-    that raised it (the CLI prefixes ``model.init_args.`` or ``data.init_args.``)."""
+    """A configuration problem.
 
-    def __init__(self, key: str, message: str) -> None:
+    ``key`` is the dotted config key at fault, relative to the class that raised it; ``section``
+    (``"model"`` or ``"data"``) is the part of a CLI config that class was built from, set by
+    :class:`config_section` where the class declares it, so the CLI can print the full key
+    ``<section>.init_args.<key>``.
+    """
+
+    def __init__(self, key: str, message: str, section: str | None = None) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+        self.section = section
+
+    @property
+    def full_key(self) -> str:
+        return f"{self.section}.init_args.{self.key}" if self.section else self.key
+
+
+class config_section(contextlib.ContextDecorator):
+    """Mark ConfigErrors raised inside (a ``with`` block or a decorated ``__init__``) as coming
+    from one section of the config: ``LanguageModel`` declares ``"model"``, the data modules
+    ``"data"``. An error that already has a section keeps it."""
+
+    def __init__(self, section: str) -> None:
+        self.section = section
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, ConfigError) and error.section is None:
+            error.section = self.section
+        return False
+
+
+class StateSizeUnknown(Exception):
+    """A mixer of the stack has no ``state_size(seq_len)``, so the stack's state cannot be counted
+    (user mixers need only ``forward`` to train)."""

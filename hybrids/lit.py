@@ -12,8 +12,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
-from hybrids.data.mqar import IGNORE_INDEX
+from hybrids.config import StackConfig
+from hybrids.data.labels import IGNORE_INDEX
+from hybrids.errors import StateSizeUnknown, config_section
 from hybrids.model import HybridLM
+
+_STACK = StackConfig.defaults()
 
 
 class LanguageModel(L.LightningModule):
@@ -24,8 +28,8 @@ class LanguageModel(L.LightningModule):
 
     Args:
         vocab_size: set from the data module by the CLI (``data.vocab_size``).
-        d_model, n_layers, pattern, mixers, mlp, mlp_expand, dropout, tie_embeddings: the stack, see
-            :class:`~hybrids.model.HybridLM`.
+        d_model, n_layers, pattern, mixers, mlp, mlp_expand, dropout, tie_embeddings: the stack,
+            see :class:`~hybrids.config.StackConfig` (the defaults are its defaults).
         lr: peak learning rate of AdamW.
         weight_decay: applied to matrices only (``ndim >= 2``), not to norms, biases or vectors, nor
             to parameters a mixer marks with ``_no_weight_decay = True``.
@@ -37,14 +41,14 @@ class LanguageModel(L.LightningModule):
     def __init__(
         self,
         vocab_size: int,
-        d_model: int = 64,
-        n_layers: int | None = 2,
-        pattern: str = "A",
-        mixers: dict[str, dict[str, Any]] | None = None,
-        mlp: str = "swiglu",
-        mlp_expand: float = 2.0,
-        dropout: float = 0.0,
-        tie_embeddings: bool = True,
+        d_model: int = _STACK["d_model"],
+        n_layers: int | None = _STACK["n_layers"],
+        pattern: str = _STACK["pattern"],
+        mixers: dict[str, dict[str, Any]] | None = _STACK["mixers"],
+        mlp: str = _STACK["mlp"],
+        mlp_expand: float = _STACK["mlp_expand"],
+        dropout: float = _STACK["dropout"],
+        tie_embeddings: bool = _STACK["tie_embeddings"],
         lr: float = 3e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),
@@ -56,17 +60,9 @@ class LanguageModel(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc")}
         )
-        self.model = HybridLM(
-            vocab_size=vocab_size,
-            d_model=d_model,
-            pattern=pattern,
-            mixers=mixers,
-            n_layers=n_layers,
-            mlp=mlp,
-            mlp_expand=mlp_expand,
-            dropout=dropout,
-            tie_embeddings=tie_embeddings,
-        )
+        with config_section("model"):
+            self.config = StackConfig(**{name: self.hparams[name] for name in StackConfig.field_names()})
+            self.model = HybridLM(self.config)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
@@ -128,7 +124,7 @@ class LanguageModel(L.LightningModule):
             try:
                 figures["state_size"] = self.state_size(seq_len)
                 figures["seq_len"] = seq_len
-            except TypeError as err:  # a user mixer without state_size: train anyway
+            except StateSizeUnknown as err:  # a user mixer without state_size: train anyway
                 rank_zero_warn(f"state size not logged: {err}")
         for logger in self.loggers:
             logger.log_metrics(figures, step=0)

@@ -2,73 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from hybrids.blocks import MLP, Block
-from hybrids.errors import ConfigError
+from hybrids.config import DEFAULT_MIXERS, StackConfig  # noqa: F401  (DEFAULT_MIXERS: re-exported)
+from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.spec import build_mixer, expand_pattern
 
-DEFAULT_MIXERS: dict[str, dict[str, Any]] = {
-    "A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}},
-}
-
-
 class HybridLM(nn.Module):
-    """A stack of residual blocks whose mixers follow ``pattern``.
+    """A stack of residual blocks whose mixers follow a layer pattern.
 
-    Args:
-        vocab_size: tokens of the vocabulary.
-        d_model: model width.
-        pattern: one letter per layer, repeated (and cut) to ``n_layers``; e.g. ``"MMA"``.
-        mixers: letter -> ``{class_path, init_args}`` spec of the mixer class for that letter.
-        n_layers: number of blocks; defaults to ``len(pattern)``.
-        mlp: ``"swiglu"`` or ``"gelu"`` channel mixer after each mixer.
-        mlp_expand: MLP hidden width as a multiple of ``d_model``; 0 leaves the MLP out.
-        dropout: residual dropout.
-        tie_embeddings: share the embedding matrix with the LM head.
+    Built from a :class:`~hybrids.config.StackConfig`, or from its arguments directly:
+    ``HybridLM(StackConfig(vocab_size=50, d_model=16))`` and ``HybridLM(50, d_model=16)`` are the
+    same model (see ``StackConfig`` for every argument and its default).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 128,
-        pattern: str = "A",
-        mixers: Mapping[str, Mapping[str, Any]] | None = None,
-        n_layers: int | None = None,
-        mlp: str = "swiglu",
-        mlp_expand: float = 2.0,
-        dropout: float = 0.0,
-        tie_embeddings: bool = True,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
-        if vocab_size <= 0:
-            raise ConfigError("vocab_size", f"must be positive, got {vocab_size}")
-        if d_model <= 0:
-            raise ConfigError("d_model", f"must be positive, got {d_model}")
-        if mlp_expand < 0:
-            raise ConfigError("mlp_expand", f"must be >= 0 (0 leaves the MLP out), got {mlp_expand}")
-        mixers = DEFAULT_MIXERS if mixers is None else mixers
-        self.layer_letters = expand_pattern(pattern, n_layers, mixers)
-        hidden = int(round(mlp_expand * d_model))
+        if len(args) == 1 and not kwargs and isinstance(args[0], StackConfig):
+            config = args[0]
+        else:
+            config = StackConfig(*args, **kwargs)
+        self.config = config
+        mixers = config.mixer_specs
+        self.layer_letters = expand_pattern(config.pattern, config.n_layers, mixers)
+        d_model = config.d_model
+        hidden = int(round(config.mlp_expand * d_model))
 
-        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.embedding = nn.Embedding(config.vocab_size, d_model)
         blocks = []
         for letter in self.layer_letters:
             mixer = build_mixer(mixers[letter], d_model, key=f"mixers.{letter}")
             try:
-                channel = MLP(d_model, hidden, mlp) if hidden > 0 else None
+                channel = MLP(d_model, hidden, config.mlp) if hidden > 0 else None
             except ValueError as err:
                 raise ConfigError("mlp", str(err)) from err
-            blocks.append(Block(d_model, mixer, channel, dropout))
+            blocks.append(Block(d_model, mixer, channel, config.dropout))
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.RMSNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head = nn.Linear(d_model, config.vocab_size, bias=False)
         nn.init.normal_(self.embedding.weight, std=0.02)
-        if tie_embeddings:
+        if config.tie_embeddings:
             self.head.weight = self.embedding.weight
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -99,7 +76,7 @@ class HybridLM(nn.Module):
         for i, block in enumerate(self.blocks):
             size = getattr(block.mixer, "state_size", None)
             if size is None:
-                raise TypeError(f"mixer of layer {i} ({type(block.mixer).__name__}) has no state_size(seq_len)")
+                raise StateSizeUnknown(f"mixer of layer {i} ({type(block.mixer).__name__}) has no state_size(seq_len)")
             total += size(seq_len)
         return total
 

@@ -74,7 +74,7 @@ def test_mamba_parameter_names_and_shapes_are_mamba_ssm_s():
     assert {name: tuple(p.shape) for name, p in m.named_parameters()} == expected
     with_bias = {name for name, _ in Mamba(d_model, bias=True).named_parameters()}
     assert with_bias == set(expected) | {"in_proj.bias", "out_proj.bias"}
-    assert m.state_size(100) == d_inner * (d_state + d_conv)
+    assert m.state_size(100) == d_inner * (d_state + d_conv - 1)
 
 
 @pytest.mark.parametrize("dt_min,dt_max,floor", [(1e-3, 0.1, 1e-4), (1e-2, 0.5, 1e-4), (1e-5, 1e-3, 1e-4)])
@@ -122,9 +122,55 @@ def test_mamba_calls_the_scan_without_backend_unless_configured(monkeypatch):
     assert seen == ["absent", "reference"]
 
 
-def test_mamba_fast_path_is_not_taken_on_cpu():
-    m = Mamba(16, use_fast_path=True)
-    assert m._fast_path_fn(torch.randn(1, 3, 16)) is None
+def fake_mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,
+                        out_proj_bias, A, B=None, C=None, D=None, delta_bias=None, delta_softplus=True):
+    """mamba_ssm's ``mamba_inner_fn`` contract, written from its reference ``mamba_inner_ref``
+    with plain torch ops: lets the CPU check what Mamba.forward hands to the fused block."""
+    assert B is None and C is None  # B and C come from x_proj inside the block
+    fake_mamba_inner_fn.calls += 1
+    L, d_state = xz.shape[-1], A.shape[-1]
+    x, z = xz.chunk(2, dim=1)
+    x = F.silu(F.conv1d(F.pad(x, (conv1d_weight.shape[-1] - 1, 0)), conv1d_weight, conv1d_bias, groups=x.shape[1]))
+    x_dbl = F.linear(x.transpose(1, 2), x_proj_weight)  # (b, L, dt_rank + 2 d_state)
+    rank = delta_proj_weight.shape[1]
+    delta = (x_dbl[..., :rank] @ delta_proj_weight.t()).transpose(1, 2)
+    B_ = x_dbl[..., rank : rank + d_state].transpose(1, 2)
+    C_ = x_dbl[..., rank + d_state :].transpose(1, 2)
+    y = selective_scan_reference(x, delta, A, B_, C_, D, z, delta_bias, delta_softplus)
+    return F.linear(y.transpose(1, 2), out_proj_weight, out_proj_bias)
+
+
+def test_mamba_fused_path_conditions_and_arguments(monkeypatch):
+    """Where the fused block may run, forward hands it arguments that give the plain path's
+    output (checked on CPU with a stand-in that follows mamba_ssm's reference); everywhere else
+    forward says why not."""
+    fake_mamba_inner_fn.calls = 0
+    monkeypatch.setattr(mamba_module, "_mamba_inner_fn", lambda: fake_mamba_inner_fn)
+    for name in (mamba_module.SCAN_BACKEND_ENV, mamba_module.CONV_BACKEND_ENV):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    m = Mamba(16, d_state=4, bias=True).double()
+    assert m.fused_path_unavailable("cuda", torch.float32) is None
+    assert "CUDA" in m.fused_path_unavailable("cpu", torch.float32)
+    assert "float32, float16 and bfloat16" in m.fused_path_unavailable("cuda", torch.float64)
+    assert "use_fast_path" in Mamba(16, use_fast_path=False).fused_path_unavailable("cuda", torch.float32)
+    assert "forced" in Mamba(16, scan_backend="torch").fused_path_unavailable("cuda", torch.float32)
+    assert "d_conv=5" in Mamba(16, d_conv=5).fused_path_unavailable("cuda", torch.float32)
+    monkeypatch.setenv(mamba_module.SCAN_BACKEND_ENV, "torch")
+    assert "forced" in m.fused_path_unavailable("cuda", torch.float32)
+    monkeypatch.delenv(mamba_module.SCAN_BACKEND_ENV)
+    monkeypatch.setattr(mamba_module, "_mamba_inner_fn", lambda: None)
+    assert "not installed" in m.fused_path_unavailable("cuda", torch.float32)
+
+    # The plumbing: let the stand-in run on CPU (float32, as the CUDA kernels would).
+    monkeypatch.setattr(mamba_module, "_mamba_inner_fn", lambda: fake_mamba_inner_fn)
+    monkeypatch.setattr(mamba_module, "_FUSED_DEVICES", ("cuda", "cpu"))
+    m = m.float()
+    x = torch.randn(2, 11, 16)
+    fused = m(x)
+    assert fake_mamba_inner_fn.calls == 1
+    plain = plain_mamba(m, x)
+    assert relative_rms(fused, plain) < 1e-5
 
 
 # --------------------------------------------------------------------------------------------

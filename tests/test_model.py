@@ -169,5 +169,86 @@ def test_mixer_family_follows_the_layers_used():
     mixers = {"A": ATTN, "L": {"class_path": "torch.nn.Linear"}}
     assert mixer_family({"pattern": "AL", "n_layers": 1, "mixers": mixers}) == "Attention"
     assert mixer_family({"pattern": "AL", "n_layers": 2, "mixers": mixers}) == "Attention+Linear"
-    assert mixer_family({"pattern": "LA", "n_layers": 2, "mixers": mixers}) == "Attention+Linear"
+    # Pattern order, each class once: which mixer comes first is part of the design.
+    assert mixer_family({"pattern": "LA", "n_layers": 2, "mixers": mixers}) == "Linear+Attention"
+    assert mixer_family({"pattern": "LAL", "n_layers": 3, "mixers": mixers}) == "Linear+Attention"
     assert mixer_family({}) == "Attention"
+
+
+def test_one_config_object_defines_the_stack_arguments():
+    """StackConfig is the one place of the stack's arguments and defaults: LanguageModel's
+    signature (which the CLI reads) repeats them with the same defaults, and HybridLM is built
+    from it either way."""
+    import inspect
+
+    from hybrids import LanguageModel
+    from hybrids.config import ARCHITECTURE_KEYS, StackConfig
+
+    signature = inspect.signature(LanguageModel.__init__).parameters
+    for name in StackConfig.field_names():
+        assert name in signature, f"LanguageModel lacks the stack argument {name!r}"
+        default = StackConfig.defaults().get(name, inspect.Parameter.empty)
+        assert signature[name].default == default, name
+    assert set(ARCHITECTURE_KEYS) == set(StackConfig.field_names()) - {"dropout"}
+    config = StackConfig(vocab_size=50, d_model=16, pattern="AB", n_layers=3, mixers={"A": ATTN, "B": NO_ROPE})
+    assert HybridLM(config).config == HybridLM(50, d_model=16, pattern="AB", n_layers=3, mixers={"A": ATTN, "B": NO_ROPE}).config
+    lm = LanguageModel(vocab_size=50, d_model=16, mixers={"A": ATTN})
+    assert lm.config == StackConfig(vocab_size=50, d_model=16, mixers={"A": ATTN})
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"d_model": 0}, "d_model"),
+        ({"d_model": "wide"}, "d_model"),
+        ({"n_layers": 0}, "n_layers"),
+        ({"mlp": "relu"}, "mlp"),
+        ({"mlp_expand": -1}, "mlp_expand"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"dropout": -0.1}, "dropout"),
+        ({"tie_embeddings": "yes"}, "tie_embeddings"),
+        ({"pattern": ""}, "pattern"),
+    ],
+)
+def test_stack_config_errors_name_the_key_and_their_section(kwargs, key):
+    from hybrids import LanguageModel
+    from hybrids.config import StackConfig
+
+    with pytest.raises(ConfigError) as info:
+        StackConfig(vocab_size=10, **kwargs)
+    assert info.value.key == key and info.value.section is None
+    with pytest.raises(ConfigError) as info:
+        LanguageModel(vocab_size=10, **kwargs)
+    assert info.value.full_key == f"model.init_args.{key}"
+
+
+def test_data_module_errors_carry_the_data_section():
+    from hybrids.data import MQAR
+
+    with pytest.raises(ConfigError) as info:
+        MQAR(seq_len=63)
+    assert info.value.full_key == "data.init_args.seq_len"
+
+
+class _BrokenStateSize(torch.nn.Module):
+    def __init__(self, d_model):
+        super().__init__()
+        self.proj = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, x):
+        return self.proj(x)
+
+    def state_size(self, seq_len):
+        return seq_len + "tokens"  # a bug inside the mixer: TypeError
+
+
+def test_missing_state_size_is_told_apart_from_a_bug_inside_one():
+    from hybrids.errors import StateSizeUnknown
+
+    without = HybridLM(20, d_model=8, pattern="L", n_layers=1, mixers={"L": {"class_path": "torch.nn.Identity"}})
+    with pytest.raises(StateSizeUnknown, match="layer 0 \\(Identity\\)"):
+        without.state_size(16)
+    broken = HybridLM(20, d_model=8, pattern="B", n_layers=1, mixers={"B": {"class_path": f"{__name__}._BrokenStateSize"}})
+    with pytest.raises(TypeError) as info:
+        broken.state_size(16)
+    assert not isinstance(info.value, StateSizeUnknown)

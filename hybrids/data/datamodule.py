@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
-from hybrids.errors import ConfigError
+from hybrids.errors import ConfigError, config_section
 
 
 class EpochShuffle(Sampler[int]):
@@ -64,11 +64,12 @@ class MQAR(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
-        for name, value in [("num_train_examples", num_train_examples), ("num_test_examples", num_test_examples),
-                            ("batch_size", batch_size), ("power_a", power_a)]:
-            if value <= 0:
-                raise ConfigError(name, f"must be positive, got {value}")
+        with config_section("data"):
+            check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
+            for name, value in [("num_train_examples", num_train_examples), ("num_test_examples", num_test_examples),
+                                ("batch_size", batch_size), ("power_a", power_a)]:
+                if value <= 0:
+                    raise ConfigError(name, f"must be positive, got {value}")
         self.save_hyperparameters()
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import torch
 
+from hybrids.data.labels import IGNORE_INDEX
 from hybrids.errors import ConfigError
 
-IGNORE_INDEX = -100
 CHUNK_EXAMPLES = 32_768
 
 

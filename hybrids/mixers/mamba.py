@@ -12,9 +12,10 @@ One block, for x (batch, L, d_model)::
 
 ``dt_proj``'s bias is handed to the scan as ``delta_bias`` (with ``delta_softplus``), as
 mamba_ssm does, so that the kernel fuses it. The recurrent state per sequence is the scan state
-``h`` (d_inner, d_state), kept in float32, and the last ``d_conv`` inputs of the convolution
-(d_inner, d_conv), as mamba_ssm's cache holds them: ``state_size = d_inner * (d_state + d_conv)``
-whatever the sequence length.
+``h`` (d_inner, d_state), kept in float32, and the last ``d_conv - 1`` inputs of the
+convolution (d_inner, d_conv - 1), all that the next output reads besides the new input
+(mamba_ssm's cache keeps ``d_conv`` columns, one of them dead weight):
+``state_size = d_inner * (d_state + d_conv - 1)`` whatever the sequence length.
 
 Paths:
 
@@ -45,6 +46,8 @@ from hybrids.kernels.scan import BACKENDS as SCAN_BACKENDS
 from hybrids.mixers.base import Mixer, State
 
 DT_INITS = ("random", "constant")
+# Device types on which mamba_ssm's fused block may run (a test widens it to check the plumbing).
+_FUSED_DEVICES = ("cuda",)
 
 
 @functools.cache
@@ -150,19 +153,28 @@ class Mamba(Mixer):
     def _scan_kwargs(self) -> dict:
         return {} if self.scan_backend is None else {"backend": self.scan_backend}
 
-    def _fast_path_fn(self, x: torch.Tensor):
-        if not (self.use_fast_path and x.is_cuda and self.scan_backend is None and 2 <= self.d_conv <= 4):
-            return None
-        if os.environ.get(SCAN_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV) or x.dtype == torch.float64:
-            return None  # a forced backend wins; the CUDA kernels take float32/16 and bfloat16 only
-        return _mamba_inner_fn()
+    def fused_path_unavailable(self, device_type: str, dtype: torch.dtype) -> str | None:
+        """None if ``forward`` runs mamba_ssm's fused block on inputs of this device and dtype,
+        else why not."""
+        if not self.use_fast_path:
+            return "use_fast_path=False"
+        if device_type not in _FUSED_DEVICES:
+            return f"mamba_ssm's fused block runs on CUDA tensors, got {device_type}"
+        if self.scan_backend is not None or os.environ.get(SCAN_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV):
+            return "a kernel backend is forced (scan_backend or an environment variable)"
+        if not 2 <= self.d_conv <= 4:
+            return f"causal-conv1d supports widths 2 to 4, got d_conv={self.d_conv}"
+        if dtype == torch.float64:
+            return "mamba_ssm's CUDA kernels take float32, float16 and bfloat16"
+        if _mamba_inner_fn() is None:
+            return "mamba-ssm and causal-conv1d are not installed (`pip install -e '.[cuda]'`)"
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2 * d_inner, L)
         A = -torch.exp(_wide(self.A_log))  # (d_inner, N)
-        fast = self._fast_path_fn(x)
-        if fast is not None:  # untested here: needs CUDA and mamba-ssm
-            return fast(
+        if self.fused_path_unavailable(x.device.type, x.dtype) is None:
+            return _mamba_inner_fn()(
                 xz.contiguous(), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                 self.out_proj.weight, self.out_proj.bias, A, None, None, _wide(self.D),
                 delta_bias=_wide(self.dt_proj.bias), delta_softplus=True,
@@ -183,7 +195,7 @@ class Mamba(Mixer):
         factory = self._factory()
         ssm_dtype = at_least_float32(factory["dtype"])
         return {
-            "conv": torch.zeros(batch_size, self.d_inner, self.d_conv, **factory),
+            "conv": torch.zeros(batch_size, self.d_inner, self.d_conv - 1, **factory),
             "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=factory["device"], dtype=ssm_dtype),
         }
 
@@ -201,4 +213,4 @@ class Mamba(Mixer):
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 
     def state_size(self, seq_len: int) -> int:
-        return self.d_inner * (self.d_state + self.d_conv)
+        return self.d_inner * (self.d_state + self.d_conv - 1)

@@ -42,7 +42,7 @@ and the gradient through ``delta`` to ``r_t`` and ``Lambda`` is zero. ``u_t`` is
 ``step`` uses ``causal_conv1d_update`` and ``selective_state_update`` with the same
 reparametrisation, so decoding runs the scan's own one-step kernel. The state per sequence is
 ``h`` (d_rnn) in float32 (or wider) and the last ``d_conv - 1`` inputs of the convolution:
-``state_size = d_rnn * d_conv``, whatever the sequence length.
+``state_size = d_rnn * (1 + d_conv - 1) = d_rnn * d_conv``, whatever the sequence length.
 """
 
 from __future__ import annotations

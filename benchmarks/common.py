@@ -1,0 +1,57 @@
+"""What the benchmark scripts share: best-of-N timing, the peak-memory meter, and running one
+configuration in a fresh Python process.
+
+Scripts import it as ``from common import ...`` (they run as ``python benchmarks/<script>.py``,
+which puts this folder first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+
+def status_kib(field: str) -> int:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in KiB (Linux)."""
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
+
+
+def best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` calls (the caller warms up first)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_and_peak(step: Callable[[], object], repeats: int) -> dict:
+    """One warm-up call, then ``{"seconds": best of repeats, "peak_mib": ...}``.
+
+    Peak memory is the resident-set high-water mark during the timed calls minus the resident
+    set before them (the mark is reset through ``/proc/self/clear_refs``): what the computation
+    itself allocates and touches, its inputs excluded. Meant to run in a fresh process
+    (:func:`run_child`), so that another configuration's freed memory does not count.
+    """
+    step()  # warm-up: thread pools, caches, libraries built on first use
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the high-water mark VmHWM to the current resident set
+    before = status_kib("VmRSS")
+    seconds = best_time(step, repeats)
+    return {"seconds": seconds, "peak_mib": (status_kib("VmHWM") - before) / 1024}
+
+
+def run_child(script: str, config: dict) -> dict:
+    """Run ``python script --child <config as JSON>`` and return the JSON it prints last."""
+    child = subprocess.run(
+        [sys.executable, script, "--child", json.dumps(config)], capture_output=True, text=True, check=False
+    )
+    if child.returncode:
+        raise RuntimeError(f"configuration {config} failed:\n{child.stderr}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
