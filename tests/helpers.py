@@ -32,13 +32,18 @@ PEAK_METER = textwrap.dedent(
 MEMORY_METER_PLATFORM = sys.platform.startswith("linux")
 
 
-def relative_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """||x - ref|| / ||ref|| in float64 (0 for two empty tensors): an error that scales with the values."""
+def relative_rms(x: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
+    """rms(x - ref) / max(rms(ref), floor), in float64: an error that scales with the values.
+
+    ``floor`` bounds the scale from below where the reference may vanish identically (a
+    gradient that is exactly zero is then held to an absolute error). Two empty tensors: 0.
+    """
     x, ref = x.detach().double(), ref.detach().double()
+    assert x.shape == ref.shape, f"shapes differ: {tuple(x.shape)} vs {tuple(ref.shape)}"
     if ref.numel() == 0:
-        assert x.numel() == 0, f"expected an empty tensor, got shape {tuple(x.shape)}"
         return 0.0
-    return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
+    rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
+    return rms(x - ref) / max(rms(ref), floor, 1e-300)
 
 
 def peak_memory(code: str, timeout: float = 300) -> list[int]:

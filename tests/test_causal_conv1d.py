@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from hybrids.kernels import causal_conv1d, causal_conv1d_update
 from hybrids.kernels import BackendUnavailable
 from hybrids.kernels.conv.extension import package
+from helpers import relative_rms
 
-# The package exports the function under the module's name: fetch the module itself.
 module = importlib.import_module("hybrids.kernels.conv")
 
 ACTIVATIONS = [None, "silu", "swish"]
@@ -29,10 +29,6 @@ def per_tap(x, weight, bias=None, activation=None):
             shifted[:, :, lag:] = x[:, :, : length - lag]
         out = out + weight[None, :, k, None] * shifted
     return out if activation is None else F.silu(out)
-
-
-def relative_rms(a, b):
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp(min=1e-30)).item()
 
 
 def case_id(batch, dim, width, length):
@@ -61,6 +57,76 @@ def test_matches_per_tap_sum_with_gradients(batch, dim, width, length, activatio
     assert relative_rms(out, expected) < 1e-12
     for g, e in zip(grads, expected_grads):
         assert relative_rms(g, e) < 1e-12
+
+
+STATE_CASES = [(w, length) for w in (1, 2, 4) for length in (1, 2, 3, 9)]
+
+
+@pytest.mark.parametrize("width,length", STATE_CASES, ids=[f"W{w}-L{n}" for w, n in STATE_CASES])
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_initial_and_final_states_continue_the_sequence(width, length, backend):
+    """Convolving a sequence in two pieces, the first piece's final states passed as the second's
+    initial states, equals convolving it whole; outputs, final states and every gradient
+    (initial states included) against the per-tap sum over the concatenated history."""
+    batch, dim = 2, 3
+    history = torch.randn(batch, dim, width - 1 + length, dtype=torch.float64)
+    init = history[:, :, : width - 1].clone().requires_grad_()
+    x = history[:, :, width - 1 :].clone().requires_grad_()
+    weight = torch.randn(dim, width, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(dim, dtype=torch.float64, requires_grad=True)
+    out, final = causal_conv1d(x, weight, bias, "silu", backend=backend, initial_states=init, return_final_states=True)
+    assert final.shape == (batch, dim, width - 1)
+    full = torch.cat((init, x), dim=2)
+    expected = per_tap(full, weight, bias, "silu")[:, :, width - 1 :]
+    assert relative_rms(out, expected) < 1e-12
+    torch.testing.assert_close(final, full[:, :, full.shape[2] - (width - 1) :], rtol=0, atol=0)
+    grad_out, grad_final = torch.randn_like(out), torch.randn_like(final)
+    leaves = (init, x, weight, bias)
+    grads = torch.autograd.grad((out * grad_out).sum() + (final * grad_final).sum(), leaves, allow_unused=True)
+    want = torch.autograd.grad(
+        (expected * grad_out).sum() + (full[:, :, full.shape[2] - (width - 1) :] * grad_final).sum(), leaves,
+        allow_unused=True,
+    )
+    for name, g, e in zip(("initial_states", "x", "weight", "bias"), grads, want):
+        if e is None:  # width 1: no initial states to differentiate
+            assert g is None or not g.any(), name
+            continue
+        assert relative_rms(g, e) < 1e-12, name
+
+    # In pieces: the first part's final states start the second part.
+    cut = length // 2
+    first, mid = causal_conv1d(x[:, :, :cut], weight, bias, "silu", backend=backend, initial_states=init,
+                               return_final_states=True)
+    second, end = causal_conv1d(x[:, :, cut:], weight, bias, "silu", backend=backend, initial_states=mid,
+                                return_final_states=True)
+    torch.testing.assert_close(torch.cat((first, second), dim=2), out, rtol=0, atol=1e-13)
+    torch.testing.assert_close(end, final, rtol=0, atol=0)
+
+
+def test_final_states_without_initial_states_are_zero_padded():
+    x = torch.randn(1, 2, 2)
+    _, final = causal_conv1d(x, torch.randn(2, 4), return_final_states=True)
+    torch.testing.assert_close(final, torch.cat((torch.zeros(1, 2, 1), x), dim=2))
+
+
+def test_bad_initial_states_name_the_argument():
+    x, w = torch.randn(2, 3, 5), torch.randn(3, 4)
+    with pytest.raises(ValueError, match="^initial_states: expected \\(batch=2, dim=3, width - 1=3\\)"):
+        causal_conv1d(x, w, initial_states=torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="^initial_states: expected a floating-point tensor"):
+        causal_conv1d(x, w, initial_states=torch.zeros(2, 3, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="^x: expected a floating-point tensor"):
+        causal_conv1d(x.long(), w)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 5), (2, 3, 0), (0, 3, 0)])
+def test_empty_inputs_give_empty_outputs_and_gradients(shape):
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(3, 4, requires_grad=True)
+    out, final = causal_conv1d(x, w, return_final_states=True)
+    assert out.shape == shape and final.shape == (shape[0], 3, 3)
+    out.sum().backward()
+    assert x.grad.shape == shape and torch.equal(w.grad, torch.zeros_like(w))
 
 
 def test_float32_and_mixed_dtypes_keep_x_dtype():

@@ -14,13 +14,10 @@ from hybrids.errors import ConfigError
 from hybrids.kernels.scan.reference import selective_scan_reference
 from hybrids.mixers import RGLRU, Mamba
 from hybrids.spec import build_mixer
+from helpers import relative_rms
 
 mamba_module = importlib.import_module("hybrids.mixers.mamba")
 rglru_module = importlib.import_module("hybrids.mixers.rglru")
-
-
-def relative_rms(a, b):
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,13 +8,10 @@ import torch
 from hybrids.kernels import selective_state_update
 from hybrids.kernels import BackendUnavailable
 from hybrids.kernels.scan.reference import selective_scan_reference
+from helpers import relative_rms
 
 # The package exports the function under the module's name: fetch the module itself.
 module = importlib.import_module("hybrids.kernels.scan.step")
-
-
-def relative_rms(a, b):
-    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp(min=1e-30)).item()
 
 
 def scan_inputs(batch, dim, d_state, length, groups, dtype=torch.float64):

@@ -6,9 +6,6 @@ global tokens, random blocks (of 16 positions here), then ``-nc`` for non-causal
 for N key/value heads under four query heads.
 """
 
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
@@ -18,6 +15,7 @@ import hybrids.kernels.sparse.banded as banded
 import hybrids.kernels.sparse.flex as flex
 import hybrids.kernels.sparse.reference as reference
 from hybrids.kernels.sparse import SparsePattern, sparse_attention
+from helpers import MEMORY_METER_PLATFORM, peak_memory, relative_rms
 
 BLOCK = 16  # random-block size in these tests, so that L <= 200 has several blocks
 HEADS = 4
@@ -68,11 +66,7 @@ def brute_force_mask(pattern: SparsePattern, L: int) -> torch.Tensor:
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Relative RMS error. The scale is floored at 1e-3 (the values here are of order one), so
     that a gradient that vanishes identically (dk with one key per query) is held to 1e-13."""
-
-    def rms(t: torch.Tensor) -> float:
-        return t.pow(2).mean().sqrt().item()
-
-    return rms(actual - expected) / max(rms(expected), 1e-3)
+    return relative_rms(actual, expected, floor=1e-3)
 
 
 def random_qkv(L, kv_heads, dtype=torch.float64, batch=2, head_dim=8, requires_grad=True):
@@ -199,28 +193,16 @@ def test_banded_scale_and_low_precision():
     assert rel_err(out.float(), expected) < 2e-2  # bfloat16 rounding of inputs and output
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc (Linux)")
+@pytest.mark.skipif(not MEMORY_METER_PLATFORM, reason="reads the peak RSS from /proc (Linux)")
 def test_banded_never_allocates_an_L_by_L_tensor():
     """Forward + backward at L = 16384, window 64, in a fresh process: the resident-set peak
     must stay under 128 MiB, an eighth of one (L, L) float32 tensor (1 GiB; the reference
     holds several and peaks above 6 GiB here). Likewise with dilation, global tokens and random
     blocks. The same meter must see a 256 MiB control allocation, so the figure is not blind
     to torch's allocations."""
-    code = textwrap.dedent(
-        """
-        import re, torch
+    code = """
+        import torch
         from hybrids.kernels.sparse import SparsePattern, sparse_attention
-
-        def kib(field):
-            with open("/proc/self/status") as status:
-                return int(re.search(rf"^{field}:\\s+(\\d+) kB", status.read(), re.MULTILINE).group(1))
-
-        def peak_bytes(fn):
-            with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")  # reset the high-water mark VmHWM to the current RSS
-            before = kib("VmRSS")
-            fn()
-            return (kib("VmHWM") - before) * 1024
 
         # Warm-up at a small length: thread pools and BLAS buffers are not the kernel's memory.
         x = torch.randn(1, 2, 256, 16, requires_grad=True)
@@ -235,10 +217,7 @@ def test_banded_never_allocates_an_L_by_L_tensor():
         control = peak_bytes(lambda: torch.ones(L, L // 4).sum())
         print(*peaks, control)
         """
-    )
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert child.returncode == 0, child.stderr
-    *banded, control = map(int, child.stdout.split())
+    *banded, control = peak_memory(code, timeout=120)
     one_L_by_L = 16384 * 16384 * 4
     assert control >= 0.9 * one_L_by_L / 4, f"the meter missed a 256 MiB allocation ({control / 2**20:.0f} MiB)"
     for peak in banded:
