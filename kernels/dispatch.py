@@ -183,7 +183,13 @@ def describe(ops: Mapping[str, Op] | None = None) -> str:
                 why = b.available(device)
                 label = "cuda (no device here)" if device == "cuda" and not cuda_here else device
                 states.append(f"{label}: {'available' if why is None else 'unavailable, ' + why}")
-            auto = "" if b.auto_devices() else "  [only when asked for]"
+            auto = b.auto_devices()
+            if not auto:
+                auto = "  [only when asked for]"
+            elif set(auto) != set(b.devices):
+                auto = f"  [chosen automatically on {', '.join(auto)} only]"
+            else:
+                auto = ""
             lines.append(f"  {b.name:<11} priority {b.priority:>3}  {'; '.join(states)}{auto}")
         choices = []
         for device in DEVICES:
