@@ -1,5 +1,7 @@
 """The selective scan: the "torch" and "cpu" backends against the reference (outputs, last state,
-every gradient), their memory, and backend dispatch. The Triton kernels have their own file.
+every gradient), with and without an initial state, chunked evaluation, their memory, and
+backend dispatch; the reference itself against an independent dense (quadratic) formulation.
+The Triton kernels have their own file.
 
 Case ids read ``B2-D4-N3-L37-G2``: batch, dim, d_state, length, groups of B/C (``G0``: the
 3-D (batch, d_state, L) form).
@@ -12,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import hybrids.kernels.scan.segmented as scan_torch
 from hybrids.kernels import cpp_build
@@ -59,11 +62,20 @@ def make_inputs(batch, dim, d_state, length, groups, dtype=torch.float64, seed=0
     }
 
 
+def with_initial_state(inputs, seed=1):
+    """``inputs`` plus a random initial state (batch, dim, d_state) of their dtype, requiring grad."""
+    gen = torch.Generator().manual_seed(seed)
+    (batch, dim, _), d_state = inputs["u"].shape, inputs["A"].shape[1]
+    h0 = torch.randn(batch, dim, d_state, generator=gen, dtype=inputs["u"].dtype)
+    return {**inputs, "initial_state": h0.requires_grad_()}
+
+
 def run(inputs, backend, extras=True, softplus=True):
     """Output, last state and gradients of every input under a loss touching both outputs."""
     for x in inputs.values():
         x.grad = None
-    kwargs = dict(inputs) if extras else {k: inputs[k] for k in NAMES[:5]}
+    names = (NAMES if extras else NAMES[:5]) + (("initial_state",) if "initial_state" in inputs else ())
+    kwargs = {k: inputs[k] for k in names}
     out, last = selective_scan(**kwargs, delta_softplus=softplus, return_last_state=True, backend=backend)
     (out.sin().sum() + (last**2).sum()).backward()
     grads = {name: inputs[name].grad for name in kwargs}
@@ -149,6 +161,202 @@ def test_empty_sequence(backend):
     inputs = {k: v.detach() for k, v in make_inputs(2, 4, 3, 0, 0).items()}
     out, last = selective_scan(**inputs, return_last_state=True, backend=backend)
     assert out.shape == (2, 4, 0) and torch.equal(last, torch.zeros(2, 4, 3, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
+# an initial state, and chunked evaluation
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+@pytest.mark.parametrize("plan", TORCH_PLANS, ids=lambda p: f"step{p[0]}-block{p[1]}")
+def test_torch_backend_with_initial_state(shape, plan, monkeypatch):
+    """Outputs, last state and the gradients of all inputs, initial_state included."""
+    monkeypatch.setattr(scan_torch, "_STEP_ELEMENTS", plan[0])
+    monkeypatch.setattr(scan_torch, "_BLOCK_ELEMENTS", plan[1])
+    assert_matches_reference(with_initial_state(make_inputs(*shape)), "torch", 1e-10)
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_cpu_backend_with_initial_state(shape):
+    assert_matches_reference(with_initial_state(make_inputs(*shape)), "cpu", 1e-10)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=needs_cpp)])
+@pytest.mark.parametrize("extras", [True, False], ids=["gated", "bare"])
+def test_initial_state_without_extras_and_softplus(backend, extras):
+    inputs = with_initial_state(make_inputs(2, 4, 3, 45, 2))
+    with torch.no_grad():
+        inputs["delta"].abs_()
+    assert_matches_reference(inputs, backend, 1e-10, extras=extras, softplus=False)
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=needs_cpp)])
+def test_initial_state_gradient_through_the_last_state_alone(backend):
+    """A loss on the last state only: every gradient, initial_state's included, comes through it."""
+    inputs = with_initial_state(make_inputs(2, 4, 3, 33, 2))
+    grads = {}
+    for name in ("reference", backend):
+        for x in inputs.values():
+            x.grad = None
+        _, last = selective_scan(**inputs, delta_softplus=True, return_last_state=True, backend=name)
+        last.pow(2).sum().backward()
+        # A gradient that autograd leaves out (C, D, z do not reach the last state) is zero.
+        grads[name] = {k: x.grad.clone() if x.grad is not None else torch.zeros_like(x) for k, x in inputs.items()}
+    for k in ("C", "D", "z"):
+        assert not grads[backend][k].any() and not grads["reference"][k].any(), k
+    errors = {k: rel_rms(grads[backend][k], grads["reference"][k]) for k in inputs if k not in ("C", "D", "z")}
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpu", marks=needs_cpp)])
+@pytest.mark.parametrize(
+    "dtype, state_dtype",
+    [(torch.float32, torch.float64), (torch.float64, torch.float32), (torch.bfloat16, torch.float32)],
+    ids=["fp32-state-fp64", "fp64-state-fp32", "bf16-state-fp32"],
+)
+def test_initial_state_of_another_dtype_is_cast(backend, dtype, state_dtype):
+    """The state runs in the working precision; initial_state's gradient keeps its own dtype."""
+    inputs = {k: v.detach().to(dtype).requires_grad_() for k, v in make_inputs(2, 4, 3, 21, 0).items()}
+    h0 = with_initial_state(make_inputs(2, 4, 3, 21, 0))["initial_state"].detach()
+    inputs["initial_state"] = h0.to(state_dtype).requires_grad_()
+    out, last, grads = run(inputs, backend)
+    ref_out, ref_last, ref_grads = run(inputs, "reference")  # the reference on the same values
+    assert out.dtype == dtype and last.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert grads["initial_state"].dtype == state_dtype
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    assert rel_rms(last, ref_last) < min(tol, 1e-5)  # both accumulate in float32 from the same inputs
+    assert rel_rms(grads["initial_state"], ref_grads["initial_state"]) < tol
+
+
+def _pieces(inputs, cuts):
+    """``inputs`` split along L at ``cuts``: the time-varying tensors sliced, the rest shared."""
+    length = inputs["u"].shape[-1]
+    bounds = [0, *cuts, length]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        yield {k: (v[..., start:stop] if k in ("u", "delta", "B", "C", "z") else v) for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("cpu", marks=needs_cpp)])
+@pytest.mark.parametrize(
+    "shape, cuts, from_state",
+    [((2, 4, 3, 45, 2), (17,), False), ((1, 6, 5, 70, 3), (1, 33), True), ((2, 3, 4, 64, 0), (31, 32), True)],
+    ids=["B2-D4-N3-L45-G2-two", "B1-D6-N5-L70-G3-three-h0", "B2-D3-N4-L64-G0-three-h0"],
+)
+def test_chunked_evaluation_equals_one_scan(backend, shape, cuts, from_state):
+    """Scanning in pieces, each starting from the last state of the one before, gives the
+    outputs, the last state and (through the chain of states) the gradients of one scan."""
+    inputs = make_inputs(*shape)
+    if from_state:
+        inputs = with_initial_state(inputs)
+    whole, whole_last, whole_grads = run(inputs, backend)
+
+    for x in inputs.values():
+        x.grad = None
+    outs, state = [], inputs.get("initial_state")
+    for piece in _pieces(inputs, cuts):
+        piece["initial_state"] = state
+        out, state = selective_scan(**piece, delta_softplus=True, return_last_state=True, backend=backend)
+        outs.append(out)
+    out = torch.cat(outs, dim=-1)
+    (out.sin().sum() + (state**2).sum()).backward()
+    errors = {"out": rel_rms(out, whole), "last": rel_rms(state, whole_last)}
+    errors.update({f"d{k}": rel_rms(inputs[k].grad, g) for k, g in whole_grads.items()})
+    assert max(errors.values()) < 1e-12, errors
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("cpu", marks=needs_cpp)])
+def test_empty_sequence_returns_the_initial_state(backend):
+    inputs = {k: v.detach() for k, v in with_initial_state(make_inputs(2, 4, 3, 0, 0)).items()}
+    out, last = selective_scan(**inputs, return_last_state=True, backend=backend)
+    assert out.shape == (2, 4, 0) and torch.equal(last, inputs["initial_state"])
+
+
+# --------------------------------------------------------------------------------------------
+# an independent oracle for the reference: the dense (quadratic, "attention-like") form
+
+
+def dense_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         initial_state=None):  # fmt: skip
+    """The scan without a recurrence: with S[t] = sum_{r <= t} delta[r] per channel,
+
+        h[t] = sum_{s <= t} exp(A (S[t] - S[s])) delta[s] B[s] u[s] + exp(A S[t]) h0
+        y[t] = sum_{s <= t} (C[t] . exp(A (S[t] - S[s])) B[s]) delta[s] u[s] + C[t] . exp(A S[t]) h0
+
+    as an explicit (L x L) lower-triangular matrix per (batch, channel), plus D u, gated by
+    silu(z). Returns the output and h[L-1] (the initial state when L = 0). Small sizes only:
+    it holds (batch, dim, d_state, L, L) tensors."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, length = u.shape
+
+    def per_channel(x):  # (batch, d_state, L) or (batch, groups, d_state, L) -> (batch, dim, d_state, L)
+        x = x.unsqueeze(1) if x.ndim == 3 else x
+        return x.repeat_interleave(dim // x.shape[1], dim=1)
+
+    B, C = per_channel(B), per_channel(C)
+    S = delta.cumsum(-1)  # (batch, dim, L)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()  # [t, s]: s <= t
+    # Mask before exponentiating: above the diagonal S[t] - S[s] < 0 and exp(A (S[t] - S[s])) could overflow.
+    gap = torch.where(causal, S[..., :, None] - S[..., None, :], torch.zeros((), dtype=S.dtype))
+    decay = torch.exp(A[None, :, :, None, None] * gap[:, :, None])  # (batch, dim, N, t, s)
+    kernel = torch.einsum("bdnt,bdnts,bdns->bdts", C, decay, B) * causal  # (batch, dim, t, s)
+    x = delta * u
+    y = torch.einsum("bdts,bds->bdt", kernel, x)
+    h0 = torch.zeros(batch, dim, A.shape[1], dtype=u.dtype) if initial_state is None else initial_state
+    from_h0 = torch.exp(A[None, :, :, None] * S[:, :, None, :]) * h0[..., None]  # (batch, dim, N, L)
+    y = y + (C * from_h0).sum(2)
+    if D is not None:
+        y = y + D[:, None] * u
+    if z is not None:
+        y = y * F.silu(z)
+    if length == 0:
+        return y, h0
+    last = (decay[..., -1, :] * B * x[:, :, None, :]).sum(-1) + from_h0[..., -1]  # row t = L-1 of the sums
+    return y, last
+
+
+ORACLE_CASES = [  # (batch, dim, d_state, L, groups, extras, softplus, initial_state)
+    (2, 4, 3, 13, 2, True, True, True),
+    (2, 4, 3, 13, 2, True, True, False),
+    (1, 3, 2, 9, 0, False, False, True),
+    (1, 3, 2, 9, 0, False, False, False),
+    (1, 6, 4, 20, 3, True, False, True),
+    (2, 2, 5, 1, 1, True, True, True),
+    (1, 4, 2, 17, 0, True, True, True),
+]
+
+
+@pytest.mark.parametrize(
+    "case", ORACLE_CASES,
+    ids=[f"B{b}-D{d}-N{n}-L{l}-G{g}" + ("" if e else "-bare") + ("" if s else "-nosoftplus") + ("-h0" if h else "")
+         for b, d, n, l, g, e, s, h in ORACLE_CASES],
+)  # fmt: skip
+def test_reference_matches_the_dense_form(case):
+    """The reference (a loop over time) against the dense form (no loop, no recurrence):
+    output, last state and the gradients of every input, both through autograd, float64."""
+    batch, dim, d_state, length, groups, extras, softplus, has_h0 = case
+    inputs = make_inputs(batch, dim, d_state, length, groups)
+    if has_h0:
+        inputs = with_initial_state(inputs)
+    if not softplus:
+        with torch.no_grad():
+            inputs["delta"].abs_()
+    names = (NAMES if extras else NAMES[:5]) + (("initial_state",) if has_h0 else ())
+    kwargs = {k: inputs[k] for k in names}
+    results = {}
+    for name, fn in (
+        ("reference", lambda: selective_scan(**kwargs, delta_softplus=softplus, return_last_state=True,
+                                             backend="reference")),
+        ("dense", lambda: dense_selective_scan(**kwargs, delta_softplus=softplus)),
+    ):  # fmt: skip
+        out, last = fn()
+        grads = torch.autograd.grad(out.sin().sum() + (last**2).sum(), [kwargs[k] for k in names])
+        results[name] = {"out": out, "last": last, **{f"d{k}": g for k, g in zip(names, grads)}}
+    errors = {k: rel_rms(results["reference"][k], ref) for k, ref in results["dense"].items()}
+    assert max(errors.values()) < 1e-10, errors
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc (Linux)")
@@ -258,11 +466,24 @@ def test_missing_backends_say_how_to_get_them(monkeypatch):
         (lambda x: x.update(D=x["D"][:1]), "D"),
         (lambda x: x.update(z=x["z"][..., 1:]), "z"),
         (lambda x: x.update(delta_bias=torch.zeros(3, dtype=torch.float64)), "delta_bias"),
+        (lambda x: x.update(initial_state=torch.zeros(1, 2, 3, dtype=torch.float64)), "initial_state"),
+        (lambda x: x.update(initial_state=torch.zeros(2, 2, 2, dtype=torch.float64)), "initial_state"),
+        (lambda x: x.update(initial_state=torch.zeros(1, 2, 2, 1, dtype=torch.float64)), "initial_state"),
+        (lambda x: x.update(initial_state=torch.zeros(1, 2, 2, dtype=torch.float64, device="meta")), "initial_state"),
     ],
-    ids=["u", "delta", "A", "A-complex", "B", "C-groups", "D", "z", "delta_bias"],
+    ids=["u", "delta", "A", "A-complex", "B", "C-groups", "D", "z", "delta_bias",
+         "initial_state-d_state", "initial_state-batch", "initial_state-ndim", "initial_state-device"],  # fmt: skip
 )
-def test_bad_arguments_name_the_argument(change, argument):
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("cpu", marks=needs_cpp)])
+def test_bad_arguments_name_the_argument(change, argument, backend):
     inputs = small()
     change(inputs)
     with pytest.raises(ValueError, match=rf"^{argument}:"):
-        selective_scan(**inputs, backend="reference")
+        selective_scan(**inputs, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("cpu", marks=needs_cpp)])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex128])
+def test_initial_state_of_a_non_floating_dtype_is_a_type_error(backend, dtype):
+    with pytest.raises(TypeError, match=r"^initial_state:.*floating"):
+        selective_scan(**small(), initial_state=torch.zeros(1, 2, 2, dtype=dtype), backend=backend)

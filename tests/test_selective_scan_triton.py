@@ -1,7 +1,9 @@
 """The Triton selective scan (forward and hand-written backward) against the reference.
 
 Every case compares the output, the last state and every gradient (u, delta, A, B, C, D, z,
-delta_bias) with the relative RMS error ``rms(x - ref) / rms(ref)``.
+delta_bias, and initial_state where one is given) with the relative RMS error
+``rms(x - ref) / rms(ref)``. Cases marked ``chunked`` also scan the sequence in pieces, each
+starting from the last state of the one before, and compare with the scan of the whole.
 
 Where to run the kernels:
 
@@ -53,6 +55,8 @@ class Case:
     strided: bool = False  # u, delta, z, B, C as transposed views (stride along L != 1)
     blocks: tuple = ()  # (("block_l", 8), ...) overrides of the launch configuration
     check_nograd: bool = False  # also run the forward without autograd (no states saved)
+    initial_state: str | None = None  # the dtype of a random initial state; None: no initial state
+    chunked: tuple = ()  # cut points: also scan in pieces chained by their last states
 
     @property
     def id(self) -> str:
@@ -64,6 +68,10 @@ class Case:
         parts += [flag for flag, on in (("noD", not self.has_D), ("noz", not self.has_z),
                                         ("nobias", not self.has_bias), ("nosoftplus", not self.softplus),
                                         ("last", self.last), ("strided", self.strided)) if on]  # fmt: skip
+        if self.initial_state is not None:
+            parts.append("h0" + ("" if self.initial_state == "float32" else f"-{self.initial_state}"))
+        if self.chunked:
+            parts.append("chunked" + "-".join(map(str, self.chunked)))
         if self.loss != "both":
             parts.append(f"loss-{self.loss}")
         parts += [f"{k.replace('block_', 'b')}{v}" for k, v in self.blocks]
@@ -88,6 +96,14 @@ CASES = [
     Case(1, 4, 3, 41, blocks=(("block_l", 8),), last=True),  # 6 chunks of 8
     Case(2, 4, 4, 37, last=True, dtype="bfloat16"),
     Case(2, 4, 4, 37, groups=2, dtype="float16"),
+    # From an initial state: its gradient too, and the other gradients with its effect.
+    Case(2, 4, 4, 37, last=True, initial_state="float32", chunked=(16, 21)),  # 3 chunks, ragged
+    Case(1, 5, 5, 1, last=True, initial_state="float32"),  # L = 1: h0's gradient is a[0] g[0] at once
+    Case(1, 4, 4, 23, groups=2, initial_state="float64", blocks=(("block_l", 8),)),  # loss on out only
+    Case(1, 3, 16, 19, last=True, loss="last", initial_state="float32"),  # loss on the last state only
+    Case(1, 3, 4, 19, has_D=False, has_z=False, has_bias=False, softplus=False, initial_state="float32",
+         chunked=(7,)),
+    Case(1, 4, 4, 37, last=True, dtype="bfloat16", initial_state="float32"),
 ]
 
 
@@ -127,7 +143,7 @@ def make_inputs(case: Case, device, seed: int = 0) -> dict:
     else:  # delta is used as is: keep it positive
         delta = (torch.rand(b, d, L, generator=g) * 0.3 + 0.02).to(device).to(low)
     A = -torch.arange(1, n + 1, dtype=torch.float32).repeat(d, 1) * (0.5 + torch.rand(d, 1, generator=g))
-    return dict(
+    inputs = dict(
         u=seq(b, d),
         delta=delta,
         A=A.to(device),
@@ -137,6 +153,9 @@ def make_inputs(case: Case, device, seed: int = 0) -> dict:
         z=seq(b, d) if case.has_z else None,
         delta_bias=randn(d, scale=0.5) if case.has_bias else None,
     )
+    if case.initial_state is not None:  # drawn last: the other inputs stay those of the case without
+        inputs["initial_state"] = randn(b, d, n).to(getattr(torch, case.initial_state))
+    return inputs
 
 
 def run_case(case: Case, device) -> dict:
@@ -145,12 +164,16 @@ def run_case(case: Case, device) -> dict:
     from hybrids.kernels.scan.triton_kernels import selective_scan_triton
 
     inputs = make_inputs(case, device)
-    names = [k for k in GRAD_NAMES if inputs[k] is not None]
+    names = [k for k in (*GRAD_NAMES, "initial_state") if inputs.get(k) is not None]
     flags = (case.softplus, case.last)
+
+    def call(fn, leaves, **kw):  # initial_state by keyword, the rest in selective_scan_fn's order
+        args = [leaves[k] for k in GRAD_NAMES]
+        return fn(*args, *flags, initial_state=leaves.get("initial_state"), **kw)
 
     def run(fn, cast, **kw):
         leaves = {k: (cast(v).detach().requires_grad_() if v is not None else None) for k, v in inputs.items()}
-        res = fn(*leaves.values(), *flags, **kw)
+        res = call(fn, leaves, **kw)
         out, last = res if case.last else (res, None)
         return out, last, leaves
 
@@ -181,15 +204,40 @@ def run_case(case: Case, device) -> dict:
         assert gr.shape == inputs[k].shape and gr.dtype == inputs[k].dtype, (k, gr.shape, gr.dtype)
     if case.check_nograd:
         with torch.no_grad():  # inputs that require grad, but no backward can follow: no states
-            res = selective_scan_triton(*leaves.values(), *flags, **dict(case.blocks))
+            res = call(selective_scan_triton, leaves, **dict(case.blocks))
         errors["nograd_out_max_diff"] = ((res[0] if case.last else res) - out).abs().max().item()
+    if case.chunked:
+        errors.update(chunked_errors(case, leaves, out, last if case.last else None))
     return errors
+
+
+def chunked_errors(case: Case, leaves: dict, whole_out, whole_last) -> dict:
+    """The scan in pieces cut at ``case.chunked``, each from the last state of the one before,
+    against the scan of the whole (output, last state; both Triton, float32)."""
+    from hybrids.kernels.scan.triton_kernels import selective_scan_triton
+
+    with torch.no_grad():
+        if whole_last is None:
+            whole_out, whole_last = selective_scan_triton(
+                *[leaves[k] for k in GRAD_NAMES], case.softplus, True, initial_state=leaves.get("initial_state"),
+                **dict(case.blocks),
+            )
+        bounds = [0, *case.chunked, whole_out.shape[-1]]
+        outs, state = [], leaves.get("initial_state")
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            piece = [v[..., start:stop] if k in ("u", "delta", "B", "C", "z") and v is not None else v
+                     for k, v in ((k, leaves[k]) for k in GRAD_NAMES)]  # fmt: skip
+            out, state = selective_scan_triton(*piece, case.softplus, True, initial_state=state, **dict(case.blocks))
+            outs.append(out)
+    return {"chunked_out": rel_rms(torch.cat(outs, dim=-1), whole_out), "chunked_last": rel_rms(state, whole_last)}
 
 
 def expected_errors(case: Case) -> list[str]:
     return ["out"] + (["last"] if case.last else []) + [
         f"d{k}" for k, on in zip(GRAD_NAMES, (1, 1, 1, 1, 1, case.has_D, case.has_z, case.has_bias)) if on
-    ]
+    ] + (["dinitial_state"] if case.initial_state is not None else []) + (
+        ["chunked_out", "chunked_last"] if case.chunked else []
+    )
 
 
 def check_errors(case: Case, errors: dict) -> None:

@@ -57,13 +57,15 @@ def grouped(x: torch.Tensor) -> torch.Tensor:
     return x.unsqueeze(1) if x.ndim == 3 else x
 
 
-def gated_scan(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+def gated_scan(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=None):
     """The parts around the recurrence, shared by the "torch" and "cpu" backends.
 
-    ``core(u, delta, A, B, C) -> (y, last_state)`` runs the bare recurrence on float32/float64
-    tensors (``delta`` final, ``B, C`` as (batch, groups, d_state, L)) with its own backward;
-    the step bias and softplus, the skip term ``D u`` and the ``silu(z)`` gate are cheap
-    (batch, dim, L) operations left to autograd.
+    ``core(u, delta, A, B, C, h0) -> (y, last_state)`` runs the bare recurrence on float32/float64
+    tensors (``delta`` final, ``B, C`` as (batch, groups, d_state, L), ``h0`` the state before
+    the first step, (batch, dim, d_state) in the working dtype, or None for zeros) with its own
+    backward, which gives the gradient of ``h0`` too; the step bias and softplus, the skip term
+    ``D u`` and the ``silu(z)`` gate are cheap (batch, dim, L) operations left to autograd, and
+    so is the cast of ``initial_state`` (its gradient comes back in its own dtype).
     """
     dtype_in, work = u.dtype, at_least_float32(u.dtype)
     u, delta = u.to(work), delta.to(work)
@@ -71,7 +73,8 @@ def gated_scan(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return
         delta = delta + delta_bias.to(work)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    y, last = core(u, delta, A.to(work), grouped(B).to(work), grouped(C).to(work))
+    h0 = initial_state.to(work).contiguous() if initial_state is not None else None
+    y, last = core(u, delta, A.to(work), grouped(B).to(work), grouped(C).to(work), h0)
     if D is not None:
         y = y + u * D.to(work)[:, None]
     if z is not None:

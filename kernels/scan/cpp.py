@@ -6,6 +6,8 @@ boundaries, every ``CHUNK`` steps: (batch, dim, L / CHUNK, d_state). The backwar
 chunk of states at a time and runs the adjoint recurrence backwards through it, so no
 (batch, dim, L, d_state) tensor exists in either direction. dB and dC sum over the channels of a
 group, which different threads own: each thread accumulates into its own copy, summed after.
+An initial state is where the forward loop starts (zeros without one); the adjoint the backward
+carries past the first step, ``exp(delta[0] A) g[0]``, is its gradient.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ CHUNK = 32
 
 
 def selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=None):
-    if initial_state is not None:  # TODO(initial_state): implemented in this backend next
-        raise NotImplementedError("initial_state")
-    return gated_scan(_scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return gated_scan(
+        _scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=initial_state
+    )
 
 
-def _scan(u, delta, A, B, C):
-    return _CppScan.apply(u, delta, A, B, C)
+def _scan(u, delta, A, B, C, h0=None):
+    return _CppScan.apply(u, delta, A, B, C, h0)
 
 
 def _library() -> ctypes.CDLL:
@@ -49,13 +51,15 @@ def _suffix(dtype: torch.dtype) -> str:
 
 
 class _CppScan(torch.autograd.Function):
-    """(u, delta, A, B (batch, G, N, L), C) -> y (batch, dim, L), last state (batch, dim, N)."""
+    """(u, delta, A, B (batch, G, N, L), C, h0 (batch, dim, N) or None) -> y (batch, dim, L),
+    last state (batch, dim, N)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
+    def forward(ctx, u, delta, A, B, C, h0=None):
         batch, dim, length = u.shape
         groups, d_state = B.shape[1], A.shape[1]
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
+        h0 = h0.contiguous() if h0 is not None else None
         # (batch, G, L, N): the d_state values of one step side by side, for the inner loop.
         Bt, Ct = B.transpose(2, 3).contiguous(), C.transpose(2, 3).contiguous()
         y = torch.empty_like(u)
@@ -64,7 +68,7 @@ class _CppScan(torch.autograd.Function):
         checkpoints = u.new_empty(batch, dim, n_chunks, d_state)
         forward = getattr(_library(), f"hybrids_scan_forward_{_suffix(u.dtype)}")
         forward(
-            *map(_ptr, (u, delta, A, Bt, Ct, None, y, last, checkpoints)),
+            *map(_ptr, (u, delta, A, Bt, Ct, h0, y, last, checkpoints)),
             *map(ctypes.c_int64, (batch, dim, groups, length, d_state, CHUNK)),
             ctypes.c_int(torch.get_num_threads()),
         )
@@ -81,14 +85,15 @@ class _CppScan(torch.autograd.Function):
         dlast = dlast.contiguous() if dlast is not None else None
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
         dA_part = u.new_empty(batch, dim, d_state)
+        dh0 = u.new_empty(batch, dim, d_state) if ctx.needs_input_grad[5] else None
         dB_part = u.new_zeros(threads, batch, groups, length, d_state)
         dC_part = u.new_zeros(threads, batch, groups, length, d_state)
         backward = getattr(_library(), f"hybrids_scan_backward_{_suffix(u.dtype)}")
         backward(
-            *map(_ptr, (u, delta, A, Bt, Ct, checkpoints, dy, dlast, du, ddelta, dA_part, None, dB_part, dC_part)),
+            *map(_ptr, (u, delta, A, Bt, Ct, checkpoints, dy, dlast, du, ddelta, dA_part, dh0, dB_part, dC_part)),
             *map(ctypes.c_int64, (batch, dim, groups, length, d_state, CHUNK)),
             ctypes.c_int(threads),
         )
         dB = dB_part.sum(0).transpose(2, 3)
         dC = dC_part.sum(0).transpose(2, 3)
-        return du, ddelta, dA_part.sum(0), dB, dC
+        return du, ddelta, dA_part.sum(0), dB, dC, dh0

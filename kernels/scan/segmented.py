@@ -4,7 +4,8 @@ A Python loop over L steps costs microseconds of overhead per step whatever the 
 so the sequence is cut into ``K`` segments of ``T`` steps that are scanned side by side: the
 loop runs over the T positions of a segment, each step updating the states of all K segments
 at once, (batch, dim, K, d_state). Each segment starts from zero; the true state entering
-segment k follows from a short sequential pass over the segments,
+segment k follows from a short sequential pass over the segments, which starts from the initial
+state (``start[0] = h0``, zeros if none is given),
 
     start[k+1] = exp(A * sum_{t in k} delta[t]) * start[k] + local_end[k],
 
@@ -21,7 +22,8 @@ steps (see :func:`_plan`): memory is O(batch * dim * d_state * K * (S + T / S)),
 The backward is hand-written: the adjoint ``g[t] = dL/dh[t]`` obeys the reversed recurrence
 ``g[t] = exp(delta[t+1] A) g[t+1] + C[t] dy[t]``, split over the same segments. Block by block,
 backwards, it recomputes the block's states from saved block-start states, runs ``g`` through
-the block, and forms every gradient with batched contractions.
+the block, and forms every gradient with batched contractions. The pass that combines the
+segments' adjoints right to left ends with ``dL/dstart[0]``, the gradient of the initial state.
 """
 
 from __future__ import annotations
@@ -40,13 +42,13 @@ _BLOCK_ELEMENTS = 1 << 18
 
 
 def selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=None):
-    if initial_state is not None:  # TODO(initial_state): implemented in this backend next
-        raise NotImplementedError("initial_state")
-    return gated_scan(_scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return gated_scan(
+        _scan, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state=initial_state
+    )
 
 
-def _scan(u, delta, A, B, C):
-    return _SegmentedScan.apply(u, delta, A, B, C)
+def _scan(u, delta, A, B, C, h0=None):
+    return _SegmentedScan.apply(u, delta, A, B, C, h0)
 
 
 def _plan(batch: int, dim: int, d_state: int, length: int) -> tuple[int, int, int]:
@@ -128,10 +130,11 @@ def _carry_over_segments(segment_decay, local_end, first):
 
 
 class _SegmentedScan(torch.autograd.Function):
-    """(u, delta, A, B (batch, G, N, L), C) -> y (batch, dim, L), last state (batch, dim, N)."""
+    """(u, delta, A, B (batch, G, N, L), C, h0 (batch, dim, N) or None) -> y (batch, dim, L),
+    last state (batch, dim, N)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C):
+    def forward(ctx, u, delta, A, B, C, h0=None):
         lay = _Layout(u, A, B.shape[1])
         A4 = lay.A(A)
         delta_s, x_s = lay.steps(delta), lay.steps(delta * u)
@@ -147,7 +150,8 @@ class _SegmentedScan(torch.autograd.Function):
             y_s[steps] = torch.einsum("sbgpkn,sbgkn->sbgpk", states, Cs[steps].squeeze(3))
         cumdelta = delta_s.cumsum(0)  # (T, batch, G, P, K), from each segment's first step
         segment_decay = torch.exp(cumdelta[-1].unsqueeze(-1) * A4)
-        starts, last = _carry_over_segments(segment_decay, h, torch.zeros_like(h[:, :, :, 0]))
+        first = torch.zeros_like(h[:, :, :, 0]) if h0 is None else h0.reshape_as(h[:, :, :, 0])
+        starts, last = _carry_over_segments(segment_decay, h, first)
         for steps in lay.blocks():  # add what each segment's true starting state contributes
             from_start = torch.exp(cumdelta[steps].unsqueeze(-1) * A4) * starts
             y_s[steps] += (from_start * Cs[steps]).sum(-1)
@@ -188,6 +192,8 @@ class _SegmentedScan(torch.autograd.Function):
         for k in reversed(range(lay.K)):
             right[:, :, :, k] = incoming
             incoming = carry[:, :, :, k] + segment_decay[:, :, :, k] * incoming
+        # ``incoming`` is now dL/dstart[0]: the gradient of the initial state.
+        dh0 = incoming.reshape(lay.batch, lay.dim, lay.d_state) if ctx.needs_input_grad[5] else None
 
         # 3. Block by block, backwards: states forward, adjoint backward, then the gradients.
         du_s, ddelta_s = torch.empty_like(delta_s), torch.empty_like(delta_s)
@@ -214,4 +220,4 @@ class _SegmentedScan(torch.autograd.Function):
             du_s[steps] = dx * dl
         dB = lay.unstate_steps(dB_s)
         dC = lay.unstate_steps(dC_s)
-        return lay.unsteps(du_s), lay.unsteps(ddelta_s), dA.reshape(lay.dim, lay.d_state), dB, dC
+        return lay.unsteps(du_s), lay.unsteps(ddelta_s), dA.reshape(lay.dim, lay.d_state), dB, dC, dh0

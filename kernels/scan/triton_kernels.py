@@ -5,15 +5,16 @@ Math (one batch ``b``, channel ``d``, state index ``n``; ``t`` runs over L)::
     delta[t] = softplus(delta_raw[t] + delta_bias[d])        (or without softplus / bias)
     a[t, n]  = exp(delta[t] * A[d, n])                        decay
     b[t, n]  = delta[t] * u[t] * B[t, n]                      drive
-    h[t, n]  = a[t, n] * h[t-1, n] + b[t, n]                  h[-1] = 0
+    h[t, n]  = a[t, n] * h[t-1, n] + b[t, n]                  h[-1] = initial_state (or 0)
     y[t]     = sum_n C[t, n] * h[t, n] + D[d] * u[t]
     out[t]   = y[t] * silu(z[t])
 
 Shapes (those of mamba_ssm's ``selective_scan_fn``, see :mod:`hybrids.kernels.scan`):
 ``u, delta, z``: (batch, dim, L); ``A``: (dim, d_state); ``B, C``: (batch, d_state, L) or
-(batch, groups, d_state, L); ``D, delta_bias``: (dim,). ``out`` has ``u``'s dtype, the last
-state (batch, dim, d_state) is float32. Inputs may be float32, float16 or bfloat16; everything
-is computed in float32. float64 is rejected (use the "torch" or "cpu" backend): the test
+(batch, groups, d_state, L); ``D, delta_bias``: (dim,); ``initial_state``: (batch, dim, d_state)
+of any floating dtype, cast to float32. ``out`` has ``u``'s dtype, the last state (batch, dim,
+d_state) is float32. Inputs may be float32, float16 or bfloat16; everything is computed in
+float32. float64 is rejected (use the "torch" or "cpu" backend): the test
 tolerances of float64 could not be met by a float32 kernel.
 
 Forward kernel: one program per (block of BLOCK_D channels, batch). It walks L in chunks of
@@ -21,7 +22,8 @@ BLOCK_L. For a chunk it loads u / delta / z tiles (BLOCK_D, BLOCK_L) and B / C t
 (BLOCK_N, BLOCK_L), BLOCK_N = d_state rounded up to a power of two, all contiguous along L;
 forms a and b as (BLOCK_D, BLOCK_N, BLOCK_L) and runs ``tl.associative_scan`` along L with
 the composition of affine maps ``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)``. The state carried
-from the previous chunk is folded into the first column (b[0] += a[0] h_prev); positions past
+from the previous chunk (the initial state, or zeros, for the first chunk) is folded into the
+first column (b[0] += a[0] h_prev); positions past
 L get a = 1, b = 0 so that the state passes through them unchanged. The state entering each
 chunk is saved, (batch, dim, n_chunks, d_state) float32, when a backward will follow.
 
@@ -32,7 +34,8 @@ state::
     g[t] = dL/dh[t] = a[t+1] * g[t+1] + C[t] * dy[t],     dy = dout * silu(z)
 
 (plus the gradient of the last state, if any, at t = L-1), carrying g of the chunk's first
-column to the previous chunk. ``a[t+1]`` is recomputed from a second load of delta shifted by
+column to the previous chunk; once the first chunk is done, ``a[0] g[0]`` is the gradient of
+the initial state. ``a[t+1]`` is recomputed from a second load of delta shifted by
 one step (a register tensor cannot be shifted in Triton; the load hits the cache). Then, with
 ``a[t] h[t-1] = h[t] - b[t]`` (no shifted h needed)::
 
@@ -103,7 +106,7 @@ def _load_delta(delta_ptrs, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.con
 @triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
-    out_ptr, last_ptr, states_ptr,
+    h0_ptr, out_ptr, last_ptr, states_ptr,
     dim, L, d_state, n_chunks, dpg_B, dpg_C,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
@@ -112,7 +115,7 @@ def _scan_fwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l,
     s_C_b, s_C_g, s_C_n, s_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    STORE_STATES: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_STATES: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     pid_d = tl.program_id(0)
@@ -145,8 +148,11 @@ def _scan_fwd_kernel(
     C_rows = C_ptr + pid_b * s_C_b + g_C * s_C_g + offs_n[:, None] * s_C_n
     out_rows = out_ptr + (pid_b * dim + offs_d[:, None]) * L  # out is ours: contiguous
     state_rows = states_ptr + ((pid_b * dim + offs_d[:, None]) * n_chunks) * d_state + offs_n[None, :]
+    dn_offs = (pid_b * dim + offs_d[:, None]) * d_state + offs_n[None, :]  # (batch, dim, d_state), ours
 
     h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_H0:  # the state before the first step (float32, contiguous: the wrapper made it so)
+        h = tl.load(h0_ptr + dn_offs, mask=mask_dn, other=0.0)
     for c in range(n_chunks):
         if STORE_STATES:  # the state entering chunk c, for the backward
             tl.store(state_rows + c * d_state, h, mask=mask_dn)
@@ -175,14 +181,14 @@ def _scan_fwd_kernel(
         # The last column holds the state after the chunk (padding past L passes it through).
         h = tl.sum(tl.where(last_col, hs, 0.0), axis=2)
 
-    tl.store(last_ptr + (pid_b * dim + offs_d[:, None]) * d_state + offs_n[None, :], h, mask=mask_dn)
+    tl.store(last_ptr + dn_offs, h, mask=mask_dn)
 
 
 @triton.jit
 def _scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     dout_ptr, dlast_ptr, states_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dh0_ptr,
     dim, L, d_state, n_chunks, dpg_B, dpg_C,
     s_u_b, s_u_d, s_u_l,
     s_dt_b, s_dt_d, s_dt_l,
@@ -192,7 +198,7 @@ def _scan_bwd_kernel(
     s_B_b, s_B_g, s_B_n, s_B_l,
     s_C_b, s_C_g, s_C_n, s_C_l,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr,
+    HAS_DLAST: tl.constexpr, HAS_DH0: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):  # fmt: skip
     pid_d = tl.program_id(0)
@@ -310,6 +316,10 @@ def _scan_bwd_kernel(
         tl.atomic_add(dC_rows + t[None, :], dC, mask=mask_nt, sem="relaxed")
 
     tl.store(dA_ptr + dn_offs, dA_acc, mask=mask_dn)
+    if HAS_DH0:
+        # g is dL/dh[0] now; the initial state enters through h[0] = a[0] h0 + b[0].
+        dt0, _ = _load_delta(dt_rows, mask_d[:, None], bias, HAS_BIAS, SOFTPLUS)  # (BLOCK_D, 1)
+        tl.store(dh0_ptr + dn_offs, tl.exp2(dt0 * A2) * g, mask=mask_dn)
     if HAS_D:
         tl.store(dD_ptr + pid_b * dim + offs_d, dD_acc, mask=mask_d)
     if HAS_BIAS:
@@ -384,7 +394,7 @@ def _check_runnable(u, delta, A, B, C, D, z, delta_bias) -> None:
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, blocks, save):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, blocks, save):
         batch, dim, length = u.shape
         d_state = A.shape[1]
         Bg, Cg = grouped(B), grouped(C)
@@ -399,13 +409,15 @@ class _SelectiveScanTriton(torch.autograd.Function):
         if length > 0:
             _scan_fwd_kernel[grid](
                 u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
-                out, last, states,
+                h0 if h0 is not None else last, out, last, states,
                 dim, length, d_state, n_chunks, dim // Bg.shape[1], dim // Cg.shape[1],
                 *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *Bg.stride(), *Cg.stride(),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), STORE_STATES=save,
+                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_STATES=save,
                 BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=num_warps,
             )  # fmt: skip
+        elif h0 is not None:
+            last.copy_(h0)
         else:
             last.zero_()
         ctx.set_materialize_grads(False)
@@ -437,6 +449,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dD = torch.zeros(batch, dim, **f32) if D is not None else None
         dbias = torch.zeros(batch, dim, **f32) if delta_bias is not None else None
         dlast_c = dlast.contiguous() if dlast is not None else None
+        dh0 = torch.empty(batch, dim, d_state, **f32) if ctx.needs_input_grad[8] else None
         zz = z if z is not None else u
         grid = (triton.cdiv(dim, block_d), batch)
         if length > 0:
@@ -444,14 +457,16 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
                 dout, dlast_c if dlast_c is not None else u, states,
                 du, ddelta, dz if dz is not None else du, dA, dB, dC,
-                dD if dD is not None else dA, dbias if dbias is not None else dA,
+                dD if dD is not None else dA, dbias if dbias is not None else dA, dh0 if dh0 is not None else dA,
                 dim, length, d_state, n_chunks, dim // Bg.shape[1], dim // Cg.shape[1],
                 *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(), *A.stride(),
                 *Bg.stride(), *Cg.stride(),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=ctx.delta_softplus, HAS_DLAST=dlast_c is not None,
+                SOFTPLUS=ctx.delta_softplus, HAS_DLAST=dlast_c is not None, HAS_DH0=dh0 is not None,
                 BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=num_warps,
             )  # fmt: skip
+        elif dh0 is not None:  # no steps: the last state is the initial state
+            dh0 = dlast_c.clone() if dlast_c is not None else dh0.zero_()
         dB = dB.to(B.dtype).reshape(B.shape)
         dC = dC.to(C.dtype).reshape(C.shape)
         return (
@@ -463,6 +478,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             dD.sum(0).to(D.dtype) if D is not None else None,
             dz,
             dbias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None,
+            dh0,
             None,
             None,
             None,
@@ -490,17 +506,20 @@ def selective_scan_triton(
     """The selective scan (module docstring) with Triton kernels: ``out`` (batch, dim, L) in
     u's dtype, and the float32 last state (batch, dim, d_state) if ``return_last_state``.
 
+    ``initial_state`` (batch, dim, d_state), the state before the first step (zeros if None), is
+    cast to float32; its gradient comes back in its own dtype.
+
     The keyword-only block sizes override the defaults (for tuning, see
     ``benchmarks/selective_scan_gpu.py``); BLOCK_D is still lowered to fit the groups of B / C.
     """
-    if initial_state is not None:  # TODO(initial_state): implemented in this backend next
-        raise NotImplementedError("initial_state")
-    check_scan_arguments(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     _check_runnable(u, delta, A, B, C, D, z, delta_bias)
+    # The cast (a no-op for float32) is left to autograd: the gradient returns in initial_state's dtype.
+    h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
     blocks = _block_sizes(u, A.shape[1], B, C, block_l, block_d, block_d_bwd, num_warps)
     # Inside forward grad mode is always off, so whether a backward can follow is decided here:
     # only then are the chunk states written.
-    tensors = (u, delta, A, B, C, D, z, delta_bias)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, h0)
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
-    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, blocks, save)
+    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, blocks, save)
     return (out, last) if return_last_state else out
