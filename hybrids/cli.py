@@ -1,16 +1,21 @@
 """The ``hybrids`` command (and ``python -m hybrids``): LightningCLI over a model and a data module.
 
     hybrids fit -c configs/transformer.yaml
-    hybrids fit -c configs/transformer.yaml --ckpt_path last      # resume the newest run
+    hybrids fit -c configs/transformer.yaml --ckpt_path last      # resume this run
     hybrids test -c configs/transformer.yaml --ckpt_path last
     hybrids fit -c configs/transformer.yaml --print_config
 
-Defaults: CSV logs under ``runs/<name>/version_N`` (no network), a progress bar, and a checkpoint
-per epoch with ``last.ckpt`` (``--checkpoint.*`` configures it).
+Defaults: CSV logs under ``runs/<name>/version_N`` (no network), a progress bar, a checkpoint per
+epoch with ``last.ckpt`` (``--checkpoint.*`` configures it), seed 0.
+
+Runs have an identity (:mod:`hybrids.identity`): a checkpoint is resumed or evaluated only under
+the config that wrote it. Exit status: 0 done; 2 a bad config or checkpoint (before anything
+runs); 3 training diverged; 130 / 143 stopped by SIGINT / SIGTERM after saving ``last.ckpt``.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +25,26 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from hybrids.config import ARCHITECTURE_KEYS
+from hybrids.callbacks import GracefulInterrupt, Interrupted
+from hybrids.checkpoints import CheckpointError, checkpoint_identity, last_checkpoints, read_checkpoint
 from hybrids.errors import ConfigError, StateSizeUnknown
-from hybrids.lit import LanguageModel
+from hybrids.identity import identity_config, identity_diff, identity_hash
+from hybrids.lit import DivergenceError, LanguageModel
 
 DEFAULT_TRAINER = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hybrids"}},
     "max_epochs": 10,
+    "log_every_n_steps": 10,
 }
-
-
-def _same_architecture(checkpoint: Path, model: L.LightningModule) -> bool:
-    # mmap: only the small hyper-parameter dict is read, not the weights.
-    saved = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False).get("hyper_parameters", {})
-    current = dict(model.hparams)
-    return all(saved.get(key) == current.get(key) for key in ARCHITECTURE_KEYS if key in current)
-
-
-def find_last_checkpoint(trainer: L.Trainer, model: L.LightningModule) -> Path | None:
-    """The newest ``last*.ckpt`` of this run's name whose model has the current architecture.
-
-    Lightning resolves ``ckpt_path="last"`` inside the *new* version's directory, which is empty,
-    so a plain ``--ckpt_path last`` would silently start from scratch; we look at every version
-    under the logger's ``save_dir/name``, newest first, and skip checkpoints of other shapes (a
-    sweep over ``d_model`` shares one name).
-    """
-    logger = trainer.logger
-    root = getattr(logger, "root_dir", None) if logger is not None else None
-    if not root or not Path(root).exists():
-        return None
-    candidates = sorted(Path(root).rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return next((p for p in candidates if _same_architecture(p, model)), None)
+# `--ckpt_path untrained`: evaluate the freshly initialised model, on purpose.
+UNTRAINED = "untrained"
+EVALUATIONS = ("validate", "test", "predict")
+# float16 arithmetic on CPU: Lightning accepts it, and the first steps give NaN.
+CPU_UNSAFE_PRECISIONS = {"16", "16-true", "16-mixed", "half"}
 
 
 class HybridsCLI(LightningCLI):
-    """LightningCLI with the data module's vocabulary wired into the model and clear config errors."""
+    """LightningCLI with run identities, exact resumption, keyed errors and clean interruption."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
@@ -62,40 +52,165 @@ class HybridsCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True})
         # `hybrids fit` with no config trains the default stack (attention) on MQAR.
         parser.set_defaults({"model": {"class_path": "hybrids.LanguageModel"}, "data": {"class_path": "hybrids.data.MQAR"}})
+        parser.add_argument(
+            "--load_weights_only", type=bool, default=False,
+            help="With --ckpt_path FILE: load only the model weights from a checkpoint of another run "
+            "(a warm start, recorded as warm_start_from); training state and identity are not taken.",
+        )
+
+    # -- before anything is built ----------------------------------------------------------------
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would re-parse the config with the checkpoint's hyper-parameters, so that
+        # the checkpoint silently replaces the model asked for; here the config is authoritative
+        # and a checkpoint of another run is refused (see _resolve_checkpoint).
+        return
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _check_precision(self.parser, config)
+        identity = identity_config(config)
+        self.run_identity = {"hash": identity_hash(identity), "config": identity}
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except Exception as err:  # jsonargparse wraps what the classes raise; find our own error
-            located = locate_config_error(err)
+            located = locate_config_error(err) or _missing_logger_package(err)
             if located is None:
                 raise
             self.parser.error(located)
 
+    def after_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        given = (config.get("model") or {}).get("init_args", {}).get("vocab_size")
+        data_vocab = getattr(self.datamodule, "vocab_size", None)
+        if given is not None and data_vocab is not None and given != data_vocab:
+            self.parser.error(
+                f"model.init_args.vocab_size: {given} disagrees with the data's vocabulary ({data_vocab}); "
+                "leave it out: the model takes the data's"
+            )
+        if isinstance(self.model, LanguageModel):
+            self.model.run_identity = self.run_identity
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> L.Trainer:
         # The checkpoint callback is always configured (--checkpoint.*); leave it out when the
-        # trainer is told not to checkpoint, which Lightning would otherwise refuse.
-        if config.get("enable_checkpointing") is False:
+        # trainer is told not to checkpoint (Lightning would refuse it), and for fast_dev_run,
+        # whose checkpoints would land in the current folder.
+        if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if self.subcommand == "fit":
+            callbacks = [*callbacks, GracefulInterrupt()]
         return super()._instantiate_trainer(config, callbacks)
+
+    # -- checkpoints -------------------------------------------------------------------------------
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if kwargs.get("ckpt_path") == "last":
-            found = find_last_checkpoint(self.trainer, self.model)
-            if found is not None:
-                rank_zero_info(f"hybrids: using checkpoint {found}")
-                kwargs["ckpt_path"] = str(found)
-                if subcommand == "fit" and self.trainer.logger is not None:
-                    # hybrids.analysis drops the run this one continues, so it is not counted twice.
-                    self.trainer.logger.log_hyperparams({"resumed_from": str(found)})
-            elif subcommand == "fit":
-                rank_zero_warn("--ckpt_path last: no last checkpoint found for this run; starting from scratch")
-                kwargs["ckpt_path"] = None
-            else:  # evaluating an untrained model by accident helps nobody
-                root = getattr(self.trainer.logger, "root_dir", None)
-                self.parser.error(f"ckpt_path: no last checkpoint found under {root}; run `fit` first")
+        if "ckpt_path" in kwargs:
+            kwargs["ckpt_path"] = self._resolve_checkpoint(subcommand, kwargs.get("ckpt_path"))
         return kwargs
+
+    def _resolve_checkpoint(self, subcommand: str, ckpt_path: str | None) -> str | None:
+        config = self.config[subcommand]
+        weights_only = bool(config.get("load_weights_only"))
+        logger = self.trainer.logger
+        if ckpt_path is None:
+            if subcommand in EVALUATIONS:
+                self.parser.error(
+                    f"ckpt_path: {subcommand} without a checkpoint would evaluate random weights; give "
+                    f"--ckpt_path last (this run's newest) or a file, or --ckpt_path {UNTRAINED} to do it on purpose"
+                )
+            if weights_only:
+                self.parser.error("load_weights_only: needs --ckpt_path FILE (the checkpoint to take weights from)")
+            self._log_identity()
+            return None
+        if ckpt_path == UNTRAINED:
+            if subcommand == "fit":
+                self.parser.error(f"ckpt_path: '{UNTRAINED}' is for evaluating; fit starts untrained without --ckpt_path")
+            rank_zero_warn(f"--ckpt_path {UNTRAINED}: evaluating the untrained model, as asked")
+            return None
+        if ckpt_path == "last":
+            if weights_only:
+                self.parser.error("load_weights_only: give the checkpoint file (--ckpt_path FILE), not 'last'")
+            found = self._find_last()
+            if found is None:
+                root = getattr(logger, "root_dir", None)
+                if subcommand != "fit":  # evaluating an untrained model by accident helps nobody
+                    self.parser.error(f"ckpt_path: no last checkpoint of this run (identity {self.run_identity['hash']}) under {root}; run `fit` first")
+                rank_zero_warn(f"--ckpt_path last: no checkpoint of this run under {root}; starting from scratch")
+                self._log_identity()
+                return None
+            rank_zero_info(f"hybrids: using checkpoint {found}")
+            if subcommand == "fit":
+                # hybrids.analysis drops the run this one continues, so it is not counted twice.
+                self._log_identity(resumed_from=str(found))
+            return str(found)
+
+        try:
+            checkpoint = read_checkpoint(ckpt_path, weights=weights_only)
+        except CheckpointError as err:
+            self.parser.error(f"ckpt_path: {err}")
+        if weights_only:
+            self._load_weights(ckpt_path, checkpoint)
+            if subcommand == "fit":
+                self._log_identity(warm_start_from=str(ckpt_path))
+            return None
+        saved = checkpoint_identity(checkpoint)
+        if saved is None:
+            self.parser.error(
+                f"ckpt_path: {ckpt_path} has no run identity (it was not written by the hybrids CLI), so it "
+                "cannot be checked against this config; add --load_weights_only to load its weights only"
+            )
+        if saved["hash"] != self.run_identity["hash"]:
+            diff = identity_diff(saved.get("config", {}), self.run_identity["config"])
+            self.parser.error(
+                f"ckpt_path: {ckpt_path} belongs to another run (identity {saved['hash']}, this config "
+                f"{self.run_identity['hash']}); what differs:\n  " + "\n  ".join(diff or ["(no listed key)"])
+                + "\nUse the config that wrote it, or add --load_weights_only to take its weights only."
+            )
+        if subcommand == "fit":
+            self._log_identity(resumed_from=str(ckpt_path))
+        return ckpt_path
+
+    def _find_last(self) -> Path | None:
+        """The newest ``last*.ckpt`` of this run's name with this run's identity.
+
+        Lightning resolves ``ckpt_path="last"`` inside the *new* version's directory, which is
+        empty; we look at every version under the logger's ``save_dir/name``. Checkpoints of
+        other identities (another lr, width, seed, data setting) are passed over; unreadable ones
+        are passed over with a warning naming the file.
+        """
+        root = getattr(self.trainer.logger, "root_dir", None)
+        skipped, found = [], None
+        for path in last_checkpoints(root) if root else []:
+            try:
+                saved = checkpoint_identity(read_checkpoint(path))
+            except CheckpointError as err:
+                skipped.append(str(err))
+                continue
+            if saved is not None and saved["hash"] == self.run_identity["hash"]:
+                found = path
+                break
+        if skipped:
+            rank_zero_warn(f"--ckpt_path last: skipping {len(skipped)} unreadable checkpoint(s): " + "; ".join(skipped))
+        return found
+
+    def _load_weights(self, path: str, checkpoint: dict[str, Any]) -> None:
+        """Warm start: the checkpoint's weights into the model, strictly (same shapes)."""
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"], strict=True)
+        except RuntimeError as err:
+            details = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
+            self.parser.error(f"load_weights_only: the weights of {path} do not fit this model: {details}")
+        rank_zero_info(f"hybrids: loaded the weights of {path} (warm start; optimiser and step start fresh)")
+
+    def _log_identity(self, **extra: str) -> None:
+        logger = self.trainer.logger
+        if logger is not None:
+            logger.log_hyperparams({"identity": self.run_identity["hash"], **extra})
+
+    # -- after each subcommand --------------------------------------------------------------------
 
     def after_fit(self) -> None:
         print_summary(self.trainer, self.model, stage="val")
@@ -105,6 +220,44 @@ class HybridsCLI(LightningCLI):
 
     def after_test(self) -> None:
         print_summary(self.trainer, self.model, stage="test")
+
+    def after_predict(self) -> None:
+        predictions = self.trainer.predict_loop.predictions
+        if not self.trainer.is_global_zero or not predictions:
+            return
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        folder = Path(self.trainer.log_dir or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "predictions.pt"
+        stacked = torch.cat([b.cpu() for b in batches])
+        torch.save({"predictions": stacked, "ckpt_path": self.trainer.ckpt_path}, target)
+        print(f"hybrids: predictions of {stacked.shape[0]:,} examples, shape {tuple(stacked.shape)}, written to {target}", flush=True)
+
+
+def _check_precision(parser, config) -> None:
+    trainer = config.get("trainer") or {}
+    precision = str(trainer.get("precision")) if trainer.get("precision") is not None else None
+    accelerator = str(trainer.get("accelerator") or "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if precision in CPU_UNSAFE_PRECISIONS and on_cpu:
+        parser.error(
+            f"trainer.precision: {precision} on CPU computes in float16, which overflows within a few steps "
+            "here (NaN losses); use 32-true, bf16-mixed or bf16-true on CPU"
+        )
+
+
+def _missing_logger_package(err: BaseException) -> str | None:
+    """One line for a logger whose package is missing (TensorBoardLogger without tensorboard)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, ModuleNotFoundError) and "tensorboard" in str(err).lower():
+            return (
+                "trainer.logger: TensorBoardLogger needs the tensorboard package: "
+                "pip install -e '.[tensorboard]' (or use the default CSVLogger)"
+            )
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def locate_config_error(err: BaseException) -> str | None:
@@ -152,6 +305,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=DEFAULT_TRAINER,
+        seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,
         run=run,
@@ -160,7 +314,14 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
 
 def main() -> None:
     """Entry point of the ``hybrids`` console script and of ``python -m hybrids``."""
-    build_cli()
+    try:
+        build_cli()
+    except Interrupted as stop:
+        print(f"hybrids: stopped by {stop}; resume with --ckpt_path last", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
+    except DivergenceError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(DivergenceError.exit_code)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from hybrids.config import StackConfig
 from hybrids.data.labels import IGNORE_INDEX
-from hybrids.errors import StateSizeUnknown, config_section
+from hybrids.checkpoints import IDENTITY_KEY
+from hybrids.errors import ConfigError, StateSizeUnknown, config_section
 from hybrids.model import HybridLM
 
 _STACK = StackConfig.defaults()
@@ -33,9 +34,17 @@ class LanguageModel(L.LightningModule):
         lr: peak learning rate of AdamW.
         weight_decay: applied to matrices only (``ndim >= 2``), not to norms, biases or vectors, nor
             to parameters a mixer marks with ``_no_weight_decay = True``.
-        betas: AdamW betas.
+        betas: AdamW betas, each in [0, 1).
         warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr``.
-        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``, in [0, 1].
+        max_loss: a training loss above this (or not finite) stops the run with
+            :class:`DivergenceError`; cross-entropy starts near ``log(vocab_size)``, so 1e4 is
+            far past anything a healthy run shows.
+
+    Training logs ``train/loss_step`` (the batch loss, on the progress bar, every
+    ``trainer.log_every_n_steps`` steps) and ``train/loss_epoch``, ``train/acc_epoch``,
+    ``val/loss``, ``val/acc`` (token-weighted means over the epoch, NaN kept: a non-finite
+    batch makes the mean NaN rather than vanishing from it).
     """
 
     def __init__(
@@ -54,12 +63,24 @@ class LanguageModel(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
+        max_loss: float = 1e4,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        with config_section("model"):
+            check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss)
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc")}
+            {f"{stage}_{name}": WeightedMean() for stage in ("train", "val", "test") for name in ("loss", "acc")}
         )
+        for name in ("train_loss", "train_acc"):
+            # Saved in checkpoints, so that an epoch resumed mid-way ends with the same means.
+            self.metrics[name].persistent(True)
+        # The first step whose loss was not finite or above max_loss (-1: none yet), tracked on
+        # the device so that training needs no host sync per step; read every few steps.
+        self.register_buffer("_diverged_at", torch.tensor(-1, dtype=torch.long), persistent=False)
+        self.register_buffer("_diverged_loss", torch.tensor(0.0), persistent=False)
+        # Set by the CLI: {"hash": ..., "config": ...} (hybrids.identity), saved in checkpoints.
+        self.run_identity: dict[str, Any] | None = None
         with config_section("model"):
             self.config = StackConfig(**{name: self.hparams[name] for name in StackConfig.field_names()})
             self.model = HybridLM(self.config)
@@ -81,14 +102,43 @@ class LanguageModel(L.LightningModule):
         weight = count.clamp(min=1).float()
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight)
         self.metrics[f"{stage}_acc"].update(correct.float() / weight, weight)
-        on_step = stage == "train"
-        for name in ("loss", "acc"):
-            metric = self.metrics[f"{stage}_{name}"]
-            self.log(f"{stage}/{name}", metric, prog_bar=True, on_step=on_step, on_epoch=True)
+        if stage == "train":
+            # The batch loss itself (a Metric object logged on_step shows nothing: it is only
+            # updated, never called), and the epoch means under their own names.
+            self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+            for name in ("loss", "acc"):
+                self.log(f"train/{name}_epoch", self.metrics[f"train_{name}"], on_step=False, on_epoch=True)
+        else:
+            for name in ("loss", "acc"):
+                self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        bad = ~torch.isfinite(loss.detach()) | (loss.detach() > self.hparams.max_loss)
+        first = bad & (self._diverged_at < 0)
+        self._diverged_at.copy_(torch.where(first, torch.tensor(self.global_step, device=loss.device), self._diverged_at))
+        self._diverged_loss.copy_(torch.where(first, loss.detach().float(), self._diverged_loss))
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        interval = max(1, getattr(self.trainer, "log_every_n_steps", 1) or 1)
+        if self.global_step % interval == 0 or self.trainer.is_last_batch:
+            self.check_divergence()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_divergence()
+
+    def check_divergence(self) -> None:
+        """Raise :class:`DivergenceError` if a training loss was not finite or above ``max_loss``."""
+        step = int(self._diverged_at)  # the one host sync, every log_every_n_steps steps
+        if step < 0:
+            return
+        raise DivergenceError(step, float(self._diverged_loss), self.hparams, self._precision())
+
+    def _precision(self) -> str | None:
+        trainer = self._trainer
+        return str(trainer.precision) if trainer is not None else None
 
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "val")
@@ -129,6 +179,25 @@ class LanguageModel(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(figures, step=0)
 
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_identity is not None:
+            checkpoint[IDENTITY_KEY] = dict(self.run_identity)
+        # Random states, so that a run resumed mid-epoch draws what the uninterrupted one would
+        # (dropout masks, sampling); Lightning does not save them.
+        checkpoint["hybrids_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["hybrids_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("hybrids_rng")
+        if not states or self._trainer is None or self.trainer.state.fn != "fit":
+            return
+        torch.set_rng_state(states["torch"])
+        if "cuda" in states and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+
     # -- optimisation ----------------------------------------------------------------------------
 
     def configure_optimizers(self):
@@ -164,3 +233,75 @@ class LanguageModel(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class WeightedMean(Metric):
+    """Weighted mean over an epoch that keeps NaN: a non-finite value makes the mean NaN.
+
+    (torchmetrics' MeanMetric drops NaN by default, and with ``nan_strategy="disable"`` it also
+    drops the weights.)
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
+        self.total += (value.float() * weight.float()).sum()
+        self.weight += weight.float().sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite or exceeded ``max_loss``; the message names the step
+    and the likely causes. The CLI exits with status 3."""
+
+    exit_code = 3
+
+    def __init__(self, step: int, loss: float, hparams: Any, precision: str | None) -> None:
+        causes = []
+        if precision and precision.startswith("16"):
+            causes.append(f"precision {precision}: float16 overflows easily; use bf16-mixed (CUDA) or 32-true")
+        lr = float(hparams.get("lr", 0.0))
+        if lr > 1e-2:
+            causes.append(f"lr={lr:g} is high for AdamW (the configs use 1e-3 to 1e-2); lower it")
+        causes.append("exploding gradients: lower lr, add warm-up steps, or clip (--trainer.gradient_clip_val=1.0)")
+        super().__init__(
+            f"training diverged: the loss was {loss:g} at step {step} (limit max_loss={hparams.get('max_loss')}). "
+            "Likely causes: " + "; ".join(causes)
+        )
+        self.step, self.loss = step, loss
+
+
+def check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss) -> None:
+    """Raise ConfigError naming the optimisation argument out of range (before any training)."""
+
+    def number(name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(name, f"must be a finite number, got {value!r}")
+
+    number("lr", lr)
+    if lr <= 0:
+        raise ConfigError("lr", f"must be > 0, got {lr}")
+    number("weight_decay", weight_decay)
+    if weight_decay < 0:
+        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError("betas", f"must be two numbers (beta1, beta2), got {betas!r}")
+    for beta in betas:
+        number("betas", beta)
+        if not 0 <= beta < 1:
+            raise ConfigError("betas", f"each must be in [0, 1), got {list(betas)}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ConfigError("warmup_steps", f"must be an integer >= 0, got {warmup_steps!r}")
+    number("min_lr_ratio", min_lr_ratio)
+    if not 0 <= min_lr_ratio <= 1:
+        raise ConfigError("min_lr_ratio", f"must be in [0, 1] (a fraction of lr), got {min_lr_ratio}")
+    number("max_loss", max_loss)
+    if max_loss <= 0:
+        raise ConfigError("max_loss", f"must be > 0, got {max_loss}")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,18 +44,61 @@ def import_class(path: str, key: str) -> type:
 
 
 def _check_init_args(cls: type, init_args: Mapping[str, Any], key: str) -> None:
-    """Reject unknown argument names before construction, with a suggestion."""
+    """Reject unknown argument names (with a suggestion) and values of the wrong type, before
+    construction."""
     params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = [n for n in params if n not in ("self", "d_model")]
+        for name in init_args:
+            if name == "d_model":
+                raise ConfigError(f"{key}.d_model", "is set by the model (model.d_model); remove it from the mixer spec")
+            if name not in accepted:
+                close = difflib.get_close_matches(name, accepted, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ConfigError(f"{key}.{name}", f"unknown argument of {cls.__name__}; {hint}accepted: {accepted}")
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # annotations that do not resolve (a user's class): nothing to check against
         return
-    accepted = [n for n in params if n not in ("self", "d_model")]
-    for name in init_args:
-        if name == "d_model":
-            raise ConfigError(f"{key}.d_model", "is set by the model (model.d_model); remove it from the mixer spec")
-        if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise ConfigError(f"{key}.{name}", f"unknown argument of {cls.__name__}; {hint}accepted: {accepted}")
+    for name, value in init_args.items():
+        if name in hints and not _matches(value, hints[name]):
+            raise ConfigError(
+                f"{key}.{name}",
+                f"expected {_describe(hints[name])}, got {value!r} ({type(value).__name__}) (in {cls.__name__})",
+            )
+
+
+# Annotations checked by _matches; anything else (tensors, callables, user types) is let through.
+_SIMPLE = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` fits ``annotation`` as far as simple types tell (unknown types: yes)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if origin in (tuple, list) or annotation in (tuple, list):
+        return isinstance(value, (tuple, list))
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation in (str, type(None)):
+        return isinstance(value, annotation)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    return _SIMPLE.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def build_mixer(spec: Mapping[str, Any], d_model: int, key: str) -> nn.Module:

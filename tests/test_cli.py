@@ -108,7 +108,7 @@ def test_checkpointing_can_be_switched_off(in_tmp):
 
 def test_ckpt_path_last_without_checkpoint_starts_from_scratch(in_tmp):
     config = CONFIGS[0].parent / "transformer.yaml"
-    with pytest.warns(UserWarning, match="no last checkpoint"):
+    with pytest.warns(UserWarning, match="no checkpoint of this run"):
         cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--ckpt_path=last"))
     assert cli.trainer.global_step == 4
 
@@ -117,7 +117,7 @@ def test_ckpt_path_last_without_checkpoint_starts_from_scratch(in_tmp):
 def test_evaluation_subcommands(subcommand, in_tmp):
     config = CONFIGS[0].parent / "transformer.yaml"
     build_cli(tiny_fit(config, "--trainer.max_epochs=1"))
-    args = [subcommand, "-c", str(config), *QUIET, "--data.init_args.num_test_examples=32", "--ckpt_path=last"]
+    args = [subcommand, *tiny_fit(config)[1:], "--ckpt_path=last"]  # the same run: the same config
     cli = build_cli(args)
     assert cli.trainer.state.finished
     assert cli.trainer.ckpt_path and cli.trainer.ckpt_path.endswith("last.ckpt"), "the trained weights were loaded"

@@ -252,3 +252,14 @@ def test_missing_state_size_is_told_apart_from_a_bug_inside_one():
     with pytest.raises(TypeError) as info:
         broken.state_size(16)
     assert not isinstance(info.value, StateSizeUnknown)
+
+
+def test_epoch_means_keep_nan_and_their_weights():
+    from hybrids.lit import WeightedMean
+
+    mean = WeightedMean()
+    mean.update(torch.tensor(1.0), torch.tensor(3.0))
+    mean.update(torch.tensor(0.0), torch.tensor(1.0))
+    assert float(mean.compute()) == 0.75
+    mean.update(torch.tensor(float("nan")), torch.tensor(1.0))
+    assert torch.isnan(mean.compute())

@@ -4,34 +4,14 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
+from hybrids.data.loading import EpochShuffle, ResumableOrder  # noqa: F401  (EpochShuffle: re-exported)
 from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
 from hybrids.errors import ConfigError, config_section
 
 
-class EpochShuffle(Sampler[int]):
-    """A fresh permutation each epoch, drawn from ``seed + epoch``.
-
-    Lightning calls ``set_epoch`` before every epoch, so a run resumed from a checkpoint sees the
-    same order in its remaining epochs as the uninterrupted run would have.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class MQAR(L.LightningDataModule):
+class MQAR(ResumableOrder, L.LightningDataModule):
     """Multi-query associative recall (see :func:`hybrids.data.mqar.multiquery_ar`).
 
     The training and test sets are generated from different seeds (``seed`` and ``seed + 1``),
@@ -90,8 +70,9 @@ class MQAR(L.LightningDataModule):
             self.test_set = self._generate(self.hparams.num_test_examples, self.hparams.seed + 1)
 
     def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
-        sampler = EpochShuffle(len(dataset), self.hparams.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        if shuffle:  # training: the order resumes exactly from a mid-epoch checkpoint
+            return self.train_loader(dataset, self.batch_size, self.hparams.seed, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

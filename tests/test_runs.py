@@ -1,0 +1,304 @@
+"""Runs you can trust: run identity, exact resumption, injected faults, divergence, keyed bad
+values, evaluation without checkpoints, and what a run writes where.
+
+CLI runs here are tiny (a few batches of 16 examples); the ones that must be killed or
+interrupted run as real processes (``python -m hybrids``), with faults injected by the callbacks
+of ``tests/fault_injection.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from hybrids.cli import build_cli
+from hybrids.lit import DivergenceError
+
+ROOT = Path(__file__).resolve().parents[1]
+TRANSFORMER = ROOT / "configs" / "transformer.yaml"
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+SMALL = [
+    "--data.init_args.num_train_examples=160", "--data.init_args.num_test_examples=32",
+    "--data.init_args.batch_size=16", "--model.init_args.warmup_steps=5",
+]
+
+
+def run_args(*extra: str, subcommand: str = "fit", config: Path = TRANSFORMER) -> list[str]:
+    return [subcommand, "-c", str(config), *QUIET, *SMALL, *extra]
+
+
+def hybrids(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m hybrids ARGS`` in ``cwd``, with the fault-injection callbacks importable."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "hybrids", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def metrics(log_dir: Path) -> dict[tuple[int, str], str]:
+    """(step, column) -> value of every filled cell of a run's metrics.csv."""
+    out = {}
+    for row in csv.DictReader((log_dir / "metrics.csv").open()):
+        for column, value in row.items():
+            if value != "" and column not in ("step", "epoch"):
+                out[(int(row["step"]), column)] = value
+    return out
+
+
+def hparams(log_dir: Path) -> dict:
+    return yaml.safe_load((log_dir / "hparams.yaml").read_text())
+
+
+def error_of(args: list[str], capsys) -> str:
+    """The error line of a CLI call that must stop before training (exit status 2)."""
+    with pytest.raises(SystemExit) as info:
+        build_cli(args)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def signal_at(step: int, signum: int = signal.SIGTERM) -> str:
+    return f'--trainer.callbacks+={{"class_path": "fault_injection.SignalAtStep", "init_args": {{"step": {step}, "signum": {int(signum)}}}}}'
+
+
+# --------------------------------------------------------------------------------------------
+# run identity
+
+
+def test_identity_is_stored_and_last_resumes_only_the_same_run(in_tmp):
+    """Two runs under one name at lr 1e-3 and 3e-2: `--ckpt_path last` with lr 1e-3 resumes the
+    1e-3 run (the issue's case: it used to resume the newer 3e-2 one), and trains at 1e-3."""
+    low = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=1e-3"))
+    high = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=3e-2"))
+    low_dir, high_dir = Path(low.trainer.log_dir), Path(high.trainer.log_dir)
+    assert hparams(low_dir)["identity"] != hparams(high_dir)["identity"]
+    saved = torch.load(low_dir / "checkpoints" / "last.ckpt", weights_only=False)["hybrids"]
+    assert saved["hash"] == hparams(low_dir)["identity"]
+    assert saved["config"]["model"]["init_args"]["lr"] == 1e-3
+
+    resumed = build_cli(run_args("--trainer.max_epochs=2", "--model.init_args.lr=1e-3", "--ckpt_path=last"))
+    assert Path(resumed.trainer.ckpt_path).resolve() == (low_dir / "checkpoints" / "last.ckpt").resolve()
+    assert resumed.trainer.optimizers[0].param_groups[0]["initial_lr"] == 1e-3
+    assert hparams(Path(resumed.trainer.log_dir))["resumed_from"].endswith(str(Path(low_dir.name) / "checkpoints" / "last.ckpt"))
+
+    # A seed or data setting of its own is another run: nothing to resume, a fresh start.
+    with pytest.warns(UserWarning, match="no checkpoint of this run"):
+        fresh = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=1e-3", "--seed_everything=7",
+                                   "--ckpt_path=last"))
+    assert fresh.trainer.ckpt_path is None
+
+
+def test_checkpoint_of_another_run_is_refused_with_a_diff(in_tmp, capsys):
+    """`validate -c mamba.yaml --ckpt_path <an attention checkpoint>` used to evaluate the attention
+    model as a Mamba run, and `--model.init_args.d_model=32` was ignored against a width-64
+    checkpoint; both are refused, naming the keys that differ."""
+    first = build_cli(run_args("--trainer.max_epochs=1"))
+    checkpoint = str(Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    err = error_of(run_args(f"--ckpt_path={checkpoint}", subcommand="validate", config=ROOT / "configs" / "mamba.yaml"), capsys)
+    assert "belongs to another run" in err and "model.init_args.pattern: 'A' (checkpoint) vs 'M' (this run)" in err
+    assert "--load_weights_only" in err
+    err = error_of(run_args("--trainer.max_epochs=2", "--model.init_args.d_model=32", f"--ckpt_path={checkpoint}"), capsys)
+    assert "model.init_args.d_model: 64 (checkpoint) vs 32 (this run)" in err
+    err = error_of(run_args("--trainer.max_epochs=2", "--model.init_args.lr=0.01", f"--ckpt_path={checkpoint}"), capsys)
+    assert "model.init_args.lr" in err
+
+
+def test_load_weights_only_is_an_explicit_warm_start(in_tmp, capsys):
+    first = build_cli(run_args("--trainer.max_epochs=1"))
+    checkpoint = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    warm = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=0.01", f"--ckpt_path={checkpoint}",
+                              "--load_weights_only=true", "--trainer.enable_checkpointing=false", "--trainer.max_steps=1"))
+    assert warm.trainer.ckpt_path is None and warm.trainer.global_step == 1  # training state starts fresh
+    assert hparams(Path(warm.trainer.log_dir))["warm_start_from"] == str(checkpoint)
+    # Weights of another shape do not load, and the error says which.
+    err = error_of(run_args("--model.init_args.d_model=32", f"--ckpt_path={checkpoint}", "--load_weights_only=true"), capsys)
+    assert "load_weights_only: the weights of" in err and "size mismatch" in err
+
+
+# --------------------------------------------------------------------------------------------
+# exact resumption and faults
+
+
+def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path):
+    """Stopped by SIGTERM at step 15 (mid-epoch: 10 batches an epoch), the run saves last.ckpt
+    and exits 143; resumed, every metric logged after the stop equals the uninterrupted run's,
+    bit for bit (batch losses, epoch means, validation)."""
+    args = [*run_args("--trainer.max_epochs=3", "--trainer.log_every_n_steps=1")[0:]]
+    full = hybrids(*args, "--trainer.logger.init_args.name=full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    cut = hybrids(*args, "--trainer.logger.init_args.name=cut", signal_at(15), cwd=tmp_path)
+    assert cut.returncode == 143, cut.stderr[-2000:]
+    assert "stopped by SIGTERM at step 15" in cut.stderr and "resume with --ckpt_path last" in cut.stderr
+    saved = torch.load(tmp_path / "runs/cut/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert saved["global_step"] == 15 and saved["epoch"] == 1  # mid-epoch: 5 of epoch 1's 10 batches
+    resumed = hybrids(*args, "--trainer.logger.init_args.name=cut", "--ckpt_path=last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    uninterrupted, continued = metrics(tmp_path / "runs/full/version_0"), metrics(tmp_path / "runs/cut/version_1")
+    after = {key: value for key, value in uninterrupted.items() if key[0] >= 15 and key[1] not in ("params", "state_size", "seq_len")}
+    assert len(after) > 20 and {k: continued.get(k) for k in after} == after
+
+
+def test_sigint_saves_and_exits_130(tmp_path):
+    result = hybrids(*run_args("--trainer.max_epochs=2"), signal_at(3, signal.SIGINT), cwd=tmp_path)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert torch.load(tmp_path / "runs/transformer/version_0/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_sigkill_then_resume_from_the_last_checkpoint(tmp_path):
+    """Killed outright after its first epoch's checkpoint, the run resumes from it and finishes."""
+    marker = tmp_path / "hanging"
+    hang = f'--trainer.callbacks+={{"class_path": "fault_injection.HangAtStep", "init_args": {{"step": 13, "marker": "{marker}"}}}}'
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "hybrids", *run_args("--trainer.max_epochs=2"), hang], cwd=tmp_path,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert marker.exists(), "the run never reached step 13"
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    last = tmp_path / "runs/transformer/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 10  # the end of epoch 0
+    resumed = hybrids(*run_args("--trainer.max_epochs=2", "--ckpt_path=last"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "val accuracy" in resumed.stdout
+
+
+def test_corrupt_checkpoints_are_skipped_by_last_and_named_when_explicit(in_tmp, capsys):
+    good = build_cli(run_args("--trainer.max_epochs=1"))
+    good_ckpt = Path(good.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    # Newer candidates of this run's name: a truncated copy and random bytes.
+    broken = in_tmp / "runs/transformer/version_9/checkpoints"
+    broken.mkdir(parents=True)
+    truncated, noise = broken / "last.ckpt", broken / "last-v1.ckpt"
+    truncated.write_bytes(good_ckpt.read_bytes()[: good_ckpt.stat().st_size // 2])
+    noise.write_bytes(os.urandom(4096))
+    with pytest.warns(UserWarning) as warned:
+        resumed = build_cli(run_args("--trainer.max_epochs=2", "--ckpt_path=last"))
+    message = next(str(w.message) for w in warned if "skipping" in str(w.message))
+    assert "skipping 2 unreadable checkpoint(s)" in message
+    for bad in (truncated, noise):
+        assert f"{bad.relative_to(in_tmp)}: not a torch checkpoint" in message
+    assert Path(resumed.trainer.ckpt_path).resolve() == good_ckpt.resolve()
+
+    for bad, reason in ((truncated, "not a torch checkpoint"), (noise, "not a torch checkpoint"),
+                        (in_tmp / "missing.ckpt", "no such file")):
+        err = error_of(run_args(f"--ckpt_path={bad}", subcommand="test"), capsys)
+        assert f"ckpt_path: {bad}: {reason}" in err
+        assert "weights_only" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# divergence and visibility
+
+
+def test_train_loss_is_logged_every_n_steps(in_tmp):
+    cli = build_cli(run_args("--trainer.max_epochs=1", "--trainer.log_every_n_steps=3"))
+    logged = sorted(step for step, column in metrics(Path(cli.trainer.log_dir)) if column == "train/loss_step")
+    assert logged == [2, 5, 8]  # Lightning logs when (step + 1) % 3 == 0
+    assert "train/loss_step" in cli.trainer.progress_bar_metrics
+
+
+def test_huge_learning_rate_stops_the_run_naming_the_step(tmp_path):
+    """lr=1000 used to log a finite 6.99e8 epoch loss and exit 0."""
+    result = hybrids(*run_args("--trainer.max_epochs=2", "--model.init_args.lr=1000", "--model.init_args.warmup_steps=0",
+                               "--trainer.log_every_n_steps=1"), cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-2000:]
+    line = next(line for line in result.stderr.splitlines() if line.startswith("error: training diverged"))
+    assert "at step" in line and "lr=1000 is high" in line
+
+
+def test_nan_loss_is_not_averaged_away(in_tmp, monkeypatch):
+    """A NaN batch loss stops the run with DivergenceError naming its step (it used to vanish
+    from the epoch mean), found within log_every_n_steps."""
+    from hybrids.lit import LanguageModel
+
+    real = LanguageModel._shared_step
+
+    def poisoned(self, batch, stage):
+        loss = real(self, batch, stage)
+        return loss * float("nan") if stage == "train" and self.global_step == 2 else loss
+
+    monkeypatch.setattr(LanguageModel, "_shared_step", poisoned)
+    with pytest.raises(DivergenceError, match="the loss was nan at step 2"):
+        build_cli(run_args("--trainer.max_epochs=1", "--trainer.log_every_n_steps=4"))
+
+
+def test_float16_on_cpu_is_refused(in_tmp, capsys):
+    err = error_of(run_args("--trainer.precision=16-true"), capsys)
+    assert "trainer.precision: 16-true on CPU" in err and "bf16" in err
+
+
+# --------------------------------------------------------------------------------------------
+# every value validated before training
+
+
+MIXER = "--model.init_args.mixers={A: {class_path: hybrids.mixers.Attention, init_args: {heads: %s}}}"
+BAD_VALUES = {
+    "heads-two": (MIXER % "two", "model.init_args.mixers.A.init_args.heads: expected an integer, got 'two'"),
+    "dropout": ("--model.init_args.dropout=1.5", "model.init_args.dropout: must be in [0, 1)"),
+    "negative-lr": ("--model.init_args.lr=-0.001", "model.init_args.lr: must be > 0"),
+    "zero-lr": ("--model.init_args.lr=0", "model.init_args.lr: must be > 0"),
+    "betas": ("--model.init_args.betas=[0.9, 1.5]", "model.init_args.betas: each must be in [0, 1)"),
+    "warmup": ("--model.init_args.warmup_steps=-5", "model.init_args.warmup_steps: must be an integer >= 0"),
+    "weight-decay": ("--model.init_args.weight_decay=-0.1", "model.init_args.weight_decay: must be >= 0"),
+    "min-lr-ratio": ("--model.init_args.min_lr_ratio=-1", "model.init_args.min_lr_ratio: must be in [0, 1]"),
+    "vocab-size": ("--model.init_args.vocab_size=99", "model.init_args.vocab_size: 99 disagrees with the data's vocabulary (128)"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_VALUES)
+def test_bad_values_fail_before_training_naming_the_key(name, in_tmp, capsys):
+    argument, message = BAD_VALUES[name]
+    err = error_of(run_args(argument), capsys)
+    assert f"error: {message}" in err, err[-500:]
+    assert "Traceback" not in err
+    assert not list(in_tmp.rglob("*.ckpt")) and not list(in_tmp.rglob("metrics.csv"))
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation, prediction, and what a run writes where
+
+
+def test_evaluation_needs_a_checkpoint_unless_asked_for_untrained(in_tmp, capsys):
+    err = error_of(run_args(subcommand="validate"), capsys)
+    assert "ckpt_path: validate without a checkpoint would evaluate random weights" in err
+    with pytest.warns(UserWarning, match="evaluating the untrained model, as asked"):
+        cli = build_cli(run_args("--ckpt_path=untrained", subcommand="test"))
+    assert cli.trainer.state.finished
+
+
+def test_predict_writes_its_predictions_to_the_run_folder(in_tmp, capsys):
+    build_cli(run_args("--trainer.max_epochs=1"))
+    cli = build_cli(run_args("--ckpt_path=last", subcommand="predict"))
+    target = Path(cli.trainer.log_dir) / "predictions.pt"
+    saved = torch.load(target, weights_only=False)
+    assert saved["predictions"].shape == (32, 64) and saved["predictions"].dtype == torch.long
+    assert f"written to {target}" in capsys.readouterr().out
+
+
+def test_fast_dev_run_writes_nothing_in_the_current_folder(in_tmp):
+    build_cli(["fit", "-c", str(TRANSFORMER), *QUIET, "--trainer.fast_dev_run=true"])
+    assert sorted(p.name for p in in_tmp.iterdir()) == [], "fast_dev_run left files behind"
+
+
+def test_tensorboard_logger_without_the_package_says_which_extra(in_tmp, capsys, monkeypatch):
+    import lightning.fabric.loggers.tensorboard as tb
+
+    # As where neither package is installed (the test extra installs neither; this holds anyway).
+    monkeypatch.setattr(tb, "_TENSORBOARD_AVAILABLE", False)
+    monkeypatch.setattr(tb, "_TENSORBOARDX_AVAILABLE", False)
+    err = error_of(run_args("--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+                            "--trainer.logger.init_args.save_dir=runs"), capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == ["error: trainer.logger: TensorBoardLogger needs the tensorboard package: "
+                     "pip install -e '.[tensorboard]' (or use the default CSVLogger)"]
