@@ -14,7 +14,7 @@ MIXER_CASES = {
     "attention": (Attention, {"heads": 4}),
     "attention-gqa-norope": (Attention, {"heads": 4, "kv_heads": 2, "rotary": False}),
     "attention-headdim": (Attention, {"heads": 2, "head_dim": 6, "kv_heads": 1}),
-    "s4-legs": (S4, {"d_state": 8, "l_max": 32}),
+    "s4-legs": (S4, {"d_state": 8}),  # l_max from the first input
     "s4-legt": (S4, {"d_state": 8, "measure": "legt", "l_max": 16}),
     "s4d-legs-zoh": (S4D, {"d_state": 8}),
     "s4d-lin-bilinear": (S4D, {"d_state": 6, "init": "lin", "discretization": "bilinear"}),

@@ -16,7 +16,7 @@ from hybrids.mixers.hippo import (
 )
 
 # The rank each measure needs (legt's symmetric part has rank 2; see rank_correction).
-RANK = {"legs": 1, "legt": 2, "lagt": 1, "fout": 1}
+RANK = {"legs": 1, "legt": 2, "lagt": 1, "fout": 1, "fourier2": 1}
 
 
 def rel(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -25,7 +25,9 @@ def rel(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def cases(sizes):
-    return [pytest.param(m, N, id=f"{m}-N{N}") for m in MEASURES for N in sizes]
+    # fourier2 is exactly fout at twice the rate (test_fourier2_is_fout_at_twice_the_rate), so
+    # it skips the slow N = 256 cases.
+    return [pytest.param(m, N, id=f"{m}-N{N}") for m in MEASURES for N in sizes if not (m == "fourier2" and N > 64)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,12 +65,30 @@ def test_small_matrices_by_hand():
     torch.testing.assert_close(A, expected)
     torch.testing.assert_close(B, torch.ones(3, dtype=torch.float64))
 
-    A, B = transition("fout", 4)  # states: 1, (dead sin 0), sqrt2 cos 2pi s, sqrt2 sin 2pi s
+    # fout (S4's): states 1, (dead sin 0), sqrt2 cos 2pi s, sqrt2 sin 2pi s over a window of
+    # length 2, so frequency pi; A = D/2 - e e^T, B = e.
+    A, B = transition("fout", 4)
     e = torch.tensor([1.0, 0.0, math.sqrt(2), 0.0], dtype=torch.float64)
     D = torch.zeros(4, 4, dtype=torch.float64)
     D[2, 3], D[3, 2] = -2 * math.pi, 2 * math.pi
+    torch.testing.assert_close(A, D / 2 - torch.outer(e, e))
+    torch.testing.assert_close(B, e)
+    # fourier2 (S4's): the same basis over a window of length 1.
+    A, B = transition("fourier2", 4)
     torch.testing.assert_close(A, D - 2 * torch.outer(e, e))
     torch.testing.assert_close(B, 2 * e)
+
+
+@pytest.mark.parametrize("N", [2, 8, 64])
+def test_fourier2_is_fout_at_twice_the_rate(N):
+    """fourier2's A and B are twice fout's (its step dt is fout's 2 dt), P sqrt 2 times."""
+    A, B = transition("fout", N)
+    A2, B2 = transition("fourier2", N)
+    torch.testing.assert_close(A2, 2 * A, rtol=0, atol=0)
+    torch.testing.assert_close(B2, 2 * B, rtol=0, atol=0)
+    torch.testing.assert_close(rank_correction("fourier2", N), math.sqrt(2) * rank_correction("fout", N))
+    half, double = nplr("fout", N), nplr("fourier2", N)
+    torch.testing.assert_close(double.Lambda, 2 * half.Lambda)
 
 
 @pytest.mark.parametrize(("measure", "N"), cases([8, 64]))
@@ -87,7 +107,7 @@ def test_shapes_and_stability(measure, N):
         assert torch.equal(A, torch.tril(A))
         eigenvalues = A.diagonal()
     else:
-        if measure == "fout":
+        if measure in ("fout", "fourier2"):
             assert not A[1].any() and not A[:, 1].any() and B[1] == 0
             keep = [i for i in range(N) if i != 1]
             A = A[keep][:, keep]
@@ -131,7 +151,8 @@ def test_rank_correction_values():
         "legs": torch.sqrt(n + 0.5)[None],
         "legt": torch.stack([even, 1 - even]) * torch.sqrt(n + 0.5),
         "lagt": torch.full((1, 6), math.sqrt(0.5), dtype=torch.float64),
-        "fout": torch.tensor([[r2, 0, 2, 0, 2, 0]], dtype=torch.float64),
+        "fout": torch.tensor([[1, 0, r2, 0, r2, 0]], dtype=torch.float64),
+        "fourier2": torch.tensor([[r2, 0, 2, 0, 2, 0]], dtype=torch.float64),
     }
     for measure, P in expected.items():
         torch.testing.assert_close(rank_correction(measure, 6, RANK[measure]), P, msg=measure)
@@ -180,17 +201,18 @@ def test_nplr_half_representation(measure, N):
     assert (Lambda.imag >= 0).all() and (Lambda.imag.diff() >= 0).all()
 
 
+@pytest.mark.parametrize("measure,frequency", [("fout", math.pi), ("fourier2", 2 * math.pi)])
 @pytest.mark.parametrize("N", [2, 8, 64])
-def test_nplr_zero_pair(N):
+def test_nplr_zero_pair(N, measure, frequency):
     """FouT's S has the double eigenvalue 0 on span(e_0, e_1): one kept mode, imaginary part 0."""
-    Lambda, _, _, V = nplr("fout", N)
+    Lambda, _, _, V = nplr(measure, N)
     assert Lambda[0] == 0 and (Lambda[1:].imag > 0).all()
     # The combined mode and its conjugate project onto span(e_0, e_1): v v^* + conj(v v^*).
     projector = torch.zeros(N, N, dtype=torch.float64)
     projector[0, 0] = projector[1, 1] = 1
     torch.testing.assert_close(2 * (V[:, :1] @ V[:, :1].conj().T).real, projector)
-    # The other kept frequencies are 2 pi k, k = 1 .. N/2 - 1.
-    torch.testing.assert_close(Lambda[1:].imag, 2 * math.pi * torch.arange(1, N // 2, dtype=torch.float64))
+    # The other kept frequencies are pi k (fout) or 2 pi k (fourier2), k = 1 .. N/2 - 1.
+    torch.testing.assert_close(Lambda[1:].imag, frequency * torch.arange(1, N // 2, dtype=torch.float64))
 
 
 def test_nplr_errors_and_dtype():
@@ -240,3 +262,31 @@ def test_diagonal_init_rejects_odd_N(kind):
 def test_diagonal_init_rejects_unknown_kind():
     with pytest.raises(ValueError, match="legs, lin, inv, real"):
         diagonal_init("s4d", 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# B_clip (state-spaces/s4's default 2.0)
+
+
+def test_b_clip_matches_s4_figures_for_legs_n64():
+    """At N = 64 LegS, clipping Im(B) to +-2 touches 11 of the 32 modes: sum |B|^2 2048 -> 74.9."""
+    exact = nplr("legs", 64)
+    clipped = nplr("legs", 64, B_clip=2.0)
+    assert int((exact.B.imag.abs() > 2).sum()) == 11
+    assert (exact.B.abs() ** 2).sum().item() == pytest.approx(2048, rel=1e-12)  # ||B_real||^2 / 2
+    assert (clipped.B.abs() ** 2).sum().item() == pytest.approx(74.87, abs=0.01)
+    assert clipped.B.imag.abs().max() <= 2
+    torch.testing.assert_close(clipped.B.real, exact.B.real, rtol=0, atol=0)
+    for field in ("Lambda", "P", "V"):
+        assert torch.equal(getattr(clipped, field), getattr(exact, field))
+    # S4D-LegS takes the same clipped B; the other S4D inits have B = 1, untouched.
+    assert torch.equal(diagonal_init("legs", 64, B_clip=2.0)[1], clipped.B)
+    assert torch.equal(diagonal_init("inv", 64, B_clip=2.0)[1], diagonal_init("inv", 64)[1])
+
+
+@pytest.mark.parametrize("measure,count", [("legt", 3), ("lagt", 1), ("fout", 0), ("fourier2", 0)])
+def test_b_clip_counts_of_the_other_measures(measure, count):
+    B = nplr(measure, 64, RANK[measure]).B
+    assert int((B.imag.abs() > 2).sum()) == count
+    with pytest.raises(ValueError, match="B_clip"):
+        nplr(measure, 64, RANK[measure], B_clip=0.0)

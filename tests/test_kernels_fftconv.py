@@ -55,3 +55,12 @@ def test_low_precision_inputs_keep_their_dtype():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="kernel length"):
         fft_conv(torch.randn(1, 2, 8), torch.randn(2, 9))
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 8), (2, 3, 0), (0, 3, 0)], ids=["batch0", "L0", "both0"])
+def test_empty_inputs_give_empty_outputs(shape):
+    u = torch.randn(*shape, requires_grad=True)
+    y = fft_conv(u, torch.randn(3, shape[-1]), torch.randn(3))
+    assert y.shape == shape and y.dtype == u.dtype
+    y.sum().backward()
+    assert u.grad.shape == shape

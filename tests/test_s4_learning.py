@@ -22,14 +22,17 @@ def delay_batch(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mixer", [
-    {"class_path": "hybrids.mixers.S4", "init_args": {"d_state": 16, "l_max": LENGTH}},
+    {"class_path": "hybrids.mixers.S4", "init_args": {"d_state": 16}},  # l_max from the first batch
     {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 16}},
 ], ids=["S4", "S4D"])
 def test_ssm_stack_learns_a_delay(mixer):
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = HybridLM(VOCAB, d_model=32, pattern="S", n_layers=2, mixers={"S": mixer}, mlp_expand=0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    # lr 1e-2: with state-spaces/s4's B_clip=2.0 (the default) the initial input gain of
+    # HiPPO-LegS is much smaller (N = 16: sum |B|^2 over the modes 128 -> 18.7), and at 3e-3 S4
+    # reaches only 0.90 in these 300 steps (0.97 unclipped).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for _ in range(300):
         tokens, labels = delay_batch(32, generator)
         loss = F.cross_entropy(model(tokens).flatten(0, 1), labels.flatten(), ignore_index=-100)

@@ -21,12 +21,31 @@ Conventions used throughout (the ones of S4's code and of "How to Train Your HiP
 * Index ``n`` is the row (the state being updated) and ``k`` the column, ``n, k = 0 .. N-1``,
   and ``r_n = sqrt(2n + 1)``.
 
-The four measures (derivations in the docstrings of ``_legs`` .. ``_fout`` below)::
+The measures (derivations in the docstrings of ``_legs`` .. ``_fourier`` below)::
 
-    legs  A[n, k] = -r_n r_k (n > k),  -(n + 1) (n = k),  0 (n < k)      B[n] = r_n
-    legt  A[n, k] = -r_n r_k / 2 * (1 if n >= k else (-1)^(n - k))        B[n] = r_n / 2
-    lagt  A[n, k] = -1 (n > k),  -1/2 (n = k),  0 (n < k)                  B[n] = 1
-    fout  A = D - 2 e e^T, D skew-symmetric with blocks of 2 pi k          B = 2 e
+    legs      A[n, k] = -r_n r_k (n > k),  -(n + 1) (n = k),  0 (n < k)   B[n] = r_n
+    legt      A[n, k] = -r_n r_k / 2 * (1 if n >= k else (-1)^(n - k))     B[n] = r_n / 2
+    lagt      A[n, k] = -1 (n > k),  -1/2 (n = k),  0 (n < k)               B[n] = 1
+    fout      A = D / 2 - e e^T, D skew-symmetric with blocks of 2 pi k     B = e
+    fourier2  A = D - 2 e e^T                                               B = 2 e
+
+Which convention each follows (all checked against state-spaces/s4's ``transition``, whose
+names they take): ``legs`` is S4's and HTTYH's LegS; ``legt`` is S4's ``legt``, HiPPO's LegT
+over a window of length theta = 2 (S4 halves A and B "for timescale correctness"); ``lagt`` is
+S4's ``lagt`` (beta = 1); ``fout`` is S4's ``fout`` (also called ``fourier`` there), the Fourier
+basis over a window of length 2 like ``legt``; ``fourier2`` is S4's ``fourier2``, the same basis
+over a window of length 1, i.e. exactly twice fout's A and B (and sqrt 2 times its P): fourier2
+at step dt is fout at step 2 dt. (Earlier versions of this module called fourier2 ``fout``.)
+
+Clipping B. state-spaces/s4's ``nplr`` clips the imaginary part of B in the modes' basis to
+[-2, 2] by default (``B_clip=2.0``), for every measure, and its S4D-LegS takes that clipped B;
+:func:`nplr` and :func:`diagonal_init` offer it as ``B_clip`` but default to no clipping (the
+exact change of basis); the S4 and S4D mixers pass 2.0. The clip acts on the phases that
+``torch.linalg.eigh`` gives the eigenvectors, as in S4; the kept modes here are the conjugates of
+S4's (imaginary parts >= 0 rather than <= 0), and for legs, legt and lagt (checked at N = 16, 64,
+256) each mode's B has the same |Re| and |Im| as S4's, so the same modes are clipped: at N = 64,
+11 of LegS's 32 (sum |B|^2 over the kept modes 2048 -> 74.9), 3 of LegT's, 1 of LagT's. It is a
+no-op for fout and fourier2 whatever the phases (every mode has |B| = 1 resp. 2, or less).
 
 Normal plus low rank. For each measure there is a real ``P: (rank, N)`` such that
 
@@ -143,11 +162,12 @@ def _lagt(N: int) -> tuple[Tensor, Tensor, Tensor]:
     return A, B, P
 
 
-def _fout(N: int) -> tuple[Tensor, Tensor, Tensor]:
-    r"""HiPPO-FouT: truncated Fourier basis under the translated measure (uniform on ``[0, 1]``).
+def _fourier(N: int, theta: float) -> tuple[Tensor, Tensor, Tensor]:
+    r"""HiPPO-FouT: truncated Fourier basis under the translated measure (uniform on a window).
 
-    The state holds ``x_n(t) = int_0^1 u(t - s) p_n(s) ds`` in the real Fourier basis of the
-    lag, in cos/sin pairs ``k = 0 .. N/2 - 1`` (so N must be even)::
+    The state holds ``x_n(t) = (1/theta) int_0^theta u(t - s) p_n(s / theta) ds`` in the real
+    Fourier basis of the lag over a window of length theta, in cos/sin pairs
+    ``k = 0 .. N/2 - 1`` (so N must be even), orthonormal on ``[0, 1]``::
 
         p_{2k}(s) = sqrt(2) cos(2 pi k s)   (p_0 = 1),
         p_{2k+1}(s) = sqrt(2) sin(2 pi k s) (p_1 = 0: kept so the states pair up),
@@ -155,16 +175,22 @@ def _fout(N: int) -> tuple[Tensor, Tensor, Tensor]:
     as in "How to Train Your HiPPO" and S4's code. Differentiating, ``p_{2k}' = -2 pi k p_{2k+1}``
     and ``p_{2k+1}' = 2 pi k p_{2k}`` give the skew-symmetric block-diagonal D with
     ``D[2k, 2k+1] = -2 pi k`` and ``D[2k+1, 2k] = 2 pi k``, plus boundary terms
-    ``e (u(t) - u(t-1))`` with ``e[n] = p_n(0) = p_n(1)`` (1, 0, sqrt 2, 0, sqrt 2, 0, ...).
-    The Fourier series of the window jumps at ``s = 0 = 1`` and converges there to the mean of
-    both sides, ``e^T x ~ (u(t) + u(t-1)) / 2``; substituting ``u(t-1) ~ 2 e^T x - u(t)``::
+    ``e (u(t) - u(t - theta))`` with ``e[n] = p_n(0) = p_n(1)`` (1, 0, sqrt 2, 0, sqrt 2, 0, ...),
+    all divided by theta. The Fourier series of the window jumps at its ends and converges there
+    to the mean of both sides, ``e^T x ~ (u(t) + u(t - theta)) / 2``; substituting
+    ``u(t - theta) ~ 2 e^T x - u(t)``::
 
-        A = D - 2 e e^T,        B = 2 e.
+        A = (D - 2 e e^T) / theta,        B = 2 e / theta.
 
-    Rank-1 correction ``P = sqrt(2) e`` gives ``S = D`` skew-symmetric (sigma = 0). State 1
-    (``p_1 = 0``) has a zero row and column in A and ``B[1] = 0``: a dead state that the input
-    never reaches, so A has one exact zero eigenvalue; all others have negative real part.
-    S has the exact double eigenvalue 0 on ``span(e_0, e_1)`` (the ``k = 0`` block).
+    ``theta = 2`` is S4's ``fout`` (frequencies ``pi k``, ``A = D/2 - e e^T``, ``B = e``), the
+    window length its ``legt`` also uses; ``theta = 1`` is S4's ``fourier2`` ("orthonormal on
+    [0, 1]": frequencies ``2 pi k``, twice fout's A and B).
+
+    Rank-1 correction ``P = sqrt(2 / theta) e`` gives ``S = D / theta`` skew-symmetric
+    (sigma = 0). State 1 (``p_1 = 0``) has a zero row and column in A and ``B[1] = 0``: a dead
+    state that the input never reaches, so A has one exact zero eigenvalue; all others have
+    negative real part. S has the exact double eigenvalue 0 on ``span(e_0, e_1)`` (the ``k = 0``
+    block).
     """
     k = torch.arange(N // 2)
     e = torch.zeros(N, dtype=_WORK)  # basis values at both ends of the window
@@ -173,12 +199,22 @@ def _fout(N: int) -> tuple[Tensor, Tensor, Tensor]:
     D = torch.zeros(N, N, dtype=_WORK)
     D[2 * k + 1, 2 * k] = 2 * math.pi * k.to(_WORK)
     D[2 * k, 2 * k + 1] = -2 * math.pi * k.to(_WORK)
-    A = D - 2 * torch.outer(e, e)  # (N, N)
-    P = math.sqrt(2) * e[None, :]  # (1, N)
-    return A, 2 * e, P
+    A = (D - 2 * torch.outer(e, e)) / theta  # (N, N)
+    P = math.sqrt(2 / theta) * e[None, :]  # (1, N)
+    return A, 2 * e / theta, P
 
 
-_BUILDERS = {"legs": _legs, "legt": _legt, "lagt": _lagt, "fout": _fout}
+def _fout(N: int) -> tuple[Tensor, Tensor, Tensor]:
+    """S4's ``fout``: :func:`_fourier` over a window of length 2."""
+    return _fourier(N, theta=2.0)
+
+
+def _fourier2(N: int) -> tuple[Tensor, Tensor, Tensor]:
+    """S4's ``fourier2``: :func:`_fourier` over a window of length 1 (twice fout's A and B)."""
+    return _fourier(N, theta=1.0)
+
+
+_BUILDERS = {"legs": _legs, "legt": _legt, "lagt": _lagt, "fout": _fout, "fourier2": _fourier2}
 MEASURES: tuple[str, ...] = tuple(_BUILDERS)
 
 
@@ -188,8 +224,8 @@ def _build(measure: str, N: int) -> tuple[Tensor, Tensor, Tensor]:
         raise ValueError(f"unknown HiPPO measure {measure!r}; valid measures: {', '.join(MEASURES)}")
     if not isinstance(N, int) or N < 1:
         raise ValueError(f"N must be a positive int, got {N!r}")
-    if measure == "fout" and N % 2:
-        raise ValueError(f"measure 'fout' needs an even N (cos/sin pairs), got N={N}")
+    if measure in ("fout", "fourier2") and N % 2:
+        raise ValueError(f"measure {measure!r} needs an even N (cos/sin pairs), got N={N}")
     return _BUILDERS[measure](N)
 
 
@@ -209,9 +245,9 @@ def transition(measure: str, N: int, dtype: torch.dtype = torch.float64) -> tupl
     """The continuous-time HiPPO system ``dx/dt = A x + B u`` of a measure.
 
     Args:
-        measure: one of ``"legs"``, ``"legt"``, ``"lagt"``, ``"fout"`` (see the module docstring
-            for the formulas and conventions).
-        N: state size; ``"fout"`` needs it even.
+        measure: one of ``"legs"``, ``"legt"``, ``"lagt"``, ``"fout"``, ``"fourier2"`` (see the
+            module docstring for the formulas and conventions).
+        N: state size; ``"fout"`` and ``"fourier2"`` need it even.
         dtype: real dtype of the result (built in float64, then cast).
 
     Returns:
@@ -230,7 +266,8 @@ def rank_correction(measure: str, N: int, rank: int = 1, dtype: torch.dtype = to
         legt  rank 2   P[0, n] = sqrt(n + 1/2) for even n, 0 for odd n  sigma = 0
                        P[1, n] = sqrt(n + 1/2) for odd n, 0 for even n
         lagt  rank 1   P[0, n] = sqrt(1/2)                             sigma = 0
-        fout  rank 1   P[0] = sqrt(2) e = (sqrt 2, 0, 2, 0, 2, 0, ...)  sigma = 0
+        fout  rank 1   P[0] = e = (1, 0, sqrt 2, 0, sqrt 2, 0, ...)       sigma = 0
+        fourier2       P[0] = sqrt(2) e = (sqrt 2, 0, 2, 0, 2, 0, ...)  (rank 1, sigma = 0)
 
     Args:
         measure, N: as for :func:`transition`.
@@ -288,7 +325,9 @@ def _real_pairs(W: Tensor) -> Tensor:
     return torch.complex(Q[:, 0::2], Q[:, 1::2]) / math.sqrt(2)  # (N, z // 2)
 
 
-def nplr(measure: str, N: int, rank: int = 1, dtype: torch.dtype = torch.float64) -> NPLR:
+def nplr(
+    measure: str, N: int, rank: int = 1, dtype: torch.dtype = torch.float64, B_clip: float | None = None
+) -> NPLR:
     r"""The S4 normal-plus-low-rank form of a HiPPO matrix, half of each conjugate pair kept.
 
     ``S = A + P^T P`` is ``sigma I + K`` with K real skew-symmetric (:func:`rank_correction`).
@@ -299,7 +338,7 @@ def nplr(measure: str, N: int, rank: int = 1, dtype: torch.dtype = torch.float64
         S = U diag(sigma + i omega) U^*,    sigma = mean(diag(S)).
 
     K is taken as ``(S - S^T) / 2`` so that H is Hermitian to the last bit, and a sigma below
-    the rounding tolerance is set to 0 (legt, lagt, fout). Since K is real,
+    the rounding tolerance is set to 0 (legt, lagt, fout, fourier2). Since K is real,
     ``omega`` and ``-omega`` share conjugate eigenvectors; the kept modes are
 
     * every ``omega > tol`` (``tol = N * eps * ||A||_F``), in ascending order;
@@ -307,14 +346,18 @@ def nplr(measure: str, N: int, rank: int = 1, dtype: torch.dtype = torch.float64
       conjugate partner: the z-dimensional null space of K is given a real orthonormal basis,
       whose vectors are combined in pairs into ``z / 2`` complex eigenvectors
       ``(q + i q') / sqrt 2`` with eigenvalue ``sigma`` (placed first, imaginary part 0). Of the
-      four measures only ``"fout"`` has such a pair (its constant and dead states); ``"legt"``
-      and ``"lagt"`` have a zero eigenvalue only for odd N, which is rejected.
+      measures only ``"fout"`` and ``"fourier2"`` have such a pair (their constant and dead
+      states); ``"legt"`` and ``"lagt"`` have a zero eigenvalue only for odd N, which is
+      rejected.
 
     Args:
         measure, N, rank: as for :func:`rank_correction` (``"legt"`` needs ``rank=2``). N must
             be even: with odd N an unpaired real mode cannot be written with N // 2 conjugate
             pairs.
         dtype: real dtype; the result is its complex counterpart (computed in float64).
+        B_clip: clip ``Im(B)`` to ``[-B_clip, B_clip]`` (state-spaces/s4 uses 2.0, see the
+            module docstring); None (default) keeps the exact ``V^* B`` that
+            ``2 Re(V B) = B_real`` inverts.
 
     Returns:
         :class:`NPLR` with ``Lambda (M,)``, ``P (rank, M)``, ``B (M,)``, ``V (N, M)``,
@@ -329,7 +372,7 @@ def nplr(measure: str, N: int, rank: int = 1, dtype: torch.dtype = torch.float64
 
     tol = N * torch.finfo(_WORK).eps * torch.linalg.matrix_norm(A)
     sigma = S.diagonal().mean()
-    # legt, lagt and fout have sigma = 0 exactly; do not let rounding make Re(Lambda) positive.
+    # legt, lagt, fout and fourier2 have sigma = 0 exactly; do not let rounding make Re(Lambda) positive.
     sigma = torch.where(sigma.abs() <= tol, 0.0, sigma)
     positive, zero = omega > tol, omega.abs() <= tol
     if int((omega < -tol).sum()) != int(positive.sum()):  # a real skew K pairs them exactly
@@ -341,8 +384,17 @@ def nplr(measure: str, N: int, rank: int = 1, dtype: torch.dtype = torch.float64
 
     complex_dtype = dtype.to_complex()
     B_half = V.conj().T @ B.to(V.dtype)  # (M,)
+    if B_clip is not None:
+        B_half = _clip_imag(B_half, B_clip)
     P_half = P.to(V.dtype) @ V.conj()  # (rank, M)
     return NPLR(*(t.to(complex_dtype) for t in (Lambda, P_half, B_half, V)))
+
+
+def _clip_imag(B: Tensor, bound: float) -> Tensor:
+    """B with its imaginary part clamped to [-bound, bound] (the real part kept)."""
+    if not bound > 0:
+        raise ValueError(f"B_clip must be positive or None, got {bound}")
+    return torch.complex(B.real, B.imag.clamp(-bound, bound))
 
 
 def reconstruct(nplr_result: NPLR) -> Tensor:
@@ -366,7 +418,9 @@ def reconstruct(nplr_result: NPLR) -> Tensor:
 DIAGONAL_INITS: tuple[str, ...] = ("legs", "lin", "inv", "real")
 
 
-def diagonal_init(kind: str, N: int, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+def diagonal_init(
+    kind: str, N: int, dtype: torch.dtype = torch.float64, B_clip: float | None = None
+) -> tuple[Tensor, Tensor]:
     r"""S4D initialisations of a diagonal SSM: ``Lambda (N//2,)`` and ``B (N//2,)``, complex.
 
     For ``n = 0 .. N/2 - 1`` (each mode stands for itself and its conjugate, as in :func:`nplr`)::
@@ -381,12 +435,14 @@ def diagonal_init(kind: str, N: int, dtype: torch.dtype = torch.float64) -> tupl
         kind: one of :data:`DIAGONAL_INITS`.
         N: state size, even (N // 2 kept modes).
         dtype: real dtype; the results have its complex counterpart.
+        B_clip: as for :func:`nplr`; only S4D-LegS has a B with an imaginary part to clip (as in
+            state-spaces/s4, whose S4D-LegS takes the clipped B of its ``nplr``).
     """
     if kind not in DIAGONAL_INITS:
         raise ValueError(f"unknown diagonal init {kind!r}; valid kinds: {', '.join(DIAGONAL_INITS)}")
     _require_even(N, "diagonal_init")
     if kind == "legs":
-        Lambda, _, B, _ = nplr("legs", N, dtype=dtype)
+        Lambda, _, B, _ = nplr("legs", N, dtype=dtype, B_clip=B_clip)
         return Lambda, B
     n = torch.arange(N // 2, dtype=_WORK)
     real = torch.full_like(n, -0.5)

@@ -6,8 +6,14 @@ Each of the H = d_model channels runs its own linear time-invariant SSM
 
 with N states kept as N/2 complex modes by conjugate symmetry. Training uses the convolution
 form: the length-L kernel K is generated from (A, B, C, dt) and applied with an FFT in
-O(L log L). Decoding uses the recurrent form, one discretised step per token. The output passes
-through GELU, dropout, and a GLU gate (Linear(H, 2H) then GLU), as in the S4 papers' blocks.
+O(L log L) (the kernels' ``diagonal_ssm`` / ``dplr_ssm``, which also start from and return a
+recurrent state, for prefill and chunked evaluation). Decoding uses the recurrent form, one
+discretised step per token. The output passes through GELU, dropout, and a GLU gate
+(Linear(H, 2H) then GLU), as in the S4 papers' blocks.
+
+Initialisation follows state-spaces/s4: HiPPO-derived B is clipped to |Im B| <= ``B_clip``
+(2.0) after the change of basis to the modes (S4, every measure; S4D-LegS), and the random C is
+the output matrix itself, which S4 turns into its C~ for the kernel length (see :class:`S4`).
 
 Shapes: x (batch, L, H) at the mixer boundary, u (batch, H, L) inside; Lambda, B, C (H, N2)
 complex; P (rank, H, N2) complex; dt (H,).
@@ -16,6 +22,7 @@ complex; P (rank, H, N2) complex; dt (H,).
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +33,13 @@ from hybrids.kernels.ssm import (
     DISCRETISATIONS,
     conjugate_full,
     diagonal_kernel,
+    diagonal_ssm,
     discretize_diagonal,
     dplr_bilinear_dense,
+    dplr_c_tilde,
+    dplr_double_c_tilde,
     dplr_kernel,
-    fft_conv,
+    dplr_ssm,
 )
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, nplr, required_rank
@@ -63,13 +73,17 @@ def _no_weight_decay(*parameters: nn.Parameter) -> None:
 class _SSMMixer(Mixer):
     """What S4 and S4D share: the step size, D, the conv/recurrent plumbing and the output gate."""
 
-    def __init__(self, d_model: int, d_state: int, dt_min: float, dt_max: float, dropout: float) -> None:
+    def __init__(
+        self, d_model: int, d_state: int, dt_min: float, dt_max: float, dropout: float, B_clip: float | None
+    ) -> None:
         super().__init__(d_model)
         if d_state <= 0 or d_state % 2:
             raise ValueError(f"d_state: must be a positive even number (N/2 complex modes), got {d_state}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"dt_min: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        self.d_state = d_state
+        if B_clip is not None and not B_clip > 0:
+            raise ValueError(f"B_clip: must be positive or None (no clipping), got {B_clip}")
+        self.d_state, self.B_clip = d_state, B_clip
         # log dt ~ U[log dt_min, log dt_max] per channel.
         log_dt = torch.rand(d_model) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)
@@ -89,8 +103,15 @@ class _SSMMixer(Mixer):
         self.C = _complex_parameter(C)
         _no_weight_decay(self.log_neg_real, self.imag, self.B)
 
-    # Subclasses provide the kernel (conv mode) and the discrete system (recurrent mode).
+    # Subclasses provide the kernel, the SSM over a sequence (conv mode) and the discrete system
+    # (recurrent mode).
     def kernel(self, length: int) -> torch.Tensor:  # (H, length) real
+        raise NotImplementedError
+
+    def _ssm(self, u: torch.Tensor, initial_state: torch.Tensor | None = None, output_final_state: bool = False):
+        """The SSM (D included, before the gate) over u (B, H, L) from a state (B, H, N2), in
+        parallel: y (B, H, L) [and the state after u, as ``step`` keeps it]. ``forward`` runs it
+        from zero; a prefill is ``self._ssm(u, state["x"], True)``."""
         raise NotImplementedError
 
     def _recurrence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,7 +127,7 @@ class _SSMMixer(Mixer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u = x.transpose(1, 2)  # (B, H, L)
-        y = fft_conv(u, self.kernel(u.shape[-1]), self.D)  # kernel stays in float32 or wider
+        y = self._ssm(u)  # kernel + FFT convolution; the kernel stays in float32 or wider
         return self._output(y.transpose(1, 2))
 
     def _complex_dtype(self) -> torch.dtype:
@@ -117,8 +138,9 @@ class _SSMMixer(Mixer):
         return {"x": zeros}
 
     def _cached_recurrence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # Building the discrete system can cost O(H N^3) (S4): do it once per parameter version.
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype,)
+        # Building the discrete system can cost O(H N^3) (S4): do it once per parameter version
+        # (and kernel length: S4 recovers C from C~ with it).
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, self._length_key())
         cache = getattr(self, "_recurrence_cache", None)
         if cache is None or cache[0] != key:
             with torch.no_grad():
@@ -134,6 +156,9 @@ class _SSMMixer(Mixer):
         h = self._advance(A_bar, state["x"]) + B_bar * u[..., None].to(B_bar.dtype)  # (B, H, N2)
         y = 2 * (C * h).sum(-1).real.to(x.dtype) + self.D * u
         return self._output(y), {"x": h}
+
+    def _length_key(self) -> int:
+        return 0
 
     def state_size(self, seq_len: int) -> int:
         # N/2 complex modes per channel, counted as two reals each.
@@ -151,6 +176,9 @@ class S4D(_SSMMixer):
         dt_min, dt_max: range of the log-uniform initial step.
         dropout: after the activation.
         learn_B: train B (otherwise fixed at its initialisation).
+        B_clip: clip the imaginary part of the initial B to [-B_clip, B_clip], None for no
+            clipping. As state-spaces/s4 (2.0), where it only touches S4D-LegS: the other inits
+            have B = 1. At N = 64, S4D-LegS has 11 of its 32 modes clipped.
     """
 
     def __init__(
@@ -163,14 +191,15 @@ class S4D(_SSMMixer):
         dt_max: float = 1e-1,
         dropout: float = 0.0,
         learn_B: bool = True,
+        B_clip: float | None = 2.0,
     ) -> None:
-        super().__init__(d_model, d_state, dt_min, dt_max, dropout)
+        super().__init__(d_model, d_state, dt_min, dt_max, dropout, B_clip)
         if init not in DIAGONAL_INITS:
             raise ValueError(f"init: unknown S4D initialisation {init!r}; use one of {DIAGONAL_INITS}")
         if discretization not in DISCRETISATIONS:
             raise ValueError(f"discretization: unknown {discretization!r}; use one of {DISCRETISATIONS}")
         self.init, self.discretization = init, discretization
-        Lambda, B = diagonal_init(init, d_state)  # (N2,) each
+        Lambda, B = diagonal_init(init, d_state, B_clip=B_clip)  # (N2,) each
         self._init_modes(Lambda, B)
         self.B.requires_grad_(learn_B)
 
@@ -180,6 +209,10 @@ class S4D(_SSMMixer):
     def kernel(self, length: int) -> torch.Tensor:
         Lambda, B, C, dt = self._system()
         return diagonal_kernel(Lambda, B, C, dt, length, self.discretization)
+
+    def _ssm(self, u, initial_state=None, output_final_state=False):
+        Lambda, B, C, dt = self._system()
+        return diagonal_ssm(u, Lambda, B, C, dt, self.D, self.discretization, initial_state, output_final_state)
 
     def _recurrence(self):
         Lambda, B, C, dt = self._system()
@@ -194,17 +227,36 @@ class S4(_SSMMixer):
     """S4: diagonal plus low-rank state matrices from HiPPO, Cauchy kernel (Gu et al. 2022).
 
     A = Lambda - P P^* starts as the NPLR form of the HiPPO matrix of ``measure`` and is trained
-    in that form. The learned output matrix is S4's C~ = C (I - A_bar^l_max), so the kernel of any
-    length L <= ``l_max`` is the first L taps of the length-``l_max`` kernel.
+    in that form.
+
+    The kernel length and C~. The kernel is evaluated through its generating function truncated
+    at a length ``l_max``, which needs S4's C~ = C (I - A_bar^l_max) rather than C; the learned
+    parameter ``C`` holds C~, and the buffer ``l_max`` (in the state_dict, so checkpoints load
+    with their length) the length it is attuned to. A sequence of length L <= l_max uses the
+    first L taps of the length-l_max kernel. As in state-spaces/s4:
+
+    * the random initial C is the output matrix C itself (``l_max`` 0: not attuned yet, C~ = C,
+      the limit of an infinitely long kernel); the first input of length L (or an explicit
+      ``l_max``, at construction) turns it into C~ for that length;
+    * a longer input doubles the length as often as needed, updating C~ in place without
+      gradient by C~_2L = C~_L (I + A_bar^L), so the C it represents stays the same (up to
+      rounding). With an explicit ``l_max`` this warns once. Do not let it happen between a
+      forward and its backward (the in-place update invalidates the graph).
+
+    The recurrent form (``step``) recovers C = C~ (I - A_bar^l_max)^-1 with the current length.
 
     Args:
         d_model: channels H.
         d_state: state size N per channel (N/2 complex modes).
-        measure: HiPPO measure of the initialisation: "legs", "legt", "lagt" or "fout".
+        measure: HiPPO measure of the initialisation: "legs", "legt", "lagt", "fout" or
+            "fourier2" (see :mod:`hybrids.mixers.hippo` for their conventions).
         rank: rank of the low-rank term; default: the least the measure needs (legt 2, others 1).
-        l_max: the longest sequence the layer handles (the kernel length).
+        l_max: initial kernel length; None (default) takes it from the first input.
         dt_min, dt_max: range of the log-uniform initial step.
         dropout: after the activation.
+        B_clip: clip the imaginary part of the initial B (in the modes' basis) to
+            [-B_clip, B_clip], None for no clipping. 2.0 as in state-spaces/s4; at N = 64 it
+            clips 11 of LegS's 32 modes (sum |B|^2 over the kept modes: 2048 -> 74.9).
     """
 
     def __init__(
@@ -213,45 +265,86 @@ class S4(_SSMMixer):
         d_state: int = 64,
         measure: str = "legs",
         rank: int | None = None,
-        l_max: int = 1024,
+        l_max: int | None = None,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         dropout: float = 0.0,
+        B_clip: float | None = 2.0,
     ) -> None:
-        super().__init__(d_model, d_state, dt_min, dt_max, dropout)
+        super().__init__(d_model, d_state, dt_min, dt_max, dropout, B_clip)
         if measure not in MEASURES:
             raise ValueError(f"measure: unknown HiPPO measure {measure!r}; use one of {MEASURES}")
-        if l_max <= 0:
-            raise ValueError(f"l_max: must be positive, got {l_max}")
+        if l_max is not None and (not isinstance(l_max, int) or l_max <= 0):
+            raise ValueError(f"l_max: must be a positive int or None (taken from the first input), got {l_max!r}")
         rank = required_rank(measure) if rank is None else rank
         if rank < required_rank(measure):
             raise ValueError(f"rank: measure {measure!r} needs rank >= {required_rank(measure)}, got {rank}")
-        self.measure, self.rank, self.l_max = measure, rank, l_max
-        system = nplr(measure, d_state, rank=rank)
+        self.measure, self.rank = measure, rank
+        system = nplr(measure, d_state, rank=rank, B_clip=B_clip)
         self._init_modes(system.Lambda, system.B)
         self.P = _complex_parameter(system.P[:, None, :].expand(-1, d_model, -1))
         _no_weight_decay(self.P)
+        # The length C~ is attuned to; 0: not yet (the parameter holds C itself).
+        self.register_buffer("l_max", torch.tensor(0, dtype=torch.long))
+        self._warn_on_growth = l_max is not None
+        if l_max is not None:
+            self._attune(l_max)
 
     def _system(self, dtype: torch.dtype | None = None):
         Lambda = _diagonal(self.log_neg_real, self.imag)
         parts = (Lambda, _as_complex(self.P), _as_complex(self.B), _as_complex(self.C), torch.exp(_wide(self.log_dt)))
         return parts if dtype is None else tuple(p.to(dtype) if p.is_complex() else p.double() for p in parts)
 
+    def _length_key(self) -> int:
+        return int(self.l_max)
+
+    def _attune(self, length: int) -> None:
+        """Make the kernel length at least ``length``, keeping the represented C (see the class)."""
+        current = int(self.l_max)
+        if length <= current:
+            return
+        with torch.no_grad():
+            # Dense powers of A_bar in double precision, as the recurrent form builds them.
+            Lambda, P, _, C_tilde, dt = self._system(torch.complex128)
+            if current == 0:
+                C_tilde, current = dplr_c_tilde(C_tilde, Lambda, P, dt, length), length
+            else:
+                if self._warn_on_growth:
+                    grown = current * 2 ** math.ceil(math.log2(length / current))
+                    warnings.warn(
+                        f"S4: input of length {length} exceeds l_max={current}; doubling the kernel length to "
+                        f"{grown} (C~ updated in place, C unchanged). Set l_max >= {length}, or None to take "
+                        "it from the first input.",
+                        stacklevel=3,
+                    )
+                    self._warn_on_growth = False
+                while current < length:
+                    C_tilde, current = dplr_double_c_tilde(C_tilde, Lambda, P, dt, current), current * 2
+            self.C.copy_(torch.view_as_real(C_tilde))
+            self.l_max.fill_(current)
+
     def kernel(self, length: int) -> torch.Tensor:
-        if length > self.l_max:
-            raise ValueError(f"S4: sequence length {length} exceeds l_max={self.l_max}; set l_max >= {length}")
+        self._attune(length)
         Lambda, P, B, C_tilde, dt = self._system()
-        return dplr_kernel(Lambda, P, B, C_tilde, dt, self.l_max)[:, :length]
+        return dplr_kernel(Lambda, P, B, C_tilde, dt, int(self.l_max))[:, :length]
+
+    def _ssm(self, u, initial_state=None, output_final_state=False):
+        self._attune(u.shape[-1])
+        Lambda, P, B, C_tilde, dt = self._system()
+        return dplr_ssm(u, Lambda, P, B, C_tilde, dt, int(self.l_max), self.D, None, initial_state, output_final_state)
 
     def _recurrence(self):
         # Exact recurrence of the same system, built densely in double precision: the rank term
         # couples all modes, so A_bar is an (N/2 x N) block per channel on the kept half.
         Lambda, P, B, C_tilde, dt = self._system(torch.complex128)
         A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt)  # (H, N, N), (H, N)
-        eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
-        # C = C~ (I - A_bar^l_max)^-1, solved as a transposed system.
-        power = torch.linalg.matrix_power(A_bar, self.l_max)
-        C = torch.linalg.solve((eye - power).mT, conjugate_full(C_tilde)[..., None])[..., 0]
+        l_max = int(self.l_max)
+        if l_max == 0:  # not attuned to a length yet: the parameter holds C itself
+            C = conjugate_full(C_tilde)
+        else:  # C = C~ (I - A_bar^l_max)^-1, solved as a transposed system
+            eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
+            power = torch.linalg.matrix_power(A_bar, l_max)
+            C = torch.linalg.solve((eye - power).mT, conjugate_full(C_tilde)[..., None])[..., 0]
         half = self.d_state // 2
         dtype = self._complex_dtype()
         return A_bar[:, :half, :].to(dtype), B_bar[:, :half].to(dtype), C[:, :half].to(dtype)

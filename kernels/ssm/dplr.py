@@ -1,12 +1,15 @@
 """S4's diagonal-plus-low-rank state matrices: the kernel through the truncated generating
-function and Cauchy sums, and the dense bilinear discretisation for the recurrent form."""
+function and Cauchy sums, the dense bilinear discretisation for the recurrent form, C~ for a
+new kernel length, and the SSM applied to a sequence from a state and to its final state."""
 
 from __future__ import annotations
 
 import torch
 
+from hybrids.kernels.dtypes import at_least_float32
 from hybrids.kernels.ssm.cauchy import cauchy
-
+from hybrids.kernels.ssm.fftconv import fft_conv
+from hybrids.kernels.ssm.krylov import dense_ssm_state
 
 
 def dplr_kernel(
@@ -19,10 +22,12 @@ def dplr_kernel(
     Q: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """S4 convolution kernel of A = Lambda - P Q^*, bilinear step dt -> (H, length) real.
+    """S4 convolution kernel of A = Lambda - P Q^*, bilinear step dt -> (..., H, length) real.
 
-    Shapes: Lambda, B, C_tilde (H, N2) complex; P, Q (R, H, N2) complex (Q defaults to P);
-    dt (H,). All vectors are the kept halves of conjugate-symmetric ones.
+    Shapes: Lambda, C_tilde (H, N2) complex; B (..., H, N2) complex (leading dimensions give
+    one kernel per input vector, e.g. one per initial state, see :func:`dplr_ssm`); P, Q
+    (R, H, N2) complex (Q defaults to P); dt (H,). All vectors are the kept halves of
+    conjugate-symmetric ones.
 
     ``C_tilde`` is ``C (I - A_bar^length)``: the kernel is evaluated through its truncated
     generating function at the roots of unity omega_k = exp(-2 pi i k / L), where
@@ -35,6 +40,9 @@ def dplr_kernel(
     """
     Q = P if Q is None else Q
     rank = P.shape[0]
+    batch_shape = B.shape[:-2]
+    B = B.reshape(-1, *B.shape[-2:])  # (S, H, N2): S input vectors
+    n_inputs = B.shape[0]
     real_dtype = Lambda.real.dtype
     n_freq = length // 2 + 1
     k = torch.arange(n_freq, device=Lambda.device, dtype=real_dtype)
@@ -44,26 +52,27 @@ def dplr_kernel(
     regular = omega[:-1] if nyquist else omega
     g = (2 / dt[:, None]) * (1 - regular) / (1 + regular)  # (H, F')
 
-    # Rows a in (C_tilde, conj Q_1..R), columns b in (B, P_1..R): all (1 + R)^2 Cauchy sums at once.
+    # Rows a in (C_tilde, conj Q_1..R), columns b in (B_1..S, P_1..R): all the Cauchy sums at once.
     a = torch.cat((C_tilde[None], Q.conj()), dim=0)  # (1 + R, H, N2)
-    b = torch.cat((B[None], P), dim=0)  # (1 + R, H, N2)
-    v = a[:, None] * b[None, :]  # (1 + R, 1 + R, H, N2)
-    r = cauchy(v, g, Lambda, backend=backend)  # (1 + R, 1 + R, H, F')
-    k00, k01, k10, k11 = r[0, 0], r[0, 1:], r[1:, 0], r[1:, 1:]
+    b = torch.cat((B, P), dim=0)  # (S + R, H, N2)
+    v = a[:, None] * b[None, :]  # (1 + R, S + R, H, N2)
+    r = cauchy(v, g, Lambda, backend=backend)  # (1 + R, S + R, H, F')
+    k00, k01 = r[0, :n_inputs], r[0, n_inputs:]  # (S, H, F'), (R, H, F')
+    k10, k11 = r[1:, :n_inputs], r[1:, n_inputs:]  # (R, S, H, F'), (R, R, H, F')
     if rank == 1:
-        correction = k01[0] * k10[0] / (1 + k11[0, 0])
-    else:  # (I + k11)^-1 k10 per (h, frequency)
+        correction = k01[0] * k10[0] / (1 + k11[0, 0])  # (S, H, F')
+    else:  # k01 (I + k11)^-1 k10 per (h, frequency)
         eye = torch.eye(rank, dtype=k11.dtype, device=k11.device)
         k11_m = k11.permute(2, 3, 0, 1) + eye  # (H, F', R, R)
-        solved = torch.linalg.solve(k11_m, k10.permute(1, 2, 0)[..., None])[..., 0]  # (H, F', R)
-        correction = (k01.permute(1, 2, 0) * solved).sum(-1)
-    K_hat = 2 / (1 + regular) * (k00 - correction)  # (H, F')
+        solved = torch.linalg.solve(k11_m, k10.permute(2, 3, 0, 1))  # (H, F', R, S)
+        correction = torch.einsum("rhf,hfrs->shf", k01, solved)
+    K_hat = 2 / (1 + regular) * (k00 - correction)  # (S, H, F')
     if nyquist:
         # At omega = -1: 2/(1 + omega) (g - A)^-1 -> dt/2 I, the low-rank part vanishes, so
         # K_hat(-1) = dt/2 * sum over all N modes of C_tilde B = dt * Re sum_half C_tilde B.
-        last = dt * (C_tilde * B).sum(-1).real
-        K_hat = torch.cat((K_hat, last.to(K_hat.dtype)[:, None]), dim=-1)
-    return torch.fft.irfft(K_hat, n=length)
+        last = dt * (C_tilde * B).sum(-1).real  # (S, H)
+        K_hat = torch.cat((K_hat, last.to(K_hat.dtype)[..., None]), dim=-1)
+    return torch.fft.irfft(K_hat, n=length).reshape(*batch_shape, -1, length)
 
 
 def conjugate_full(half: torch.Tensor) -> torch.Tensor:
@@ -88,3 +97,142 @@ def dplr_bilinear_dense(
     A_bar = torch.linalg.solve(left, eye + half_step * A)
     B_bar = torch.linalg.solve(left, (dt.to(A.dtype)[:, None] * conjugate_full(B))[..., None])[..., 0]
     return A_bar, B_bar
+
+
+def _dense_power(Lambda, P, dt, length, Q):
+    """A_bar^length (H, N, N) of the bilinear DPLR system, in Lambda's dtype."""
+    A_bar, _ = dplr_bilinear_dense(Lambda, P, torch.zeros_like(Lambda), dt, Q)
+    return torch.linalg.matrix_power(A_bar, length)
+
+
+def dplr_c_tilde(
+    C: torch.Tensor, Lambda: torch.Tensor, P: torch.Tensor, dt: torch.Tensor, length: int, Q: torch.Tensor | None = None
+) -> torch.Tensor:
+    """S4's ``C~ = C (I - A_bar^length)`` -> (H, N2): the C that :func:`dplr_kernel` takes.
+
+    C (H, N2) is the kept half of the output matrix; the product runs in the full basis of N
+    modes (C_full = [C, conj C] times a conjugate-symmetric matrix stays conjugate-symmetric), so
+    the kept half of the result is all there is. Dense, O(H N^3 log length).
+    """
+    C_full = conjugate_full(C)
+    return (C_full - torch.einsum("hn,hnm->hm", C_full, _dense_power(Lambda, P, dt, length, Q)))[..., : C.shape[-1]]
+
+
+def dplr_double_c_tilde(
+    C_tilde: torch.Tensor,
+    Lambda: torch.Tensor,
+    P: torch.Tensor,
+    dt: torch.Tensor,
+    length: int,
+    Q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """C~ for ``2 length`` from C~ for ``length``, the represented C unchanged -> (H, N2).
+
+    ``I - A^2L = (I - A^L)(I + A^L)``, so ``C (I - A^2L) = C~_L (I + A^L)``: no inverse needed.
+    """
+    C_full = conjugate_full(C_tilde)
+    return (C_full + torch.einsum("hn,hnm->hm", C_full, _dense_power(Lambda, P, dt, length, Q)))[..., : C_tilde.shape[-1]]
+
+
+def dplr_ssm(
+    u: torch.Tensor,
+    Lambda: torch.Tensor,
+    P: torch.Tensor,
+    B: torch.Tensor,
+    C_tilde: torch.Tensor,
+    dt: torch.Tensor,
+    l_max: int,
+    D: torch.Tensor | None = None,
+    Q: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str | None = None,
+):
+    """Run S4's SSM over ``u`` from an optional state -> y (batch, H, L) [, final state].
+
+    The system is A = Lambda - P Q^* with the bilinear step dt and output matrix
+    C = C~ (I - A_bar^l_max)^-1 (so ``L <= l_max``), on the recurrence
+
+        x_t = A_bar x_(t-1) + B_bar u_t,        y_t = C x_t + D u_t   (full basis, N modes)
+
+    with x_(-1) = ``initial_state``. States are the kept halves (batch, H, N2) of conjugate-
+    symmetric ones, as the S4 mixer's ``{"x": ...}``, in the complex dtype of Lambda. Shapes as
+    :func:`dplr_kernel`; u (batch, H, L) real, D (H,). Returns y in u's dtype, and the state
+    after the last input when ``output_final_state``.
+
+    Backends (``backend=`` or ``HYBRIDS_DPLR_SSM_BACKEND``): ``"parallel"`` (the default) and
+    ``"recurrent"``, the reference that steps the dense recurrence (:func:`dplr_ssm_recurrent`).
+    """
+    from hybrids.kernels.ssm import DPLR_SSM
+
+    if DPLR_SSM.select(u.device, u.dtype, backend) == "recurrent":
+        return dplr_ssm_recurrent(u, Lambda, P, B, C_tilde, dt, l_max, D, Q, initial_state, output_final_state)
+    length = u.shape[-1]
+    if length == 0:
+        return _empty_result(u, Lambda, initial_state, output_final_state)
+    if length > l_max:
+        raise ValueError(f"sequence length {length} exceeds l_max={l_max}; C~ must be attuned to a length >= L")
+    Q = P if Q is None else Q
+    if initial_state is None:
+        y = fft_conv(u, dplr_kernel(Lambda, P, B, C_tilde, dt, l_max, Q)[:, :length], D)
+    else:
+        # The state's share of y_t is C A_bar^t (A_bar x0): a kernel whose input vector is A_bar x0
+        # instead of B_bar. Since (I - A_bar w)^-1 A_bar x0 = 2/(1+w) (g - A)^-1 (x0/dt + A x0/2),
+        # it is dplr_kernel with B replaced by x0/dt + A x0/2, one row per batch element.
+        x0 = initial_state.to(Lambda.dtype)  # (batch, H, N2)
+        # Kept half of A_full x0_full: Q_full^* x0_full = 2 Re(Q^* x0) is real.
+        coupling = 2 * torch.einsum("rhn,bhn->bhr", Q.conj(), x0).real.to(x0.dtype)  # (batch, H, R)
+        A_x0 = Lambda * x0 - torch.einsum("rhn,bhr->bhn", P, coupling)
+        inputs = torch.cat((B[None], x0 / dt[:, None] + A_x0 / 2), dim=0)  # (1 + batch, H, N2)
+        kernels = dplr_kernel(Lambda, P, inputs, C_tilde, dt, l_max, Q)[..., :length]  # (1 + batch, H, L)
+        work = torch.promote_types(at_least_float32(u.dtype), kernels.dtype)
+        y = (fft_conv(u.to(work), kernels[0], D) + kernels[1:]).to(u.dtype)
+    if not output_final_state:
+        return y
+    A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt, Q)  # (H, N, N), (H, N)
+    full = dense_ssm_state(A_bar, B_bar, u, None if initial_state is None else conjugate_full(initial_state.to(A_bar.dtype)))
+    return y, full[..., : Lambda.shape[-1]]
+
+
+def dplr_ssm_recurrent(
+    u: torch.Tensor,
+    Lambda: torch.Tensor,
+    P: torch.Tensor,
+    B: torch.Tensor,
+    C_tilde: torch.Tensor,
+    dt: torch.Tensor,
+    l_max: int,
+    D: torch.Tensor | None = None,
+    Q: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+):
+    """:func:`dplr_ssm` by stepping the dense recurrence, one Python step per input: the reference.
+
+    Builds A_bar, B_bar densely (full basis) and C = C~ (I - A_bar^l_max)^-1 by a solve.
+    """
+    A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt, Q)  # (H, N, N), (H, N)
+    eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
+    C = torch.linalg.solve((eye - torch.linalg.matrix_power(A_bar, l_max)).mT, conjugate_full(C_tilde)[..., None])[..., 0]
+    batch, H, length = u.shape
+    x = (torch.zeros(batch, H, A_bar.shape[-1], dtype=A_bar.dtype, device=u.device) if initial_state is None
+         else conjugate_full(initial_state.to(A_bar.dtype)))
+    outputs = []
+    for t in range(length):
+        x = torch.einsum("hnm,bhm->bhn", A_bar, x) + B_bar * u[..., t, None].to(A_bar.dtype)
+        outputs.append((C * x).sum(-1).real)  # C_full x_full is real by conjugate symmetry
+    y = torch.stack(outputs, dim=-1) if outputs else u.new_zeros(u.shape, dtype=A_bar.real.dtype)
+    if D is not None:
+        y = y + u * D[:, None]
+    y = y.to(u.dtype)
+    return (y, x[..., : Lambda.shape[-1]]) if output_final_state else y
+
+
+def _empty_result(u, Lambda, initial_state, output_final_state):
+    """An empty sequence: no outputs, and the state it started from (zero if none)."""
+    y = u.clone()
+    if not output_final_state:
+        return y
+    if initial_state is None:
+        return y, torch.zeros(u.shape[0], *Lambda.shape, dtype=Lambda.dtype, device=u.device)
+    return y, initial_state.to(Lambda.dtype)

@@ -43,6 +43,11 @@ def fft_conv(
     if k.shape[-1] != length:
         raise ValueError(f"kernel length {k.shape[-1]} does not match the input length {length}")
     work = at_least_float32(u.dtype)
+    if u.numel() == 0:
+        # An empty batch or sequence: MKL's FFT refuses zero-size transforms. The result stays
+        # attached to u so that autograd still gives u an (empty) gradient.
+        y = u.to(work) * (0 if D is None else D.to(work)[:, None])
+        return y.to(u.dtype)
     n = 2 * length
     u_f = torch.fft.rfft(u.to(work), n=n)  # (B, H, L + 1)
     k_f = torch.fft.rfft(kernel.to(work), n=n)  # (H, L + 1)

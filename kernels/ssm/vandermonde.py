@@ -51,3 +51,27 @@ def vandermonde_log(v: torch.Tensor, log_x: torch.Tensor, length: int, chunk: in
         width = min(chunk, length - start)
         out.append(2 * torch.einsum("...n,...ln->...l", v, offset * table[..., :width, :]).real)
     return torch.cat(out, dim=-1)
+
+
+def vandermonde_transpose_log(u: torch.Tensor, log_x: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """``sum_s u[..., s] x_n^(L-1-s)`` -> (..., N2) complex, given ``log x``: the transposed sum.
+
+    This is the state a diagonal recurrence ``h_s = x h_(s-1) + u_s`` reaches after the L inputs
+    of ``u`` (..., L) from ``h = 0``; ``log_x`` (..., N2) broadcasts against u's leading
+    dimensions. Like :func:`vandermonde_log`, it holds one table of ``chunk`` powers (..., chunk,
+    N2) and never a (..., L, N2) tensor: with u (batch, H, L) and x (H, N2), memory is
+    O(H chunk N2 + batch H N2).
+    """
+    length = u.shape[-1]
+    chunk = max(1, min(chunk, length))
+    steps = torch.arange(chunk, device=log_x.device, dtype=log_x.real.dtype)
+    table = torch.exp(log_x[..., None, :] * steps[:, None])  # x^j, (..., chunk, N2)
+    # Reversed, u_rev[..., l] multiplies x^l.
+    u_rev = u.flip(-1).to(log_x.dtype)
+    total = None
+    for start in range(0, length, chunk):
+        width = min(chunk, length - start)
+        powers = torch.exp(log_x * start)[..., None, :] * table[..., :width, :]  # x^(start + j)
+        part = torch.einsum("...l,...ln->...n", u_rev[..., start : start + width], powers)
+        total = part if total is None else total + part
+    return total
