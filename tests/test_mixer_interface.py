@@ -100,3 +100,32 @@ def test_state_follows_parameters_dtype(case):
     state = mixer.init_state(BATCH)
     tensors = [v for v in state.values() if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())]
     assert tensors and all(v.real.dtype == torch.float64 for v in tensors)
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+@pytest.mark.parametrize("shape", [(2, 0), (0, 5), (0, 0)], ids=["L0", "batch0", "both0"])
+def test_empty_inputs_give_empty_outputs(case, shape):
+    """L = 0 or batch 0: forward, backward and step return empty results instead of crashing."""
+    mixer = make(case, torch.float32)
+    batch, length = shape
+    x = torch.randn(batch, length, D_MODEL, requires_grad=True)
+    y = mixer(x)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    y_t, state = mixer.step(torch.randn(batch, D_MODEL), mixer.init_state(batch))
+    assert y_t.shape == (batch, D_MODEL)
+    assert state_elements(state) == batch * mixer.state_size(1)
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+def test_bad_inputs_name_the_argument(case):
+    mixer = make(case, torch.float32)
+    with pytest.raises(TypeError, match=r"^x: expected a floating-point tensor"):
+        mixer(torch.ones(2, 5, D_MODEL, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"^x: expected \(batch, L, d_model\) with d_model={D_MODEL}, got shape \(2, 5, {D_MODEL + 1}\)"):
+        mixer(torch.randn(2, 5, D_MODEL + 1))
+    with pytest.raises(ValueError, match=r"^x: expected \(batch, L, d_model\)"):
+        mixer(torch.randn(5, D_MODEL))
+    with pytest.raises(ValueError, match=r"^x: expected \(batch, d_model\)"):
+        mixer.step(torch.randn(2, 1, D_MODEL), mixer.init_state(2))

@@ -18,6 +18,7 @@ other three methods for decoding and for state-size accounting. Subclassing give
 from __future__ import annotations
 
 import abc
+import functools
 from typing import Any
 
 import torch
@@ -31,9 +32,17 @@ class Mixer(nn.Module, abc.ABC):
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
-        if d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {d_model}")
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model <= 0:
+            raise ValueError(f"d_model: must be a positive integer, got {d_model!r}")
         self.d_model = d_model
+        # Every forward checks its input first: a wrong dtype or width fails here, naming the
+        # argument, instead of deep inside a matrix product.
+        self.register_forward_pre_hook(_check_forward_input)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__:  # and so does every step
+            cls.step = _checked_step(cls.__dict__["step"])
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +64,32 @@ class Mixer(nn.Module, abc.ABC):
         """device and dtype of the mixer's parameters, for allocating states."""
         p = next(self.parameters())
         return {"device": p.device, "dtype": p.dtype}
+
+
+def check_input(name: str, x: Any, d_model: int, shape: str) -> None:
+    """Raise TypeError / ValueError naming ``name`` unless ``x`` is a floating-point tensor shaped
+    ``shape`` ("(batch, L, d_model)" or "(batch, d_model)") with last dimension ``d_model``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor {shape}, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor {shape}, got {x.dtype} (embed token ids first)")
+    ndim = shape.count(",") + 1
+    if x.ndim != ndim or x.shape[-1] != d_model:
+        raise ValueError(f"{name}: expected {shape} with d_model={d_model}, got shape {tuple(x.shape)}")
+
+
+def _check_forward_input(module: Mixer, args: tuple) -> None:
+    if args:
+        check_input("x", args[0], module.d_model, "(batch, L, d_model)")
+
+
+def _checked_step(step):
+    @functools.wraps(step)
+    def checked(self, x, state, *args, **kwargs):
+        check_input("x", x, self.d_model, "(batch, d_model)")
+        return step(self, x, state, *args, **kwargs)
+
+    return checked
 
 
 def state_elements(state: Any) -> int:
