@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from helpers import relative_rms
 from hybrids.mixers.hippo import (
     DIAGONAL_INITS,
     MEASURES,
@@ -21,7 +22,7 @@ RANK = {"legs": 1, "legt": 2, "lagt": 1, "fout": 1, "fourier2": 1}
 
 def rel(x: torch.Tensor, y: torch.Tensor) -> float:
     """Relative Frobenius error of x against y."""
-    return float(torch.linalg.norm(x - y) / torch.linalg.norm(y))
+    return relative_rms(x, y)
 
 
 def cases(sizes):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hybrids.mixers import S4, S4D
+from helpers import relative_rms
 
 LENGTH, H, N = 1024, 4, 16
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}
@@ -20,9 +21,7 @@ CASES = {
 }
 
 
-def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    got, want = got.detach().double(), want.detach().double()
-    return float((got - want).norm() / want.norm())
+relative_error = relative_rms
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])

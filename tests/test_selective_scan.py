@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import hybrids.kernels.scan.segmented as scan_torch
 from hybrids.kernels import cpp_build
 from hybrids.kernels.scan import BackendUnavailable, default_backend, selective_scan
+from helpers import MEMORY_METER_PLATFORM, peak_memory, relative_rms
 
 needs_cpp = pytest.mark.skipif(cpp_build.unavailable_reason() is not None, reason="no C++ compiler here")
 
@@ -37,10 +38,6 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 # loop step, elements per block): one segment per step, a few segments, uneven last segments.
 TORCH_PLANS = [(1 << 16, 1 << 18), (24, 120), (96, 576), (240, 240 * 7)]
 
-
-def rel_rms(x, ref):
-    x, ref = x.detach(), ref.detach()
-    return float((x - ref).norm() / ref.norm().clamp_min(1e-300))
 
 
 def make_inputs(batch, dim, d_state, length, groups, dtype=torch.float64, seed=0):
@@ -86,8 +83,8 @@ def assert_matches_reference(inputs, backend, tol, **kwargs):
     out, last, grads = run(inputs, backend, **kwargs)
     ref_out, ref_last, ref_grads = run(inputs, "reference", **kwargs)
     assert out.dtype == ref_out.dtype and out.shape == ref_out.shape
-    errors = {"out": rel_rms(out, ref_out), "last": rel_rms(last, ref_last)}
-    errors.update({f"d{name}": rel_rms(grads[name], ref_grads[name]) for name in ref_grads})
+    errors = {"out": relative_rms(out, ref_out), "last": relative_rms(last, ref_last)}
+    errors.update({f"d{name}": relative_rms(grads[name], ref_grads[name]) for name in ref_grads})
     assert max(errors.values()) < tol, errors
 
 
@@ -123,10 +120,10 @@ def test_float32_at_length_1024(backend):
     out, last, grads = run(inputs32, backend)
     ref_out, ref_last, ref_grads = run(inputs64, "reference")
     assert out.dtype == torch.float32 and last.dtype == torch.float32
-    assert rel_rms(out.double(), ref_out) < 1e-5
-    assert rel_rms(last.double(), ref_last) < 1e-5
+    assert relative_rms(out.double(), ref_out) < 1e-5
+    assert relative_rms(last.double(), ref_last) < 1e-5
     for name in NAMES:
-        assert rel_rms(grads[name].double(), ref_grads[name]) < 1e-4, name
+        assert relative_rms(grads[name].double(), ref_grads[name]) < 1e-4, name
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -136,8 +133,8 @@ def test_half_precision_inputs_keep_a_float32_state(backend, dtype):
     out, last, grads = run(inputs, backend)
     ref_out, ref_last, _ = run(inputs, "reference")  # the reference on the same rounded inputs
     assert out.dtype == dtype and last.dtype == torch.float32
-    assert rel_rms(out.float(), ref_out.float()) < 1e-2
-    assert rel_rms(last, ref_last) < 1e-5  # both accumulate in float32 from the same inputs
+    assert relative_rms(out.float(), ref_out.float()) < 1e-2
+    assert relative_rms(last, ref_last) < 1e-5  # both accumulate in float32 from the same inputs
     assert all(grads[name].dtype == dtype for name in NAMES)
 
 
@@ -153,7 +150,7 @@ def test_gradient_of_the_last_state_alone(backend):
         last.pow(2).sum().backward()
         grads[name] = [inputs[k].grad.clone() for k in ("u", "delta", "A", "B")]
     for got, ref in zip(grads[backend], grads["reference"]):
-        assert rel_rms(got, ref) < 1e-10
+        assert relative_rms(got, ref) < 1e-10
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", pytest.param("cpu", marks=needs_cpp)])
@@ -205,7 +202,7 @@ def test_initial_state_gradient_through_the_last_state_alone(backend):
         grads[name] = {k: x.grad.clone() if x.grad is not None else torch.zeros_like(x) for k, x in inputs.items()}
     for k in ("C", "D", "z"):
         assert not grads[backend][k].any() and not grads["reference"][k].any(), k
-    errors = {k: rel_rms(grads[backend][k], grads["reference"][k]) for k in inputs if k not in ("C", "D", "z")}
+    errors = {k: relative_rms(grads[backend][k], grads["reference"][k]) for k in inputs if k not in ("C", "D", "z")}
     assert max(errors.values()) < 1e-10, errors
 
 
@@ -225,8 +222,8 @@ def test_initial_state_of_another_dtype_is_cast(backend, dtype, state_dtype):
     assert out.dtype == dtype and last.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert grads["initial_state"].dtype == state_dtype
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
-    assert rel_rms(last, ref_last) < min(tol, 1e-5)  # both accumulate in float32 from the same inputs
-    assert rel_rms(grads["initial_state"], ref_grads["initial_state"]) < tol
+    assert relative_rms(last, ref_last) < min(tol, 1e-5)  # both accumulate in float32 from the same inputs
+    assert relative_rms(grads["initial_state"], ref_grads["initial_state"]) < tol
 
 
 def _pieces(inputs, cuts):
@@ -260,8 +257,8 @@ def test_chunked_evaluation_equals_one_scan(backend, shape, cuts, from_state):
         outs.append(out)
     out = torch.cat(outs, dim=-1)
     (out.sin().sum() + (state**2).sum()).backward()
-    errors = {"out": rel_rms(out, whole), "last": rel_rms(state, whole_last)}
-    errors.update({f"d{k}": rel_rms(inputs[k].grad, g) for k, g in whole_grads.items()})
+    errors = {"out": relative_rms(out, whole), "last": relative_rms(state, whole_last)}
+    errors.update({f"d{k}": relative_rms(inputs[k].grad, g) for k, g in whole_grads.items()})
     assert max(errors.values()) < 1e-12, errors
 
 
@@ -355,11 +352,11 @@ def test_reference_matches_the_dense_form(case):
         out, last = fn()
         grads = torch.autograd.grad(out.sin().sum() + (last**2).sum(), [kwargs[k] for k in names])
         results[name] = {"out": out, "last": last, **{f"d{k}": g for k, g in zip(names, grads)}}
-    errors = {k: rel_rms(results["reference"][k], ref) for k, ref in results["dense"].items()}
+    errors = {k: relative_rms(results["reference"][k], ref) for k, ref in results["dense"].items()}
     assert max(errors.values()) < 1e-10, errors
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc (Linux)")
+@pytest.mark.skipif(not MEMORY_METER_PLATFORM, reason="reads the peak RSS from /proc (Linux)")
 @pytest.mark.parametrize(
     "backend, budget",
     [("torch", 1.0), pytest.param("cpu", 0.5, marks=needs_cpp)],
@@ -374,21 +371,9 @@ def test_no_batch_dim_length_state_tensor(backend, budget):
     per-thread copies of dB and dC and the saved chunk states). glibc is told to return large
     freed blocks to the system, so that the meter reads live memory rather than the allocator's
     retained heap. A 64 MiB control allocation checks that the meter sees torch's memory."""
-    code = textwrap.dedent(
-        f"""
-        import re, torch
+    code = f"""
+        import torch
         from hybrids.kernels.scan import selective_scan
-
-        def kib(field):
-            with open("/proc/self/status") as status:
-                return int(re.search(rf"^{{field}}:\\s+(\\d+) kB", status.read(), re.MULTILINE).group(1))
-
-        def peak_bytes(fn):
-            with open("/proc/self/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")  # reset the high-water mark VmHWM to the current RSS
-            before = kib("VmRSS")
-            fn()
-            return (kib("VmHWM") - before) * 1024
 
         def inputs(length):
             torch.manual_seed(0)
@@ -404,11 +389,7 @@ def test_no_batch_dim_length_state_tensor(backend, budget):
         control = peak_bytes(lambda: torch.ones(128, 4096, 32).sum())
         print(peak, control)
         """
-    )
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 17)}
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert child.returncode == 0, child.stderr
-    peak, control = map(int, child.stdout.split())
+    peak, control = peak_memory(code)
     volume = 128 * 4096 * 32 * 4
     assert control >= 0.9 * volume, f"the meter missed a 64 MiB allocation ({control / 2**20:.0f} MiB)"
     assert peak < budget * volume, f"peak {peak / 2**20:.0f} MiB"
