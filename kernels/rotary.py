@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from hybrids.kernels.dtypes import at_least_float32
+
 
 def rotary_cos_sin(
     positions: torch.Tensor, rotary_dim: int, base: float = 10000.0, dtype: torch.dtype = torch.float32
@@ -20,7 +22,7 @@ def rotary_cos_sin(
     """
     if rotary_dim % 2:
         raise ValueError(f"rotary_dim must be even, got {rotary_dim}")
-    work = torch.float64 if dtype == torch.float64 else torch.float32
+    work = at_least_float32(dtype)
     inv_freq = base ** (-torch.arange(0, rotary_dim, 2, device=positions.device, dtype=work) / rotary_dim)
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # (L, rotary_dim/2)
     return angles.cos().to(dtype), angles.sin().to(dtype)
