@@ -33,16 +33,18 @@ MEMORY_METER_PLATFORM = sys.platform.startswith("linux")
 
 
 def relative_rms(x: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
-    """rms(x - ref) / max(rms(ref), floor), in float64: an error that scales with the values.
+    """rms(x - ref) / max(rms(ref), floor), in float64 (complex128 for complex values): an error
+    that scales with the values.
 
     ``floor`` bounds the scale from below where the reference may vanish identically (a
     gradient that is exactly zero is then held to an absolute error). Two empty tensors: 0.
     """
-    x, ref = x.detach().double(), ref.detach().double()
+    wide = torch.complex128 if (x.is_complex() or ref.is_complex()) else torch.float64
+    x, ref = x.detach().to(wide), ref.detach().to(wide)
     assert x.shape == ref.shape, f"shapes differ: {tuple(x.shape)} vs {tuple(ref.shape)}"
     if ref.numel() == 0:
         return 0.0
-    rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
+    rms = lambda t: float(t.abs().pow(2).mean().sqrt())  # noqa: E731  (|t|: complex values too)
     return rms(x - ref) / max(rms(ref), floor, 1e-300)
 
 
