@@ -302,3 +302,13 @@ def test_tensorboard_logger_without_the_package_says_which_extra(in_tmp, capsys,
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert lines == ["error: trainer.logger: TensorBoardLogger needs the tensorboard package: "
                      "pip install -e '.[tensorboard]' (or use the default CSVLogger)"]
+
+
+def test_s4_kernel_shorter_than_the_data_grows_instead_of_crashing(in_tmp):
+    """S4 with l_max 16 on seq_len 64 used to crash at the first step; the kernel now doubles to
+    the data's length (with a warning, since l_max was set by hand) and trains."""
+    spec = "--model.init_args.mixers={S: {class_path: hybrids.mixers.S4, init_args: {d_state: 8, l_max: 16}}}"
+    with pytest.warns(UserWarning, match="l_max"):
+        cli = build_cli(run_args("--trainer.max_steps=2", spec, config=ROOT / "configs" / "s4.yaml"))
+    assert cli.trainer.global_step == 2
+    assert all(int(block.mixer.l_max) == 64 for block in cli.model.model.blocks)

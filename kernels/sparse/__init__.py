@@ -86,8 +86,8 @@ def sparse_attention(
     """
     if not isinstance(pattern, SparsePattern):
         raise TypeError(f"pattern: expected a SparsePattern, got {type(pattern).__name__}")
-    backend = SPARSE_ATTENTION.select(q.device, q.dtype, backend)
     _check_shapes(q, k, v)
+    backend = SPARSE_ATTENTION.select(q.device, q.dtype, backend)
     if q.numel() == 0 or k.numel() == 0:
         return q.clone()  # nothing to attend to; the backends' tilings assume non-empty inputs
     scale = q.shape[-1] ** -0.5 if scale is None else scale

@@ -38,6 +38,8 @@ def _cauchy_pairs(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor) -> torch.Te
 
 def cauchy_chunked(v: torch.Tensor, z: torch.Tensor, w: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """The Cauchy sum, ``chunk`` evaluation points at a time (see :func:`_cauchy_pairs`)."""
+    if z.shape[-1] == 0:  # no evaluation points
+        return cauchy_reference(v, z, w)
     parts = [_cauchy_pairs(v, z[..., i : i + chunk], w) for i in range(0, z.shape[-1], chunk)]
     return torch.cat(parts, dim=-1)
 

@@ -90,6 +90,10 @@ def diagonal_ssm(
     """
     from hybrids.kernels.ssm import DIAGONAL_SSM
 
+    if not u.is_floating_point():
+        raise TypeError(f"u: expected a floating-point tensor (batch, H, L), got {u.dtype}")
+    if u.ndim != 3 or u.shape[1] != Lambda.shape[-2]:
+        raise ValueError(f"u: expected (batch, H={Lambda.shape[-2]}, L), got shape {tuple(u.shape)}")
     if DIAGONAL_SSM.select(u.device, u.dtype, backend) == "recurrent":
         return diagonal_ssm_recurrent(u, Lambda, B, C, dt, D, method, initial_state, output_final_state)
     length = u.shape[-1]

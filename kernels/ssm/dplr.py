@@ -44,6 +44,8 @@ def dplr_kernel(
     B = B.reshape(-1, *B.shape[-2:])  # (S, H, N2): S input vectors
     n_inputs = B.shape[0]
     real_dtype = Lambda.real.dtype
+    if length == 0:  # no taps: an empty kernel (the generating function has no roots of unity)
+        return (C_tilde * B).real.sum(-1, keepdim=True)[..., :0].reshape(*batch_shape, *B.shape[-2:-1], 0)
     n_freq = length // 2 + 1
     k = torch.arange(n_freq, device=Lambda.device, dtype=real_dtype)
     omega = torch.exp(torch.complex(torch.zeros_like(k), -2 * torch.pi * k / length))  # (F,)
@@ -165,6 +167,10 @@ def dplr_ssm(
     """
     from hybrids.kernels.ssm import DPLR_SSM
 
+    if not u.is_floating_point():
+        raise TypeError(f"u: expected a floating-point tensor (batch, H, L), got {u.dtype}")
+    if u.ndim != 3 or u.shape[1] != Lambda.shape[-2]:
+        raise ValueError(f"u: expected (batch, H={Lambda.shape[-2]}, L), got shape {tuple(u.shape)}")
     if DPLR_SSM.select(u.device, u.dtype, backend) == "recurrent":
         return dplr_ssm_recurrent(u, Lambda, P, B, C_tilde, dt, l_max, D, Q, initial_state, output_final_state)
     length = u.shape[-1]

@@ -30,6 +30,7 @@ def fft_conv(
     """
     from hybrids.kernels.ssm import FFT_CONV
 
+    check_conv_arguments(u, k, D, bidirectional)
     if FFT_CONV.select(u.device, None, backend) == "direct":
         return direct_conv(u, k, D, bidirectional)
     length = u.shape[-1]
@@ -55,6 +56,22 @@ def fft_conv(
     if D is not None:
         y = y + u.to(work) * D.to(work)[:, None]
     return y.to(u.dtype)
+
+
+def check_conv_arguments(u, k, D, bidirectional) -> None:
+    """Raise TypeError / ValueError naming the argument that breaks the contract of fft_conv."""
+    for name, t in (("u", u), ("k", k), ("D", D)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    if u.ndim != 3:
+        raise ValueError(f"u: expected (batch, H, L), got shape {tuple(u.shape)}")
+    _, H, length = u.shape
+    expected = (2, H, length) if bidirectional else (H, length)
+    if tuple(k.shape) != expected:
+        what = "(2, H, L)" if bidirectional else "(H, L)"
+        raise ValueError(f"k: expected {what} = {expected} to match u {tuple(u.shape)}, got {tuple(k.shape)}")
+    if D is not None and tuple(D.shape) != (H,):
+        raise ValueError(f"D: expected (H={H},), got {tuple(D.shape)}")
 
 
 def direct_conv(

@@ -42,6 +42,8 @@ def vandermonde_log(v: torch.Tensor, log_x: torch.Tensor, length: int, chunk: in
     One table ``x^j`` for j < chunk is built with ``exp``; chunk c then uses
     ``x^(c chunk + j) = x^(c chunk) x^j``, one complex product per term instead of an ``exp``.
     """
+    if length == 0:  # no terms: an empty kernel, still attached to v for autograd
+        return (2 * (v * log_x.exp()).sum(-1, keepdim=True).real)[..., :0]
     chunk = min(chunk, length)
     steps = torch.arange(chunk, device=log_x.device, dtype=log_x.real.dtype)
     table = torch.exp(log_x[..., None, :] * steps[:, None])  # (..., chunk, N2)
