@@ -3,13 +3,17 @@
 A mixer maps ``(batch, L, d_model) -> (batch, L, d_model)`` and has a recurrent form::
 
     y = mixer(x)                                  # parallel over L
+    y, state = mixer.prefill(x)                   # parallel, and the state after the prompt
+    y, state = mixer.prefill(x, state)            # ... continuing from a state (chunked prefill)
     state = mixer.init_state(batch_size)          # empty recurrent cache
     y_t, state = mixer.step(x_t, state)           # (batch, d_model) -> (batch, d_model)
     n = mixer.state_size(seq_len)                 # state elements per sequence after seq_len tokens
 
-``forward`` and ``step`` over the same tokens give the same outputs. A state is a dict of tensors
-whose leading dimension is the batch (plus, where needed, plain Python ints such as a position),
-so that it can be counted, moved and reordered without knowing the mixer.
+``forward``, ``prefill`` then ``step``, and ``step`` over the same tokens all give the same
+outputs. A state is a dict of tensors whose leading dimension is the batch (plus, where needed,
+plain Python ints such as a position, or objects such as a preallocated cache that count their
+live elements with a ``state_elements()`` method), so that it can be counted without knowing the
+mixer.
 
 User mixers need not subclass :class:`Mixer`: the model only needs ``forward`` to train, and the
 other three methods for decoding and for state-size accounting. Subclassing gives the checks.
@@ -41,8 +45,10 @@ class Mixer(nn.Module, abc.ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
-        if "step" in cls.__dict__:  # and so does every step
+        if "step" in cls.__dict__:  # and so does every step, and every prefill
             cls.step = _checked_step(cls.__dict__["step"])
+        if "prefill" in cls.__dict__:
+            cls.prefill = _checked_prefill(cls.__dict__["prefill"])
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +61,20 @@ class Mixer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token: x (batch, d_model) -> y (batch, d_model) and the updated state."""
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """A prompt x (batch, L, d_model) -> outputs (batch, L, d_model) and the state after it,
+        continuing from ``state`` (an empty state if None).
+
+        This fallback steps through the prompt; mixers override it with their parallel path.
+        """
+        state = self.init_state(x.shape[0]) if state is None else state
+        outputs = []
+        for t in range(x.shape[1]):
+            y_t, state = self.step(x[:, t], state)
+            outputs.append(y_t)
+        y = torch.stack(outputs, dim=1) if outputs else x.new_zeros(x.shape)
+        return y, state
 
     @abc.abstractmethod
     def state_size(self, seq_len: int) -> int:
@@ -92,8 +112,19 @@ def _checked_step(step):
     return checked
 
 
+def _checked_prefill(prefill):
+    @functools.wraps(prefill)
+    def checked(self, x, state=None, *args, **kwargs):
+        check_input("x", x, self.d_model, "(batch, L, d_model)")
+        return prefill(self, x, state, *args, **kwargs)
+
+    return checked
+
+
 def state_elements(state: Any) -> int:
     """Real numbers held in a (nested) state, all sequences: a complex element counts as two."""
+    if hasattr(state, "state_elements"):  # e.g. a preallocated cache: its live part only
+        return int(state.state_elements())
     if isinstance(state, torch.Tensor):
         if state.is_complex():
             return 2 * state.numel()
