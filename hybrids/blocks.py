@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrids.mixers.base import State
+from hybrids.mixers.base import State, prefill_by_steps
 
 MLP_KINDS = ("swiglu", "gelu")
 
@@ -57,4 +57,11 @@ class Block(nn.Module):
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         y, state = self.mixer.step(self.mixer_norm(x), state)
+        return self._mlp_residual(x + self.dropout(y)), state
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """The block over a prompt x (batch, L, d_model) in parallel, and the mixer's state after it."""
+        prefill = getattr(self.mixer, "prefill", None)
+        h = self.mixer_norm(x)
+        y, state = prefill(h, state) if prefill is not None else prefill_by_steps(self.mixer, h, state)
         return self._mlp_residual(x + self.dropout(y)), state

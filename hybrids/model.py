@@ -10,6 +10,7 @@ from torch import nn
 from hybrids.blocks import MLP, Block
 from hybrids.config import DEFAULT_MIXERS, StackConfig  # noqa: F401  (DEFAULT_MIXERS: re-exported)
 from hybrids.errors import ConfigError, StateSizeUnknown
+from hybrids.sampling import check_sampling, next_token
 from hybrids.spec import build_mixer, expand_pattern
 
 class HybridLM(nn.Module):
@@ -80,24 +81,59 @@ class HybridLM(nn.Module):
             total += size(seq_len)
         return total
 
-    @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 0.0) -> torch.Tensor:
-        """Continue ``prompt`` (B, L0) by ``max_new_tokens`` through the recurrent form.
+    def prefill(self, tokens: torch.Tensor, states: list[Any] | None = None) -> tuple[torch.Tensor, list[Any]]:
+        """tokens (B, L) -> logits (B, L, vocab_size) and every layer's state after them, each
+        mixer running its parallel path; continues from ``states`` if given (chunked prefill)."""
+        x = self.embedding(tokens)
+        states = [None] * len(self.blocks) if states is None else states
+        new_states = []
+        for block, state in zip(self.blocks, states):
+            x, state = block.prefill(x, state)
+            new_states.append(state)
+        return self.head(self.norm(x)), new_states
 
-        ``temperature=0`` is greedy decoding. Returns (B, L0 + max_new_tokens).
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token: int | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Continue ``prompt`` (B, L0) of equal-length prompts by up to ``max_new_tokens`` tokens.
+
+        The prompt is prefilled in parallel (:meth:`prefill`), then each new token is one
+        :meth:`step`. ``temperature=0`` is greedy decoding; otherwise tokens are sampled (see
+        :func:`hybrids.sampling.next_token` for ``top_k`` / ``top_p``) from a generator seeded
+        with ``seed``, so a seed gives the same continuation every time. A sequence that emits
+        ``eos_token`` is finished: the positions after it hold ``eos_token``, and generation stops
+        when every sequence is finished. Returns (B, L0 + n), n <= max_new_tokens.
         """
+        check_sampling(temperature, top_k, top_p)
         if prompt.ndim != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"prompt must be (batch, L0) with L0 >= 1, got shape {tuple(prompt.shape)}")
-        states = self.init_state(prompt.shape[0])
-        for t in range(prompt.shape[1]):
-            logits, states = self.step(prompt[:, t], states)
+            raise ValueError(f"prompt: must be (batch, L0) with L0 >= 1, got shape {tuple(prompt.shape)}")
+        if prompt.is_floating_point() or prompt.is_complex():
+            raise TypeError(f"prompt: expected integer token ids, got {prompt.dtype}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: must be an integer >= 0, got {max_new_tokens!r}")
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=prompt.device).manual_seed(seed)
+        logits, states = self.prefill(prompt)
+        logits = logits[:, -1]
         out = [prompt]
+        finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
         for _ in range(max_new_tokens):
-            if temperature > 0:
-                token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)[:, 0]
-            else:
-                token = logits.argmax(dim=-1)
+            token = next_token(logits, temperature, top_k, top_p, generator)
+            if eos_token is not None:
+                token = torch.where(finished, torch.full_like(token, eos_token), token)
+                finished |= token == eos_token
             out.append(token[:, None])
+            if eos_token is not None and bool(finished.all()):
+                break
             logits, states = self.step(token, states)
         return torch.cat(out, dim=1)
 

@@ -17,6 +17,7 @@ LAYERS = {
     "hybrids.blocks": 2,
     "hybrids.spec": 2,
     "hybrids.config": 2,
+    "hybrids.sampling": 2,
     "hybrids.model": 2,
     "hybrids.lit": 3,
     "hybrids.data": 3,

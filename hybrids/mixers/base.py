@@ -68,13 +68,7 @@ class Mixer(nn.Module, abc.ABC):
 
         This fallback steps through the prompt; mixers override it with their parallel path.
         """
-        state = self.init_state(x.shape[0]) if state is None else state
-        outputs = []
-        for t in range(x.shape[1]):
-            y_t, state = self.step(x[:, t], state)
-            outputs.append(y_t)
-        y = torch.stack(outputs, dim=1) if outputs else x.new_zeros(x.shape)
-        return y, state
+        return prefill_by_steps(self, x, state)
 
     @abc.abstractmethod
     def state_size(self, seq_len: int) -> int:
@@ -110,6 +104,18 @@ def _checked_step(step):
         return step(self, x, state, *args, **kwargs)
 
     return checked
+
+
+def prefill_by_steps(mixer: nn.Module, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    """Prefill through ``mixer.step``, one token at a time: the fallback for mixers without a
+    parallel ``prefill`` (a user's mixer needs only ``init_state`` and ``step``)."""
+    state = mixer.init_state(x.shape[0]) if state is None else state
+    outputs = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        outputs.append(y_t)
+    y = torch.stack(outputs, dim=1) if outputs else x.new_zeros(x.shape)
+    return y, state
 
 
 def _checked_prefill(prefill):
