@@ -38,7 +38,7 @@ DEFAULT_TRAINER = {
 }
 # `--ckpt_path untrained`: evaluate the freshly initialised model, on purpose.
 UNTRAINED = "untrained"
-EVALUATIONS = ("validate", "test", "predict")
+EVALUATIONS = ("validate", "test", "predict", "generate")
 # float16 arithmetic on CPU: Lightning accepts it, and the first steps give NaN.
 CPU_UNSAFE_PRECISIONS = {"16", "16-true", "16-mixed", "half"}
 
@@ -112,7 +112,9 @@ class HybridsCLI(LightningCLI):
         return kwargs
 
     def _resolve_checkpoint(self, subcommand: str, ckpt_path: str | None) -> str | None:
-        config = self.config[subcommand]
+        """The checkpoint file to use (None: none), after the identity checks; exits with a keyed
+        error where the request cannot be honoured. ``subcommand`` may be ``generate``."""
+        config = self.config[subcommand] if subcommand in self.config else self.config
         weights_only = bool(config.get("load_weights_only"))
         logger = self.trainer.logger
         if ckpt_path is None:
@@ -314,6 +316,11 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
 
 def main() -> None:
     """Entry point of the ``hybrids`` console script and of ``python -m hybrids``."""
+    if sys.argv[1:2] == ["generate"]:
+        from hybrids.generation_cli import generate_main
+
+        generate_main(sys.argv[2:])
+        return
     try:
         build_cli()
     except Interrupted as stop:

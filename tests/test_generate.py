@@ -106,3 +106,38 @@ def test_bad_generation_arguments_are_named(kwargs, match):
         model.generate(torch.randint(VOCAB, (1, 3)), **args)
     with pytest.raises(TypeError, match="^prompt:"):
         model.generate(torch.randn(1, 3), 2)
+
+
+def test_generate_command_on_a_tiny_checkpoint(tmp_path):
+    """`hybrids generate` builds the run's model, loads this run's checkpoint, prints the greedy
+    continuation (token ids for MQAR) and the rates; it resolves checkpoints with the identity
+    rules of fit and validate (tested in test_runs.py)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "transformer.yaml")
+    small = ["--data.init_args.num_train_examples=64", "--data.init_args.num_test_examples=16"]
+    quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+    run = lambda *args: subprocess.run([sys.executable, "-m", "hybrids", *args], cwd=tmp_path, capture_output=True,  # noqa: E731
+                                       text=True, timeout=300)
+    fit = run("fit", "-c", config, "--trainer.max_epochs=1", *small, *quiet)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    out = run("generate", "-c", config, "--ckpt_path", "last", "--prompt_tokens", "5,70,9", "--max_new_tokens", "6", *small)
+    assert out.returncode == 0, out.stderr[-2000:]
+    continuation = [int(t) for t in out.stdout.strip().splitlines()[-1].split(",")]
+    assert len(continuation) == 6 and all(0 <= t < 128 for t in continuation)
+    assert "prefill" in out.stderr and "tokens/s" in out.stderr
+
+    # The same greedy continuation from Python, through the checkpoint the command used.
+    from hybrids.checkpoints import read_checkpoint
+    from hybrids.cli import build_cli
+
+    cli = build_cli(["-c", config, *small], run=False)
+    ckpt = next((tmp_path / "runs").rglob("last.ckpt"))
+    cli.model.load_state_dict(read_checkpoint(ckpt, weights=True)["state_dict"])
+    expected = cli.model.eval().model.generate(torch.tensor([[5, 70, 9]]), 6)[0, 3:].tolist()
+    assert continuation == expected
+
+    bad = run("generate", "-c", config, "--ckpt_path", "last", "--prompt_tokens", "5,999", *small)
+    assert bad.returncode == 2 and "prompt_tokens: ids [999] are outside the vocabulary [0, 128)" in bad.stderr

@@ -25,6 +25,7 @@ LAYERS = {
     "hybrids.callbacks": 3,
     "hybrids.identity": 4,
     "hybrids.cli": 4,
+    "hybrids.generation_cli": 4,
     "hybrids.analysis": 4,
     "hybrids.__main__": 4,
     "hybrids": 4,  # the package's lazy __init__
