@@ -1,6 +1,7 @@
 """The SparseAttention mixer: forward against a dense masked reference, forward against step over
-sequences longer than the window, the bounded decoding cache, full attention against Attention,
-and argument errors. (The shared contract is also checked by tests/test_mixer_interface.py.)
+sequences longer than the window, prefill (whole and chunked) against both, the bounded decoding
+cache, full attention against Attention, and argument errors. (The shared contract is also
+checked by tests/test_mixer_interface.py, prefill and the cache by tests/test_attention_cache.py.)
 
 Case ids read ``w4-d2-g3-r0-kv2``: window (``wNone`` = full), dilation, global tokens, random
 blocks (of ``BLOCK`` positions), key/value heads under four query heads; ``-norope`` without
@@ -47,8 +48,8 @@ def make(kwargs, dtype=torch.float64, seed=0):
     return SparseAttention(D_MODEL, **kwargs).to(dtype).eval()
 
 
-def run_steps(mixer, x):
-    state = mixer.init_state(x.shape[0])
+def run_steps(mixer, x, state=None):
+    state = mixer.init_state(x.shape[0]) if state is None else state
     outputs = []
     for t in range(x.shape[1]):
         y, state = mixer.step(x[:, t], state)
@@ -93,8 +94,52 @@ def test_forward_matches_step(kwargs):
     with torch.no_grad():
         recurrent, state = run_steps(mixer, x)
         torch.testing.assert_close(recurrent, mixer(x), rtol=1e-10, atol=1e-10)
-    assert state["position"] == LENGTH
+    assert state.position == LENGTH
     assert state_elements(state) == BATCH * mixer.state_size(LENGTH)
+
+
+@pytest.mark.parametrize("kwargs", CASES)
+@pytest.mark.parametrize("prompt", [1, 13, 33])
+def test_prefill_then_step_matches_forward(kwargs, prompt):
+    mixer = make(kwargs)
+    x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        y_prompt, state = mixer.prefill(x[:, :prompt])
+        assert state_elements(state) == BATCH * mixer.state_size(prompt)
+        y_rest, state = run_steps(mixer, x[:, prompt:], state)
+        torch.testing.assert_close(torch.cat((y_prompt, y_rest), dim=1), mixer(x), rtol=1e-10, atol=1e-10)
+    assert state.position == LENGTH
+    assert state_elements(state) == BATCH * mixer.state_size(LENGTH)
+
+
+@pytest.mark.parametrize("backend", ["banded", "reference"])
+@pytest.mark.parametrize("kwargs", CASES)
+def test_chunked_prefill_matches_dense_reference(kwargs, backend):
+    """Chunks that start inside the globals, inside the window and far past it: each continues
+    exactly (the cached keys in front of the chunk, at their true relative positions)."""
+    mixer = make(kwargs)
+    mixer.backend = backend
+    x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        outputs, state, start = [], None, 0
+        for n in (2, 1, 6, 17, 14):
+            y, state = mixer.prefill(x[:, start : start + n], state)
+            outputs.append(y)
+            start += n
+        torch.testing.assert_close(torch.cat(outputs, dim=1), dense_reference(mixer, x), rtol=1e-10, atol=1e-10)
+    assert state_elements(state) == BATCH * mixer.state_size(LENGTH)
+
+
+def test_prefill_keeps_the_globals_and_the_last_window_span():
+    mixer = make(dict(heads=HEADS, kv_heads=2, window=4, dilation=2, global_tokens=3))
+    span = (4 - 1) * 2 + 1
+    x = torch.randn(1, LENGTH, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        _, state = mixer.prefill(x)
+        _, stepped = run_steps(mixer, x)
+    assert state.capacity == state.length == 3 + span  # allocated at the bound, not for LENGTH
+    assert sorted(state.slot_positions().tolist()) == [0, 1, 2, *range(LENGTH - span, LENGTH)]
+    torch.testing.assert_close(state.ordered()[0], stepped.ordered()[0], rtol=1e-12, atol=1e-12)
 
 
 def test_step_in_float32_matches_forward():
@@ -127,7 +172,9 @@ def test_state_is_bounded_for_local_patterns():
     with torch.no_grad():
         _, state = run_steps(mixer, x)
     assert state_elements(state) == per_token * (3 + span)
-    assert state["global_k"].shape[2] == 3 and state["k"].shape[2] == span
+    # The 3 global tokens and the last window span, in a buffer that stopped growing at that bound.
+    assert state["k"].shape[2] == state.capacity == 3 + span
+    assert sorted(state.slot_positions().tolist()) == [0, 1, 2, *range(LENGTH - span, LENGTH)]
 
 
 @pytest.mark.parametrize("kwargs", [dict(window=None), dict(window=4, random_blocks=1, block_size=BLOCK)])

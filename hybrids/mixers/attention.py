@@ -7,11 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
-from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.base import Mixer
+from hybrids.mixers.cache import KVCache
 
 
 class Attention(Mixer):
-    """Full causal self-attention; ``step`` decodes with a KV cache.
+    """Full causal self-attention; ``prefill`` and ``step`` decode with a preallocated KV cache.
 
     Args:
         d_model: model width.
@@ -23,8 +24,11 @@ class Attention(Mixer):
         bias: biases in the projections.
         dropout: dropout on attention weights while training.
 
-    The recurrent state is the K and V of every token seen, so ``state_size`` grows linearly:
-    ``2 * kv_heads * head_dim * seq_len``.
+    The recurrent state is a :class:`~hybrids.mixers.cache.KVCache` holding the K and V of every
+    token seen, so ``state_size`` grows linearly: ``2 * kv_heads * head_dim * seq_len`` (the live
+    part; the cache's spare capacity is not state). ``init_state(batch_size, max_len)`` allocates
+    for ``max_len`` tokens at once; without it the cache doubles when full. ``step`` and
+    ``prefill`` write into the cache in place and return it (``cache.clone()`` to branch).
     """
 
     def __init__(
@@ -71,11 +75,16 @@ class Attention(Mixer):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """q (B, H, Lq, hd) over k, v (B, Hkv, Lk, hd) -> (B, Lq, d_model); ``causal`` aligns the
+        causal mask top-left (Lq == Lk), ``mask`` (Lq, Lk) bool marks the keys each query sees."""
         y = F.scaled_dot_product_attention(
             q,
-            k,
-            v,
+            k.to(q.dtype),  # a cache keeps the parameters' dtype; under autocast q may be narrower
+            v.to(q.dtype),
+            attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal,
             enable_gqa=self.kv_heads != self.heads,
@@ -87,18 +96,35 @@ class Attention(Mixer):
         q, k, v = self._project(x, start=0)
         return self._attend(q, k, v, causal=True)
 
-    def init_state(self, batch_size: int) -> State:
-        empty = torch.empty(batch_size, self.kv_heads, 0, self.head_dim, **self._factory())
-        return {"k": empty, "v": empty.clone()}
+    def init_state(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences; ``max_len`` (tokens, prompt included)
+        allocates it once for a decode of known length, else it grows by doubling."""
+        return KVCache(batch_size, self.kv_heads, self.head_dim, capacity=max_len or 0, **self._factory())
 
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        # The cache grows by concatenation: simple, and exact about what is held. A decoder that
-        # knows its final length could preallocate; at the lengths of this zoo it does not matter.
-        q, k, v = self._project(x[:, None, :], start=state["k"].shape[2])
-        k = torch.cat((state["k"], k), dim=2)
-        v = torch.cat((state["v"], v), dim=2)
+    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        # Rotary position = tokens already cached; the new K/V are written in place.
+        q, k, v = self._project(x[:, None, :], start=state.position)  # (B, H, 1, hd), (B, Hkv, 1, hd)
+        state.append(k, v)
+        keys, values = state.live()  # (B, Hkv, t + 1, hd), views of the buffers
         # One query attends to every cached key: no mask needed.
-        return self._attend(q, k, v, causal=False)[:, 0], {"k": k, "v": v}
+        return self._attend(q, keys, values, causal=False)[:, 0], state
+
+    def prefill(self, x: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """x (B, L, d_model) in one pass -> (B, L, d_model) and the cache after it, continuing
+        from ``state`` (chunked prefill) or from an empty cache sized for the prompt."""
+        b, length, _ = x.shape
+        cache = self.init_state(b, max_len=length) if state is None else state
+        start = cache.position
+        q, k, v = self._project(x, start=start)  # rotary positions start..start+L-1
+        cache.append(k, v)
+        if start == 0:  # the forward pass, keeping K/V
+            return self._attend(q, k, v, causal=True), cache
+        keys, values = cache.live()  # (B, Hkv, start + L, hd): cached keys, then the prompt's
+        # Query i (absolute start + i) sees keys j <= start + i: the causal mask aligned to the
+        # bottom-right corner, which is_causal (top-left) is not.
+        rows = torch.arange(start, start + length, device=x.device)
+        mask = torch.arange(start + length, device=x.device)[None, :] <= rows[:, None]  # (L, start + L)
+        return self._attend(q, keys, values, causal=False, mask=mask), cache
 
     def state_size(self, seq_len: int) -> int:
         return 2 * self.kv_heads * self.head_dim * seq_len

@@ -9,7 +9,7 @@ import torch
 from hybrids.kernels import at_least_float32
 from hybrids.kernels.sparse import BACKENDS, SparsePattern, sparse_attention
 from hybrids.mixers.attention import Attention
-from hybrids.mixers.base import State
+from hybrids.mixers.cache import KVCache
 
 
 class SparseAttention(Attention):
@@ -47,22 +47,24 @@ class SparseAttention(Attention):
             ``HYBRIDS_SPARSE_ATTENTION_BACKEND``). ``flex`` cannot train on CPU.
         seed: seed of the random-block draw (the same for every layer built with it).
 
-    Decoding state (``step``), per sequence, in tokens of ``2 * kv_heads * head_dim`` elements:
+    Decoding state (``prefill``, ``step``): a :class:`~hybrids.mixers.cache.KVCache`, per sequence,
+    in tokens of ``2 * kv_heads * head_dim`` elements:
 
     - window and global tokens only (``random_blocks=0``): the K/V of the global tokens seen so
-      far, ``min(L, global_tokens)``, plus a sliding buffer of the latest non-global tokens,
-      ``min(L - global_tokens, (window - 1) * dilation + 1)``: the oldest key leaves the buffer
-      when it can no longer be in any later query's window. The state is bounded by
-      ``global_tokens + (window - 1) * dilation + 1`` tokens whatever L, and never exceeds the
-      ``L`` tokens of full attention. Keys of the buffer outside the current query's dilation
-      residue are masked.
+      far, ``min(L, global_tokens)``, plus a ring of the latest non-global tokens,
+      ``min(L - global_tokens, (window - 1) * dilation + 1)``: a key is overwritten when it can no
+      longer be in any later query's window (``KVCache(keep_first=global_tokens,
+      keep_last=window_span)``, preallocated up to that bound and never beyond). The state is
+      bounded by ``global_tokens + (window - 1) * dilation + 1`` tokens whatever L, and never
+      exceeds the ``L`` tokens of full attention. Keys of the ring outside the current query's
+      dilation residue are masked.
     - ``random_blocks > 0`` or ``window=None``: the K/V of every token, as :class:`Attention`. A
       later query block may draw any earlier key block, so no key can ever be dropped: the state
-      grows with L. Each step masks the keys with the exact pattern row of its query
-      (:meth:`SparsePattern.allowed` with the random-block draw, which depends only on the
-      query's block, not on L).
+      grows with L (a cache that doubles when full). Each step masks the keys with the exact
+      pattern row of its query (:meth:`SparsePattern.allowed` with the random-block draw, which
+      depends only on the query's block, not on L).
 
-    ``state_size(L)`` is exactly that count; ``state["position"]`` (a Python int) counts the tokens
+    ``state_size(L)`` is exactly that count; ``state.position`` (a Python int) counts the tokens
     seen.
     """
 
@@ -133,53 +135,96 @@ class SparseAttention(Attention):
 
     # -- recurrent form -------------------------------------------------------------------------
 
-    def init_state(self, batch_size: int) -> State:
-        empty = torch.empty(batch_size, self.kv_heads, 0, self.head_dim, **self._factory())
-        state: State = {"k": empty, "v": empty.clone(), "position": 0}
-        if not self.keeps_every_key:
-            state["global_k"], state["global_v"] = empty.clone(), empty.clone()
-        return state
-
-    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        t = state["position"]
-        q, k, v = self._project(x[:, None, :], start=t)  # (B, H, 1, hd), (B, Hkv, 1, hd)
+    def init_state(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences; ``max_len`` allocates for that many tokens
+        at once (clipped to the window's bound), else the cache grows by doubling."""
         if self.keeps_every_key:
-            keys = torch.cat((state["k"], k), dim=2)
-            values = torch.cat((state["v"], v), dim=2)
-            mask = None
-            if self.window is not None:
-                # The exact pattern row of query t. The random draw of t's block depends only on
-                # the blocks up to it, so the table of the first (t // block_size + 1) blocks
-                # suffices (and is cached by the kernel, once per block).
-                length = (t // self.block_size + 1) * self.block_size
-                lookup = self.pattern.random_lookup(length, x.device)
-                query, keys_seen = torch.tensor(t, device=x.device), torch.arange(t + 1, device=x.device)
-                mask = self.pattern.allowed(query, keys_seen, lookup)
-            y = self._attend_one(q, keys, values, mask)
-            return y, {"k": keys, "v": values, "position": t + 1}
+            return KVCache(batch_size, self.kv_heads, self.head_dim, capacity=max_len or 0, **self._factory())
+        return KVCache(
+            batch_size, self.kv_heads, self.head_dim, capacity=max_len or 0,
+            keep_first=self.global_tokens, keep_last=self.window_span, **self._factory(),
+        )
 
-        global_k, global_v = state["global_k"], state["global_v"]
-        recent_k, recent_v = state["k"], state["v"]
-        if t < self.global_tokens:
-            # A global token: cached for good. A global query sees every earlier key, and all of
-            # them are global keys.
-            global_k, global_v = torch.cat((global_k, k), dim=2), torch.cat((global_v, v), dim=2)
-            y = self._attend_one(q, global_k, global_v, None)
+    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        t = state.position
+        q, k, v = self._project(x[:, None, :], start=t)  # (B, H, 1, hd), (B, Hkv, 1, hd)
+        state.append(k, v)  # in place; a ring overwrites the key that left every later window
+        keys, values = state.live()  # (B, Hkv, n, hd), slot order
+        mask = None
+        if self.window is None:
+            pass  # full causal attention: every cached key
+        elif self.keeps_every_key:
+            # The exact pattern row of query t (the cache keeps every key, slot = position). The
+            # random draw of t's block depends only on the blocks up to it, so the table of the
+            # first (t // block_size + 1) blocks suffices (and is cached by the kernel, once per
+            # block).
+            length = (t // self.block_size + 1) * self.block_size
+            lookup = self.pattern.random_lookup(length, x.device)
+            query, keys_seen = torch.tensor(t, device=x.device), torch.arange(t + 1, device=x.device)
+            mask = self.pattern.allowed(query, keys_seen, lookup)
+        elif self.dilation > 1:
+            # The cache holds the global keys (all visible) and the last window_span positions;
+            # of those, the window has the ones whose lag t - p is a multiple of the dilation. A
+            # global query (t < global_tokens) has only global keys cached: all visible.
+            positions = state.slot_positions()  # (n,)
+            mask = (positions < self.global_tokens) | ((t - positions) % self.dilation == 0)
+        # (dilation 1 without random blocks: every cached key is in the window or global.)
+        return self._attend_one(q, keys, values, mask), state
+
+    def prefill(self, x: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """x (B, L, d_model) through the sparse kernel -> (B, L, d_model) and the cache after it.
+
+        From an empty state this is ``forward`` keeping what ``step`` needs (the cache's
+        ``append`` keeps the global tokens and the last window span, or every key). Continuing
+        from a state (chunked prefill) is exact and parallel too, see :meth:`_continue`.
+        """
+        b, length, _ = x.shape
+        cache = self.init_state(b, max_len=length) if state is None else state
+        start = cache.position
+        q, k, v = self._project(x, start=start)  # (B, H, L, hd), (B, Hkv, L, hd), rotary from start
+        if start == 0:
+            y = sparse_attention(q, k, v, self.pattern, backend=self.backend)  # (B, H, L, hd)
+            cache.append(k, v)
+        elif self.window is None:
+            # Full causal attention: the chunk's queries over every cached key and its own, with
+            # the causal mask aligned bottom-right (Attention.prefill).
+            cache.append(k, v)
+            keys, values = cache.live()  # (B, Hkv, start + L, hd)
+            rows = torch.arange(start, start + length, device=x.device)
+            mask = torch.arange(start + length, device=x.device)[None, :] <= rows[:, None]  # (L, start + L)
+            return self._attend(q, keys, values, causal=False, mask=mask), cache
         else:
-            # Slide the buffer of recent non-global tokens: the oldest leaves once it is
-            # window_span positions behind, out of reach of every later query.
-            oldest_kept = max(0, recent_k.shape[2] - (self.window_span - 1))
-            recent_k = torch.cat((recent_k[:, :, oldest_kept:], k), dim=2)
-            recent_v = torch.cat((recent_v[:, :, oldest_kept:], v), dim=2)
-            # Buffer slot s holds position t - lag, lag = n - 1 - s < window * dilation: in the
-            # window exactly when the lag is a multiple of the dilation. Global keys all count.
-            n = recent_k.shape[2]
-            lag = torch.arange(n - 1, -1, -1, device=x.device)
-            in_window = lag % self.dilation == 0
-            mask = torch.cat((torch.ones(global_k.shape[2], dtype=torch.bool, device=x.device), in_window))
-            keys, values = torch.cat((global_k, recent_k), dim=2), torch.cat((global_v, recent_v), dim=2)
-            y = self._attend_one(q, keys, values, mask)
-        return y, {"k": recent_k, "v": recent_v, "global_k": global_k, "global_v": global_v, "position": t + 1}
+            y = self._continue(q, k, v, cache)
+            cache.append(k, v)
+        return self.out_proj(y.transpose(1, 2).reshape(b, length, self.heads * self.head_dim)), cache
+
+    def _continue(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """The chunk's queries q (B, H, L, hd) at positions start.. over the cached keys and the
+        chunk's own k, v (B, Hkv, L, hd), under the pattern, through the sparse kernel.
+
+        The kernel takes one sequence from position 0, so the cached keys go in front of the chunk
+        in position order, n of them, with n dummy (zero) queries whose outputs are dropped:
+
+        - window and globals: the cache holds the global keys (positions 0..G-1) and the last
+          window span before the chunk. If nothing has left the ring yet, the sequence is exactly
+          positions 0..start+L-1. Otherwise the ring keys and the chunk are contiguous in position
+          and sit after the G globals: every index is its position minus the same shift, so the
+          window rule (on index differences) is the true one; the globals are seen by every query
+          whatever the window says, and no chunk query is global (its position is past the
+          globals). The chunk's queries therefore see exactly their pattern rows, at a cost of
+          at most G + span extra rows.
+        - random blocks: the cache holds every key, so the sequence is exactly positions
+          0..start+L-1 and the pattern (block boundaries, draws) is the true one; the ``start``
+          dummy rows make each chunk cost O(start + L) rows of the kernel instead of O(L), still
+          linear and far cheaper than stepping (each step attends over every cached key).
+        """
+        kept_k, kept_v = cache.ordered()  # (B, Hkv, n, hd), increasing positions
+        n = kept_k.shape[2]
+        b, heads, _, hd = q.shape
+        queries = torch.cat((q.new_zeros(b, heads, n, hd), q), dim=2)  # (B, H, n + L, hd)
+        keys = torch.cat((kept_k.to(k.dtype), k), dim=2)  # (B, Hkv, n + L, hd)
+        values = torch.cat((kept_v.to(v.dtype), v), dim=2)
+        return sparse_attention(queries, keys, values, self.pattern, backend=self.backend)[:, :, n:]
 
     def _attend_one(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
