@@ -25,6 +25,8 @@ Paths:
   (not ``scan_backend``, ``HYBRIDS_SELECTIVE_SCAN_BACKEND`` nor ``HYBRIDS_CAUSAL_CONV1D_BACKEND``),
   2 <= d_conv <= 4 and not float64: mamba_ssm's fused
   ``mamba_inner_fn`` on the same parameters. Not exercised by the test suite (no GPU here).
+- ``prefill``: the unfused path with the kernels' initial and final states (conv tail, scan
+  state), never the fused block, which returns no state.
 - ``step``: ``causal_conv1d_update`` and ``selective_state_update``.
 """
 
@@ -179,15 +181,50 @@ class Mamba(Mixer):
                 self.out_proj.weight, self.out_proj.bias, A, None, None, _wide(self.D),
                 delta_bias=_wide(self.dt_proj.bias), delta_softplus=True,
             )
+        return self._unfused(xz, A)
+
+    def _unfused(self, xz: torch.Tensor, A: torch.Tensor, state: State | None = None, final_state: bool = False):
+        """The block on our kernels from in_proj's output xz (B, 2 * d_inner, L): the mixer's
+        output (B, L, d_model) [and the state after it]. ``state`` (None: zero) feeds the conv's
+        last d_conv - 1 inputs and the scan's h to the kernels as their initial states; with
+        ``final_state`` the kernels return theirs (the causal-conv1d package's and mamba_ssm's
+        argument names), which forces no backend but rules out those that cannot return or take
+        them (the dispatcher's choice)."""
         u, z = xz.chunk(2, dim=1)  # (B, d_inner, L) each
-        u = causal_conv1d(u, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")
+        weight = self.conv1d.weight[:, 0, :]  # (d_inner, d_conv)
+        conv0 = None if state is None else state["conv"].to(u.dtype)  # (B, d_inner, d_conv - 1)
+        out = causal_conv1d(u, weight, self.conv1d.bias, activation="silu", initial_states=conv0,
+                            return_final_states=final_state)
+        u, conv = out if final_state else (out, None)  # (B, d_inner, L), its last d_conv - 1 inputs
         dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias goes to the scan
-        y = selective_scan(
+        # Only a given state goes to the scan, so that a prefill from zero can still run on a
+        # backend that takes no initial_state (mamba_ssm's "extension").
+        h0 = None if state is None else state["ssm"]  # (B, d_inner, d_state)
+        out = selective_scan(
             u, delta, A, B.transpose(1, 2), C.transpose(1, 2), _wide(self.D), z=z,
-            delta_bias=_wide(self.dt_proj.bias), delta_softplus=True, **self._scan_kwargs(),
-        )  # (B, d_inner, L)
-        return self.out_proj(y.transpose(1, 2))
+            delta_bias=_wide(self.dt_proj.bias), delta_softplus=True, return_last_state=final_state,
+            initial_state=h0, **self._scan_kwargs(),
+        )  # (B, d_inner, L) [, (B, d_inner, d_state)]
+        if not final_state:
+            return self.out_proj(out.transpose(1, 2))
+        y, h = out
+        # Back in init_state's layout and dtypes: conv (B, d_inner, d_conv - 1) in the parameters'
+        # dtype, a copy (not a view that keeps the whole prompt alive); h in float32 or wider.
+        dtype = self._factory()["dtype"]
+        conv = conv.to(dtype).clone(memory_format=torch.contiguous_format)
+        return self.out_proj(y.transpose(1, 2)), {"conv": conv, "ssm": h.to(at_least_float32(dtype))}
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """A prompt x (B, L, d_model) -> outputs (B, L, d_model) and the state after it, from
+        ``state`` (zero if None): the parallel conv and scan over the prompt, never ``step``.
+
+        Always on our kernels: mamba_ssm's fused ``mamba_inner_fn`` (which ``forward`` may take
+        on CUDA) returns no state. Chunked prefill, each call from the last one's state, equals
+        one call over the whole.
+        """
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 * d_inner, L)
+        return self._unfused(xz, -torch.exp(_wide(self.A_log)), state, final_state=True)
 
     # -- recurrent -----------------------------------------------------------------------------
 

@@ -39,10 +39,12 @@ a million steps), the input scale is ``sqrt(1 - exp(-2e-6)) ~ 1.4e-3`` instead o
 and the gradient through ``delta`` to ``r_t`` and ``Lambda`` is zero. ``u_t`` is then at most
 ~1400 times the gated input, well inside float32.
 
-``step`` uses ``causal_conv1d_update`` and ``selective_state_update`` with the same
-reparametrisation, so decoding runs the scan's own one-step kernel. The state per sequence is
-``h`` (d_rnn) in float32 (or wider) and the last ``d_conv - 1`` inputs of the convolution:
-``state_size = d_rnn * (1 + d_conv - 1) = d_rnn * d_conv``, whatever the sequence length.
+``prefill`` runs the parallel path with the kernels' initial and final states (the conv's last
+inputs, the scan's state). ``step`` uses ``causal_conv1d_update`` and ``selective_state_update``
+with the same reparametrisation, so decoding runs the scan's own one-step kernel. The state per
+sequence is ``h`` (d_rnn) in float32 (or wider) and the last ``d_conv - 1`` inputs of the
+convolution: ``state_size = d_rnn * (1 + d_conv - 1) = d_rnn * d_conv``, whatever the sequence
+length.
 """
 
 from __future__ import annotations
@@ -150,15 +152,46 @@ class RGLRU(Mixer):
     # -- parallel ------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._parallel(x)
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """A prompt x (B, L, d_model) -> outputs (B, L, d_model) and the state after it, from
+        ``state`` (zero if None): the parallel conv and scan over the prompt with the kernels'
+        initial and final states, never ``step``. Chunked prefill, each call from the last one's
+        state, equals one call over the whole."""
+        return self._parallel(x, state, final_state=True)
+
+    def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False):
+        """The block over x (B, L, d_model) in parallel -> (B, L, d_model) [and the state after
+        it]. ``state`` (None: zero) gives the conv's last d_conv - 1 inputs and the scan's h as
+        the kernels' initial states; ``final_state`` asks the kernels for theirs."""
         batch, length, _ = x.shape
         rec, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d_rnn) each
-        rec = causal_conv1d(rec.transpose(1, 2), self.conv1d.weight[:, 0, :], self.conv1d.bias)  # (B, d_rnn, L)
+        rec = rec.transpose(1, 2)  # (B, d_rnn, L)
+        weight = self.conv1d.weight[:, 0, :]  # (d_rnn, d_conv)
+        conv0 = None if state is None else state["conv"].to(rec.dtype)  # (B, d_rnn, d_conv - 1)
+        out = causal_conv1d(rec, weight, self.conv1d.bias, initial_states=conv0, return_final_states=final_state)
+        rec, conv = out if final_state else (out, None)  # (B, d_rnn, L), its last d_conv - 1 inputs
         u, delta = self._scan_inputs(rec.transpose(1, 2))  # (B, L, d_rnn)
         A, ones = self._unit(batch, u)
         BC = ones[:, :, None, None].expand(batch, 1, 1, length)  # (B, groups=1, d_state=1, L)
         kwargs = {} if self.scan_backend is None else {"backend": self.scan_backend}
-        h = selective_scan(u.transpose(1, 2), delta.transpose(1, 2), A, BC, BC, **kwargs)  # (B, d_rnn, L)
-        return self.out_proj(F.gelu(gate) * h.transpose(1, 2).to(gate.dtype))
+        # h (B, d_rnn) is the scan's state with d_state = 1: (B, d_rnn, 1). Only a given state
+        # goes to the scan, so that a prefill from zero runs on any backend.
+        h0 = None if state is None else state["h"][:, :, None]
+        out = selective_scan(
+            u.transpose(1, 2), delta.transpose(1, 2), A, BC, BC, return_last_state=final_state, initial_state=h0,
+            **kwargs,
+        )  # (B, d_rnn, L) [, (B, d_rnn, 1)]
+        h_seq, h_last = out if final_state else (out, None)
+        y = self.out_proj(F.gelu(gate) * h_seq.transpose(1, 2).to(gate.dtype))
+        if not final_state:
+            return y
+        # init_state's dtypes: the conv tail in the parameters' dtype (a copy, not a view that
+        # keeps the whole prompt alive), h in float32 or wider.
+        dtype = self._factory()["dtype"]
+        conv = conv.to(dtype).clone(memory_format=torch.contiguous_format)
+        return y, {"conv": conv, "h": h_last[:, :, 0].to(at_least_float32(dtype))}
 
     # -- recurrent -----------------------------------------------------------------------------
 

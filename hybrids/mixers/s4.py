@@ -130,6 +130,25 @@ class _SSMMixer(Mixer):
         y = self._ssm(u)  # kernel + FFT convolution; the kernel stays in float32 or wider
         return self._output(y.transpose(1, 2))
 
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """A prompt x (B, L, H) -> outputs (B, L, H) and the state {"x": (B, H, N2) complex} after
+        it, from ``state`` (zero if None), in parallel: the SSM op's kernel + FFT convolution for
+        the outputs and its closed-form final state, never a loop over L.
+
+        The op runs a chunk from a state whatever the chunk's position in the sequence, so
+        chunked prefill (each call continuing from the last one's state) equals one call over
+        the whole. S4: a prompt longer than ``l_max`` grows the kernel length first (``_ssm``
+        attunes C~, as ``forward`` does); ``step`` then rebuilds its recurrence for the new
+        length, which represents the same C.
+        """
+        u = x.transpose(1, 2)  # (B, H, L)
+        x0 = None if state is None else state["x"]  # (B, H, N2) complex, or None: zero
+        y, final = self._ssm(u, x0, True)  # (B, H, L), (B, H, N2) in Lambda's complex dtype
+        # In step's complex dtype (complex64, complex128 for float64 parameters), and a tensor of
+        # its own: S4's op returns the kept half of a (B, H, N) state, a view of twice the memory.
+        final = final.to(self._complex_dtype()).clone(memory_format=torch.contiguous_format)
+        return self._output(y.transpose(1, 2)), {"x": final}
+
     def _complex_dtype(self) -> torch.dtype:
         return torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
 
