@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -58,9 +59,15 @@ class HybridLM(nn.Module):
 
     # -- recurrent form -------------------------------------------------------------------------
 
-    def init_state(self, batch_size: int) -> list[Any]:
-        """One empty mixer state per block."""
-        return [block.mixer.init_state(batch_size) for block in self.blocks]
+    def init_state(self, batch_size: int, max_len: int | None = None) -> list[Any]:
+        """One empty mixer state per block; ``max_len`` (the prompt plus the tokens to generate)
+        lets mixers whose state grows (attention's KV cache) allocate it once."""
+        states = []
+        for block in self.blocks:
+            init = block.mixer.init_state
+            takes_max_len = max_len is not None and "max_len" in inspect.signature(init).parameters
+            states.append(init(batch_size, max_len=max_len) if takes_max_len else init(batch_size))
+        return states
 
     def step(self, tokens: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         """tokens (B,) -> logits (B, vocab_size) for the next token, and the updated states."""
@@ -122,7 +129,8 @@ class HybridLM(nn.Module):
         generator = None
         if seed is not None:
             generator = torch.Generator(device=prompt.device).manual_seed(seed)
-        logits, states = self.prefill(prompt)
+        # Caches sized for the whole decode up front: no reallocation while generating.
+        logits, states = self.prefill(prompt, self.init_state(prompt.shape[0], prompt.shape[1] + max_new_tokens))
         logits = logits[:, -1]
         out = [prompt]
         finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)

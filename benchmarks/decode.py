@@ -1,0 +1,212 @@
+"""Decode cost against context length: what a fixed-state mixer saves over attention at inference.
+
+    python benchmarks/decode.py                                 # the README table and plot
+    python benchmarks/decode.py --contexts 1024 4096 --families attention mamba --steps 16
+
+For each family, a 6-layer stack (SwiGLU MLPs, vocabulary 256) whose width is chosen so that its
+parameter count is nearest ``--params`` (10M by default), batch 1, float32, ``torch.no_grad``:
+
+- **decode**: the state after a context of L tokens, then the median time of one more token
+  through ``HybridLM.step`` over ``--steps`` tokens (after 4 warm-up steps), and the state a
+  decoder keeps per sequence (``state_elements``, in MiB of float32). The context is a real
+  prefill of L random tokens (``HybridLM.prefill``), except for full attention beyond
+  ``--max-attention-prefill`` tokens, whose quadratic prefill would take minutes here: its KV
+  caches are then filled with random keys and values of the same length (decode cost depends
+  only on the cache length, not on its contents).
+- **prefill**: a 2,048-token prompt through ``HybridLM.prefill`` against the same tokens stepped
+  one at a time, in tokens per second.
+
+Results go to ``--out`` (JSON, one entry per measurement; a rerun skips the entries already there,
+so an interrupted run resumes) and a plot beside it (PNG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from common import best_time
+
+from hybrids import HybridLM
+from hybrids.mixers import state_elements
+from hybrids.mixers import Attention
+
+VOCAB, LAYERS, HEAD_DIM, WINDOW = 256, 6, 64, 512
+
+# family -> (pattern, mixers as a function of heads)
+FAMILIES = {
+    "attention": ("A", lambda h: {"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": h}}}),
+    "sliding-window": ("W", lambda h: {"W": {"class_path": "hybrids.mixers.SparseAttention",
+                                             "init_args": {"heads": h, "window": WINDOW}}}),
+    "mamba": ("M", lambda h: {"M": {"class_path": "hybrids.mixers.Mamba", "init_args": {"d_state": 16}}}),
+    "rglru": ("R", lambda h: {"R": {"class_path": "hybrids.mixers.RGLRU", "init_args": {}}}),
+    "s4d": ("D", lambda h: {"D": {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 64}}}),
+    "mamba+sliding-window": ("MW", lambda h: {
+        "M": {"class_path": "hybrids.mixers.Mamba", "init_args": {"d_state": 16}},
+        "W": {"class_path": "hybrids.mixers.SparseAttention", "init_args": {"heads": h, "window": WINDOW}},
+    }),
+}
+
+
+def build(family: str, target_params: float) -> HybridLM:
+    """The family's 6-layer stack whose width (a multiple of 64) gives the parameter count
+    nearest ``target_params``."""
+    pattern, mixers = FAMILIES[family]
+    best = None
+    for d_model in range(128, 1025, 64):
+        torch.manual_seed(0)
+        model = HybridLM(VOCAB, d_model=d_model, n_layers=LAYERS, pattern=pattern, mixers=mixers(d_model // HEAD_DIM),
+                         mlp_expand=2.0)
+        gap = abs(model.num_parameters() - target_params)
+        if best is None or gap < best[0]:
+            best = (gap, model)
+        elif model.num_parameters() > target_params:
+            break
+    return best[1].eval()
+
+
+def context_states(model: HybridLM, length: int, max_attention_prefill: int) -> tuple[list, str]:
+    """Every layer's state after ``length`` tokens, and how it was made."""
+    full_attention = all(type(b.mixer) is Attention for b in model.blocks)
+    if not full_attention or length <= max_attention_prefill:
+        _, states = model.prefill(torch.randint(VOCAB, (1, length)))
+        return states, "prefill"
+    states = []
+    for block in model.blocks:
+        cache = block.mixer.init_state(1, max_len=length + 1024)
+        k = torch.randn(1, block.mixer.kv_heads, length, block.mixer.head_dim)
+        cache.append(k, torch.randn_like(k))
+        states.append(cache)
+    return states, "random K/V"
+
+
+def decode_time(model: HybridLM, states: list, steps: int) -> float:
+    """Median seconds per token of ``steps`` steps from ``states`` (after 4 warm-up steps)."""
+    token = torch.randint(VOCAB, (1,))
+    for _ in range(4):
+        _, states = model.step(token, states)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        _, states = model.step(token, states)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_prefill(model: HybridLM, length: int) -> dict:
+    tokens = torch.randint(VOCAB, (1, length))
+    model.prefill(tokens[:, :16])  # warm-up
+    prefill = best_time(lambda: model.prefill(tokens), 2)
+
+    def stepping():
+        states = model.init_state(1)
+        for t in range(length):
+            _, states = model.step(tokens[:, t], states)
+
+    stepped = best_time(stepping, 1)
+    return {"prefill_tokens_per_s": length / prefill, "step_tokens_per_s": length / stepped, "speedup": stepped / prefill}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for family in FAMILIES:
+        rows = sorted((r for r in results if r["family"] == family and r["kind"] == "decode"), key=lambda r: r["context"])
+        if not rows:
+            continue
+        contexts = [r["context"] for r in rows]
+        left.plot(contexts, [r["ms_per_token"] for r in rows], "o-", label=family)
+        right.plot(contexts, [r["state_mib"] for r in rows], "o-", label=family)
+    for ax, label in ((left, "decode time per token (ms)"), (right, "state per sequence (MiB, float32)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    fig.suptitle("Decoding after a context, ~10M-parameter 6-layer stacks, batch 1, CPU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    parser.add_argument("--params", type=float, default=10e6)
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--prefill-length", type=int, default=2048)
+    parser.add_argument("--max-attention-prefill", type=int, default=16384)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decode_cpu.json")
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(args.out.read_text()) if args.out.exists() else []
+    done = {(r["family"], r["kind"], r.get("context")) for r in results}
+
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch 1")
+    with torch.no_grad():
+        for family in args.families:
+            model = build(family, args.params)
+            params = model.num_parameters()
+            width = model.config.d_model
+            if (family, "prefill", args.prefill_length) not in done:
+                row = {"family": family, "kind": "prefill", "context": args.prefill_length, "params": params,
+                       "d_model": width, **measure_prefill(model, args.prefill_length)}
+                results.append(row)
+                args.out.write_text(json.dumps(results, indent=1))
+                print(json.dumps(row), flush=True)
+            for length in args.contexts:
+                if (family, "decode", length) in done:
+                    continue
+                start = time.perf_counter()
+                states, how = context_states(model, length, args.max_attention_prefill)
+                built = time.perf_counter() - start
+                row = {
+                    "family": family, "kind": "decode", "context": length, "params": params, "d_model": width,
+                    "ms_per_token": 1e3 * decode_time(model, states, args.steps),
+                    "state_mib": state_elements(states) * 4 / 2**20, "context_from": how, "context_seconds": built,
+                }
+                results.append(row)
+                args.out.write_text(json.dumps(results, indent=1))
+                print(json.dumps(row), flush=True)
+                del states
+    plot(results, args.out.with_suffix(".png"))
+    print_tables(results)
+
+
+def print_tables(results: list[dict]) -> None:
+    contexts = sorted({r["context"] for r in results if r["kind"] == "decode"})
+    print("\n| family | params | " + " | ".join(f"{c:,}: ms/token, state" for c in contexts) + " | growth 1st->last |")
+    print("| --- | ---: | " + " | ".join("---:" for _ in contexts) + " | ---: |")
+    for family in FAMILIES:
+        rows = {r["context"]: r for r in results if r["family"] == family and r["kind"] == "decode"}
+        if not rows:
+            continue
+        cells = []
+        for c in contexts:
+            r = rows.get(c)
+            mark = "" if r is None or r["context_from"] == "prefill" else "*"
+            cells.append("" if r is None else f"{r['ms_per_token']:.2f}, {r['state_mib']:.2f} MiB{mark}")
+        present = [rows[c]["ms_per_token"] for c in contexts if c in rows]
+        growth = present[-1] / present[0] if len(present) > 1 else math.nan
+        params = next(iter(rows.values()))["params"]
+        print(f"| {family} | {params / 1e6:.1f}M | " + " | ".join(cells) + f" | {growth:.2f}x |")
+    print("\n| family | prefill (tokens/s) | stepping (tokens/s) | prefill speed-up |")
+    print("| --- | ---: | ---: | ---: |")
+    for r in results:
+        if r["kind"] == "prefill":
+            print(f"| {r['family']} | {r['prefill_tokens_per_s']:,.0f} | {r['step_tokens_per_s']:,.0f} | {r['speedup']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
