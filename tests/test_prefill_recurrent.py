@@ -213,3 +213,19 @@ def test_mamba_prefill_takes_the_unfused_path_where_forward_takes_the_fused_bloc
         monkeypatch.setattr(mamba_module, "_FUSED_DEVICES", ("cuda",))
         torch.testing.assert_close(y, mixer(x), rtol=1e-5, atol=1e-5)
         assert_states_close(state, run_steps(mixer, x)[1], 1e-5)
+
+
+def test_s4_inference_cache_follows_the_parameters():
+    """Without gradients S4 reuses its kernel and dense system per parameter version: the cached
+    path equals the uncached one, and an in-place parameter update (an optimiser step) is seen."""
+    torch.manual_seed(0)
+    m = S4(8, d_state=8).double().eval()
+    x = torch.randn(2, 40, 8, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            cached_y, cached_state = m.prefill(x)
+        y, state = m.prefill(x)  # grad mode: computed afresh
+        torch.testing.assert_close(cached_y, y.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cached_state["x"], state["x"].detach(), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            m.log_dt.add_(0.3)  # the next round must not reuse the old kernel

@@ -39,6 +39,7 @@ from hybrids.kernels.ssm import (
     dplr_c_tilde,
     dplr_double_c_tilde,
     dplr_kernel,
+    dplr_precompute,
     dplr_ssm,
 )
 from hybrids.mixers.base import Mixer, State
@@ -350,7 +351,19 @@ class S4(_SSMMixer):
     def _ssm(self, u, initial_state=None, output_final_state=False):
         self._attune(u.shape[-1])
         Lambda, P, B, C_tilde, dt = self._system()
-        return dplr_ssm(u, Lambda, P, B, C_tilde, dt, int(self.l_max), self.D, None, initial_state, output_final_state)
+        # Without gradients (inference), the kernel and the dense system depend on the parameters
+        # alone: computed once per parameter version and kernel length, so that a decoder
+        # prefilling prompt after prompt pays for an FFT convolution and a contraction only.
+        precomputed = None
+        if not torch.is_grad_enabled():
+            key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, int(self.l_max))
+            cache = getattr(self, "_precomputed_cache", None)
+            if cache is None or cache[0] != key:
+                cache = (key, dplr_precompute(Lambda, P, B, C_tilde, dt, int(self.l_max)))
+                self._precomputed_cache = cache
+            precomputed = cache[1]
+        return dplr_ssm(u, Lambda, P, B, C_tilde, dt, int(self.l_max), self.D, None, initial_state,
+                        output_final_state, precomputed=precomputed)
 
     def _recurrence(self):
         # Exact recurrence of the same system, built densely in double precision: the rank term

@@ -78,6 +78,7 @@ from hybrids.kernels.ssm.dplr import (  # noqa: E402
     dplr_c_tilde,
     dplr_double_c_tilde,
     dplr_kernel,
+    dplr_precompute,
     dplr_ssm,
     dplr_ssm_recurrent,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "dplr_c_tilde",
     "dplr_double_c_tilde",
     "dplr_kernel",
+    "dplr_precompute",
     "dplr_ssm",
     "dplr_ssm_recurrent",
     "fft_conv",

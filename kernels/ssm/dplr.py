@@ -4,12 +4,14 @@ new kernel length, and the SSM applied to a sequence from a state and to its fin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from hybrids.kernels.dtypes import at_least_float32
 from hybrids.kernels.ssm.cauchy import cauchy
 from hybrids.kernels.ssm.fftconv import fft_conv
-from hybrids.kernels.ssm.krylov import dense_ssm_state
+from hybrids.kernels.ssm.krylov import DenseStatePlan, dense_ssm_state
 
 
 def dplr_kernel(
@@ -149,6 +151,7 @@ def dplr_ssm(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     backend: str | None = None,
+    precomputed: DplrPrecomputed | None = None,
 ):
     """Run S4's SSM over ``u`` from an optional state -> y (batch, H, L) [, final state].
 
@@ -164,6 +167,10 @@ def dplr_ssm(
 
     Backends (``backend=`` or ``HYBRIDS_DPLR_SSM_BACKEND``): ``"parallel"`` (the default) and
     ``"recurrent"``, the reference that steps the dense recurrence (:func:`dplr_ssm_recurrent`).
+
+    ``precomputed`` (:func:`dplr_precompute` of the same system and ``l_max``) supplies what
+    depends on the parameters alone, the kernel and the dense system with its powers, for
+    inference with fixed parameters (no gradients flow to them through it).
     """
     from hybrids.kernels.ssm import DPLR_SSM
 
@@ -180,7 +187,8 @@ def dplr_ssm(
         raise ValueError(f"sequence length {length} exceeds l_max={l_max}; C~ must be attuned to a length >= L")
     Q = P if Q is None else Q
     if initial_state is None:
-        y = fft_conv(u, dplr_kernel(Lambda, P, B, C_tilde, dt, l_max, Q)[:, :length], D)
+        kernel = precomputed.kernel if precomputed is not None else dplr_kernel(Lambda, P, B, C_tilde, dt, l_max, Q)
+        y = fft_conv(u, kernel[:, :length], D)
     else:
         # The state's share of y_t is C A_bar^t (A_bar x0): a kernel whose input vector is A_bar x0
         # instead of B_bar. Since (I - A_bar w)^-1 A_bar x0 = 2/(1+w) (g - A)^-1 (x0/dt + A x0/2),
@@ -195,9 +203,44 @@ def dplr_ssm(
         y = (fft_conv(u.to(work), kernels[0], D) + kernels[1:]).to(u.dtype)
     if not output_final_state:
         return y
-    A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt, Q)  # (H, N, N), (H, N)
-    full = dense_ssm_state(A_bar, B_bar, u, None if initial_state is None else conjugate_full(initial_state.to(A_bar.dtype)))
+    if precomputed is not None:
+        A_bar, B_bar, plan = precomputed.A_bar, precomputed.B_bar, precomputed.plan
+    else:
+        A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt, Q)  # (H, N, N), (H, N)
+        plan = None
+    x0 = None if initial_state is None else conjugate_full(initial_state.to(A_bar.dtype))
+    full = dense_ssm_state(A_bar, B_bar, u, x0, plan=plan)
     return y, full[..., : Lambda.shape[-1]]
+
+
+@dataclass
+class DplrPrecomputed:
+    """What :func:`dplr_ssm` needs of the parameters alone (see :func:`dplr_precompute`)."""
+
+    kernel: torch.Tensor  # (H, l_max) real
+    A_bar: torch.Tensor  # (H, N, N) complex, the dense bilinear system
+    B_bar: torch.Tensor  # (H, N)
+    plan: DenseStatePlan  # Krylov matrix and powers of A_bar for the final state
+
+
+@torch.no_grad()
+def dplr_precompute(
+    Lambda: torch.Tensor,
+    P: torch.Tensor,
+    B: torch.Tensor,
+    C_tilde: torch.Tensor,
+    dt: torch.Tensor,
+    l_max: int,
+    Q: torch.Tensor | None = None,
+) -> DplrPrecomputed:
+    """The kernel of length ``l_max`` and the dense system of S4's SSM, computed once, for
+    :func:`dplr_ssm` calls with fixed parameters (prefilling prompt after prompt): a prefill then
+    costs an FFT convolution and the final state's contraction, not a kernel and log2(L) dense
+    matrix products."""
+    Q = P if Q is None else Q
+    A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt, Q)
+    kernel = dplr_kernel(Lambda, P, B, C_tilde, dt, l_max, Q)
+    return DplrPrecomputed(kernel, A_bar, B_bar, DenseStatePlan(A_bar, B_bar))
 
 
 def dplr_ssm_recurrent(

@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from hybrids.kernels.ssm.cauchy import DEFAULT_CHUNK
 
@@ -36,23 +39,47 @@ def vandermonde(
     return vandermonde_log(v, torch.log(x), length, chunk=chunk)
 
 
+def powers(log_x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """``x^s`` for each step s: (..., S, N2) complex from ``log x`` (..., N2) and steps (S,) real.
+
+    Built as ``exp(s Re log x) (cos(s Im log x) + i sin(s Im log x))``: three real transcendental
+    functions are several times cheaper than one complex ``exp`` on CPU (about 74 ns against a few
+    ns per element here).
+    """
+    magnitude = torch.exp(log_x.real[..., None, :] * steps[:, None])
+    angle = log_x.imag[..., None, :] * steps[:, None]
+    return torch.complex(magnitude * torch.cos(angle), magnitude * torch.sin(angle))
+
+
+def _tables(log_x: torch.Tensor, length: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(x^j for j < chunk, x^(c chunk) for each chunk c, number of chunks).
+
+    The two tables cost (chunk + length / chunk) powers per mode, least near chunk = sqrt(length):
+    the chunk is at most that (and at most ``chunk``).
+    """
+    chunk = max(1, min(chunk, length, math.isqrt(max(length - 1, 0)) + 1))
+    n_chunks = -(-length // chunk)
+    real = log_x.real.dtype
+    table = powers(log_x, torch.arange(chunk, device=log_x.device, dtype=real))  # (..., chunk, N2)
+    offsets = powers(log_x, torch.arange(n_chunks, device=log_x.device, dtype=real) * chunk)  # (..., n, N2)
+    return table, offsets, n_chunks
+
+
 def vandermonde_log(v: torch.Tensor, log_x: torch.Tensor, length: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """:func:`vandermonde` given ``log x`` (e.g. ``dt * Lambda`` for ZOH), chunked over l.
 
-    One table ``x^j`` for j < chunk is built with ``exp``; chunk c then uses
-    ``x^(c chunk + j) = x^(c chunk) x^j``, one complex product per term instead of an ``exp``.
+    With ``x^(c chunk + j) = x^(c chunk) x^j``, the sum over the N2 modes is one matrix product
+    per channel: ``(v x^(c chunk))`` (..., n_chunks, N2) times the table ``x^j`` (..., N2, chunk),
+    of which only the real part is needed (two real products). Memory: the table and the output,
+    never a (..., L, N2) tensor.
     """
     if length == 0:  # no terms: an empty kernel, still attached to v for autograd
         return (2 * (v * log_x.exp()).sum(-1, keepdim=True).real)[..., :0]
-    chunk = min(chunk, length)
-    steps = torch.arange(chunk, device=log_x.device, dtype=log_x.real.dtype)
-    table = torch.exp(log_x[..., None, :] * steps[:, None])  # (..., chunk, N2)
-    out = []
-    for start in range(0, length, chunk):
-        offset = torch.exp(log_x * start)[..., None, :]  # x^start, (..., 1, N2)
-        width = min(chunk, length - start)
-        out.append(2 * torch.einsum("...n,...ln->...l", v, offset * table[..., :width, :]).real)
-    return torch.cat(out, dim=-1)
+    table, offsets, _ = _tables(log_x, length, chunk)
+    weighted = v[..., None, :] * offsets  # (..., n_chunks, N2)
+    table_t = table.transpose(-1, -2)  # (..., N2, chunk)
+    out = weighted.real @ table_t.real - weighted.imag @ table_t.imag  # Re(weighted @ table_t)
+    return 2 * out.flatten(-2)[..., :length]
 
 
 def vandermonde_transpose_log(u: torch.Tensor, log_x: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
@@ -60,20 +87,15 @@ def vandermonde_transpose_log(u: torch.Tensor, log_x: torch.Tensor, chunk: int =
 
     This is the state a diagonal recurrence ``h_s = x h_(s-1) + u_s`` reaches after the L inputs
     of ``u`` (..., L) from ``h = 0``; ``log_x`` (..., N2) broadcasts against u's leading
-    dimensions. Like :func:`vandermonde_log`, it holds one table of ``chunk`` powers (..., chunk,
-    N2) and never a (..., L, N2) tensor: with u (batch, H, L) and x (H, N2), memory is
-    O(H chunk N2 + batch H N2).
+    dimensions. The reversed input, cut into chunks (..., n_chunks, chunk), times the table
+    ``x^j`` (..., chunk, N2) (two real products: u is real), then times ``x^(c chunk)`` and summed
+    over the chunks: memory O(H chunk N2 + batch H n_chunks N2), never a (..., L, N2) tensor.
     """
     length = u.shape[-1]
-    chunk = max(1, min(chunk, length))
-    steps = torch.arange(chunk, device=log_x.device, dtype=log_x.real.dtype)
-    table = torch.exp(log_x[..., None, :] * steps[:, None])  # x^j, (..., chunk, N2)
-    # Reversed, u_rev[..., l] multiplies x^l.
-    u_rev = u.flip(-1).to(log_x.dtype)
-    total = None
-    for start in range(0, length, chunk):
-        width = min(chunk, length - start)
-        powers = torch.exp(log_x * start)[..., None, :] * table[..., :width, :]  # x^(start + j)
-        part = torch.einsum("...l,...ln->...n", u_rev[..., start : start + width], powers)
-        total = part if total is None else total + part
-    return total
+    table, offsets, n_chunks = _tables(log_x, length, chunk)
+    chunk = table.shape[-2]
+    # Reversed, u_rev[..., l] multiplies x^l; padded to whole chunks.
+    u_rev = F.pad(u.flip(-1), (0, n_chunks * chunk - length)).unflatten(-1, (n_chunks, chunk))
+    u_rev = u_rev.to(table.real.dtype)
+    parts = torch.complex(u_rev @ table.real, u_rev @ table.imag)  # (..., n_chunks, N2)
+    return (parts * offsets).sum(-2)
