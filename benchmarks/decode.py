@@ -46,6 +46,7 @@ FAMILIES = {
     "mamba": ("M", lambda h: {"M": {"class_path": "hybrids.mixers.Mamba", "init_args": {"d_state": 16}}}),
     "rglru": ("R", lambda h: {"R": {"class_path": "hybrids.mixers.RGLRU", "init_args": {}}}),
     "s4d": ("D", lambda h: {"D": {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 64}}}),
+    "s4": ("S", lambda h: {"S": {"class_path": "hybrids.mixers.S4", "init_args": {"d_state": 64}}}),
     "mamba+sliding-window": ("MW", lambda h: {
         "M": {"class_path": "hybrids.mixers.Mamba", "init_args": {"d_state": 16}},
         "W": {"class_path": "hybrids.mixers.SparseAttention", "init_args": {"heads": h, "window": WINDOW}},

@@ -84,11 +84,38 @@ def load_runs(root: str | Path, metric: str = "val/acc") -> list[Run]:
     """
     root = Path(root)
     runs = [r for r in (load_run(p.parent, metric) for p in sorted(root.rglob("metrics.csv"))) if r is not None]
-    # resumed_from is <save_dir>/<name>/version_N/checkpoints/last.ckpt, maybe relative to another
-    # working directory: match runs by their last two folders, <name>/version_N.
-    superseded = {Path(r.hparams["resumed_from"]).parents[1].parts[-2:] for r in runs if r.hparams.get("resumed_from")}
-    runs = [r for r in runs if r.path.parts[-2:] not in superseded]
+    superseded: set[Path] = set()
+    for continuation in runs:
+        resumed = continuation.hparams.get("resumed_from")
+        if resumed:
+            superseded |= _resumed_runs(continuation, Path(resumed), runs)
+    runs = [r for r in runs if r.path not in superseded]
     return sorted(runs, key=lambda r: (r.family, r.state_size, r.name))
+
+
+def _resumed_runs(continuation: Run, checkpoint: Path, runs: list[Run]) -> set[Path]:
+    """The run(s) a continuation resumed from ``checkpoint``.
+
+    The checkpoint usually lies in the resumed run's folder (``<name>/version_N/checkpoints/``),
+    perhaps recorded relative to another working directory: match the run whose last two folders
+    appear in the checkpoint's path. A checkpoint kept elsewhere (``--checkpoint.dirpath``) is
+    matched through the run identity instead: the earlier runs of the continuation's identity.
+    """
+    parts = checkpoint.parts
+    pairs = {parts[i : i + 2] for i in range(len(parts) - 1)}
+    found = {r.path for r in runs if r is not continuation and r.path.parts[-2:] in pairs}
+    identity = continuation.hparams.get("identity")
+    if not found and identity:
+        found = {
+            r.path for r in runs
+            if r is not continuation and r.hparams.get("identity") == identity and _version(r) < _version(continuation)
+        }
+    return found
+
+
+def _version(run: Run) -> int:
+    name = run.path.name
+    return int(name.removeprefix("version_")) if name.startswith("version_") and name[8:].isdigit() else -1
 
 
 def runs_table(runs: list[Run]) -> str:

@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -28,12 +29,22 @@ class Interrupted(Exception):
 
 
 class GracefulInterrupt(Callback):
-    """On SIGTERM or SIGINT during ``fit``, finish the current batch, save ``last.ckpt`` (a
-    mid-epoch checkpoint from which ``--ckpt_path last`` resumes exactly) and raise
-    :class:`Interrupted`, which the CLI turns into exit status 143 (SIGTERM) or 130 (SIGINT).
+    """On SIGTERM or SIGINT during ``fit``: stop at the next point where the training state is
+    whole, save ``last.ckpt`` there, and raise :class:`Interrupted`, which the CLI turns into exit
+    status 143 (SIGTERM) or 130 (SIGINT).
 
-    A second signal while the checkpoint is written is ignored; the handlers in place before
-    ``fit`` are restored after it.
+    Where the run stops:
+
+    - during a training epoch, after the batch that completes the current optimiser step (with
+      ``accumulate_grad_batches > 1`` a checkpoint in the middle of an accumulation would lose
+      the gradients accumulated so far); ``--ckpt_path last`` resumes exactly there;
+    - during validation (or the sanity check), validation first finishes: mid-epoch, the run stops
+      at the next training step; at the end of an epoch, once the epoch's checkpoint is written.
+
+    A second SIGINT stops at once (Ctrl-C twice); a second SIGTERM is ignored while the checkpoint
+    is written. Under distributed training the processes agree (any process that received the
+    signal stops them all at the same step). Lightning's own SIGTERM handling, which would exit
+    with status 0 and no checkpoint, is held back while this callback acts.
     """
 
     def __init__(self) -> None:
@@ -41,6 +52,8 @@ class GracefulInterrupt(Callback):
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
         self.received = self.received or signum
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -62,13 +75,53 @@ class GracefulInterrupt(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
 
+    def _pending(self, trainer: L.Trainer) -> int | None:
+        """The signal to act on, agreed by every process (None: carry on)."""
+        # Lightning registers its SIGTERM handler after on_fit_start (ours runs too, through its
+        # handler chain) and would raise its own exit (status 0, no checkpoint) at its next check:
+        # take the notice over from it.
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and getattr(connector, "received_sigterm", False):
+            connector.received_sigterm = False
+            self.received = self.received or signal.SIGTERM
+        received = self.received
+        if trainer.world_size > 1:
+            code = torch.tensor(int(received or 0), device=trainer.strategy.root_device)
+            received = int(trainer.strategy.reduce(code, reduce_op="max")) or None
+        return received
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        if self.received is None:
+        accumulate = trainer.accumulate_grad_batches
+        at_step_boundary = (batch_idx + 1) % accumulate == 0 or trainer.is_last_batch
+        if not at_step_boundary:
+            self._hold_back_lightning(trainer)
             return
+        signum = self._pending(trainer)
+        if signum is not None:
+            self._stop(trainer, signum, save=True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._hold_back_lightning(trainer)  # finish validation first
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        signum = self._pending(trainer)
+        if signum is None:
+            return
+        # The epoch is complete. The checkpoint callback (which runs after this one) has either
+        # saved at the end of validation already or would save now: save here either way.
+        self._stop(trainer, signum, save=True)
+
+    def _hold_back_lightning(self, trainer: L.Trainer) -> None:
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and getattr(connector, "received_sigterm", False):
+            connector.received_sigterm = False
+            self.received = self.received or signal.SIGTERM
+
+    def _stop(self, trainer: L.Trainer, signum: int, save: bool) -> None:
         checkpoint = None
         callback = next((c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)), None)
-        if callback is not None and callback.dirpath:
+        if save and callback is not None and callback.dirpath:
             checkpoint = Path(callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
             trainer.save_checkpoint(checkpoint)
-            rank_zero_info(f"hybrids: {signal.Signals(self.received).name}: saved {checkpoint} at step {trainer.global_step}")
-        raise Interrupted(self.received, trainer.global_step, checkpoint)
+            rank_zero_info(f"hybrids: {signal.Signals(signum).name}: saved {checkpoint} at step {trainer.global_step}")
+        raise Interrupted(signum, trainer.global_step, checkpoint)

@@ -7,7 +7,6 @@ gives a :class:`CheckpointError` that names the file and what is wrong, instead 
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,10 @@ def read_checkpoint(path: str | Path, weights: bool = False) -> dict[str, Any]:
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", mmap=not weights, weights_only=False)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
+    except (ModuleNotFoundError, AttributeError) as err:
+        # It pickles a class that does not import here (another project's checkpoint).
+        raise CheckpointError(f"{path}: cannot be unpickled here: {err}") from err
+    except Exception as err:  # noqa: BLE001  (torch raises many kinds for a damaged file; all mean the same)
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt): {first_line}") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -57,9 +59,13 @@ def checkpoint_identity(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) and "hash" in value else None
 
 
-def last_checkpoints(root: str | Path) -> list[Path]:
-    """Every ``last*.ckpt`` under ``root`` (all versions of a run's name), newest first."""
-    root = Path(root)
-    if not root.exists():
-        return []
-    return sorted(root.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+def checkpoints_under(*roots: str | Path | None) -> list[Path]:
+    """Every ``*.ckpt`` under the given folders (e.g. all versions of a run's name, and a
+    ``--checkpoint.dirpath``), newest first, each once."""
+    found: dict[Path, Path] = {}
+    for root in roots:
+        if root is None or not Path(root).exists():
+            continue
+        for path in Path(root).rglob("*.ckpt"):
+            found.setdefault(path.resolve(), path)
+    return sorted(found.values(), key=lambda p: p.stat().st_mtime, reverse=True)

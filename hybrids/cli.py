@@ -15,6 +15,7 @@ runs); 3 training diverged; 130 / 143 stopped by SIGINT / SIGTERM after saving `
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from hybrids.callbacks import GracefulInterrupt, Interrupted
-from hybrids.checkpoints import CheckpointError, checkpoint_identity, last_checkpoints, read_checkpoint
+from hybrids.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted
+from hybrids.checkpoints import CheckpointError, checkpoint_identity, checkpoints_under, read_checkpoint
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.identity import identity_config, identity_diff, identity_hash
 from hybrids.lit import DivergenceError, LanguageModel
@@ -66,9 +68,17 @@ class HybridsCLI(LightningCLI):
         # and a checkpoint of another run is refused (see _resolve_checkpoint).
         return
 
+    def _set_seed(self) -> None:
+        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        seed = config.get("seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
+            self.parser.error(f"seed_everything: must be in [0, 2^32), got {seed}")
+        super()._set_seed()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         _check_precision(self.parser, config)
+        _check_run_values(self.parser, config)
         identity = identity_config(config)
         self.run_identity = {"hash": identity_hash(identity), "config": identity}
 
@@ -128,25 +138,27 @@ class HybridsCLI(LightningCLI):
             self._log_identity()
             return None
         if ckpt_path == UNTRAINED:
+            if weights_only:
+                self.parser.error(f"load_weights_only: there are no weights to load with --ckpt_path {UNTRAINED}")
             if subcommand == "fit":
                 self.parser.error(f"ckpt_path: '{UNTRAINED}' is for evaluating; fit starts untrained without --ckpt_path")
             rank_zero_warn(f"--ckpt_path {UNTRAINED}: evaluating the untrained model, as asked")
+            self._log_identity(ckpt_path=UNTRAINED)
             return None
         if ckpt_path == "last":
             if weights_only:
                 self.parser.error("load_weights_only: give the checkpoint file (--ckpt_path FILE), not 'last'")
             found = self._find_last()
             if found is None:
-                root = getattr(logger, "root_dir", None)
+                root = " or ".join(self._checkpoint_roots()) or "(no logger or checkpoint folder)"
                 if subcommand != "fit":  # evaluating an untrained model by accident helps nobody
                     self.parser.error(f"ckpt_path: no last checkpoint of this run (identity {self.run_identity['hash']}) under {root}; run `fit` first")
                 rank_zero_warn(f"--ckpt_path last: no checkpoint of this run under {root}; starting from scratch")
                 self._log_identity()
                 return None
             rank_zero_info(f"hybrids: using checkpoint {found}")
-            if subcommand == "fit":
-                # hybrids.analysis drops the run this one continues, so it is not counted twice.
-                self._log_identity(resumed_from=str(found))
+            # hybrids.analysis drops the run a fit continues, so it is not counted twice.
+            self._log_identity(**({"resumed_from": str(found)} if subcommand == "fit" else {"ckpt_path": str(found)}))
             return str(found)
 
         try:
@@ -155,8 +167,7 @@ class HybridsCLI(LightningCLI):
             self.parser.error(f"ckpt_path: {err}")
         if weights_only:
             self._load_weights(ckpt_path, checkpoint)
-            if subcommand == "fit":
-                self._log_identity(warm_start_from=str(ckpt_path))
+            self._log_identity(warm_start_from=str(ckpt_path))
             return None
         saved = checkpoint_identity(checkpoint)
         if saved is None:
@@ -171,8 +182,7 @@ class HybridsCLI(LightningCLI):
                 f"{self.run_identity['hash']}); what differs:\n  " + "\n  ".join(diff or ["(no listed key)"])
                 + "\nUse the config that wrote it, or add --load_weights_only to take its weights only."
             )
-        if subcommand == "fit":
-            self._log_identity(resumed_from=str(ckpt_path))
+        self._log_identity(**({"resumed_from": str(ckpt_path)} if subcommand == "fit" else {"ckpt_path": str(ckpt_path)}))
         return ckpt_path
 
     def _find_last(self) -> Path | None:
@@ -183,9 +193,8 @@ class HybridsCLI(LightningCLI):
         other identities (another lr, width, seed, data setting) are passed over; unreadable ones
         are passed over with a warning naming the file.
         """
-        root = getattr(self.trainer.logger, "root_dir", None)
         skipped, found = [], None
-        for path in last_checkpoints(root) if root else []:
+        for path in checkpoints_under(*self._checkpoint_roots()):
             try:
                 saved = checkpoint_identity(read_checkpoint(path))
             except CheckpointError as err:
@@ -198,10 +207,27 @@ class HybridsCLI(LightningCLI):
             rank_zero_warn(f"--ckpt_path last: skipping {len(skipped)} unreadable checkpoint(s): " + "; ".join(skipped))
         return found
 
+    def _checkpoint_roots(self) -> list[str]:
+        """Where this run's checkpoints may be: every version of the logger's ``save_dir/name``
+        and the checkpoint callback's own folder (``--checkpoint.dirpath``), if set."""
+        roots = []
+        root = getattr(self.trainer.logger, "root_dir", None) if self.trainer.logger is not None else None
+        if root:
+            roots.append(str(root))
+        for callback in self.trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None):
+                roots.append(str(callback.dirpath))
+        return roots
+
     def _load_weights(self, path: str, checkpoint: dict[str, Any]) -> None:
-        """Warm start: the checkpoint's weights into the model, strictly (same shapes)."""
+        """Warm start: the checkpoint's weights into the model, strictly (same shapes); the
+        training metrics' running sums are the other run's and are left out."""
+        weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("metrics.")}
         try:
-            self.model.load_state_dict(checkpoint["state_dict"], strict=True)
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            missing = [k for k in missing if not k.startswith("metrics.")]
+            if missing or unexpected:
+                raise RuntimeError(f"Error(s) in loading state_dict:\n missing keys {missing}\n unexpected keys {unexpected}")
         except RuntimeError as err:
             details = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
             self.parser.error(f"load_weights_only: the weights of {path} do not fit this model: {details}")
@@ -225,12 +251,14 @@ class HybridsCLI(LightningCLI):
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
-        if not self.trainer.is_global_zero or not predictions:
+        folder = Path(self.trainer.log_dir or ".")  # every process asks (a collective under DDP)
+        if not predictions:
             return
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        folder = Path(self.trainer.log_dir or ".")
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / "predictions.pt"
+        # Under DDP each process predicts its share of the examples and writes its own file.
+        rank = self.trainer.global_rank
+        target = folder / ("predictions.pt" if self.trainer.world_size == 1 else f"predictions-rank{rank}.pt")
         stacked = torch.cat([b.cpu() for b in batches])
         torch.save({"predictions": stacked, "ckpt_path": self.trainer.ckpt_path}, target)
         print(f"hybrids: predictions of {stacked.shape[0]:,} examples, shape {tuple(stacked.shape)}, written to {target}", flush=True)
@@ -246,6 +274,21 @@ def _check_precision(parser, config) -> None:
             f"trainer.precision: {precision} on CPU computes in float16, which overflows within a few steps "
             "here (NaN losses); use 32-true, bf16-mixed or bf16-true on CPU"
         )
+
+
+def _check_run_values(parser, config) -> None:
+    """Keyed errors for trainer and run values that Lightning would take and fail on later (or,
+    for a negative clipping value, silently use)."""
+    trainer = config.get("trainer") or {}
+    accumulate = trainer.get("accumulate_grad_batches")
+    if accumulate is not None and (isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1):
+        parser.error(f"trainer.accumulate_grad_batches: must be a positive integer, got {accumulate!r}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+        parser.error(f"trainer.gradient_clip_val: must be >= 0 (or null for no clipping), got {clip!r}")
+    every = trainer.get("log_every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        parser.error(f"trainer.log_every_n_steps: must be a positive integer, got {every!r}")
 
 
 def _missing_logger_package(err: BaseException) -> str | None:
@@ -279,6 +322,8 @@ def locate_config_error(err: BaseException) -> str | None:
 
 def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> None:
     """One line with the figures a researcher compares: accuracy, parameters, state size."""
+    # trainer.log_dir broadcasts from rank 0 under DDP: every process must ask, not rank 0 alone.
+    log_dir = trainer.log_dir
     if trainer.sanity_checking or not trainer.is_global_zero:
         return
     metrics = trainer.callback_metrics
@@ -294,8 +339,8 @@ def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> N
             parts.append(f"recurrent state {model.state_size(seq_len):,} elements/sequence at seq_len {seq_len}")
         except StateSizeUnknown:
             parts.append("recurrent state unknown (a mixer has no state_size)")
-    if trainer.log_dir:
-        parts.append(f"logs {trainer.log_dir}")
+    if log_dir:
+        parts.append(f"logs {log_dir}")
     print("hybrids: " + " | ".join(parts), flush=True)
 
 
@@ -329,6 +374,10 @@ def main() -> None:
     except DivergenceError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(DivergenceError.exit_code)
+    except SIGTERMException:
+        # Lightning's own stop (a SIGTERM before training began, where no checkpoint is due).
+        print("hybrids: stopped by SIGTERM before training; nothing to resume", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CODES[signal.SIGTERM])
 
 
 if __name__ == "__main__":

@@ -79,6 +79,12 @@ class LanguageModel(L.LightningModule):
         # the device so that training needs no host sync per step; read every few steps.
         self.register_buffer("_diverged_at", torch.tensor(-1, dtype=torch.long), persistent=False)
         self.register_buffer("_diverged_loss", torch.tensor(0.0), persistent=False)
+        # The global step, counted on the device (set once at the start of fit): writing the
+        # step into _diverged_at then needs no host-to-device copy per step.
+        self.register_buffer("_step_on_device", torch.tensor(0, dtype=torch.long), persistent=False)
+        # Random states restored from a checkpoint, applied at the first resumed batch (after the
+        # loaders have drawn their seeds, as in the uninterrupted run).
+        self._pending_rng: dict[str, Any] | None = None
         # Set by the CLI: {"hash": ..., "config": ...} (hybrids.identity), saved in checkpoints.
         self.run_identity: dict[str, Any] | None = None
         with config_section("model"):
@@ -117,9 +123,18 @@ class LanguageModel(L.LightningModule):
         loss = self._shared_step(batch, "train")
         bad = ~torch.isfinite(loss.detach()) | (loss.detach() > self.hparams.max_loss)
         first = bad & (self._diverged_at < 0)
-        self._diverged_at.copy_(torch.where(first, torch.tensor(self.global_step, device=loss.device), self._diverged_at))
+        self._diverged_at.copy_(torch.where(first, self._step_on_device, self._diverged_at))
         self._diverged_loss.copy_(torch.where(first, loss.detach().float(), self._diverged_loss))
+        self._step_on_device.add_(1)
         return loss
+
+    def on_train_start(self) -> None:
+        self._step_on_device.fill_(self.global_step)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._pending_rng is not None:
+            _set_rng_states(self._pending_rng)
+            self._pending_rng = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         interval = max(1, getattr(self.trainer, "log_every_n_steps", 1) or 1)
@@ -131,8 +146,13 @@ class LanguageModel(L.LightningModule):
 
     def check_divergence(self) -> None:
         """Raise :class:`DivergenceError` if a training loss was not finite or above ``max_loss``."""
-        step = int(self._diverged_at)  # the one host sync, every log_every_n_steps steps
-        if step < 0:
+        first = torch.where(self._diverged_at < 0, torch.full_like(self._diverged_at, _NEVER), self._diverged_at)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Every process decides alike (one raising while the others wait would hang them).
+            first = trainer.strategy.reduce(first, reduce_op="min")
+        step = int(first)  # the one host sync, every log_every_n_steps steps
+        if step == _NEVER:
             return
         raise DivergenceError(step, float(self._diverged_loss), self.hparams, self._precision())
 
@@ -189,14 +209,21 @@ class LanguageModel(L.LightningModule):
         checkpoint["hybrids_rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["hybrids_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        trainer = self._trainer
+        if trainer is not None and _epoch_finished(trainer):
+            # The running epoch means are checkpointed so that an epoch resumed mid-way ends with
+            # the uninterrupted run's means; a checkpoint at the end of an epoch holds the whole
+            # epoch's sums, which the next epoch must not start from.
+            for name in ("train_loss", "train_acc"):
+                for key in ("total", "weight"):
+                    checkpoint["state_dict"][f"metrics.{name}.{key}"] = torch.zeros_like(
+                        checkpoint["state_dict"][f"metrics.{name}.{key}"]
+                    )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         states = checkpoint.get("hybrids_rng")
-        if not states or self._trainer is None or self.trainer.state.fn != "fit":
-            return
-        torch.set_rng_state(states["torch"])
-        if "cuda" in states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
+        if states and self._trainer is not None and self.trainer.state.fn == "fit":
+            self._pending_rng = states
 
     # -- optimisation ----------------------------------------------------------------------------
 
@@ -233,6 +260,25 @@ class LanguageModel(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+_NEVER = 2**62  # "no divergent step" when the first divergent step is reduced by min
+
+
+def _epoch_finished(trainer) -> bool:
+    """Whether every training batch of the current epoch has been processed."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    total = trainer.num_training_batches
+    return isinstance(total, int) and done >= total
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    saved = states.get("cuda")
+    if saved and torch.cuda.is_available():
+        # A run moved to a machine with fewer devices restores the states it has room for.
+        for device, state in enumerate(saved[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
 
 
 class WeightedMean(Metric):

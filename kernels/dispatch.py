@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,8 @@ class Op:
     name: str
     backends: tuple[Backend, ...]
     env: str = ""
+    # Former names of the environment variable, still honoured (with a warning).
+    env_aliases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.env = self.env or f"HYBRIDS_{self.name.upper()}_BACKEND"
@@ -126,8 +129,7 @@ class Op:
         device = torch.device(device).type
         forced_by = "backend"
         if backend is None:
-            backend = os.environ.get(self.env) or None
-            forced_by = self.env
+            backend, forced_by = self.forced()
         if backend is not None:
             if backend not in self.names:
                 raise ValueError(f"{forced_by}: unknown {self.name} backend {backend!r}; valid: {', '.join(self.names)}")
@@ -142,6 +144,17 @@ class Op:
                 raise BackendUnavailable(f"{self.name} backend {backend!r} cannot run here: {why}{hint}")
             return backend
         return self.automatic(device, dtype, **call)
+
+    def forced(self) -> tuple[str | None, str]:
+        """(the backend the environment forces, or None; the variable that forces it)."""
+        value = os.environ.get(self.env)
+        if value:
+            return value, self.env
+        for alias in self.env_aliases:
+            if os.environ.get(alias):
+                warnings.warn(f"{alias} is renamed {self.env}; set that instead", FutureWarning, stacklevel=3)
+                return os.environ[alias], alias
+        return None, self.env
 
     def automatic(self, device: str, dtype: torch.dtype | None = None, **call: Any) -> str:
         """The backend chosen when nothing is forced: the highest-priority one that fits."""
@@ -192,13 +205,15 @@ def describe(ops: Mapping[str, Op] | None = None) -> str:
                 auto = ""
             lines.append(f"  {b.name:<11} priority {b.priority:>3}  {'; '.join(states)}{auto}")
         choices = []
+        forced, by = op.forced()
         for device in DEVICES:
             try:
-                choice = op.automatic(device, torch.float32)
-            except BackendUnavailable as err:
+                choice = op.select(device, torch.float32) if forced else op.automatic(device, torch.float32)
+            except (BackendUnavailable, ValueError) as err:
                 choice = f"none ({err})"
             if device == "cuda" and not cuda_here:
                 choice += " (if a CUDA device were present)"
             choices.append(f"{device} -> {choice}")
-        lines.append("  default: " + ", ".join(choices))
+        heading = f"forced by {by}={forced}" if forced else "default"
+        lines.append(f"  {heading}: " + ", ".join(choices))
     return "\n".join(lines)

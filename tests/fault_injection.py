@@ -9,15 +9,25 @@ from lightning.pytorch.callbacks import Callback
 
 
 class SignalAtStep(Callback):
-    """Send ``signum`` (SIGTERM by default) to this process once ``global_step`` reaches ``step``."""
+    """Send ``signum`` (SIGTERM by default) to this process once ``global_step`` reaches ``step``:
+    at the start of that training batch, so that it arrives while the step runs (``during=
+    "train"``), or during the first validation batch after it (``during="validation"``)."""
 
-    def __init__(self, step: int, signum: int = int(signal.SIGTERM)) -> None:
-        self.step, self.signum, self.sent = step, signum, False
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM), during: str = "train") -> None:
+        self.step, self.signum, self.during, self.sent = step, signum, during, False
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not self.sent and trainer.global_step >= self.step:
+    def _send(self, trainer) -> None:
+        if not self.sent and trainer.global_step >= self.step and not trainer.sanity_checking:
             self.sent = True
             os.kill(os.getpid(), self.signum)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.during == "train":
+            self._send(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.during == "validation":
+            self._send(trainer)
 
 
 class HangAtStep(Callback):

@@ -167,17 +167,23 @@ def test_decoding_4096_tokens_never_reallocates_a_cache_with_room():
 def test_a_growing_cache_reallocates_only_when_it_doubles(case):
     mixer = make(case)
     new = 4096 if case == "attention" else 256
-    pointers, reallocations = set(), 0
+    moves, reallocations, pointer = 0, 0, None
     with torch.no_grad():
         cache = mixer.init_state(1)
         for x_t in torch.randn(new, 1, D_MODEL, dtype=torch.float64):
             capacity = cache.capacity
             _, cache = mixer.step(x_t, cache)
-            if cache.capacity != capacity:  # a growth point: new buffers, at least twice as large
+            grew = cache.capacity != capacity
+            if grew:  # a growth point: new buffers, at least twice as large
                 assert cache.capacity >= max(2 * capacity, 1) or cache.capacity == cache.bound
                 reallocations += 1
-            pointers.add(cache["k"].data_ptr())
-    assert cache.reallocations == reallocations == len(pointers)
+            # Between growth points the buffer stays where it is (the allocator may hand a freed
+            # address out again at a growth point, so only moves are counted, not addresses).
+            if pointer is not None and cache["k"].data_ptr() != pointer:
+                assert grew, "the cache moved without growing"
+                moves += 1
+            pointer = cache["k"].data_ptr()
+    assert cache.reallocations == reallocations and moves <= reallocations
     if cache.bound is None:  # 16, 32, ..., 4096 (or 256): log2 of the length, not the length
         assert cache.capacity == new and reallocations == (new // MIN_CAPACITY).bit_length()
     else:  # a ring stops at its bound: global tokens + window span

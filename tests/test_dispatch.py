@@ -133,3 +133,21 @@ def test_python_m_hybrids_kernels_prints_every_op():
             continue
         assert f"\n{op}  (force one with HYBRIDS_{op.upper()}_BACKEND" in out
     assert "default: cpu -> " in out
+
+
+def test_the_former_state_update_variable_still_works_with_a_warning(monkeypatch):
+    from hybrids.kernels.scan.step import SELECTIVE_STATE_UPDATE as op
+
+    monkeypatch.delenv(op.env, raising=False)
+    monkeypatch.setenv("HYBRIDS_STATE_UPDATE_BACKEND", "torch")
+    with pytest.warns(FutureWarning, match="HYBRIDS_STATE_UPDATE_BACKEND is renamed HYBRIDS_SELECTIVE_STATE_UPDATE_BACKEND"):
+        assert op.select("cpu", torch.float32) == "torch"
+    monkeypatch.setenv("HYBRIDS_STATE_UPDATE_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="^HYBRIDS_STATE_UPDATE_BACKEND: unknown"), pytest.warns(FutureWarning):
+        op.select("cpu", torch.float32)
+
+
+def test_describe_shows_a_forced_backend(monkeypatch):
+    monkeypatch.setenv("HYBRIDS_SPARSE_ATTENTION_BACKEND", "reference")
+    text = kernels.describe()
+    assert "forced by HYBRIDS_SPARSE_ATTENTION_BACKEND=reference: cpu -> reference" in text

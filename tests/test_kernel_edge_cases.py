@@ -23,12 +23,15 @@ def ssm_system():
 
 
 def backward_ok(out, *leaves):
+    """Backward through the outputs reaches every leaf with a gradient of the leaf's shape."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
-    total = sum(o.real.sum() for o in outs if o.requires_grad)
-    if isinstance(total, torch.Tensor):
-        total.backward()
-    for leaf in leaves:
-        assert leaf.grad is None or leaf.grad.shape == leaf.shape
+    total = sum(o.real.sum() for o in outs)
+    assert isinstance(total, torch.Tensor) and total.requires_grad, "the outputs are cut off from the inputs"
+    grads = torch.autograd.grad(total, leaves, allow_unused=True)
+    for leaf, grad in zip(leaves, grads):
+        grad = torch.zeros_like(leaf) if grad is None else grad  # an empty input gets an empty or no gradient
+        assert grad.shape == leaf.shape
+    return grads
 
 
 @pytest.mark.parametrize("batch, L", SHAPES, ids=IDS)
@@ -40,9 +43,10 @@ def test_selective_scan(batch, L, backend):
                                  torch.randn(batch, N, L), torch.ones(D), torch.randn(batch, D, L),
                                  return_last_state=True, backend=backend, initial_state=h0)
     assert out.shape == (batch, D, L) and last.shape == (batch, D, N)
+    _, grad_h0 = backward_ok((out, last), u, h0)
     if L == 0:
-        torch.testing.assert_close(last, h0)  # nothing to scan: the state passes through
-    backward_ok((out, last), u, h0)
+        torch.testing.assert_close(last, h0)  # nothing to scan: the state passes through ...
+        torch.testing.assert_close(grad_h0, torch.ones_like(h0))  # ... and so does its gradient
 
 
 @pytest.mark.parametrize("batch", [0, 2])
@@ -73,13 +77,15 @@ def test_ssm_kernels_and_ops(batch, L):
     assert K.cauchy(B, torch.randn(L, dtype=torch.cfloat), Lambda).shape == (H, L)
     u = torch.randn(batch, H, L, requires_grad=True)
     assert K.fft_conv(u, torch.randn(H, L), torch.randn(H)).shape == u.shape
-    x0 = torch.randn(batch, H, N2, dtype=torch.cfloat)
+    x0 = torch.randn(batch, H, N2, dtype=torch.cfloat, requires_grad=True)
     for backend in ("parallel", "recurrent"):
         y, state = K.diagonal_ssm(u, Lambda, B, C, dt, initial_state=x0, output_final_state=True, backend=backend)
         assert y.shape == u.shape and state.shape == (batch, H, N2)
+        backward_ok((y, state), u, x0)
         y, state = K.dplr_ssm(u, Lambda, P, B, C, dt, max(L, 1), initial_state=x0, output_final_state=True,
                               backend=backend)
         assert y.shape == u.shape and state.shape == (batch, H, N2)
+        backward_ok((y, state), u, x0)
     backward_ok(K.fft_conv(u, torch.randn(H, L)), u)
 
 
@@ -99,6 +105,15 @@ def test_integer_inputs_are_refused_naming_the_argument():
     for argument, call in calls.items():
         with pytest.raises(TypeError, match=f"^{argument}: expected a floating-point tensor"):
             call()
+    with pytest.raises(TypeError, match="^v: expected a complex or floating-point tensor"):
+        K.vandermonde(torch.ones(H, N2, dtype=torch.long), torch.exp(Lambda), 5)
+    with pytest.raises(TypeError, match="^z: expected a complex or floating-point tensor"):
+        K.cauchy(B, torch.ones(5, dtype=torch.long), Lambda)
+    with pytest.raises(ValueError, match="^B: expected"):
+        K.selective_scan(torch.randn(1, D, 5), torch.rand(1, D, 5), -torch.rand(D, N), torch.randn(1, 0, N, 5),
+                         torch.randn(1, N, 5))
+    with pytest.raises(ValueError, match="^k: heads=2 is not a multiple of kv_heads=0"):
+        K.sparse_attention(torch.randn(1, 2, 5, 8), torch.randn(1, 0, 5, 8), torch.randn(1, 0, 5, 8), K.SparsePattern(4))
     for call in (lambda: K.fft_conv(torch.ones(1, H, 5, dtype=torch.long), torch.randn(H, 5)),
                  lambda: K.diagonal_ssm(torch.ones(1, H, 5, dtype=torch.long), Lambda, B, C, dt),
                  lambda: K.dplr_ssm(torch.ones(1, H, 5, dtype=torch.long), Lambda, P, B, C, dt, 5)):

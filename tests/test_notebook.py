@@ -57,7 +57,9 @@ def test_notebook_executes(in_tmp, monkeypatch):
     # each run's figures as load_runs reads them, and the plot must be a real PNG.
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     lines = "".join(o.get("text", "") for o in outputs).splitlines()
-    for run in load_runs(runs_dir):
+    runs = load_runs(runs_dir)
+    assert len(runs) == 2
+    for run in runs:
         row = next((line.split() for line in lines if line.startswith(run.name)), None)
         assert row is not None, f"{run.name} missing from the notebook's table"
         assert row[1:] == [run.family, str(run.seq_len), f"{run.state_size:,}", f"{run.params:,}", f"{run.accuracy:.4f}"]

@@ -65,10 +65,6 @@ def error_of(args: list[str], capsys) -> str:
     return capsys.readouterr().err
 
 
-def signal_at(step: int, signum: int = signal.SIGTERM) -> str:
-    return f'--trainer.callbacks+={{"class_path": "fault_injection.SignalAtStep", "init_args": {{"step": {step}, "signum": {int(signum)}}}}}'
-
-
 # --------------------------------------------------------------------------------------------
 # run identity
 
@@ -127,50 +123,83 @@ def test_load_weights_only_is_an_explicit_warm_start(in_tmp, capsys):
 # exact resumption and faults
 
 
-def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(tmp_path):
-    """Stopped by SIGTERM at step 15 (mid-epoch: 10 batches an epoch), the run saves last.ckpt
-    and exits 143; resumed, every metric logged after the stop equals the uninterrupted run's,
-    bit for bit (batch losses, epoch means, validation)."""
-    args = [*run_args("--trainer.max_epochs=3", "--trainer.log_every_n_steps=1")[0:]]
-    full = hybrids(*args, "--trainer.logger.init_args.name=full", cwd=tmp_path)
-    assert full.returncode == 0, full.stderr
-    cut = hybrids(*args, "--trainer.logger.init_args.name=cut", signal_at(15), cwd=tmp_path)
-    assert cut.returncode == 143, cut.stderr[-2000:]
-    assert "stopped by SIGTERM at step 15" in cut.stderr and "resume with --ckpt_path last" in cut.stderr
-    saved = torch.load(tmp_path / "runs/cut/version_0/checkpoints/last.ckpt", weights_only=False)
-    assert saved["global_step"] == 15 and saved["epoch"] == 1  # mid-epoch: 5 of epoch 1's 10 batches
-    resumed = hybrids(*args, "--trainer.logger.init_args.name=cut", "--ckpt_path=last", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+def signal_during(step: int, during: str = "train", signum: int = signal.SIGTERM) -> str:
+    init = f'{{"step": {step}, "signum": {int(signum)}, "during": "{during}"}}'
+    return f'--trainer.callbacks+={{"class_path": "fault_injection.SignalAtStep", "init_args": {init}}}'
 
-    uninterrupted, continued = metrics(tmp_path / "runs/full/version_0"), metrics(tmp_path / "runs/cut/version_1")
-    after = {key: value for key, value in uninterrupted.items() if key[0] >= 15 and key[1] not in ("params", "state_size", "seq_len")}
-    assert len(after) > 20 and {k: continued.get(k) for k in after} == after
+
+# Settings under which a stopped and resumed run must log exactly what the uninterrupted run logs:
+# name -> (extra arguments, [(signal step, when it arrives, the step the run stops at)]).
+# 10 batches an epoch (160 examples of 16); with accumulate_grad_batches=2, 5 optimiser steps.
+RESUME_CASES = {
+    "plain": ([], [(15, "train", 16), (3, "validation", 10)]),
+    "dropout": (["--model.init_args.dropout=0.1"], [(15, "train", 16)]),
+    "workers": (["--data.init_args.num_workers=2"], [(15, "train", 16)]),
+    # The signal arrives on the first batch of an accumulation pair; the run stops after the pair.
+    "accumulation": (["--trainer.accumulate_grad_batches=2"], [(7, "train", 8)]),
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_stop_anywhere_then_resume_gives_the_uninterrupted_metrics(case, tmp_path):
+    """A SIGTERM while a training step runs (mid-epoch) or while validation runs stops the run at
+    the next point where its state is whole, saves last.ckpt and exits 143; resumed with
+    --ckpt_path last, every metric logged after that point equals the uninterrupted run's, bit
+    for bit (batch losses, epoch means, validation), with dropout, DataLoader workers and
+    gradient accumulation too."""
+    extra, stops = RESUME_CASES[case]
+    args = run_args("--trainer.max_epochs=3", "--trainer.log_every_n_steps=1", *extra)
+    full = hybrids(*args, "--trainer.logger.init_args.name=full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
+    uninterrupted = metrics(tmp_path / "runs/full/version_0")
+    for n, (step, during, stopped_at) in enumerate(stops):
+        name = f"cut{n}"
+        cut = hybrids(*args, f"--trainer.logger.init_args.name={name}", signal_during(step, during), cwd=tmp_path)
+        assert cut.returncode == 143, cut.stderr[-2000:]
+        assert f"stopped by SIGTERM at step {stopped_at}" in cut.stderr and "resume with --ckpt_path last" in cut.stderr
+        saved = torch.load(tmp_path / f"runs/{name}/version_0/checkpoints/last.ckpt", weights_only=False)
+        assert saved["global_step"] == stopped_at
+        resumed = hybrids(*args, f"--trainer.logger.init_args.name={name}", "--ckpt_path=last", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        continued = metrics(tmp_path / f"runs/{name}/version_1")
+        assert hparams(tmp_path / f"runs/{name}/version_1")["resumed_from"].endswith("version_0/checkpoints/last.ckpt")
+        after = {k: v for k, v in uninterrupted.items() if k[0] >= stopped_at and k[1] not in ("params", "state_size", "seq_len")}
+        assert len(after) > 10 and {k: continued.get(k) for k in after} == after, (case, during)
 
 
 def test_sigint_saves_and_exits_130(tmp_path):
-    result = hybrids(*run_args("--trainer.max_epochs=2"), signal_at(3, signal.SIGINT), cwd=tmp_path)
+    result = hybrids(*run_args("--trainer.max_epochs=2"), signal_during(3, signum=signal.SIGINT), cwd=tmp_path)
     assert result.returncode == 130, result.stderr[-2000:]
-    assert torch.load(tmp_path / "runs/transformer/version_0/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    assert torch.load(tmp_path / "runs/transformer/version_0/checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
 
 
 def test_sigkill_then_resume_from_the_last_checkpoint(tmp_path):
-    """Killed outright after its first epoch's checkpoint, the run resumes from it and finishes."""
+    """Killed outright at step 13, after epoch 0's checkpoint (step 10), the run resumes from that
+    checkpoint and then logs exactly what the uninterrupted run logs after step 10 (the next
+    epoch's means included: the checkpoint does not carry epoch 0's running sums into it)."""
+    args = run_args("--trainer.max_epochs=2", "--trainer.log_every_n_steps=1")
+    full = hybrids(*args, "--trainer.logger.init_args.name=full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr[-2000:]
     marker = tmp_path / "hanging"
     hang = f'--trainer.callbacks+={{"class_path": "fault_injection.HangAtStep", "init_args": {{"step": 13, "marker": "{marker}"}}}}'
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "hybrids", *run_args("--trainer.max_epochs=2"), hang], cwd=tmp_path,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "hybrids", *args, "--trainer.logger.init_args.name=killed", hang],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
     assert marker.exists(), "the run never reached step 13"
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL
-    last = tmp_path / "runs/transformer/version_0/checkpoints/last.ckpt"
+    last = tmp_path / "runs/killed/version_0/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == 10  # the end of epoch 0
-    resumed = hybrids(*run_args("--trainer.max_epochs=2", "--ckpt_path=last"), cwd=tmp_path)
+    resumed = hybrids(*args, "--trainer.logger.init_args.name=killed", "--ckpt_path=last", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "val accuracy" in resumed.stdout
+    assert hparams(tmp_path / "runs/killed/version_1")["resumed_from"].endswith("version_0/checkpoints/last.ckpt")
+    uninterrupted, continued = metrics(tmp_path / "runs/full/version_0"), metrics(tmp_path / "runs/killed/version_1")
+    after = {k: v for k, v in uninterrupted.items() if k[0] >= 10 and k[1] not in ("params", "state_size", "seq_len")}
+    assert "train/loss_epoch" in {k[1] for k in after}
+    assert {k: continued.get(k) for k in after} == after
 
 
 def test_corrupt_checkpoints_are_skipped_by_last_and_named_when_explicit(in_tmp, capsys):
@@ -253,6 +282,10 @@ BAD_VALUES = {
     "weight-decay": ("--model.init_args.weight_decay=-0.1", "model.init_args.weight_decay: must be >= 0"),
     "min-lr-ratio": ("--model.init_args.min_lr_ratio=-1", "model.init_args.min_lr_ratio: must be in [0, 1]"),
     "vocab-size": ("--model.init_args.vocab_size=99", "model.init_args.vocab_size: 99 disagrees with the data's vocabulary (128)"),
+    "num-workers": ("--data.init_args.num_workers=-1", "data.init_args.num_workers: must be an integer >= 0"),
+    "seed": ("--seed_everything=-5", "seed_everything: must be in [0, 2^32)"),
+    "accumulation": ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: must be a positive integer"),
+    "clipping": ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val: must be >= 0"),
 }
 
 
@@ -312,3 +345,64 @@ def test_s4_kernel_shorter_than_the_data_grows_instead_of_crashing(in_tmp):
         cli = build_cli(run_args("--trainer.max_steps=2", spec, config=ROOT / "configs" / "s4.yaml"))
     assert cli.trainer.global_step == 2
     assert all(int(block.mixer.l_max) == 64 for block in cli.model.model.blocks)
+
+
+def test_identity_names_classes_and_defaults_canonically_and_counts_training_settings():
+    """Two spellings of one run have one identity; a trainer setting that changes the training
+    (accumulation, clipping, precision) makes another run."""
+    def identity(*extra):
+        return build_cli(["-c", str(TRANSFORMER), *extra], run=False).run_identity["hash"]
+
+    base = identity()
+    assert identity("--data=hybrids.data.datamodule.MQAR") == base
+    spelled = "--model.init_args.mixers={A: {class_path: hybrids.mixers.attention.Attention, init_args: {heads: 2, rotary: true}}}"
+    assert identity(spelled) == base
+    assert identity("--trainer.max_epochs=50") == base  # a run-time key: extending a run keeps it
+    for other in ("--trainer.accumulate_grad_batches=2", "--trainer.gradient_clip_val=1.0",
+                  "--trainer.precision=bf16-mixed", "--data.init_args.seed=1"):
+        assert identity(other) != base, other
+
+
+def test_foreign_checkpoints_are_named_not_tracebacks(in_tmp, capsys):
+    """A checkpoint pickling a class that does not import here is an unreadable checkpoint."""
+    foreign = in_tmp / "foreign.ckpt"
+    code = (
+        "import sys, types, torch\n"
+        "module = types.ModuleType('elsewhere'); sys.modules['elsewhere'] = module\n"
+        "class Thing: pass\n"
+        "Thing.__module__ = 'elsewhere'; module.Thing = Thing\n"
+        f"torch.save({{'state_dict': {{}}, 'thing': Thing()}}, {str(foreign)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    err = error_of(run_args(f"--ckpt_path={foreign}", subcommand="validate"), capsys)
+    assert f"ckpt_path: {foreign}: cannot be unpickled here" in err and "Traceback" not in err
+    err = error_of(run_args(f"--ckpt_path={foreign}", "--load_weights_only=true"), capsys)
+    assert "cannot be unpickled here" in err
+
+
+def test_last_searches_the_checkpoint_folder_too_and_warm_starts_carry_no_metrics(in_tmp, capsys):
+    first = build_cli(run_args("--trainer.max_epochs=1", "--checkpoint.dirpath=elsewhere"))
+    assert (in_tmp / "elsewhere" / "last.ckpt").exists()
+    resumed = build_cli(run_args("--trainer.max_epochs=2", "--checkpoint.dirpath=elsewhere", "--ckpt_path=last"))
+    assert Path(resumed.trainer.ckpt_path).resolve() == (in_tmp / "elsewhere" / "last.ckpt").resolve()
+    # A warm start takes the weights, not the other run's running epoch sums.
+    source = torch.load(in_tmp / "elsewhere" / "last.ckpt", weights_only=False)
+    warm = build_cli(run_args("--trainer.max_steps=1", "--model.init_args.lr=0.01", "--load_weights_only=true",
+                              "--ckpt_path=elsewhere/last.ckpt", "--trainer.enable_checkpointing=false"))
+    for name, value in warm.model.state_dict().items():
+        if not name.startswith("metrics."):
+            assert name in source["state_dict"]
+    err = error_of(run_args("--ckpt_path=untrained", "--load_weights_only=true", subcommand="test"), capsys)
+    assert "load_weights_only: there are no weights to load" in err
+
+
+def test_ddp_on_cpu_trains_and_resumes(tmp_path):
+    """Two processes (gloo): fit runs to the end and prints its summary (the summary's log folder
+    is a collective), and --ckpt_path last continues it."""
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    first = hybrids(*run_args("--trainer.max_epochs=1", *ddp), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "hybrids: val accuracy" in first.stdout
+    resumed = hybrids(*run_args("--trainer.max_epochs=2", "--ckpt_path=last", *ddp), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert hparams(tmp_path / "runs/transformer/version_1")["resumed_from"].endswith("version_0/checkpoints/last.ckpt")

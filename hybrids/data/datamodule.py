@@ -50,6 +50,8 @@ class MQAR(ResumableOrder, L.LightningDataModule):
                                 ("batch_size", batch_size), ("power_a", power_a)]:
                 if value <= 0:
                     raise ConfigError(name, f"must be positive, got {value}")
+            if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+                raise ConfigError("num_workers", f"must be an integer >= 0, got {num_workers!r}")
         self.save_hyperparameters()
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
         self.batch_size, self.num_workers = batch_size, num_workers

@@ -306,6 +306,9 @@ class S4(_SSMMixer):
         _no_weight_decay(self.P)
         # The length C~ is attuned to; 0: not yet (the parameter holds C itself).
         self.register_buffer("l_max", torch.tensor(0, dtype=torch.long))
+        # The same length as a Python int, so that reading it never syncs with a GPU; kept equal
+        # to the buffer by _attune and by loading a state dict.
+        self._kernel_length = 0
         self._warn_on_growth = l_max is not None
         if l_max is not None:
             self._attune(l_max)
@@ -316,11 +319,15 @@ class S4(_SSMMixer):
         return parts if dtype is None else tuple(p.to(dtype) if p.is_complex() else p.double() for p in parts)
 
     def _length_key(self) -> int:
-        return int(self.l_max)
+        return self._kernel_length
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._kernel_length = int(self.l_max)  # once per load, not per forward
 
     def _attune(self, length: int) -> None:
         """Make the kernel length at least ``length``, keeping the represented C (see the class)."""
-        current = int(self.l_max)
+        current = self._kernel_length
         if length <= current:
             return
         with torch.no_grad():
@@ -342,11 +349,12 @@ class S4(_SSMMixer):
                     C_tilde, current = dplr_double_c_tilde(C_tilde, Lambda, P, dt, current), current * 2
             self.C.copy_(torch.view_as_real(C_tilde))
             self.l_max.fill_(current)
+            self._kernel_length = current
 
     def kernel(self, length: int) -> torch.Tensor:
         self._attune(length)
         Lambda, P, B, C_tilde, dt = self._system()
-        return dplr_kernel(Lambda, P, B, C_tilde, dt, int(self.l_max))[:, :length]
+        return dplr_kernel(Lambda, P, B, C_tilde, dt, self._kernel_length)[:, :length]
 
     def _ssm(self, u, initial_state=None, output_final_state=False):
         self._attune(u.shape[-1])
@@ -356,13 +364,13 @@ class S4(_SSMMixer):
         # prefilling prompt after prompt pays for an FFT convolution and a contraction only.
         precomputed = None
         if not torch.is_grad_enabled():
-            key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, int(self.l_max))
+            key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, self._kernel_length)
             cache = getattr(self, "_precomputed_cache", None)
             if cache is None or cache[0] != key:
-                cache = (key, dplr_precompute(Lambda, P, B, C_tilde, dt, int(self.l_max)))
+                cache = (key, dplr_precompute(Lambda, P, B, C_tilde, dt, self._kernel_length))
                 self._precomputed_cache = cache
             precomputed = cache[1]
-        return dplr_ssm(u, Lambda, P, B, C_tilde, dt, int(self.l_max), self.D, None, initial_state,
+        return dplr_ssm(u, Lambda, P, B, C_tilde, dt, self._kernel_length, self.D, None, initial_state,
                         output_final_state, precomputed=precomputed)
 
     def _recurrence(self):
@@ -370,7 +378,7 @@ class S4(_SSMMixer):
         # couples all modes, so A_bar is an (N/2 x N) block per channel on the kept half.
         Lambda, P, B, C_tilde, dt = self._system(torch.complex128)
         A_bar, B_bar = dplr_bilinear_dense(Lambda, P, B, dt)  # (H, N, N), (H, N)
-        l_max = int(self.l_max)
+        l_max = self._kernel_length
         if l_max == 0:  # not attuned to a length yet: the parameter holds C itself
             C = conjugate_full(C_tilde)
         else:  # C = C~ (I - A_bar^l_max)^-1, solved as a transposed system

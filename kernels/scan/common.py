@@ -31,7 +31,8 @@ def check_scan_arguments(u, delta, A, B, C, D=None, z=None, delta_bias=None, ini
             expected, ok = (batch, d_state, length), tuple(x.shape) == (batch, d_state, length)
         elif x.ndim == 4:
             expected = (batch, "groups", d_state, length)
-            ok = (x.shape[0], x.shape[2], x.shape[3]) == (batch, d_state, length) and dim % x.shape[1] == 0
+            ok = (x.shape[0], x.shape[2], x.shape[3]) == (batch, d_state, length) and x.shape[1] > 0
+            ok = ok and dim % x.shape[1] == 0
         else:
             expected, ok = (batch, d_state, length), False
         if not ok:

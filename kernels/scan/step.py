@@ -60,7 +60,8 @@ def _extension_accepts(call) -> str | None:
 
 SELECTIVE_STATE_UPDATE = Op(
     "selective_state_update",
-    (
+    env_aliases=("HYBRIDS_STATE_UPDATE_BACKEND",),
+    backends=(
         Backend("torch", f"{__name__}:_state_update_torch", priority=10),
         Backend(
             "extension", f"{__name__}:_state_update_extension", devices=("cuda",), dtypes=_EXTENSION_DTYPES,

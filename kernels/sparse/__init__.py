@@ -108,7 +108,7 @@ def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if k.ndim != 4 or (k.shape[0], k.shape[2], k.shape[3]) != (batch, length, head_dim):
         expected = f"(batch={batch}, kv_heads, L={length}, head_dim={head_dim})"
         raise ValueError(f"k: expected {expected}, got {tuple(k.shape)}")
-    if heads % k.shape[1]:
+    if k.shape[1] == 0 or heads % k.shape[1]:
         raise ValueError(f"k: heads={heads} is not a multiple of kv_heads={k.shape[1]}")
 
 

@@ -53,6 +53,12 @@ def cauchy(
     may have its own evaluation points).
     """
     from hybrids.kernels.ssm import CAUCHY
+    if not (v.is_complex() or v.is_floating_point()):
+        raise TypeError(f"v: expected a complex or floating-point tensor, got {v.dtype}")
+    if not (z.is_complex() or z.is_floating_point()):
+        raise TypeError(f"z: expected a complex or floating-point tensor, got {z.dtype}")
+    if not (w.is_complex() or w.is_floating_point()):
+        raise TypeError(f"w: expected a complex or floating-point tensor, got {w.dtype}")
 
     if CAUCHY.select(z.device, None, backend) == "reference":
         return cauchy_reference(v, z, w)

@@ -33,6 +33,10 @@ def vandermonde(
     does with ``log x = dt * Lambda``.
     """
     from hybrids.kernels.ssm import VANDERMONDE
+    if not (v.is_complex() or v.is_floating_point()):
+        raise TypeError(f"v: expected a complex or floating-point tensor, got {v.dtype}")
+    if not (x.is_complex() or x.is_floating_point()):
+        raise TypeError(f"x: expected a complex or floating-point tensor, got {x.dtype}")
 
     if VANDERMONDE.select(x.device, None, backend) == "reference":
         return vandermonde_reference(v, x, length)
