@@ -7,7 +7,8 @@ For each family, a 6-layer stack (SwiGLU MLPs, vocabulary 256) whose width is ch
 parameter count is nearest ``--params`` (10M by default), batch 1, float32, ``torch.no_grad``:
 
 - **decode**: the state after a context of L tokens, then the median time of one more token
-  through ``HybridLM.step`` over ``--steps`` tokens (after 4 warm-up steps), and the state a
+  through ``HybridLM.step`` (the least, over 5 rounds that go round the contexts in turn, of
+  the median of ``--steps`` tokens), and the state a
   decoder keeps per sequence (``state_elements``, in MiB of float32). The context is a real
   prefill of L random tokens (``HybridLM.prefill``), except for full attention beyond
   ``--max-attention-prefill`` tokens, whose quadratic prefill would take minutes here: its KV
@@ -23,6 +24,7 @@ so an interrupted run resumes) and a plot beside it (PNG).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import statistics
@@ -86,17 +88,29 @@ def context_states(model: HybridLM, length: int, max_attention_prefill: int) -> 
     return states, "random K/V"
 
 
-def decode_time(model: HybridLM, states: list, steps: int) -> float:
-    """Median seconds per token of ``steps`` steps from ``states`` (after 4 warm-up steps)."""
+def decode_times(model: HybridLM, contexts: dict[int, list], steps: int, rounds: int = 5) -> dict[int, float]:
+    """Seconds per token from each context's states: for every context, the least over
+    ``rounds`` rounds of the median of ``steps`` steps (after 4 warm-up steps).
+
+    The rounds go round the contexts in turn, so that the machine's drift (a shared 2-core
+    machine moves by 10-30% over minutes) falls on every context alike instead of on whichever
+    was measured last."""
     token = torch.randint(VOCAB, (1,))
-    for _ in range(4):
-        _, states = model.step(token, states)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        _, states = model.step(token, states)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    best = {length: math.inf for length in contexts}
+    for length, states in contexts.items():
+        for _ in range(4):
+            _, states = model.step(token, states)
+        contexts[length] = states
+    for _ in range(rounds):
+        for length, states in contexts.items():
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                _, states = model.step(token, states)
+                times.append(time.perf_counter() - start)
+            contexts[length] = states
+            best[length] = min(best[length], statistics.median(times))
+    return best
 
 
 def measure_prefill(model: HybridLM, length: int) -> dict:
@@ -166,21 +180,28 @@ def main() -> None:
                 results.append(row)
                 args.out.write_text(json.dumps(results, indent=1))
                 print(json.dumps(row), flush=True)
-            for length in args.contexts:
-                if (family, "decode", length) in done:
-                    continue
+            todo = [length for length in args.contexts if (family, "decode", length) not in done]
+            contexts, made = {}, {}
+            for length in todo:
                 start = time.perf_counter()
-                states, how = context_states(model, length, args.max_attention_prefill)
-                built = time.perf_counter() - start
+                contexts[length], how = context_states(model, length, args.max_attention_prefill)
+                made[length] = (how, time.perf_counter() - start)
+                gc.collect()  # the prefill's activations are garbage now: free them before timing
+            if not contexts:
+                continue
+            # State sizes before decoding (the steps below add a few tokens to attention caches).
+            sizes = {length: state_elements(states) * 4 / 2**20 for length, states in contexts.items()}
+            for length, seconds in decode_times(model, contexts, args.steps).items():
                 row = {
                     "family": family, "kind": "decode", "context": length, "params": params, "d_model": width,
-                    "ms_per_token": 1e3 * decode_time(model, states, args.steps),
-                    "state_mib": state_elements(states) * 4 / 2**20, "context_from": how, "context_seconds": built,
+                    "ms_per_token": 1e3 * seconds, "state_mib": sizes[length], "context_from": made[length][0],
+                    "context_seconds": made[length][1],
                 }
                 results.append(row)
                 args.out.write_text(json.dumps(results, indent=1))
                 print(json.dumps(row), flush=True)
-                del states
+            del contexts
+            gc.collect()
     plot(results, args.out.with_suffix(".png"))
     print_tables(results)
 
