@@ -77,13 +77,7 @@ class GracefulInterrupt(Callback):
 
     def _pending(self, trainer: L.Trainer) -> int | None:
         """The signal to act on, agreed by every process (None: carry on)."""
-        # Lightning registers its SIGTERM handler after on_fit_start (ours runs too, through its
-        # handler chain) and would raise its own exit (status 0, no checkpoint) at its next check:
-        # take the notice over from it.
-        connector = getattr(trainer, "_signal_connector", None)
-        if connector is not None and getattr(connector, "received_sigterm", False):
-            connector.received_sigterm = False
-            self.received = self.received or signal.SIGTERM
+        self._hold_back_lightning(trainer)
         received = self.received
         if trainer.world_size > 1:
             code = torch.tensor(int(received or 0), device=trainer.strategy.root_device)
@@ -112,6 +106,9 @@ class GracefulInterrupt(Callback):
         self._stop(trainer, signum, save=True)
 
     def _hold_back_lightning(self, trainer: L.Trainer) -> None:
+        # Lightning registers its SIGTERM handler after on_fit_start (ours runs too, through its
+        # handler chain) and would raise its own exit (status 0, no checkpoint) at its next check:
+        # take the notice over from it.
         connector = getattr(trainer, "_signal_connector", None)
         if connector is not None and getattr(connector, "received_sigterm", False):
             connector.received_sigterm = False

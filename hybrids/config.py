@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hybrids.blocks import MLP_KINDS
 from hybrids.errors import ConfigError
 
-MLP_KINDS = ("swiglu", "gelu")
 
 
 @dataclass(frozen=True)

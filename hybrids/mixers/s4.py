@@ -160,7 +160,7 @@ class _SSMMixer(Mixer):
     def _cached_recurrence(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Building the discrete system can cost O(H N^3) (S4): do it once per parameter version
         # (and kernel length: S4 recovers C from C~ with it).
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, self._length_key())
+        key = self._parameter_version()
         cache = getattr(self, "_recurrence_cache", None)
         if cache is None or cache[0] != key:
             with torch.no_grad():
@@ -179,6 +179,11 @@ class _SSMMixer(Mixer):
 
     def _length_key(self) -> int:
         return 0
+
+    def _parameter_version(self) -> tuple:
+        """Changes whenever a parameter is replaced or updated in place, or the dtype or kernel
+        length changes: the key of what is computed once from the parameters."""
+        return tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, self._length_key())
 
     def state_size(self, seq_len: int) -> int:
         # N/2 complex modes per channel, counted as two reals each.
@@ -364,7 +369,7 @@ class S4(_SSMMixer):
         # prefilling prompt after prompt pays for an FFT convolution and a contraction only.
         precomputed = None
         if not torch.is_grad_enabled():
-            key = tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, self._kernel_length)
+            key = self._parameter_version()
             cache = getattr(self, "_precomputed_cache", None)
             if cache is None or cache[0] != key:
                 cache = (key, dplr_precompute(Lambda, P, B, C_tilde, dt, self._kernel_length))

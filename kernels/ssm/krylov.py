@@ -45,14 +45,15 @@ class DenseStatePlan:
     system (a decoder prefilling prompt after prompt with fixed parameters): the Krylov matrix of
     one chunk and the powers A^c, A^2c, A^4c, ... the fold uses (grown on demand).
 
-    Only for inputs without gradients to A or b: the cached tensors are detached.
+    A plan kept across calls holds detached tensors (``detach=True``); one made for a single
+    call keeps A's graph, so that gradients flow through the powers.
     """
 
-    def __init__(self, A: torch.Tensor, b: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> None:
+    def __init__(self, A: torch.Tensor, b: torch.Tensor, chunk: int = DEFAULT_CHUNK, detach: bool = True) -> None:
         # A power-of-two chunk, so that the doubling that builds the Krylov matrix also yields
         # A^chunk; about N columns balance its cost (N^2 chunk) against the fold's.
         self.chunk = 1 << (max(1, min(chunk, A.shape[-1])) - 1).bit_length()
-        self.A, self.b = A.detach(), b.detach()
+        self.A, self.b = (A.detach(), b.detach()) if detach else (A, b)
         columns, A_chunk = _krylov_and_power(self.A, self.b, self.chunk)
         self.columns = columns  # (H, N, c)
         self.powers = [A_chunk]  # A^(c 2^k)
@@ -83,7 +84,7 @@ def dense_ssm_state(
         zeros = torch.zeros(batch, *b.shape, dtype=A.dtype, device=A.device)
         return zeros if initial_state is None else initial_state.to(A.dtype)
     if plan is None:
-        plan = _UncachedPlan(A, b, min(chunk, length))
+        plan = DenseStatePlan(A, b, min(chunk, length), detach=False)
     chunk = plan.chunk
     n_chunks = -(-length // chunk)
     # Zeros before the first input change nothing, so pad at the front to whole chunks.
@@ -93,16 +94,6 @@ def dense_ssm_state(
     if initial_state is not None:
         state = state + torch.einsum("hnm,bhm->bhn", torch.linalg.matrix_power(A, length), initial_state.to(A.dtype))
     return state
-
-
-class _UncachedPlan(DenseStatePlan):
-    """A plan for one call, keeping A's graph (gradients flow through the powers)."""
-
-    def __init__(self, A: torch.Tensor, b: torch.Tensor, chunk: int) -> None:
-        self.chunk = 1 << (max(1, min(chunk, A.shape[-1])) - 1).bit_length()
-        self.A, self.b = A, b
-        self.columns, A_chunk = _krylov_and_power(A, b, self.chunk)
-        self.powers = [A_chunk]
 
 
 def _fold(states: torch.Tensor, plan: DenseStatePlan) -> torch.Tensor:
