@@ -85,6 +85,9 @@ class LanguageModel(L.LightningModule):
         # Random states restored from a checkpoint, applied at the first resumed batch (after the
         # loaders have drawn their seeds, as in the uninterrupted run).
         self._pending_rng: dict[str, Any] | None = None
+        # Whether labels are sparse enough to apply the head to labelled positions only (None:
+        # not seen a batch yet); see _sparse_labels.
+        self._labels_sparse: bool | None = None
         # Set by the CLI: {"hash": ..., "config": ...} (hybrids.identity), saved in checkpoints.
         self.run_identity: dict[str, Any] | None = None
         with config_section("model"):
@@ -98,11 +101,19 @@ class LanguageModel(L.LightningModule):
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         inputs, labels = batch
-        logits = self.model(inputs)  # (B, L, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        hidden = self.model.features(inputs)  # (B, L, d_model)
         labelled = labels != IGNORE_INDEX
         count = labelled.sum()
-        correct = ((logits.argmax(-1) == labels) & labelled).sum()
+        if self._sparse_labels(labelled):
+            # The head over the labelled positions only (n, V): the same loss and accuracy as
+            # over all positions, without the (B, L, V) logits nothing reads.
+            labelled_targets = labels[labelled]
+            logits = self.model.head(hidden[labelled])
+        else:
+            labelled_targets = labels.flatten()
+            logits = self.model.head(hidden).flatten(0, 1)
+        loss = F.cross_entropy(logits.float(), labelled_targets, ignore_index=IGNORE_INDEX)
+        correct = ((logits.argmax(-1) == labelled_targets) & (labelled_targets != IGNORE_INDEX)).sum()
         # Means weighted by each batch's labelled-token count: the epoch value is the exact token
         # accuracy (and mean token loss) over the whole set. No .item(): no device sync per step.
         weight = count.clamp(min=1).float()
@@ -118,6 +129,15 @@ class LanguageModel(L.LightningModule):
             for name in ("loss", "acc"):
                 self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], prog_bar=True, on_step=False, on_epoch=True)
         return loss
+
+    def _sparse_labels(self, labelled: torch.Tensor) -> bool:
+        """Whether to apply the head to the labelled positions only (under half of them are
+        labelled), decided once from the first batch. Indexing by the mask then costs one small
+        host sync per step (the number of labelled positions), far less on a large vocabulary
+        than the (B, L, V) logits it saves."""
+        if self._labels_sparse is None:
+            self._labels_sparse = bool(2 * labelled.sum() < labelled.numel())
+        return self._labels_sparse
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")

@@ -52,10 +52,17 @@ class HybridLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) int64 -> logits (B, L, vocab_size)."""
+        return self.head(self.features(tokens))
+
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) int64 -> the normalised last hidden states (B, L, d_model), which the
+        LM head maps to logits. Training on sparse labels (MQAR labels a few positions per
+        example) applies the head to the labelled positions only: with a large vocabulary the
+        (B, L, vocab) logits are most of the step's cost."""
         x = self.embedding(tokens)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.norm(x))
+        return self.norm(x)
 
     # -- recurrent form -------------------------------------------------------------------------
 
