@@ -1,4 +1,5 @@
-"""The analysis notebook runs top to bottom on the logs of a tiny real run."""
+"""load_runs reads the logs of a tiny real run; the analysis notebook runs top to bottom on a
+synthetic sweep folder."""
 
 import base64
 import json
@@ -8,7 +9,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from hybrids.analysis import load_runs, runs_table
+from test_sweep_analysis import write_run
+
+from hybrids.analysis import load_runs, runs_table, select_points, sweep_table
 from hybrids.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,21 +50,37 @@ def kernel_of_this_python(tmp: Path, monkeypatch) -> str:
     return "hybrids-test"
 
 
-def test_notebook_executes(in_tmp, monkeypatch):
-    runs_dir = tiny_runs(in_tmp)
-    monkeypatch.setenv("HYBRIDS_RUNS", str(runs_dir))
-    kernel = kernel_of_this_python(in_tmp, monkeypatch)
+def synthetic_sweep(root: Path) -> Path:
+    """Two families x two widths x two learning rates x two seeds, and one failed run."""
+    for family, mixers in (("mamba", "Mamba"), ("attn", "Attention")):
+        for d_model in (32, 64):
+            for lr in (1e-3, 1e-2):
+                for seed in (0, 1):
+                    val = 0.4 + d_model / 200 + (lr == 1e-2) * 0.05 + seed / 100
+                    write_run(root, family=family, mixers=mixers, d_model=d_model, lr=lr, seed=seed,
+                              val=val, test=val - 0.03)
+    write_run(root, family="attn", mixers="Attention", d_model=32, lr=1e-3, seed=2, status="failed")
+    return root
+
+
+def test_notebook_executes(tmp_path, monkeypatch):
+    sweep_dir = synthetic_sweep(tmp_path / "sweep")
+    monkeypatch.setenv("HYBRIDS_SWEEP", str(sweep_dir))
+    kernel = kernel_of_this_python(tmp_path, monkeypatch)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     # (nbclient has already raised if a cell failed.) The table the notebook prints must hold
-    # each run's figures as load_runs reads them, and the plot must be a real PNG.
+    # each selected point's figures as select_points computes them, and both plots must be real PNGs.
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     lines = "".join(o.get("text", "") for o in outputs).splitlines()
-    runs = load_runs(runs_dir)
-    assert len(runs) == 2
-    for run in runs:
-        row = next((line.split() for line in lines if line.startswith(run.name)), None)
-        assert row is not None, f"{run.name} missing from the notebook's table"
-        assert row[1:] == [run.family, str(run.seq_len), f"{run.state_size:,}", f"{run.params:,}", f"{run.accuracy:.4f}"]
+    points = select_points(sweep_table(sweep_dir))
+    assert len(points) == 4 and set(points["lr"]) == {1e-2}
+    for _, p in points.iterrows():
+        row = next((line.split() for line in lines if line.split()[:4] == [p.family, "64", "4", str(p.d_model)]), None)
+        assert row is not None, f"{p.family} d_model {p.d_model} missing from the notebook's table"
+        assert row[4:9] == [f"{p.state_size:,}", f"{p.params:,}", "0.01", f"{p.test_acc_mean:.4f}", "±"]
+        assert row[9:12] == [f"{p.test_acc_sem:.4f}", f"[{p.test_acc_min:.4f},", f"{p.test_acc_max:.4f}]"]
+        assert row[12] == "2"
     images = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 1 and images[0].startswith(b"\x89PNG\r\n\x1a\n") and len(images[0]) > 5000
+    assert len(images) == 2
+    assert all(image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 5000 for image in images)

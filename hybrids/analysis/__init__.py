@@ -1,0 +1,46 @@
+"""Analysis of finished runs: single runs from their CSV logs, and sweeps from their status files.
+
+- :mod:`hybrids.analysis.runs`: runs read from the CLI's CSV logs (``load_runs``), state size vs
+  accuracy of single runs.
+- :mod:`hybrids.analysis.sweeps`: a sweep's runs as a pandas table (``sweep_table``) and the
+  tuned axes of each point selected on validation with test figures reported (``select_points``).
+- :mod:`hybrids.analysis.plots`: accuracy vs width and vs state size (with Pareto frontiers).
+- :mod:`hybrids.analysis.plot_cli`: ``hybrids plot SWEEP_DIR``, writing the tables and figures.
+
+pandas and matplotlib load with this package, never with ``import hybrids``.
+"""
+
+from hybrids.analysis.plots import pareto_frontier, plot_accuracy_vs_state_size, plot_accuracy_vs_width
+from hybrids.analysis.runs import Run, load_run, load_runs, mixer_family, plot_state_size_vs_accuracy, runs_table
+from hybrids.analysis.sweeps import (
+    axis_names,
+    candidates,
+    column_name,
+    read_status,
+    seed_statistics,
+    select_points,
+    sweep_table,
+    tuned_axes,
+)
+from hybrids.analysis.tables import points_text
+
+__all__ = [
+    "Run",
+    "axis_names",
+    "candidates",
+    "column_name",
+    "load_run",
+    "load_runs",
+    "mixer_family",
+    "pareto_frontier",
+    "plot_accuracy_vs_state_size",
+    "plot_accuracy_vs_width",
+    "plot_state_size_vs_accuracy",
+    "points_text",
+    "read_status",
+    "runs_table",
+    "seed_statistics",
+    "select_points",
+    "sweep_table",
+    "tuned_axes",
+]

@@ -1,0 +1,72 @@
+"""``hybrids plot SWEEP_DIR``: a sweep's tables and figures as files, no Jupyter needed.
+
+Writes into ``--out`` (default ``SWEEP_DIR/plots``): ``runs.csv`` (one row per run),
+``points.csv`` (one row per selected point), ``accuracy_vs_width.png/.pdf`` and
+``accuracy_vs_state_size.png/.pdf``, and prints the points table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybrids plot",
+        description="Tables and figures of a sweep: tuned axes selected on validation, test figures reported.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="the sweep's folder (one sub-folder with a status.json per run)")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: SWEEP_DIR/plots)")
+    parser.add_argument("--metric", default="val/acc", help="validation metric that selects the tuned axes")
+    parser.add_argument("--mode", choices=("max", "min"), default="max", help="whether --metric is maximised")
+    parser.add_argument("--report", default="test/acc", help="metric reported for the selected setting")
+    parser.add_argument("--tuned", nargs="*", default=None,
+                        help="tuned axes (default: those the runs list as tuned, e.g. lr)")
+    return parser
+
+
+def plot_main(argv: list[str]) -> int:
+    """Run ``hybrids plot`` with ``argv`` (the arguments after "plot"); returns the exit status."""
+    args = _parser().parse_args(argv)
+    # pandas and matplotlib load here, so that a typo in the arguments answers at once.
+    from matplotlib.figure import Figure
+
+    from hybrids.analysis.plots import plot_accuracy_vs_state_size, plot_accuracy_vs_width
+    from hybrids.analysis.sweeps import select_points, sweep_table, tuned_axes
+    from hybrids.analysis.tables import points_text
+
+    if not args.sweep_dir.is_dir():
+        print(f"hybrids plot: no folder {args.sweep_dir}", file=sys.stderr)
+        return 2
+    table = sweep_table(args.sweep_dir)
+    if table.empty:
+        print(f"hybrids plot: no runs (*/status.json) in {args.sweep_dir}", file=sys.stderr)
+        return 1
+    try:
+        points = select_points(table, metric=args.metric, mode=args.mode, report=args.report, tuned=args.tuned)
+    except ValueError as err:
+        print(f"hybrids plot: {err}", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else args.sweep_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "runs.csv", index=False)
+    points.to_csv(out / "points.csv", index=False)
+    # The report metric's direction follows --mode: a loss selected by "min" is also best when low.
+    figures = {
+        "accuracy_vs_width": plot_accuracy_vs_width(points, report=args.report, fig=Figure()),
+        "accuracy_vs_state_size": plot_accuracy_vs_state_size(
+            points, report=args.report, fig=Figure(), higher_is_better=args.mode == "max"
+        ),
+    }
+    for name, fig in figures.items():
+        fig.set_size_inches(4.0 * len(fig.axes) + 1.5, 3.4)
+        fig.tight_layout()
+        for suffix in ("png", "pdf"):
+            fig.savefig(out / f"{name}.{suffix}", dpi=150)
+    tuned = args.tuned if args.tuned is not None else tuned_axes(table)
+    print(points_text(points, report=args.report, tuned=tuned))
+    print(f"\nwrote {', '.join(f'{n}.png/.pdf' for n in figures)}, runs.csv and points.csv to {out}")
+    return 0
+
