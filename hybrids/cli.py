@@ -55,6 +55,11 @@ class HybridsCLI(LightningCLI):
         # `hybrids fit` with no config trains the default stack (attention) on MQAR.
         parser.set_defaults({"model": {"class_path": "hybrids.LanguageModel"}, "data": {"class_path": "hybrids.data.MQAR"}})
         parser.add_argument(
+            "--test_after_fit", type=bool, default=False,
+            help="After fit, evaluate the final weights on the test set in the same process and log "
+            "test/loss and test/acc beside the run's validation figures (sweeps use it).",
+        )
+        parser.add_argument(
             "--load_weights_only", type=bool, default=False,
             help="With --ckpt_path FILE: load only the model weights from a checkpoint of another run "
             "(a warm start, recorded as warm_start_from); training state and identity are not taken.",
@@ -242,6 +247,11 @@ class HybridsCLI(LightningCLI):
 
     def after_fit(self) -> None:
         print_summary(self.trainer, self.model, stage="val")
+        if self.config[self.subcommand].get("test_after_fit"):
+            # The weights as fit left them (the last step), not the checkpoint with the best
+            # validation figure: the figure reported is the model the run ends with.
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+            print_summary(self.trainer, self.model, stage="test")
 
     def after_validate(self) -> None:
         print_summary(self.trainer, self.model, stage="val")
@@ -366,6 +376,14 @@ def main() -> None:
 
         generate_main(sys.argv[2:])
         return
+    if sys.argv[1:2] == ["sweep"]:
+        from hybrids.sweeps.command import sweep_main
+
+        sys.exit(sweep_main(sys.argv[2:]))
+    if sys.argv[1:2] == ["plot"]:
+        from hybrids.analysis.plot_cli import plot_main
+
+        sys.exit(plot_main(sys.argv[2:]))
     try:
         build_cli()
     except Interrupted as stop:

@@ -41,3 +41,19 @@ class HangAtStep(Callback):
         if trainer.global_step >= self.step:
             open(self.marker, "w").close()
             signal.pause()
+
+
+class PauseOnceAtStep(Callback):
+    """Once ``global_step`` reaches ``step``, touch ``marker`` and wait for a signal (for a test
+    to interrupt the run at a known point); a run that finds ``marker`` already there, such as
+    the same run resumed, does not wait."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, marker
+        self.armed = not os.path.exists(marker)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.armed and trainer.global_step >= self.step:
+            self.armed = False
+            open(self.marker, "w").close()
+            signal.pause()  # returns once a handled signal (the CLI's SIGINT handler) arrives

@@ -90,16 +90,46 @@ def test_bad_settings_name_the_argument(kwargs, key):
     assert info.value.key == key
 
 
-def test_datamodule_train_and_test_sets_differ():
-    dm = MQAR(seq_len=32, num_kv_pairs=2, vocab_size=64, num_train_examples=100, num_test_examples=50, batch_size=10)
-    dm.setup("fit")
+def test_datamodule_train_validation_and_test_sets_differ():
+    dm = MQAR(seq_len=32, num_kv_pairs=2, vocab_size=64, num_train_examples=100, num_val_examples=40,
+              num_test_examples=50, batch_size=10)
+    dm.setup()
     train_inputs, train_labels = next(iter(dm.train_dataloader()))
     assert train_inputs.shape == (10, 32)
-    assert len(dm.train_set) == 100 and len(dm.test_set) == 50
-    assert not torch.equal(dm.train_set.tensors[0][:50], dm.test_set.tensors[0])
-    again = MQAR(seq_len=32, num_kv_pairs=2, vocab_size=64, num_train_examples=100, num_test_examples=50)
-    again.setup("fit")
-    assert torch.equal(again.test_set.tensors[0], dm.test_set.tensors[0])
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (100, 40, 50)
+    sets = {"train": dm.train_set.tensors[0], "val": dm.val_set.tensors[0], "test": dm.test_set.tensors[0]}
+    rows = {name: {tuple(row.tolist()) for row in tensor} for name, tensor in sets.items()}
+    for a, b in [("train", "val"), ("train", "test"), ("val", "test")]:
+        assert not rows[a] & rows[b], f"{a} and {b} share examples"
+    # Validation is what the loaders evaluate during fit; test only in `test`.
+    assert torch.equal(next(iter(dm.val_dataloader()))[0], sets["val"][:10])
+    assert torch.equal(next(iter(dm.test_dataloader()))[0], sets["test"][:10])
+    again = MQAR(seq_len=32, num_kv_pairs=2, vocab_size=64, num_train_examples=100, num_val_examples=40,
+                 num_test_examples=50)
+    again.setup()
+    for name in ("val_set", "test_set"):
+        assert torch.equal(getattr(again, name).tensors[0], getattr(dm, name).tensors[0])
+
+
+def test_order_seed_changes_the_training_order_not_the_sets():
+    def first_batch(order_seed):
+        dm = MQAR(seq_len=32, num_kv_pairs=2, vocab_size=64, num_train_examples=100, batch_size=10, order_seed=order_seed)
+        dm.setup()
+        return dm, next(iter(dm.train_dataloader()))[0]
+
+    default, batch_default = first_batch(None)
+    same, batch_same = first_batch(0)  # None means the data seed (0)
+    other, batch_other = first_batch(7)
+    assert torch.equal(batch_default, batch_same)
+    assert not torch.equal(batch_default, batch_other)
+    for name in ("train_set", "val_set", "test_set"):
+        assert torch.equal(getattr(default, name).tensors[0], getattr(other, name).tensors[0])
+
+
+def test_order_seed_must_be_a_non_negative_integer():
+    with pytest.raises(ConfigError) as info:
+        MQAR(order_seed=-1)
+    assert info.value.key == "order_seed"
 
 
 def test_gap_sampler_draws_without_replacement_with_the_given_law():

@@ -1,0 +1,258 @@
+"""`hybrids sweep`: expansion, names, matched sizes, dry-run figures, and real sweeps of a few
+tiny runs (local pool: skip on rerun, failure isolation, interruption and resumption)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hybrids.sweeps import SweepError, expand, load_sweep
+from hybrids.sweeps.matching import Unmatched, solve
+from hybrids.sweeps.measure import Figures
+from hybrids.sweeps.naming import compact_number, run_name
+from hybrids.sweeps.spec import Match
+
+ROOT = Path(__file__).resolve().parents[1]
+TRANSFORMER = ROOT / "configs" / "transformer.yaml"
+ATTENTION = {"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}}
+S4D = {"S": {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 8}}}
+# Runs of a few seconds: one epoch of two batches, small sets.
+TINY = {
+    "trainer.max_epochs": 1,
+    "trainer.enable_model_summary": False,
+    "data.init_args.num_train_examples": 64,
+    "data.init_args.num_val_examples": 32,
+    "data.init_args.num_test_examples": 32,
+    "data.init_args.batch_size": 32,
+}
+
+
+def write_sweep(folder: Path, **body) -> Path:
+    body.setdefault("base", str(TRANSFORMER))
+    path = folder / f"{body.get('name', 'test')}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def families() -> dict:
+    return {
+        "family": {
+            "attention": {"model.init_args.pattern": "A", "model.init_args.mixers": ATTENTION},
+            "s4d": {"model.init_args.pattern": "S", "model.init_args.mixers": S4D},
+        },
+        "task": {
+            "mqar64x4": {"data.init_args.seq_len": 64, "data.init_args.num_kv_pairs": 4},
+            "mqar128x8": {"data.init_args.seq_len": 128, "data.init_args.num_kv_pairs": 8},
+        },
+    }
+
+
+# -- expansion and names -------------------------------------------------------------------------
+
+
+def test_grid_expands_to_the_union_of_block_products_with_readable_stable_names(tmp_path):
+    path = write_sweep(
+        tmp_path, name="grid", choices=families(),
+        grid=[
+            {"family": ["attention", "s4d"], "task": ["mqar64x4"], "model.init_args.d_model": [32, 64]},
+            {"family": ["attention"], "task": ["mqar128x8"], "model.init_args.d_model": [64]},
+        ],
+        lr=[1e-3, 3e-3], seeds=[0, 1],
+    )
+    plans = expand(load_sweep(path))
+    assert len(plans) == (2 * 2 + 1) * 2 * 2
+    names = [p.name for p in plans]
+    assert names[:4] == ["attention-d32-mqar64x4-lr1e-3-s0", "attention-d32-mqar64x4-lr1e-3-s1",
+                         "attention-d32-mqar64x4-lr3e-3-s0", "attention-d32-mqar64x4-lr3e-3-s1"]
+    assert "s4d-d64-mqar64x4-lr3e-3-s1" in names and "attention-d64-mqar128x8-lr1e-3-s0" in names
+    assert [p.name for p in expand(load_sweep(path))] == names, "names do not depend on anything but the axes"
+
+    run = next(p for p in plans if p.name == "s4d-d64-mqar64x4-lr3e-3-s1")
+    model, data = run.config["model"]["init_args"], run.config["data"]["init_args"]
+    assert model["mixers"] == S4D, "a family's mixers replace the base's, not merged into them"
+    assert (model["pattern"], model["d_model"], model["lr"]) == ("S", 64, 3e-3)
+    assert (data["seq_len"], data["num_kv_pairs"], run.config["seed_everything"]) == (64, 4, 1)
+    assert run.axes == {"family": "s4d", "d_model": 64, "task": "mqar64x4", "lr": 3e-3, "seed": 1}
+    assert run.tuned == ("lr",)
+    base = yaml.safe_load(TRANSFORMER.read_text())
+    assert run.config["trainer"]["max_epochs"] == base["trainer"]["max_epochs"], "the rest comes from the base"
+
+
+def test_dotted_keys_patch_the_family_chosen_and_seeds_reach_every_seed_key(tmp_path):
+    path = write_sweep(
+        tmp_path, choices=families(),
+        grid=[{"family": ["s4d"], "model.init_args.mixers.S.init_args.d_state": [4, 16]}],
+        seeds=[3], seed_keys=["seed_everything", "data.init_args.order_seed"], settings=TINY,
+    )
+    plans = expand(load_sweep(path))
+    assert [p.name for p in plans] == ["s4d-d_state4-s3", "s4d-d_state16-s3"]
+    assert plans[1].config["model"]["init_args"]["mixers"]["S"] == {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 16}}
+    assert plans[0].config["model"]["init_args"]["mixers"]["S"]["init_args"]["d_state"] == 4, "runs share nothing"
+    assert plans[0].config["data"]["init_args"]["order_seed"] == 3 and plans[0].config["seed_everything"] == 3
+    assert plans[0].config["data"]["init_args"]["num_train_examples"] == 64
+    assert plans[0].tuned == (), "no learning rates: nothing tuned"
+
+
+def test_several_base_configs_are_an_axis(tmp_path):
+    path = write_sweep(tmp_path, base=[str(TRANSFORMER), str(ROOT / "configs" / "s4d.yaml")])
+    assert [p.name for p in expand(load_sweep(path))] == ["transformer-s0", "s4d-s0"]
+
+
+@pytest.mark.parametrize("body, key, words", [
+    ({"grids": []}, "grids", "did you mean 'grid'"),
+    ({"choices": families(), "grid": [{"family": ["atention"]}]}, "grid[0].family", "did you mean 'attention'"),
+    ({"grid": [{"model.init_args.mixers": [{"A": {}}]}]}, "grid[0].model.init_args.mixers", "under choices"),
+    ({"grid": [{"d_model": [64]}]}, "grid[0].d_model", "does not address a config section"),
+    ({"lr": [0.0]}, "lr", "positive"),
+    ({"lr": [1e-3], "tune": ["width"]}, "tune", "not an axis"),
+    ({"seeds": [0, 0]}, "seeds", "repeated"),
+    ({"base": "missing.yaml"}, "base", "not found"),
+    ({"match": {"quantity": "flops", "targets": [1]}}, "match.quantity", "params"),
+    ({"match": {"quantity": "params", "targets": [1000], "tolerance": 2}}, "match.tolerance", "(0, 1)"),
+    ({"choices": families(), "grid": [{"family": ["attention"]}, {"family": ["attention"]}]}, "grid", "same name"),
+])
+def test_bad_sweep_files_name_the_key(tmp_path, body, key, words):
+    with pytest.raises(SweepError) as info:
+        expand(load_sweep(write_sweep(tmp_path, **body)))
+    assert info.value.key == key and words in str(info.value), str(info.value)
+
+
+def test_compact_numbers_in_names():
+    assert [compact_number(v) for v in (1e-3, 3e-4, 4.6416e-4, 0.05, 64, 100_000, 1_500_000, 8192, True)] == [
+        "1e-3", "3e-4", "4.642e-4", "0.05", "64", "100k", "1.5M", "8192", "true"]
+    assert run_name({"seed": 0, "lr": 1e-3, "family": "mamba", "target": 50_000}, "params") == "mamba-p50k-lr1e-3-s0"
+
+
+# -- matched sizes -------------------------------------------------------------------------------
+
+
+def figures_of(law):
+    """A fake measure: params = law(d_model)."""
+    def figure(config):
+        d = config["model"]["init_args"]["d_model"]
+        return Figures(params=law(d), state_size=None, seq_len=64, d_model=d, vocab_size=128, num_kv_pairs=4)
+    return figure
+
+
+def test_matching_picks_the_closest_width_within_tolerance():
+    config = {"model": {"init_args": {"d_model": 1}}}
+    match = Match(quantity="params", targets=(1000.0,), multiple_of=4, low=4, high=256, tolerance=0.05)
+    value, achieved = solve(config, "model.init_args.d_model", "params", 10_000, match, figures_of(lambda d: d * d))
+    assert (value, achieved) == (100, 10_000)
+    value, achieved = solve(config, "model.init_args.d_model", "params", 10_500, match, figures_of(lambda d: d * d))
+    assert (value, achieved) == (104, 10_816) and abs(achieved - 10_500) / 10_500 <= 0.05
+    with pytest.raises(Unmatched, match="nearest is 65,536"):  # beyond the range
+        solve(config, "model.init_args.d_model", "params", 100_000, match, figures_of(lambda d: d * d))
+    coarse = Match(quantity="params", targets=(1.0,), multiple_of=64, low=64, high=256, tolerance=0.05)
+    with pytest.raises(Unmatched, match="tolerance 5%"):  # 64^2 = 4,096 and 128^2 = 16,384 both miss 8,000
+        solve(config, "model.init_args.d_model", "params", 8_000, coarse, figures_of(lambda d: d * d))
+
+
+def run_sweep(path: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "hybrids", "sweep", str(path), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_matches_sizes_per_family_within_tolerance(tmp_path):
+    path = write_sweep(
+        tmp_path, name="matched", choices={"family": families()["family"]}, grid=[{"family": ["attention", "s4d"]}],
+        match={"quantity": "params", "targets": [40_000, 60_000], "multiple_of": 4, "tolerance": 0.05},
+    )
+    done = run_sweep(path, "--dry-run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.startswith(("attention-", "s4d-"))}
+    assert sorted(lines) == ["attention-p40k-s0", "attention-p60k-s0", "s4d-p40k-s0", "s4d-p60k-s0"]
+    for name, line in lines.items():
+        target = 40_000 if "p40k" in name else 60_000
+        params = int(line.split()[2].replace(",", ""))
+        assert abs(params - target) / target <= 0.05, line
+        assert f"-> {params:,} (d_model=" in line
+    assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
+
+
+# -- real sweeps ---------------------------------------------------------------------------------
+
+
+def statuses(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in out.glob("*/status.json")}
+
+
+def test_real_sweep_runs_skips_on_rerun_and_logs_the_dry_run_figures(tmp_path):
+    path = write_sweep(tmp_path, name="real", settings=TINY, choices={"family": families()["family"]},
+                       grid=[{"family": ["attention", "s4d"], "model.init_args.d_model": [16]}], lr=[3e-3])
+    dry = run_sweep(path, "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    printed = {line.split()[0]: line.split() for line in dry.stdout.splitlines() if "-d16-" in line}
+
+    first = run_sweep(path, "--workers", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    out = tmp_path / "runs" / "sweeps" / "real"
+    found = statuses(out)
+    assert sorted(found) == ["attention-d16-lr3e-3-s0", "s4d-d16-lr3e-3-s0"]
+    for name, status in found.items():
+        assert status["status"] == "done" and status["attempts"] == 1
+        assert 0 <= status["metrics"]["val/acc"] <= 1 and 0 <= status["metrics"]["test/acc"] <= 1
+        # The dry run's figures are those of the real build, as the run logged them.
+        assert int(printed[name][2].replace(",", "")) == status["params"] == status["logged_params"]
+        assert int(printed[name][3].replace(",", "")) == status["state_size"] == status["logged_state_size"]
+        config = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert config["trainer"]["logger"]["init_args"]["save_dir"] == str(out / name)
+    assert (out / "sweep.yaml").read_text() == path.read_text()
+
+    again = run_sweep(path, "--workers", "2", cwd=tmp_path)
+    assert again.returncode == 0
+    assert "2 finished before" in again.stdout and "0 to run" in again.stdout
+    assert statuses(out) == found, "finished runs are left alone"
+
+
+def test_one_failing_run_does_not_stop_the_sweep(tmp_path):
+    # max_loss 1e-6: the first loss is above it, so that run stops as diverged (exit 3).
+    path = write_sweep(tmp_path, name="failing", settings=TINY, grid=[{"model.init_args.max_loss": [1e4, 1e-6]}])
+    done = run_sweep(path, "--workers", "2", cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    found = statuses(tmp_path / "runs" / "sweeps" / "failing")
+    good, bad = found["max_loss10k-s0"], found["max_loss1e-6-s0"]
+    assert good["status"] == "done" and "test/acc" in good["metrics"]
+    assert bad["status"] == "failed" and bad["returncode"] == 3 and "diverged" in bad["error"]
+    assert "not done:" in done.stdout and "max_loss1e-6-s0: failed" in done.stdout
+
+
+def test_an_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tmp_path):
+    marker = tmp_path / "paused"
+    callback = {"class_path": "fault_injection.PauseOnceAtStep", "init_args": {"step": 1, "marker": str(marker)}}
+    settings = {**TINY, "trainer.max_epochs": 2, "trainer.callbacks": [callback]}
+    path = write_sweep(tmp_path, name="stopped", settings=settings)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    sweep = subprocess.Popen([sys.executable, "-m", "hybrids", "sweep", str(path)], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert sweep.poll() is None and time.monotonic() < deadline, "the run never reached step 1"
+            time.sleep(0.2)
+        sweep.send_signal(signal.SIGINT)
+        stdout, stderr = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, stdout + stderr
+    assert "run the same command again to resume" in stderr
+    run = tmp_path / "runs" / "sweeps" / "stopped" / "s0"
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["returncode"] == 130
+    assert list(run.glob("logs/version_0/checkpoints/last*.ckpt"))
+
+    resumed = run_sweep(path, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "done" and status["attempts"] == 2
+    log = (run / "output.log").read_text()
+    assert "=== attempt 2" in log and "using checkpoint" in log.split("=== attempt 2")[1]
