@@ -155,6 +155,17 @@ def test_nan_validation_is_never_selected_and_failed_runs_are_counted(tmp_path):
     assert math.isnan(point["test_acc_std"])
 
 
+def test_a_setting_with_a_diverged_seed_loses_to_one_whose_seeds_all_finished(tmp_path):
+    # lr 1e-2: one seed diverged, the other has the best validation figure of all; selecting it
+    # on that seed alone would hide the divergence.
+    write_run(tmp_path, lr=1e-2, seed=0, val=float("nan"), test=0.2)
+    write_run(tmp_path, lr=1e-2, seed=1, val=0.99, test=0.99)
+    write_run(tmp_path, lr=1e-3, seed=0, val=0.9, test=0.9)
+    write_run(tmp_path, lr=1e-3, seed=1, val=0.8, test=0.8)
+    point = select_points(sweep_table(tmp_path)).iloc[0]
+    assert point["lr"] == 1e-3 and point["n_seeds"] == 2 and point["test_acc_mean"] == pytest.approx(0.85)
+
+
 def test_point_with_only_nan_validation_reports_nothing(tmp_path):
     write_run(tmp_path, lr=1e-2, val=float("nan"), test=0.9)
     point = select_points(sweep_table(tmp_path)).iloc[0]

@@ -9,6 +9,7 @@ teardown checks that no process of the session is left.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -259,3 +260,23 @@ def test_ray_not_installed(monkeypatch):
     with pytest.raises(LauncherUnavailable, match=r'pip install -e "\.\[ray\]"'):
         run_on_ray([1], ray_tasks.double)
     assert issubclass(LauncherUnavailable, RuntimeError)
+
+
+def test_a_real_sweep_through_the_cluster(ray_cluster, tmp_path):
+    """`hybrids sweep --launcher ray`: two tiny runs train as Ray tasks on the cluster and end
+    as they do with the local pool (tested in test_sweeps.py)."""
+    from test_sweeps import TINY, write_sweep
+
+    path = write_sweep(tmp_path, name="onray", settings=TINY, grid=[{"model.init_args.d_model": [16, 32]}])
+    env = {**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hybrids", "sweep", str(path), "--launcher", "ray", "--ray-address", ray_cluster[0]],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "runs" / "sweeps" / "onray"
+    for name in ("d16-s0", "d32-s0"):
+        status = json.loads((out / name / "status.json").read_text())
+        assert status["status"] == "done" and 0 <= status["metrics"]["test/acc"] <= 1
+        assert status["logged_params"] == status["params"]
+    assert "[2/2]" in done.stdout and "2 done" in done.stdout

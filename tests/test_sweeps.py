@@ -213,6 +213,15 @@ def test_real_sweep_runs_skips_on_rerun_and_logs_the_dry_run_figures(tmp_path):
     assert "2 finished before" in again.stdout and "0 to run" in again.stdout
     assert statuses(out) == found, "finished runs are left alone"
 
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    plotted = subprocess.run([sys.executable, "-m", "hybrids", "plot", str(out)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert plotted.returncode == 0, plotted.stderr
+    for name in ("accuracy_vs_width", "accuracy_vs_state_size"):
+        assert (out / "plots" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / "plots" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert "attention" in plotted.stdout and "s4d" in plotted.stdout
+
 
 def test_one_failing_run_does_not_stop_the_sweep(tmp_path):
     # max_loss 1e-6: the first loss is above it, so that run stops as diverged (exit 3).

@@ -243,14 +243,16 @@ def _settings(runs: pd.DataFrame, tuned: list[str]):
 
 
 def _choose(settings: list[tuple[tuple, pd.DataFrame]], metric_col: str, mode: str):
-    """The best setting by mean validation metric. Ties (means equal to within 1e-12) go to the
-    first in ``settings``: the lowest tuned values, compared axis by axis in the order the tuned
-    axes are listed (so the lower learning rate when only lr is tuned): a deterministic rule that
-    does not look at the test metric."""
+    """The best setting: first the one with the most seeds finished with a finite validation
+    metric (a learning rate at which one seed diverged or failed must not win on its other
+    seeds alone), then the best mean validation metric. Ties (means equal to within 1e-12) go
+    to the first in ``settings``: the lowest tuned values, compared axis by axis in the order
+    the tuned axes are listed (so the lower learning rate when only lr is tuned): a
+    deterministic rule that does not look at the test metric."""
     best = None
     for setting, runs in settings:
         score = runs[metric_col].mean()
-        if best is None or _better(score, best[2], mode):
+        if best is None or len(runs) > len(best[1]) or (len(runs) == len(best[1]) and _better(score, best[2], mode)):
             best = (setting, runs, score)
     return best
 
