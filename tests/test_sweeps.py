@@ -126,8 +126,8 @@ def test_bad_sweep_files_name_the_key(tmp_path, body, key, words):
 
 
 def test_compact_numbers_in_names():
-    assert [compact_number(v) for v in (1e-3, 3e-4, 4.6416e-4, 0.05, 64, 100_000, 1_500_000, 8192, True)] == [
-        "1e-3", "3e-4", "4.642e-4", "0.05", "64", "100k", "1.5M", "8192", "true"]
+    assert [compact_number(v) for v in (1e-3, 3e-4, 4.6416e-4, 0.05, 0.01, 0.5, 64, 100_000, 1_500_000, 8192, True)] == [
+        "1e-3", "3e-4", "4.642e-4", "5e-2", "1e-2", "0.5", "64", "100k", "1.5M", "8192", "true"]
     assert run_name({"seed": 0, "lr": 1e-3, "family": "mamba", "target": 50_000}, "params") == "mamba-p50k-lr1e-3-s0"
 
 

@@ -33,7 +33,7 @@ def compact_number(value: float | int) -> str:
                 text = f"{number / size:.1f}".removesuffix(".0")
                 return text + unit
         return str(number)
-    if value != 0 and abs(value) < 0.01:
+    if value != 0 and abs(value) < 0.1:
         mantissa, exponent = f"{value:.3e}".split("e")
         mantissa = mantissa.rstrip("0").rstrip(".")
         return f"{mantissa}e{int(exponent)}"
