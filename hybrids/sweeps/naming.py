@@ -23,7 +23,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
 def compact_number(value: float | int) -> str:
-    """``0.001 -> "1e-3"``, ``3e-4 -> "3e-4"``, ``100000 -> "100k"``, ``64 -> "64"``, ``0.5 -> "0.5"``."""
+    """``0.001 -> "1e-3"``, ``0.05 -> "5e-2"``, ``100000 -> "100k"``, ``64 -> "64"``, ``0.5 -> "0.5"``."""
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1):
