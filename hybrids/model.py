@@ -46,7 +46,12 @@ class HybridLM(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.RMSNorm(d_model)
         self.head = nn.Linear(d_model, config.vocab_size, bias=False)
-        nn.init.normal_(self.embedding.weight, std=0.02)
+        # Rows of norm ~1 (std 1/sqrt(d)), so that the tied head's logits start at std ~1 at
+        # every width and AdamW's steps (of size ~lr per element) move the embedding by a small
+        # fraction of itself. The fixed std 0.02 it replaces gave logits of std 0.02 sqrt(d) and
+        # steps of lr / 0.02 (15% at lr 3e-3) of every element: attention on MQAR then sat at
+        # chance for a long, seed-dependent time at d_model 128 (never left it in some runs).
+        nn.init.normal_(self.embedding.weight, std=d_model**-0.5)
         if config.tie_embeddings:
             self.head.weight = self.embedding.weight
 
