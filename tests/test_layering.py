@@ -27,6 +27,7 @@ LAYERS = {
     "hybrids.cli": 4,
     "hybrids.generation_cli": 4,
     "hybrids.analysis": 4,
+    "hybrids.sweeps": 4,
     "hybrids.__main__": 4,
     "hybrids": 4,  # the package's lazy __init__
 }
