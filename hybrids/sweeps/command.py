@@ -79,6 +79,8 @@ def sweep_main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec.path, out / "sweep.yaml")
     run_dirs = [write_run_folder(out, plan, problems.get(plan.name)) for plan in plans]
+    if not args.only:
+        warn_stale(out, {plan.name for plan in plans})
     todo = [d for d, plan in zip(run_dirs, plans) if plan.name not in problems and not is_finished(d)]
     skipped = len(plans) - len(todo) - len(problems)
     print(f"hybrids sweep {spec.name}: {len(plans)} runs in {out}; {skipped} finished before, "
@@ -103,12 +105,22 @@ def sweep_main(argv: list[str]) -> int:
     except SweepInterrupted as stop:
         interrupted = stop.signum
     wall = time.monotonic() - start
-    statuses = [read_json(d / "status.json") or {"name": d.name, "status": "missing"} for d in run_dirs]
+    statuses = [read_json(d / "status.json") or {"name": d.name, "status": "pending"} for d in run_dirs]
     print_summary(statuses, out, wall)
     if interrupted is not None:
         print(f"hybrids sweep: stopped by {SweepInterrupted(interrupted)}; run the same command again to resume", file=sys.stderr)
         return 128 + interrupted
     return 0 if all(s.get("status") == "done" for s in statuses) else EXIT_FAILED
+
+
+def warn_stale(out: Path, names: set[str]) -> None:
+    """Run folders the sweep file no longer expands to (an edited grid): hybrids plot reads every
+    run folder, so say which ones would be mixed in."""
+    stale = sorted(p.parent.name for p in out.glob("*/run.json") if p.parent.name not in names)
+    if stale:
+        print(f"warning: {len(stale)} run folder(s) in {out} are not in the sweep file any more and would "
+              f"appear in hybrids plot; delete them if they do not belong: {', '.join(stale[:8])}"
+              + (" ..." if len(stale) > 8 else ""), file=sys.stderr, flush=True)
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -225,7 +237,7 @@ def print_summary(statuses: list[dict[str, Any]], out: Path, wall: float) -> Non
         print(f"{str(s.get('name')):<{width}}  {str(s.get('status')):<11} "
               f"{'' if val is None else f'{val:.4f}':>8} {'' if test is None else f'{test:.4f}':>8} "
               f"{_count(s.get('params')):>10} {_count(s.get('state_size')):>10} {s.get('wall_s') or 0:>7.0f}")
-    failed = [s for s in statuses if s.get("status") not in ("done",)]
+    failed = [s for s in statuses if s.get("status") not in ("done", "pending")]
     if failed:
         print("\nnot done:")
         for s in failed:
