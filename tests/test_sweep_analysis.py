@@ -240,3 +240,15 @@ def test_plot_command_writes_figures_and_tables(tmp_path, capsys):
     # The default folder, and a missing one.
     assert plot_main([str(root)]) == 0 and (root / "plots" / "points.csv").exists()
     assert plot_main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_folders_not_in_the_manifest_are_left_out(tmp_path):
+    """An edited sweep file leaves folders of settings it no longer has; the sweep's manifest
+    lists what it expands to now, and only those enter the table (and so the selection)."""
+    kept = write_run(tmp_path, lr=1e-3, val=0.5, test=0.5)
+    dropped = write_run(tmp_path, lr=1e-2, val=0.99, test=0.99)
+    (tmp_path / "manifest.json").write_text(json.dumps({"sweep": "synthetic", "runs": [kept.name]}))
+    with pytest.warns(UserWarning, match="not in the sweep file any more"):
+        table = sweep_table(tmp_path)
+    assert list(table["name"]) == [kept.name] and dropped.name not in set(table["name"])
+    assert select_points(table).iloc[0]["lr"] == 1e-3

@@ -118,6 +118,13 @@ def test_several_base_configs_are_an_axis(tmp_path):
     ({"match": {"quantity": "flops", "targets": [1]}}, "match.quantity", "params"),
     ({"match": {"quantity": "params", "targets": [1000], "tolerance": 2}}, "match.tolerance", "(0, 1)"),
     ({"choices": families(), "grid": [{"family": ["attention"]}, {"family": ["attention"]}]}, "grid", "same name"),
+    ({"seed_keys": ["data.init_args.seed"]}, "seed_keys", "order_seed"),
+    ({"grid": [{"data.init_args.seed": [1, 2]}]}, "grid[0]", "named like the sweep's own axis"),
+    ({"match": {"quantity": "params", "targets": [1000], "range": 8}}, "match.range", "[low, high]"),
+    ({"grid": [{"model.init_args.d_model": [32]}], "match": {"quantity": "params", "targets": [1000]}},
+     "grid[0]", "solved by match"),
+    ({"choices": families(), "match": {"quantity": "params", "targets": [1000], "keys": {"mamba": "model.init_args.d_model"}}},
+     "match.keys.mamba", "no choice is labelled"),
 ])
 def test_bad_sweep_files_name_the_key(tmp_path, body, key, words):
     with pytest.raises(SweepError) as info:
@@ -179,6 +186,56 @@ def test_dry_run_matches_sizes_per_family_within_tolerance(tmp_path):
     assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
 
 
+def test_matching_a_mixer_argument_on_its_own_grid(tmp_path):
+    """keys: a family solves another integer (S4D's d_state, even, from 2 up) at the sweep's width."""
+    match = {"quantity": "state_size", "targets": [4_000], "multiple_of": 4, "tolerance": 0.05,
+             "keys": {"s4d": {"key": "model.init_args.mixers.S.init_args.d_state", "multiple_of": 2, "range": [2, 256]}}}
+    path = write_sweep(tmp_path, name="keyed", choices={"family": families()["family"]},
+                       grid=[{"family": ["attention", "s4d"]}], match=match)
+    done = run_sweep(path, "--dry-run", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    attention = next(line for line in done.stdout.splitlines() if line.startswith("attention-"))
+    s4d = next(line for line in done.stdout.splitlines() if line.startswith("s4d-"))
+    assert "(d_model=" in attention and "(d_state=" in s4d
+    for line in (attention, s4d):
+        assert abs(int(line.split()[3].replace(",", "")) - 4_000) <= 200, line
+
+
+def test_only_selects_runs_by_name(tmp_path):
+    path = write_sweep(tmp_path, choices={"family": families()["family"]}, grid=[{"family": ["attention", "s4d"]}])
+    done = run_sweep(path, "--dry-run", "--only", "s4d-*", cwd=tmp_path)
+    assert done.returncode == 0 and "s4d-s0" in done.stdout and "attention-s0" not in done.stdout
+    assert run_sweep(path, "--dry-run", "--only", "nothing*", cwd=tmp_path).returncode == 2
+
+
+def test_a_run_held_by_another_process_is_not_started_twice(tmp_path):
+    import fcntl
+
+    from hybrids.sweeps.execute import RunTask, execute_run, write_json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "run.json", {"name": "run", "config_hash": "abc"})
+    with (run / ".lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = execute_run(RunTask(str(run)))
+    assert result["status"] == "busy" and "not started twice" in result["error"]
+    assert not (run / "output.log").exists(), "nothing was started"
+
+
+def test_a_launcher_failure_is_written_for_the_summary(tmp_path):
+    from hybrids.sweeps.command import record_launcher_failure
+    from hybrids.sweeps.execute import read_json, write_json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_json(run / "run.json", {"name": "run", "config_hash": "abc", "params": 10})
+    write_json(run / "status.json", {"name": "run", "status": "running"})
+    record_launcher_failure(run, {"status": "failed", "error": "ray: WorkerCrashedError: the worker died"})
+    status = read_json(run / "status.json")
+    assert status["status"] == "failed" and status["error"].startswith("ray: WorkerCrashedError") and status["params"] == 10
+
+
 # -- real sweeps ---------------------------------------------------------------------------------
 
 
@@ -221,6 +278,21 @@ def test_real_sweep_runs_skips_on_rerun_and_logs_the_dry_run_figures(tmp_path):
         assert (out / "plots" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
         assert (out / "plots" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
     assert "attention" in plotted.stdout and "s4d" in plotted.stdout
+
+
+def test_an_edited_sweep_reruns_what_it_changed_from_scratch(tmp_path):
+    path = write_sweep(tmp_path, name="edited", settings=TINY)
+    assert run_sweep(path, cwd=tmp_path).returncode == 0
+    run = tmp_path / "runs" / "sweeps" / "edited" / "s0"
+    before = json.loads((run / "status.json").read_text())
+    # Fewer training examples: the old run's checkpoint must not be resumed under the new config.
+    path = write_sweep(tmp_path, name="edited", settings={**TINY, "data.init_args.num_train_examples": 32})
+    again = run_sweep(path, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    after = json.loads((run / "status.json").read_text())
+    assert after["config_hash"] != before["config_hash"] and after["status"] == "done" and after["attempts"] == 1
+    assert [p.name for p in run.glob("logs.superseded-*")] == [f"logs.superseded-{before['config_hash']}"]
+    assert "using checkpoint" not in (run / "output.log").read_text().split("=== attempt")[-1]
 
 
 def test_one_failing_run_does_not_stop_the_sweep(tmp_path):

@@ -34,7 +34,7 @@ def plot_main(argv: list[str]) -> int:
     from matplotlib.figure import Figure
 
     from hybrids.analysis.plots import plot_accuracy_vs_state_size, plot_accuracy_vs_width
-    from hybrids.analysis.sweeps import select_points, sweep_table, tuned_axes
+    from hybrids.analysis.sweeps import column_name, select_points, sweep_table, tuned_axes
     from hybrids.analysis.tables import points_text
 
     if not args.sweep_dir.is_dir():
@@ -53,11 +53,13 @@ def plot_main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "runs.csv", index=False)
     points.to_csv(out / "points.csv", index=False)
-    # The report metric's direction follows --mode: a loss selected by "min" is also best when low.
+    # The frontier's direction follows the reported metric (a loss or bits per byte: lower is
+    # better), not --mode: selecting on val/loss while reporting test/acc keeps accuracy's.
+    lower_is_better = any(word in column_name(args.report) for word in ("loss", "bpb", "ppl", "perplexity"))
     figures = {
         "accuracy_vs_width": plot_accuracy_vs_width(points, report=args.report, fig=Figure()),
         "accuracy_vs_state_size": plot_accuracy_vs_state_size(
-            points, report=args.report, fig=Figure(), higher_is_better=args.mode == "max"
+            points, report=args.report, fig=Figure(), higher_is_better=not lower_is_better
         ),
     }
     for name, fig in figures.items():

@@ -113,6 +113,17 @@ def _run_row(status: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return row
 
 
+def _manifest(sweep_dir: Path) -> set[str] | None:
+    path = sweep_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return set(json.loads(path.read_text())["runs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        warnings.warn(f"{path} is unreadable; reading every run folder", stacklevel=3)
+        return None
+
+
 def sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per run of the sweep in ``sweep_dir``, read from its ``*/status.json`` files.
 
@@ -123,15 +134,26 @@ def sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
     "/" written "_" (val_acc, val_loss, test_acc, test_loss always; any others as logged), wall_s,
     attempts, returncode, error, log_dir, run_dir, and axis_names / tuned_axes (comma-separated
     column names, which :func:`select_points` reads). Missing keys give empty cells; an unreadable
-    ``status.json`` is skipped with a warning.
+    ``status.json`` is skipped with a warning. Where the sweep wrote ``manifest.json`` (the runs
+    its file expands to now), folders not listed there, left by an edited-out setting, are left
+    out with a warning, so that they never enter a selection.
     """
     sweep_dir = Path(sweep_dir)
-    rows, logged = [], []
+    listed = _manifest(sweep_dir)
+    rows, logged, unlisted = [], [], []
     for path in sorted(sweep_dir.glob("*/status.json")):
+        if listed is not None and path.parent.name not in listed:
+            unlisted.append(path.parent.name)
+            continue
         status = read_status(path)
         if status is not None:
             rows.append(_run_row(status, path.parent))
             logged += _metrics(status)
+    if unlisted:
+        warnings.warn(
+            f"{sweep_dir}: {len(unlisted)} run folder(s) not in the sweep file any more are left out: "
+            + ", ".join(unlisted[:5]) + (" ..." if len(unlisted) > 5 else ""), stacklevel=2,
+        )
     table = pd.DataFrame(rows)
     axis_columns = list(dict.fromkeys(c for r in rows for c in r["axis_names"].split(",") if c))
     metric_columns = list(dict.fromkeys([column_name(m) for m in STANDARD_METRICS] + logged))

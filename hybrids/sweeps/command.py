@@ -20,6 +20,7 @@ import fnmatch
 import hashlib
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenMP/torch threads per run (default 1: concurrent runs with several threads each slow each other down)")
     parser.add_argument("--launcher", choices=("local", "ray"), default="local")
+    parser.add_argument("--gpus", type=float, default=0.0,
+                        help="GPUs each run reserves under --launcher ray (Ray hides the GPUs from a task that asks for none); "
+                        "locally, runs see the machine's GPUs as they are")
     parser.add_argument("--ray-address", default=None,
                         help="Ray cluster to submit to ('auto', 'host:port', 'ray://...'); default: $RAY_ADDRESS, else a local Ray instance")
     parser.add_argument("--out", default=None, help="the sweep folder (default runs/sweeps/<name>)")
@@ -56,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1 or args.threads < 1:
-        print("error: --workers and --threads must be at least 1", file=sys.stderr)
+    if args.workers < 1 or args.threads < 1 or args.gpus < 0:
+        print("error: --workers and --threads must be at least 1, --gpus at least 0", file=sys.stderr)
         return EXIT_BAD_SWEEP
     try:
         spec = load_sweep(args.file)
@@ -65,6 +69,7 @@ def sweep_main(argv: list[str]) -> int:
     except SweepError as err:
         print(f"error: {args.file}: {err}", file=sys.stderr)
         return EXIT_BAD_SWEEP
+    all_names = [plan.name for plan in plans]
     if args.only:
         plans = [p for p in plans if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in args.only)]
         if not plans:
@@ -78,9 +83,11 @@ def sweep_main(argv: list[str]) -> int:
     out = Path(args.out or Path("runs") / "sweeps" / spec.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec.path, out / "sweep.yaml")
+    # The runs of the sweep as the file stands (all of them, --only or not): hybrids.analysis
+    # reads only these, so that folders of an edited-out setting do not join the selection.
+    write_json(out / "manifest.json", {"sweep": spec.name, "runs": all_names})
     run_dirs = [write_run_folder(out, plan, problems.get(plan.name)) for plan in plans]
-    if not args.only:
-        warn_stale(out, {plan.name for plan in plans})
+    warn_stale(out, set(all_names))
     todo = [d for d, plan in zip(run_dirs, plans) if plan.name not in problems and not is_finished(d)]
     skipped = len(plans) - len(todo) - len(problems)
     print(f"hybrids sweep {spec.name}: {len(plans)} runs in {out}; {skipped} finished before, "
@@ -96,7 +103,8 @@ def sweep_main(argv: list[str]) -> int:
             from hybrids.sweeps.ray_launcher import LauncherUnavailable, run_on_ray
 
             try:
-                run_on_ray(tasks, execute_run, address=args.ray_address, cpus_per_task=args.threads, on_result=progress)
+                run_on_ray(tasks, execute_run, address=args.ray_address, cpus_per_task=args.threads,
+                           gpus_per_task=args.gpus, on_result=progress)
             except LauncherUnavailable as err:
                 print(f"error: {err}", file=sys.stderr)
                 return EXIT_BAD_SWEEP
@@ -104,6 +112,8 @@ def sweep_main(argv: list[str]) -> int:
             run_locally(tasks, execute_run, workers=args.workers, on_result=progress)
     except SweepInterrupted as stop:
         interrupted = stop.signum
+    except KeyboardInterrupt:  # Ray's driver: its tasks are cancelled and stop their runs
+        interrupted = signal.SIGINT
     wall = time.monotonic() - start
     statuses = [read_json(d / "status.json") or {"name": d.name, "status": "pending"} for d in run_dirs]
     print_summary(statuses, out, wall)
@@ -212,9 +222,22 @@ class Progress:
         self.total, self.count = total, 0
 
     def __call__(self, task: RunTask, status: dict[str, Any]) -> None:
+        record_launcher_failure(Path(task.run_dir), status)
         self.count += 1
         name = status.get("name") or Path(task.run_dir).name
         print(f"[{self.count}/{self.total}] {name}: {_outcome(status)}", flush=True)
+
+
+def record_launcher_failure(run_dir: Path, result: dict[str, Any]) -> None:
+    """A run that failed before it could write its own status (a Ray worker lost, the launcher's
+    own error) gets the failure written here, so that the summary shows it."""
+    if result.get("status") != "failed":
+        return
+    current = read_json(run_dir / "status.json") or {}
+    if current.get("status") in (None, "running"):
+        plan = read_json(run_dir / "run.json") or {"name": run_dir.name}
+        write_json(run_dir / "status.json", {**plan, **current, "status": "failed", "error": result.get("error"),
+                                              "metrics": current.get("metrics") or {}})
 
 
 def _outcome(status: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ The function is importable by path, so Ray workers can run it as well as the loc
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import re
@@ -92,10 +93,33 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     plan = read_json(run_dir / "run.json")
     if plan is None:
         return {"name": run_dir.name, "status": "failed", "error": f"{run_dir}/run.json missing or unreadable"}
+    # One process per run: the lock is held by this function and inherited by the training
+    # process, so it stays taken while either lives (a run orphaned by a killed sweep included),
+    # and a second sweep over the same folder passes the run by instead of training it twice.
+    lock = (run_dir / ".lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        current = read_json(run_dir / "status.json") or {}
+        return {**current, "name": plan.get("name", run_dir.name), "status": "busy",
+                "error": "another process is running it (its lock is taken); not started twice"}
+    with lock:
+        return _execute_locked(task, run_dir, plan, lock.fileno())
+
+
+def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd: int) -> dict[str, Any]:
     previous = read_json(run_dir / "status.json") or {}
     if is_finished(run_dir):
         return previous
     same_config = previous.get("config_hash") == plan.get("config_hash")
+    if not same_config and (run_dir / "logs").exists():
+        # The sweep file changed this run: the old logs and checkpoints belong to another
+        # config (resuming them could keep, e.g., a longer training), so they are set aside.
+        aside = run_dir / f"logs.superseded-{previous.get('config_hash') or 'unknown'}"
+        if aside.exists():
+            aside = run_dir / f"{aside.name}-{int(time.time())}"
+        (run_dir / "logs").rename(aside)
     status = {
         **plan,
         "status": "running",
@@ -117,9 +141,14 @@ def execute_run(task: RunTask) -> dict[str, Any]:
                   f"{' '.join(command)}\n")
         log.flush()
         # A session of its own: a Ctrl-C at the terminal reaches the sweep, which passes one
-        # SIGINT on (two would make the run stop without its checkpoint).
-        process = subprocess.Popen(command, cwd=task.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        # signal on (two SIGINTs would make the run stop without its checkpoint).
+        try:
+            process = subprocess.Popen(command, cwd=task.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True, pass_fds=(lock_fd,))
+        except OSError as err:  # no such interpreter or folder (on a cluster node, say)
+            status.update(status="failed", error=f"cannot start {task.python} in {task.cwd}: {err}")
+            write_json(run_dir / "status.json", status)
+            return status
         with _LIVE_LOCK:
             _LIVE.add(process)
         try:
@@ -140,11 +169,12 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     for figure in ("params", "state_size"):
         if figure in metrics and metrics[figure] == metrics[figure]:
             status[f"logged_{figure}"] = int(metrics[figure])
+    signalled = -returncode if returncode < 0 else returncode - 128 if returncode in INTERRUPTED_CODES else None
     if returncode == 0 and "test/acc" in metrics:
         status["status"] = "done"
-    elif returncode in INTERRUPTED_CODES:
+    elif signalled in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         status["status"] = "interrupted"
-        status["error"] = f"stopped by {signal.Signals(returncode - 128).name}; rerun the sweep to resume"
+        status["error"] = f"stopped by {signal.Signals(signalled).name}; rerun the sweep to resume"
     else:
         status["status"] = "failed"
         status["error"] = error_line(run_dir / "output.log") if returncode else "finished without test figures"

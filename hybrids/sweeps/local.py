@@ -1,9 +1,9 @@
 """The local launcher: a pool of N workers, each running one run at a time.
 
 Each worker is a thread that waits on a ``hybrids fit`` subprocess, so N runs train at once in
-N processes. On Ctrl-C or SIGTERM the pool starts nothing new, passes the signal on to the
-running runs (they save ``last.ckpt`` and exit), waits for them, and raises
-:class:`SweepInterrupted`: the next ``hybrids sweep`` resumes them.
+N processes. On Ctrl-C, SIGTERM or SIGHUP (a closed terminal) the pool starts nothing new, passes
+the signal on to the running runs (SIGTERM for SIGHUP: they save ``last.ckpt`` and exit), waits
+for them, and raises :class:`SweepInterrupted`: the next ``hybrids sweep`` resumes them.
 """
 
 from __future__ import annotations
@@ -38,12 +38,12 @@ def run_locally(
         if not received:
             received.append(signum)
             stop.set()
-            signal_live_runs(signum)
+            signal_live_runs(signal.SIGTERM if signum == signal.SIGHUP else signum)
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {}
     if in_main_thread:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             previous[signum] = signal.signal(signum, handler)
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

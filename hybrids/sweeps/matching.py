@@ -24,13 +24,14 @@ class Unmatched(ValueError):
 
 def solve(
     config: Mapping[str, Any], key: str, quantity: str, target: float, match: Match,
-    figure: Callable[[Mapping[str, Any]], Figures] = measure,
+    figure: Callable[[Mapping[str, Any]], Figures] = measure, grid: tuple[int, int, int] | None = None,
 ) -> tuple[int, int]:
-    """(value of ``key``, achieved figure) closest to ``target``; raises Unmatched or BuildError."""
-    step = match.multiple_of
-    lo_k, hi_k = -(-match.low // step), match.high // step  # candidates k * step, k in [lo_k, hi_k]
+    """(value of ``key``, achieved figure) closest to ``target``; raises Unmatched or BuildError.
+    ``grid``: (multiple_of, low, high) of this key, default the match's own."""
+    step, low, high = grid or (match.multiple_of, match.low, match.high)
+    lo_k, hi_k = -(-low // step), high // step  # candidates k * step, k in [lo_k, hi_k]
     if lo_k > hi_k:
-        raise Unmatched(f"{key}: no multiple of {step} in [{match.low}, {match.high}]")
+        raise Unmatched(f"{key}: no multiple of {step} in [{low}, {high}]")
 
     def value_at(k: int) -> int:
         trial = copy.deepcopy(dict(config))
@@ -55,7 +56,7 @@ def solve(
     if error > match.tolerance:
         raise Unmatched(
             f"{quantity} target {target:,.0f}: the nearest is {achieved:,} at {key}={best_k * step} "
-            f"({error:.1%} off, tolerance {match.tolerance:.0%}); widen match.range or change multiple_of"
+            f"({error:.1%} off, tolerance {match.tolerance:.0%}); widen its range or change its multiple_of"
         )
     return best_k * step, achieved
 
@@ -64,6 +65,8 @@ def solve_plan(plan: RunPlan, match: Match, figure: Callable[[Mapping[str, Any]]
     """Set the solved value in ``plan.config`` and record it (and the achieved figure) in
     ``plan.target``; Unmatched / BuildError propagate."""
     assert plan.target is not None
-    value, achieved = solve(plan.config, plan.target["key"], plan.target["quantity"], plan.target["value"], match, figure)
+    target = plan.target
+    grid = (target["multiple_of"], *target["range"]) if "multiple_of" in target else None
+    value, achieved = solve(plan.config, target["key"], target["quantity"], target["value"], match, figure, grid)
     overrides.set_dotted(plan.config, plan.target["key"], value)
     plan.target.update(solved=value, achieved=achieved)

@@ -134,6 +134,7 @@ def run_on_ray(
     *,
     address: str | None = None,
     cpus_per_task: float = 1.0,
+    gpus_per_task: float = 0.0,
     on_result: Callable[[T, R], None] | None = None,
     max_retries: int = 0,
 ) -> list[R]:
@@ -141,7 +142,9 @@ def run_on_ray(
 
     ``execute`` and the tasks must be picklable, and ``execute`` importable on the workers (a
     module-level function of an installed package). Each Ray task reserves ``cpus_per_task``
-    CPUs, so a cluster runs at most ``CPUs / cpus_per_task`` of them at once. ``on_result(task,
+    CPUs, so a cluster runs at most ``CPUs / cpus_per_task`` of them at once, and
+    ``gpus_per_task`` GPUs: Ray hides the GPUs from a task that reserves none
+    (``CUDA_VISIBLE_DEVICES=""``), so runs meant for GPUs must ask for them. ``on_result(task,
     result)`` is called in this process as each task completes, in completion order; an
     exception from it cancels the tasks still pending and propagates. A task whose Ray execution
     fails yields :func:`failed_result` (``{"status": "failed", "error": "ray: ..."}``) instead
@@ -153,11 +156,13 @@ def run_on_ray(
         return []
     if cpus_per_task <= 0:
         raise ValueError(f"cpus_per_task must be positive, got {cpus_per_task}")
+    if gpus_per_task < 0:
+        raise ValueError(f"gpus_per_task must be >= 0, got {gpus_per_task}")
     started = _connect(ray, address)
     pending: list = []
     try:
         _warn_if_infeasible(ray, cpus_per_task)
-        remote = ray.remote(num_cpus=cpus_per_task, max_retries=max_retries)(_apply)
+        remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=max_retries)(_apply)
         execute_ref = ray.put(execute)
         refs = [remote.remote(execute_ref, task) for task in tasks]
         index = {ref: i for i, ref in enumerate(refs)}

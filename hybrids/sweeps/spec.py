@@ -25,7 +25,8 @@ A sweep file (YAML)::
       quantity: params                  # or state_size
       targets: [50000, 100000]          # one axis, "target"
       key: model.init_args.d_model      # the integer solved for; per label of a choice:
-      keys: {mamba: model.init_args.mixers.M.init_args.expand}
+      keys:                             # per label: a key, or a key with its own grid
+        mamba: {key: model.init_args.mixers.M.init_args.d_state, multiple_of: 1, range: [1, 256]}
       multiple_of: 8
       range: [8, 2048]
       tolerance: 0.05
@@ -73,17 +74,19 @@ class Match:
     quantity: str
     targets: tuple[float, ...]
     key: str = "model.init_args.d_model"
-    keys: Mapping[str, str] = field(default_factory=dict)  # choice label -> key solved instead
+    # choice label -> (key solved instead, its multiple_of, low, high)
+    keys: Mapping[str, tuple[str, int, int, int]] = field(default_factory=dict)
     multiple_of: int = 8
     low: int = 8
     high: int = 2048
     tolerance: float = 0.05
 
-    def key_for(self, axes: Mapping[str, Any]) -> str:
+    def solving(self, axes: Mapping[str, Any]) -> tuple[str, int, int, int]:
+        """(key, multiple_of, low, high) for a run with these axis values."""
         for value in axes.values():
             if isinstance(value, str) and value in self.keys:
                 return self.keys[value]
-        return self.key
+        return self.key, self.multiple_of, self.low, self.high
 
 
 @dataclass
@@ -207,8 +210,20 @@ def load_sweep(path: str | Path) -> SweepSpec:
         problem = overrides.check_key(key)
         if problem:
             raise SweepError("seed_keys", problem)
+        if key == "data.init_args.seed":
+            raise SweepError(
+                "seed_keys",
+                "data.init_args.seed draws the data sets (validation seed + 2, test seed + 1), so neighbouring "
+                "seeds would validate on each other's test sets; use data.init_args.order_seed for the batch order",
+            )
     match = _check_match(raw.get("match"), choices)
 
+    if match is not None:
+        solved = {match.key, *(entry[0] for entry in match.keys.values())}
+        for i, block in enumerate(grid):
+            both = sorted(solved & set(block))
+            if both:
+                raise SweepError(f"grid[{i}]", f"{both} are solved by match; they cannot also be grid axes")
     axes = _all_axis_names(grid, lrs, match, bases)
     tune = raw.get("tune", ["lr"] if lrs else [])
     if not isinstance(tune, list):
@@ -269,25 +284,46 @@ def _check_match(value: Any, choices: Mapping[str, Any]) -> Match | None:
     for target in targets:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
             raise SweepError("match.targets", f"targets must be positive numbers, got {target!r}")
-    keys = {str(k): v for k, v in _mapping(value.get("keys"), "match.keys").items()}
     labels = {label for options in choices.values() for label in options}
-    for label, key in [("key", value.get("key", Match.key))] + list(keys.items()):
-        problem = overrides.check_key(key)
+    key = value.get("key", Match.key)
+    problem = overrides.check_key(key)
+    if problem:
+        raise SweepError("match.key", problem)
+    multiple_of, low, high = _match_grid(value, "match", Match.multiple_of, Match.low, Match.high)
+    keys: dict[str, tuple[str, int, int, int]] = {}
+    for label, entry in _mapping(value.get("keys"), "match.keys").items():
+        where = f"match.keys.{label}"
+        if str(label) not in labels:
+            raise SweepError(where, f"no choice is labelled {label!r}")
+        if isinstance(entry, str):
+            entry = {"key": entry}
+        entry = _mapping(entry, where)
+        unknown = set(entry) - {"key", "multiple_of", "range"}
+        if unknown:
+            raise SweepError(where, f"unknown keys {sorted(unknown)}; a label takes key, multiple_of, range")
+        problem = overrides.check_key(entry.get("key"))
         if problem:
-            raise SweepError(f"match.keys.{label}" if label != "key" else "match.key", problem)
-        if label != "key" and label not in labels:
-            raise SweepError(f"match.keys.{label}", f"no choice is labelled {label!r}")
-    multiple_of = value.get("multiple_of", Match.multiple_of)
-    low, high = value.get("range", [Match.low, Match.high])
+            raise SweepError(f"{where}.key", problem)
+        keys[str(label)] = (entry["key"], *_match_grid(entry, where, multiple_of, low, high))
     tolerance = value.get("tolerance", Match.tolerance)
-    for name, number in (("multiple_of", multiple_of), ("range", low), ("range", high)):
-        if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
-            raise SweepError(f"match.{name}", f"must be positive integers, got {number!r}")
-    if low > high:
-        raise SweepError("match.range", f"low {low} is above high {high}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
         raise SweepError("match.tolerance", f"must be in (0, 1), got {tolerance!r}")
-    return Match(quantity, tuple(float(t) for t in targets), value.get("key", Match.key), keys, multiple_of, low, high, float(tolerance))
+    return Match(quantity, tuple(float(t) for t in targets), key, keys, multiple_of, low, high, float(tolerance))
+
+
+def _match_grid(value: Mapping[str, Any], where: str, multiple_of: int, low: int, high: int) -> tuple[int, int, int]:
+    """(multiple_of, low, high) of a match entry, defaults from the enclosing one."""
+    multiple_of = value.get("multiple_of", multiple_of)
+    bounds = value.get("range", [low, high])
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise SweepError(f"{where}.range", f"must be [low, high], got {bounds!r}")
+    low, high = bounds
+    for name, number in (("multiple_of", multiple_of), ("range", low), ("range", high)):
+        if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+            raise SweepError(f"{where}.{name}", f"must be positive integers, got {number!r}")
+    if low > high:
+        raise SweepError(f"{where}.range", f"low {low} is above high {high}")
+    return multiple_of, low, high
 
 
 def axis_name(axis: str) -> str:
@@ -313,6 +349,10 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
     targets = spec.match.targets if spec.match else (None,)
     for block_index, block in enumerate(spec.grid):
         short = {axis: axis_name(axis) for axis in block}
+        reserved = {"seed", "lr", "target", "base"} & {s for a, s in short.items() if a not in spec.choices}
+        if reserved:
+            raise SweepError(f"grid[{block_index}]", f"a dotted key ending in {sorted(reserved)} would be named like "
+                             "the sweep's own axis; use seeds / lr / match, or a choice")
         clash = {s for s in short.values() if list(short.values()).count(s) > 1}
         if clash:
             raise SweepError(f"grid[{block_index}]", f"axes {sorted(clash)} have the same short name; use choices")
@@ -356,6 +396,8 @@ def _plan(spec, base_label, base, block, short, combination, target, lr, seed) -
         raise SweepError("grid", str(err.args[0])) from err
     plan_target = None
     if target is not None:
-        plan_target = {"quantity": spec.match.quantity, "value": target, "key": spec.match.key_for(axes)}
+        key, multiple_of, low, high = spec.match.solving(axes)
+        plan_target = {"quantity": spec.match.quantity, "value": target, "key": key,
+                       "multiple_of": multiple_of, "range": [low, high]}
     name = run_name(axes, spec.match.quantity if spec.match else None)
     return RunPlan(name=name, axes=axes, config=config, tuned=tuple(spec.tune), target=plan_target, sweep=spec.name)
