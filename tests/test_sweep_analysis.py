@@ -179,7 +179,18 @@ def test_ties_go_to_the_lower_learning_rate(tmp_path):
     assert point["lr"] == 1e-3 and point["test_acc_mean"] == 0.1
 
 
-def test_min_mode_selects_the_lowest_loss(sweep):
+def test_min_mode_selects_the_lowest_validation_bpb(tmp_path):
+    # lr 1e-2 has the lowest validation bpb; lr 1e-3 the lowest test bpb, which must not matter.
+    for lr, val, test in ((1e-3, 1.4, 1.1), (1e-2, 1.2, 1.3)):
+        for seed in (0, 1):
+            write_run(tmp_path, lr=lr, seed=seed, extra_metrics={"val/bpb": val + seed / 100, "test/bpb": test})
+    point = select_points(sweep_table(tmp_path), metric="val/bpb", mode="min", report="test/bpb").iloc[0]
+    assert point["lr"] == 1e-2 and point["test_bpb_mean"] == pytest.approx(1.3)
+    flipped = select_points(sweep_table(tmp_path), metric="val/bpb", mode="max", report="test/bpb").iloc[0]
+    assert flipped["lr"] == 1e-3
+
+
+def test_min_mode_ties_and_unknown_metrics(sweep):
     points = select_points(sweep_table(sweep), metric="val/loss", mode="min", report="test/loss")
     assert len(points) == 1 and points.loc[0, "lr"] == 1e-3  # equal losses: the tie rule
     with pytest.raises(ValueError, match="val/bpb"):

@@ -46,11 +46,27 @@ def _section(config: Mapping[str, Any], name: str, default_class: str) -> tuple[
 
 
 _CACHE: dict[str, Figures] = {}
+# Arguments that change neither the parameter count nor the state size, left out of the cache
+# key so that a sweep's learning rates and seeds share one build.
+_NOT_SHAPES = {
+    "model": ("lr", "weight_decay", "betas", "warmup_steps", "min_lr_ratio", "max_loss", "dropout"),
+    "data": ("seed", "order_seed", "num_train_examples", "num_val_examples", "num_test_examples",
+             "batch_size", "num_workers"),
+}
+
+
+def _shape_key(config: Mapping[str, Any]) -> str:
+    sections = {}
+    for name, skip in _NOT_SHAPES.items():
+        section = dict(config.get(name) or {})
+        section["init_args"] = {k: v for k, v in (section.get("init_args") or {}).items() if k not in skip}
+        sections[name] = section
+    return json.dumps(sections, sort_keys=True, default=str)
 
 
 def measure(config: Mapping[str, Any]) -> Figures:
-    """The figures of the run ``config`` would start (cached by the model and data sections)."""
-    key = json.dumps({"model": config.get("model"), "data": config.get("data")}, sort_keys=True, default=str)
+    """The figures of the run ``config`` would start (cached by what fixes the model's shapes)."""
+    key = _shape_key(config)
     if key not in _CACHE:
         _CACHE[key] = _measure(config)
     return _CACHE[key]
