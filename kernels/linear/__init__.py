@@ -1,0 +1,88 @@
+"""Linear attention with an optional data-dependent decay (gated linear attention, RetNet,
+Mamba-2-style scalar decay): a linear RNN whose state is a (K, V) matrix per head.
+
+For every batch and head, with ``S_0 = initial_state`` (zeros if None)::
+
+    S_t = exp(g_t) * S_{t-1} + k_t v_t^T         t = 1 .. L
+    o_t = scale * q_t^T S_t
+
+``g`` is a log-decay (``<= 0`` in use: ``exp(g)`` in (0, 1]) in one of three forms:
+
+- ``None``: no decay (plain causal linear attention, ``exp(g) = 1``);
+- (batch, heads, L): a scalar per head and position, which scales all of ``S``;
+- (batch, heads, L, K): one per key dimension, which scales the rows of ``S``.
+
+Shapes (fla's ``(batch, heads, L, dim)`` head-first layout, like ``scaled_dot_product_attention``):
+``q, k`` (batch, heads, L, K); ``v`` (batch, heads, L, V); ``initial_state`` (batch, heads, K,
+V). ``scale`` defaults to ``K ** -0.5``. Returns ``o`` (batch, heads, L, V), and with
+``output_final_state`` also ``S_L`` (batch, heads, K, V).
+
+Dtypes: ``q, k, v`` share one floating dtype, which ``o`` has; ``g`` and ``initial_state`` may
+be any floating dtype. The arithmetic and the state run in float32 (float64 for float64 inputs),
+and the final state comes back in that working dtype, ready to be passed on as
+``initial_state``. Integer inputs raise ``TypeError``, bad shapes and mismatched q/k/v dtypes
+``ValueError``, each naming the argument.
+
+Backends (``backend=`` argument, else ``HYBRIDS_LINEAR_ATTENTION_BACKEND``, else the
+dispatcher's choice for the tensors, :mod:`hybrids.kernels.dispatch`):
+
+- ``"reference"`` (:mod:`.reference`): the recurrence step by step, autograd for gradients;
+  keeps every state, (batch, heads, L, K, V). The ground truth of the tests.
+- ``"chunk"`` (:mod:`.chunk`): pure PyTorch, any device: quadratic within chunks of 64
+  positions, the state handed from chunk to chunk, decays as differences of cumulative sums so
+  that nothing overflows; autograd for gradients (its memory is in :mod:`.chunk`).
+
+Automatic choice: ``"chunk"`` on CPU and, until a Triton backend exists, on CUDA too. (Planned:
+our Triton kernels for CUDA, and the fla package's kernels where it is installed.)
+
+The decode step, one token with the state updated in place, is :func:`linear_attention_step`
+(:mod:`.step`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hybrids.kernels.dispatch import Backend, BackendUnavailable, Op
+from hybrids.kernels.linear.common import check_linear_attention_arguments, resolve_scale
+from hybrids.kernels.linear.step import linear_attention_step
+
+_PACKAGE = "hybrids.kernels.linear"
+
+LINEAR_ATTENTION = Op(
+    "linear_attention",
+    (
+        Backend("reference", f"{_PACKAGE}.reference:linear_attention_reference", priority=0, automatic=()),
+        Backend("chunk", f"{_PACKAGE}.chunk:linear_attention_chunk", priority=10),
+    ),
+)
+BACKENDS = LINEAR_ATTENTION.names
+BACKEND_ENV = LINEAR_ATTENTION.env
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    backend: str | None = None,
+):
+    """Linear attention (module docstring): ``o`` (batch, heads, L, V), and the final state
+    (batch, heads, K, V) if ``output_final_state``."""
+    check_linear_attention_arguments(q, k, v, g, scale, initial_state)
+    name = LINEAR_ATTENTION.select(q.device, q.dtype, backend)
+    fn = LINEAR_ATTENTION.function(name)
+    return fn(q, k, v, g, resolve_scale(scale, q.shape[-1]), initial_state, output_final_state)
+
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "LINEAR_ATTENTION",
+    "BackendUnavailable",
+    "linear_attention",
+    "linear_attention_step",
+]

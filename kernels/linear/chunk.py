@@ -1,0 +1,117 @@
+"""The ``"chunk"`` backend of linear attention: pure PyTorch, any device, autograd for gradients.
+
+The sequence is cut into chunks of ``C = chunk_size`` positions (the last one padded with
+``q = k = v = 0`` and ``g = 0``, which leaves the state unchanged; C need not divide L). Inside
+a chunk, with ``b_t`` the cumulative sum of ``g`` from the chunk's first position up to and
+including ``t`` and ``S`` the state entering the chunk,
+
+    S_t = exp(b_t) * S + sum_{s <= t} exp(b_t - b_s) * k_s v_s^T
+
+so that
+
+    o_t      = scale * (q_t * exp(b_t))^T S  +  scale * sum_{s <= t} (q_t . (exp(b_t - b_s) * k_s)) v_s
+    S_leave  = exp(b_C) * S + sum_s (exp(b_C - b_s) * k_s) v_s^T
+
+The second term of ``o`` is quadratic within the chunk (a masked (C, C) score matrix times
+``v``); the first and the state update are matrix products with the (K, V) state. Everything
+but the hand-off of the state from chunk to chunk runs for all chunks at once; that hand-off is
+a Python loop over the L / C chunks.
+
+Stability: every exponent is a difference of cumulative log-decays *later minus earlier*
+(``b_t - b_s`` with ``s <= t``, ``b_C - b_s``, and ``b_t`` itself, which is ``b_t - b_start``
+with ``b_start = 0``), so for ``g <= 0`` every factor is in [0, 1] and nothing overflows however
+negative ``g`` gets. ``exp(-b_s)`` alone, which would overflow, is never formed; the upper
+triangle of the differences (``s > t``, positive) is replaced by ``-inf`` before ``exp``, so its
+zeros carry no gradient either. (For ``g > 0`` the state itself grows and any form overflows
+eventually.) Cumulative sums restart at every chunk, so their magnitude, and with it the
+rounding of the differences, is bounded by C * max|g|.
+
+Vector ``g`` (one log-decay per key dimension): the decay between ``s`` and ``t`` differs per
+key dimension, so the scores are ``sum_k q_tk k_sk exp(b_tk - b_sk)``. They are formed from a
+(C, C, K) tensor of differences per chunk. We chose it over the sub-chunk factorisation (split
+each chunk into sub-chunks, use ``q exp(b - b_ref)`` and ``k exp(b_ref - b)`` against the last
+position before the query's sub-chunk, and (c, c, K) differences only on the diagonal blocks)
+because it is exact for any ``g <= 0`` with one line of code and is easy to check; the price is
+memory, C * K elements per position instead of C.
+
+Memory (what autograd keeps for the backward, per batch and head, in the working dtype):
+O(L * C) for the scalar or absent decay (the masked scores and decay ratios), O(L * C * K) for
+the vector decay (the (C, C, K) ratios and their product with ``q k``), plus the states
+entering every chunk, (L / C) * K * V, and the inputs. With C = 64, K = 64 and vector ``g`` a
+few (C, C, K) tensors per chunk are kept, a few times 4,096 elements per position per head: fine
+for the test and model sizes here; a hand-written backward (or the Triton backend) is the way to
+lower it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hybrids.kernels.dtypes import at_least_float32
+from hybrids.kernels.linear.common import resolve_scale
+
+DEFAULT_CHUNK_SIZE = 64
+
+
+def linear_attention_chunk(
+    q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, chunk_size=DEFAULT_CHUNK_SIZE,
+):
+    """Linear attention chunk by chunk (module docstring); ``chunk_size`` need not divide L."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+    dtype_in, work = q.dtype, at_least_float32(q.dtype)
+    batch, heads, length, dk = q.shape
+    dv = v.shape[-1]
+    scale = resolve_scale(scale, dk)
+    state = q.new_zeros(batch, heads, dk, dv, dtype=work) if initial_state is None else initial_state.to(work)
+    if length == 0:
+        o = q.new_zeros(batch, heads, 0, dv)
+        return (o, state) if output_final_state else o
+
+    size = min(chunk_size, length)
+    n = -(-length // size)
+    pad = n * size - length
+
+    def chunks(x: torch.Tensor) -> torch.Tensor:
+        """(batch, heads, L, ...) -> (batch, heads, n, C, ...), zero-padded at the end."""
+        x = x.to(work)
+        if pad:
+            x = F.pad(x, (0, 0) * (x.ndim - 3) + (0, pad))
+        return x.reshape(batch, heads, n, size, *x.shape[3:])
+
+    q, k, v = chunks(q), chunks(k), chunks(v)  # (batch, heads, n, C, K or V)
+    causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()  # [t, s]: s <= t
+    minus_inf = torch.tensor(float("-inf"), dtype=work, device=q.device)
+
+    if g is None:
+        scores = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (batch, heads, n, C, C)
+        q_in, k_out, carry = q, k, None
+    elif g.ndim == 3:  # one log-decay per head and position
+        b = chunks(g).cumsum(-1)  # (batch, heads, n, C)
+        ratio = torch.where(causal, b[..., :, None] - b[..., None, :], minus_inf).exp()  # [t, s] = exp(b_t - b_s)
+        scores = (q @ k.transpose(-1, -2)) * ratio
+        last = b[..., -1:]  # (batch, heads, n, 1): the chunk's total log-decay
+        q_in = q * b.exp()[..., None]
+        k_out = k * (last - b).exp()[..., None]
+        carry = last.exp()[..., None]  # (batch, heads, n, 1, 1): scales the whole state
+    else:  # one log-decay per key dimension
+        b = chunks(g).cumsum(-2)  # (batch, heads, n, C, K)
+        diff = b[..., :, None, :] - b[..., None, :, :]  # (batch, heads, n, C, C, K): [t, s, :] = b_t - b_s
+        ratio = torch.where(causal[..., None], diff, minus_inf).exp()
+        scores = torch.einsum("...tk,...sk,...tsk->...ts", q, k, ratio)
+        last = b[..., -1:, :]  # (batch, heads, n, 1, K)
+        q_in = q * b.exp()
+        k_out = k * (last - b).exp()
+        carry = last.transpose(-1, -2).exp()  # (batch, heads, n, K, 1): scales the state's rows
+
+    intra = scores @ v  # (batch, heads, n, C, V): the chunk's own keys and values
+    local = k_out.transpose(-1, -2) @ v  # (batch, heads, n, K, V): what each chunk adds to the state
+    entering = []
+    for c in range(n):
+        entering.append(state)
+        state = local[:, :, c] + (state if carry is None else carry[:, :, c] * state)
+    entering = torch.stack(entering, dim=2)  # (batch, heads, n, K, V)
+    o = scale * (q_in @ entering + intra)
+    o = o.reshape(batch, heads, n * size, dv)[:, :, :length].to(dtype_in)
+    return (o, state) if output_final_state else o
