@@ -27,7 +27,7 @@ def _integer(value: Any) -> str:
 def points_text(points: pd.DataFrame, report: str = "test/acc", tuned: Sequence[str] = ("lr",)) -> str:
     """One line per point: family, seq_len, kv pairs, width, state size, params, the chosen tuned
     values, the reported metric's mean ± sem and [min, max] over seeds, and the seeds counted
-    (with the point's failed runs, when any). Columns are separated by two spaces or more, so
+    (with the point's failed and pending runs, when any: a selection that may still change). Columns are separated by two spaces or more, so
     each line splits back into its cells on runs of spaces."""
     col = column_name(report)
     tuned = [t for t in tuned if t in points]
@@ -36,8 +36,10 @@ def points_text(points: pd.DataFrame, report: str = "test/acc", tuned: Sequence[
     lines = [header]
     for _, p in points.iterrows():
         seeds = str(p.get("n_seeds", "-"))
-        if p.get("n_failed", 0):
-            seeds += f" ({int(p['n_failed'])} failed)"
+        notes = [f"{int(p[key])} {word}" for key, word in (("n_failed", "failed"), ("n_pending", "pending"))
+                 if p.get(key, 0) and not (isinstance(p.get(key), float) and math.isnan(p.get(key)))]
+        if notes:  # a selection among unfinished runs may still change
+            seeds += f" ({', '.join(notes)})"
         lines.append([
             _cell(p.get("family")), _integer(p.get("seq_len")), _integer(p.get("num_kv_pairs")),
             _integer(p.get("d_model")), _integer(p.get("state_size")), _integer(p.get("params")),
