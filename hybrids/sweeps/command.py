@@ -102,18 +102,28 @@ def sweep_main(argv: list[str]) -> int:
         if args.launcher == "ray":
             from hybrids.sweeps.ray_launcher import LauncherUnavailable, run_on_ray
 
+            received: list[int] = []
+
+            def stop_driver(signum, frame):  # SIGTERM / SIGHUP end the driver as Ctrl-C does:
+                received.append(signum)      # run_on_ray cancels its tasks, which stop their runs
+                raise KeyboardInterrupt
+
+            previous = {signum: signal.signal(signum, stop_driver) for signum in (signal.SIGTERM, signal.SIGHUP)}
             try:
                 run_on_ray(tasks, execute_run, address=args.ray_address, cpus_per_task=args.threads,
                            gpus_per_task=args.gpus, on_result=progress)
             except LauncherUnavailable as err:
                 print(f"error: {err}", file=sys.stderr)
                 return EXIT_BAD_SWEEP
+            except KeyboardInterrupt:
+                interrupted = received[0] if received else signal.SIGINT
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
         else:
             run_locally(tasks, execute_run, workers=args.workers, on_result=progress)
     except SweepInterrupted as stop:
         interrupted = stop.signum
-    except KeyboardInterrupt:  # Ray's driver: its tasks are cancelled and stop their runs
-        interrupted = signal.SIGINT
     wall = time.monotonic() - start
     statuses = [read_json(d / "status.json") or {"name": d.name, "status": "pending"} for d in run_dirs]
     print_summary(statuses, out, wall)
