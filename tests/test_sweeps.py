@@ -18,7 +18,6 @@ from hybrids.sweeps import SweepError, expand, load_sweep
 from hybrids.sweeps.matching import Unmatched, solve
 from hybrids.sweeps.measure import Figures
 from hybrids.sweeps.naming import compact_number, run_name
-from hybrids.sweeps.spec import Match
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER = ROOT / "configs" / "transformer.yaml"
@@ -151,16 +150,15 @@ def figures_of(law):
 
 def test_matching_picks_the_closest_width_within_tolerance():
     config = {"model": {"init_args": {"d_model": 1}}}
-    match = Match(quantity="params", targets=(1000.0,), multiple_of=4, low=4, high=256, tolerance=0.05)
-    value, achieved = solve(config, "model.init_args.d_model", "params", 10_000, match, figures_of(lambda d: d * d))
+    grid, square = (4, 4, 256), figures_of(lambda d: d * d)  # multiples of 4 in [4, 256]
+    value, achieved = solve(config, "model.init_args.d_model", "params", 10_000, grid, 0.05, square)
     assert (value, achieved) == (100, 10_000)
-    value, achieved = solve(config, "model.init_args.d_model", "params", 10_500, match, figures_of(lambda d: d * d))
+    value, achieved = solve(config, "model.init_args.d_model", "params", 10_500, grid, 0.05, square)
     assert (value, achieved) == (104, 10_816) and abs(achieved - 10_500) / 10_500 <= 0.05
     with pytest.raises(Unmatched, match="nearest is 65,536"):  # beyond the range
-        solve(config, "model.init_args.d_model", "params", 100_000, match, figures_of(lambda d: d * d))
-    coarse = Match(quantity="params", targets=(1.0,), multiple_of=64, low=64, high=256, tolerance=0.05)
+        solve(config, "model.init_args.d_model", "params", 100_000, grid, 0.05, square)
     with pytest.raises(Unmatched, match="tolerance 5%"):  # 64^2 = 4,096 and 128^2 = 16,384 both miss 8,000
-        solve(config, "model.init_args.d_model", "params", 8_000, coarse, figures_of(lambda d: d * d))
+        solve(config, "model.init_args.d_model", "params", 8_000, (64, 64, 256), 0.05, square)
 
 
 def run_sweep(path: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -86,6 +86,18 @@ def _axes_grid(points: pd.DataFrame, fig, width: float = 4.0, height: float = 3.
     return fig, panels, list(axes)
 
 
+def _family_rows(points: pd.DataFrame, axes: list, panels: list):
+    """(axes, family, colour, the family's points in that panel) for every non-empty pair, with
+    the colours of :func:`_colours`; the loop both figures share."""
+    colours = _colours(points)
+    for ax, panel in zip(axes, panels):
+        rows = _panel_rows(points, panel)
+        for family, colour in colours.items():
+            members = rows[rows["family"].astype(str) == family]
+            if not members.empty:
+                yield ax, family, colour, members
+
+
 def _spread(rows: pd.DataFrame, report_col: str) -> tuple[np.ndarray, np.ndarray]:
     """The seeds' mean, and the (below, above) error bar lengths from min to max."""
     mean = rows[f"{report_col}_mean"].to_numpy(dtype=float)
@@ -140,25 +152,22 @@ def plot_accuracy_vs_width(
     per (seq_len, num_kv_pairs): zoology's Fig. 2. Returns the figure."""
     report_col = column_name(report)
     fig, panels, axes = _axes_grid(points, fig)
-    colours = _colours(points)
+    for ax, family, colour, members in _family_rows(points, axes, panels):
+        members = members[np.isfinite(members[f"{report_col}_mean"].to_numpy(dtype=float))].sort_values("d_model")
+        if members.empty:
+            continue
+        mean, yerr = _spread(members, report_col)
+        ax.errorbar(members["d_model"].to_numpy(dtype=float), mean, yerr=yerr, fmt="o-", capsize=3,
+                    color=colour, label=family)
     for ax, panel in zip(axes, panels):
         rows = _panel_rows(points, panel)
-        for family, colour in colours.items():
-            members = rows[rows["family"].astype(str) == family]
-            members = members[np.isfinite(members[f"{report_col}_mean"].to_numpy(dtype=float))]
-            members = members.sort_values("d_model")
-            if members.empty:
-                continue
-            mean, yerr = _spread(members, report_col)
-            ax.errorbar(members["d_model"].to_numpy(dtype=float), mean, yerr=yerr, fmt="o-", capsize=3,
-                        color=colour, label=family)
         widths = sorted({int(w) for w in rows["d_model"].dropna()}) if "d_model" in rows else []
         ax.set_xscale("log", base=2)
         if widths:
             ax.set_xticks(widths, [str(w) for w in widths])
             ax.minorticks_off()
         ax.set_title(_panel_title(panel))
-    _finish(fig, axes, report, "model width (d_model)", colours, title)
+    _finish(fig, axes, report, "model width (d_model)", _colours(points), title)
     return fig
 
 
@@ -174,23 +183,18 @@ def plot_accuracy_vs_state_size(
     line; one panel per (seq_len, num_kv_pairs). Returns the figure."""
     report_col = column_name(report)
     fig, panels, axes = _axes_grid(points, fig)
-    colours = _colours(points)
+    for ax, family, colour, members in _family_rows(points, axes, panels):
+        mean, yerr = _spread(members, report_col)
+        state = members["state_size"].to_numpy(dtype=float)
+        shown = np.isfinite(mean) & np.isfinite(state) & (state > 0)
+        if not shown.any():
+            continue
+        ax.errorbar(state[shown], mean[shown], yerr=yerr[:, shown], fmt="o", capsize=3, color=colour,
+                    label=family, alpha=0.8)
+        front = pareto_frontier(state[shown], mean[shown], higher_is_better)
+        ax.step(state[shown][front], mean[shown][front], where="post", color=colour, linewidth=1.5)
     for ax, panel in zip(axes, panels):
-        rows = _panel_rows(points, panel)
-        for family, colour in colours.items():
-            members = rows[rows["family"].astype(str) == family]
-            if members.empty:
-                continue
-            mean, yerr = _spread(members, report_col)
-            state = members["state_size"].to_numpy(dtype=float)
-            shown = np.isfinite(mean) & np.isfinite(state) & (state > 0)
-            if not shown.any():
-                continue
-            ax.errorbar(state[shown], mean[shown], yerr=yerr[:, shown], fmt="o", capsize=3, color=colour,
-                        label=family, alpha=0.8)
-            front = pareto_frontier(state[shown], mean[shown], higher_is_better)
-            ax.step(state[shown][front], mean[shown][front], where="post", color=colour, linewidth=1.5)
         _log_state_axis(ax)
         ax.set_title(_panel_title(panel))
-    _finish(fig, axes, report, "recurrent state size (elements per sequence)", colours, title)
+    _finish(fig, axes, report, "recurrent state size (elements per sequence)", _colours(points), title)
     return fig

@@ -23,12 +23,12 @@ class Unmatched(ValueError):
 
 
 def solve(
-    config: Mapping[str, Any], key: str, quantity: str, target: float, match: Match,
-    figure: Callable[[Mapping[str, Any]], Figures] = measure, grid: tuple[int, int, int] | None = None,
+    config: Mapping[str, Any], key: str, quantity: str, target: float, grid: tuple[int, int, int],
+    tolerance: float, figure: Callable[[Mapping[str, Any]], Figures] = measure,
 ) -> tuple[int, int]:
-    """(value of ``key``, achieved figure) closest to ``target``; raises Unmatched or BuildError.
-    ``grid``: (multiple_of, low, high) of this key, default the match's own."""
-    step, low, high = grid or (match.multiple_of, match.low, match.high)
+    """(value of ``key``, achieved figure) closest to ``target``, searching ``grid`` = (multiple_of,
+    low, high); raises Unmatched (nothing within ``tolerance``) or BuildError."""
+    step, low, high = grid
     lo_k, hi_k = -(-low // step), high // step  # candidates k * step, k in [lo_k, hi_k]
     if lo_k > hi_k:
         raise Unmatched(f"{key}: no multiple of {step} in [{low}, {high}]")
@@ -53,10 +53,10 @@ def solve(
     best_k = min(candidates, key=lambda k: (abs(value_at(k) - target), k))
     achieved = value_at(best_k)
     error = abs(achieved - target) / target
-    if error > match.tolerance:
+    if error > tolerance:
         raise Unmatched(
             f"{quantity} target {target:,.0f}: the nearest is {achieved:,} at {key}={best_k * step} "
-            f"({error:.1%} off, tolerance {match.tolerance:.0%}); widen its range or change its multiple_of"
+            f"({error:.1%} off, tolerance {tolerance:.0%}); widen its range or change its multiple_of"
         )
     return best_k * step, achieved
 
@@ -64,9 +64,9 @@ def solve(
 def solve_plan(plan: RunPlan, match: Match, figure: Callable[[Mapping[str, Any]], Figures] = measure) -> None:
     """Set the solved value in ``plan.config`` and record it (and the achieved figure) in
     ``plan.target``; Unmatched / BuildError propagate."""
-    assert plan.target is not None
     target = plan.target
-    grid = (target["multiple_of"], *target["range"]) if "multiple_of" in target else None
-    value, achieved = solve(plan.config, target["key"], target["quantity"], target["value"], match, figure, grid)
-    overrides.set_dotted(plan.config, plan.target["key"], value)
-    plan.target.update(solved=value, achieved=achieved)
+    assert target is not None
+    grid = (target["multiple_of"], *target["range"])  # the key's own, from Match.solving
+    value, achieved = solve(plan.config, target["key"], target["quantity"], target["value"], grid, match.tolerance, figure)
+    overrides.set_dotted(plan.config, target["key"], value)
+    target.update(solved=value, achieved=achieved)
