@@ -369,6 +369,21 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
     )
 
 
+def _end_process_group() -> None:
+    """Shut down a DDP process group before the interpreter exits.
+
+    Lightning leaves the group open after fit. Left to interpreter shutdown, gloo's worker threads
+    can be destroyed while still joinable, and the process aborts ("terminate called without an
+    active exception", exit -6) after a run that finished; the barrier first lets every rank get
+    here before any rank's group goes away.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main() -> None:
     """Entry point of the ``hybrids`` console script and of ``python -m hybrids``."""
     if sys.argv[1:2] == ["generate"]:
@@ -386,6 +401,7 @@ def main() -> None:
         sys.exit(plot_main(sys.argv[2:]))
     try:
         build_cli()
+        _end_process_group()
     except Interrupted as stop:
         print(f"hybrids: stopped by {stop}; resume with --ckpt_path last", file=sys.stderr, flush=True)
         sys.exit(stop.exit_code)
