@@ -85,6 +85,21 @@ def test_grid_expands_to_the_union_of_block_products_with_readable_stable_names(
     assert run.config["trainer"]["max_epochs"] == base["trainer"]["max_epochs"], "the rest comes from the base"
 
 
+def test_a_block_may_bring_its_own_learning_rates(tmp_path):
+    path = write_sweep(
+        tmp_path, choices=families(),
+        grid=[{"family": ["attention"], "task": ["mqar64x4"]},
+              {"family": ["attention"], "task": ["mqar128x8"], "lr": [3e-3]}],
+        lr=[1e-3, 3e-3],
+    )
+    plans = expand(load_sweep(path))
+    assert [p.name for p in plans] == ["attention-mqar64x4-lr1e-3-s0", "attention-mqar64x4-lr3e-3-s0",
+                                       "attention-mqar128x8-lr3e-3-s0"]
+    assert plans[-1].config["model"]["init_args"]["lr"] == 3e-3 and plans[-1].tuned == ("lr",)
+    only_blocks = write_sweep(tmp_path, name="blocks", grid=[{"lr": [1e-3, 1e-2]}])
+    assert [p.tuned for p in expand(load_sweep(only_blocks))] == [("lr",), ("lr",)], "lr is an axis without a top-level list"
+
+
 def test_dotted_keys_patch_the_family_chosen_and_seeds_reach_every_seed_key(tmp_path):
     path = write_sweep(
         tmp_path, choices=families(),
@@ -111,6 +126,8 @@ def test_several_base_configs_are_an_axis(tmp_path):
     ({"grid": [{"model.init_args.mixers": [{"A": {}}]}]}, "grid[0].model.init_args.mixers", "under choices"),
     ({"grid": [{"d_model": [64]}]}, "grid[0].d_model", "does not address a config section"),
     ({"lr": [0.0]}, "lr", "positive"),
+    ({"grid": [{"lr": [1e-3, "fast"]}]}, "grid[0].lr", "positive"),
+    ({"grid": [{"lr": [1e-3, 1e-3]}]}, "grid[0].lr", "repeated"),
     ({"lr": [1e-3], "tune": ["width"]}, "tune", "not an axis"),
     ({"seeds": [0, 0]}, "seeds", "repeated"),
     ({"base": "missing.yaml"}, "base", "not found"),

@@ -17,6 +17,9 @@ A sweep file (YAML)::
       - family: [attention, mamba]      # its axes, and the sweep is their union
         task: [mqar64x4]
         model.init_args.d_model: [64, 128, 256]
+      - family: [attention, mamba]      # a block may bring its own learning rates,
+        task: [mqar128x8]               # which replace the sweep's lr list for its runs
+        lr: [3.0e-3]
     lr: [1.0e-3, 3.0e-3]                # model.init_args.lr, one axis
     seeds: [0, 1]                       # one axis; each seed is written to every seed_keys key
     seed_keys: [seed_everything]
@@ -192,13 +195,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         choices[axis] = {str(label): _check_overrides(o, f"choices.{axis}.{label}") for label, o in options.items()}
 
     grid = _check_grid(raw.get("grid"), choices)
-    lrs = None
-    if "lr" in raw:
-        lrs = _list(raw["lr"], "lr")
-        for lr in lrs:
-            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-                raise SweepError("lr", f"learning rates must be positive numbers, got {lr!r}")
-        lrs = [float(lr) for lr in lrs]
+    lrs = _check_lrs(raw["lr"], "lr") if "lr" in raw else None
     seeds = _list(raw.get("seeds", [0]), "seeds")
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -225,7 +222,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
             if both:
                 raise SweepError(f"grid[{i}]", f"{both} are solved by match; they cannot also be grid axes")
     axes = _all_axis_names(grid, lrs, match, bases)
-    tune = raw.get("tune", ["lr"] if lrs else [])
+    tune = raw.get("tune", ["lr"] if "lr" in axes else [])
     if not isinstance(tune, list):
         raise SweepError("tune", f"must be a list of axis names, got {tune!r}")
     for axis in tune:
@@ -245,6 +242,9 @@ def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[A
         where = f"grid[{i}]"
         block = _mapping(block, where)
         for axis, values in block.items():
+            if axis == "lr":
+                block[axis] = _check_lrs(values, f"{where}.lr")
+                continue
             values = _list(values, f"{where}.{axis}")
             if axis in choices:
                 for label in values:
@@ -268,6 +268,16 @@ def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[A
                 raise SweepError(f"{where}.{axis}", f"repeated value in {values}")
         checked.append(block)
     return checked
+
+
+def _check_lrs(value: Any, where: str) -> list[float]:
+    lrs = _list(value, where)
+    for lr in lrs:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise SweepError(where, f"learning rates must be positive numbers, got {lr!r}")
+    if len(set(lrs)) != len(lrs):
+        raise SweepError(where, f"repeated value in {lrs}")
+    return [float(lr) for lr in lrs]
 
 
 def _check_match(value: Any, choices: Mapping[str, Any]) -> Match | None:
@@ -332,8 +342,8 @@ def axis_name(axis: str) -> str:
 
 
 def _all_axis_names(grid, lrs, match, bases) -> set[str]:
-    names = {axis_name(a) for block in grid for a in block} | {"seed"}
-    if lrs:
+    names = {axis_name(a) for block in grid for a in block if a != "lr"} | {"seed"}
+    if lrs or any("lr" in block for block in grid):
         names.add("lr")
     if match:
         names.add("target")
@@ -348,6 +358,8 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
     lrs = spec.lrs or [None]
     targets = spec.match.targets if spec.match else (None,)
     for block_index, block in enumerate(spec.grid):
+        block = dict(block)
+        block_lrs = block.pop("lr", None) or lrs
         short = {axis: axis_name(axis) for axis in block}
         reserved = {"seed", "lr", "target", "base"} & {s for a, s in short.items() if a not in spec.choices}
         if reserved:
@@ -358,7 +370,7 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
             raise SweepError(f"grid[{block_index}]", f"axes {sorted(clash)} have the same short name; use choices")
         for base_label, base in spec.bases.items():
             for combination in itertools.product(*block.values()):
-                for target, lr, seed in itertools.product(targets, lrs, spec.seeds):
+                for target, lr, seed in itertools.product(targets, block_lrs, spec.seeds):
                     plans.append(_plan(spec, base_label, base, block, short, combination, target, lr, seed))
     names: dict[str, int] = {}
     for plan in plans:
