@@ -7,6 +7,7 @@ Each mixer class exported from ``hybrids.mixers`` must appear here at least once
 from hybrids.mixers import S4, S4D, Attention
 from hybrids.mixers import SparseAttention
 from hybrids.mixers import Mamba, RGLRU
+from hybrids.mixers import LinearAttention, Mamba2, ShortConv
 
 D_MODEL = 16
 
@@ -27,4 +28,11 @@ MIXER_CASES = {
     "mamba-dtrank": (Mamba, {"d_state": 3, "dt_rank": 3, "d_conv": 3, "expand": 1.5, "bias": True}),
     "rglru": (RGLRU, {}),
     "rglru-wide": (RGLRU, {"d_rnn": 24, "heads": 4, "d_conv": 2}),
+    "linear-elu": (LinearAttention, {"heads": 2}),
+    "performer": (LinearAttention, {"heads": 2, "feature_map": "favor", "num_features": 12, "seed": 0}),
+    "based-taylor": (LinearAttention, {"heads": 2, "feature_map": "taylor", "feature_dim": 3}),
+    "retnet": (LinearAttention, {"heads": 4, "feature_map": "identity", "decay": "retnet", "gate": True}),
+    "mamba2": (Mamba2, {"d_state": 4, "headdim": 8}),
+    "mamba2-groups": (Mamba2, {"d_state": 3, "headdim": 4, "ngroups": 2, "d_conv": 3, "expand": 1.5}),
+    "short-conv": (ShortConv, {}),
 }

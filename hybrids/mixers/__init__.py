@@ -2,9 +2,25 @@
 
 from hybrids.mixers.attention import Attention
 from hybrids.mixers.base import Mixer, State, state_elements
+from hybrids.mixers.linear_attention import LinearAttention
 from hybrids.mixers.mamba import Mamba
+from hybrids.mixers.mamba2 import Mamba2
 from hybrids.mixers.rglru import RGLRU
 from hybrids.mixers.s4 import S4, S4D
+from hybrids.mixers.short_conv import ShortConv
 from hybrids.mixers.sparse_attention import SparseAttention
 
-__all__ = ["S4", "S4D", "Attention", "Mamba", "Mixer", "RGLRU", "SparseAttention", "State", "state_elements"]
+__all__ = [
+    "S4",
+    "S4D",
+    "Attention",
+    "LinearAttention",
+    "Mamba",
+    "Mamba2",
+    "Mixer",
+    "RGLRU",
+    "ShortConv",
+    "SparseAttention",
+    "State",
+    "state_elements",
+]

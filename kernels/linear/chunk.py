@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.kernels.dtypes import at_least_float32
-from hybrids.kernels.linear.common import resolve_scale
+from hybrids.kernels.linear.common import empty_output, resolve_scale
 
 DEFAULT_CHUNK_SIZE = 64
 
@@ -66,7 +66,7 @@ def linear_attention_chunk(
     scale = resolve_scale(scale, dk)
     state = q.new_zeros(batch, heads, dk, dv, dtype=work) if initial_state is None else initial_state.to(work)
     if length == 0:
-        o = q.new_zeros(batch, heads, 0, dv)
+        o = empty_output(q, k, v)
         return (o, state) if output_final_state else o
 
     size = min(chunk_size, length)
@@ -115,3 +115,4 @@ def linear_attention_chunk(
     o = scale * (q_in @ entering + intra)
     o = o.reshape(batch, heads, n * size, dv)[:, :, :length].to(dtype_in)
     return (o, state) if output_final_state else o
+

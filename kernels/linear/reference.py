@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from hybrids.kernels.dtypes import at_least_float32
-from hybrids.kernels.linear.common import resolve_scale
+from hybrids.kernels.linear.common import empty_output, resolve_scale
 
 
 def linear_attention_reference(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False):
@@ -32,6 +32,6 @@ def linear_attention_reference(q, k, v, g=None, scale=None, initial_state=None, 
             state = a_t * state
         state = state + k_t[..., :, None] * v_t[..., None, :]  # (batch, heads, K, V)
         outs.append(scale * (q_t[..., None, :] @ state).squeeze(-2))  # (batch, heads, V)
-    o = torch.stack(outs, dim=2) if outs else q.new_zeros(batch, heads, 0, dv)
+    o = torch.stack(outs, dim=2) if outs else empty_output(q, k, v)
     o = o.to(dtype_in)
     return (o, state) if output_final_state else o

@@ -1,0 +1,218 @@
+"""Linearised attention: causal attention whose weight is a kernel ``phi(q) . phi(k)`` that
+factorises, run as a linear recurrence over a (features, V) state per head on
+``hybrids.kernels.linear_attention``. One mixer covers three published designs and RetNet:
+
+- linear attention (Katharopoulos et al. 2020): ``feature_map="elu"``, normalised;
+- Performer (Choromanski et al. 2021): ``feature_map="favor"``, positive random features that
+  estimate the softmax kernel, normalised;
+- the linear half of Based (Arora et al. 2024): ``feature_map="taylor"`` with q/k projected to
+  ``feature_dim=16``, normalised (configs/based.yaml adds the sliding window and short conv);
+- RetNet's retention (Sun et al. 2023): ``feature_map="identity", decay="retnet"``: a fixed
+  decay per head, ``gamma_h = 1 - 2^(-5 - h)``, no normaliser, a per-head RMS norm on the output
+  and a swish output gate.
+
+For x (batch, L, d_model), heads H, q/k width f = feature_dim, feature width F = the map's
+out_dim, value width P = d_model / H::
+
+    q, k = phi(q_proj(x)), phi(k_proj(x))          # (batch, H, L, F)
+    v    = v_proj(x)                               # (batch, H, L, P)
+    S_t  = gamma * S_{t-1} + k_t v_t^T              # (F, P) per head; gamma = 1 without decay
+    o_t  = q_t^T S_t                               # scale 1: the map carries its own scaling
+    o_t  = o_t / (q_t^T z_t + eps)                 # normalise: z_t = gamma z_{t-1} + k_t
+    y    = o_proj(gate * norm(o))                  # norm, gate optional
+
+The normaliser runs in the same kernel call: ``v`` gets a column of ones, whose output column is
+``q_t^T z_t``. So the recurrent state is (F, P + 1) per head with normalisation, (F, P) without:
+``state_size = H * F * (P + normalize)``, whatever the sequence length.
+
+``forward`` and ``prefill`` run the chunked kernel (with the state in and out for prefill);
+``step`` runs :func:`hybrids.kernels.linear_attention_step`. A FAVOR+ map with ``redraw`` draws a
+new projection before every forward in training mode; in eval mode it is fixed, so decoding and
+the parallel pass agree.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.kernels import at_least_float32, linear_attention, linear_attention_step
+from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
+from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.feature_maps import FEATURE_MAPS, build_feature_map
+
+DECAYS = (None, "retnet")
+
+
+def retnet_log_decays(heads: int) -> torch.Tensor:
+    """log gamma_h for RetNet's fixed per-head decays gamma_h = 1 - 2^(-5 - h), h = 0 .. heads-1."""
+    return torch.log1p(-(2.0 ** (-5.0 - torch.arange(heads, dtype=torch.float64)))).float()
+
+
+class HeadRMSNorm(nn.Module):
+    """RMS norm over each head's P channels, with a learned scale per channel: (..., H, P)."""
+
+    def __init__(self, heads: int, head_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(heads, head_dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        work = at_least_float32(x.dtype)
+        y = x.to(work)
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.to(work)).to(x.dtype)
+
+
+class LinearAttention(Mixer):
+    """Kernelised causal attention (module docstring).
+
+    Args:
+        d_model: model width.
+        heads: heads H (must divide d_model; values are d_model / H wide).
+        feature_map: "identity", "elu", "favor" or "taylor" (:mod:`hybrids.mixers.feature_maps`).
+        feature_dim: width f of the q/k projections per head, before the map; default d_model / H
+            (Based uses 16 with the Taylor map, whose features are 1 + f + f^2 wide).
+        num_features: FAVOR+'s number of random features m (default round(f ln f)).
+        redraw: FAVOR+ draws a new projection before every training forward.
+        normalize: divide by ``q_t . z_t``; default: True for the positive maps (elu, favor,
+            taylor), False for identity (where it is refused: the denominator can vanish).
+        output_norm: per-head RMS norm on the output; default: on when not normalised.
+        decay: None or "retnet" (fixed per-head decays 1 - 2^(-5 - h)).
+        gate: multiply the output by swish(g_proj(x)) before o_proj (RetNet's and GLA's gate).
+        eps: added to the normaliser.
+        bias: biases in the projections.
+        kernel_backend: force a ``linear_attention`` backend; None lets the dispatcher choose.
+        seed: seed of FAVOR+'s first projection (None: torch's global generator).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 4,
+        feature_map: str = "elu",
+        feature_dim: int | None = None,
+        num_features: int | None = None,
+        redraw: bool = False,
+        normalize: bool | None = None,
+        output_norm: bool | None = None,
+        decay: str | None = None,
+        gate: bool = False,
+        eps: float = 1e-6,
+        bias: bool = False,
+        kernel_backend: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(d_model)
+        if isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0 or d_model % heads:
+            raise ValueError(f"heads: must be a positive int dividing d_model={d_model}, got {heads!r}")
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map: unknown {feature_map!r}; use one of {FEATURE_MAPS}")
+        feature_dim = d_model // heads if feature_dim is None else feature_dim
+        if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or feature_dim <= 0:
+            raise ValueError(f"feature_dim: must be a positive int or None (d_model / heads), got {feature_dim!r}")
+        if decay not in DECAYS:
+            raise ValueError(f"decay: unknown {decay!r}; use one of {DECAYS}")
+        if kernel_backend is not None and kernel_backend not in LINEAR_BACKENDS:
+            raise ValueError(f"kernel_backend: unknown {kernel_backend!r}; use one of {LINEAR_BACKENDS} or None")
+        if not eps >= 0:
+            raise ValueError(f"eps: must be >= 0, got {eps}")
+        self.heads, self.head_dim, self.feature_dim = heads, d_model // heads, feature_dim
+        self.feature_map = build_feature_map(feature_map, feature_dim, num_features, redraw=redraw, seed=seed)
+        normalize = self.feature_map.positive if normalize is None else bool(normalize)
+        if normalize and not self.feature_map.positive:
+            raise ValueError(
+                f"normalize: the {feature_map!r} map is not positive, so q.z can vanish or change sign; "
+                "use normalize=False (with output_norm) or a positive map (elu, favor, taylor)"
+            )
+        self.normalize = normalize
+        self.decay, self.eps, self.kernel_backend = decay, float(eps), kernel_backend
+
+        self.q_proj = nn.Linear(d_model, heads * feature_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, heads * feature_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.g_proj = nn.Linear(d_model, d_model, bias=bias) if gate else None
+        self.norm = HeadRMSNorm(heads, self.head_dim) if (not normalize if output_norm is None else output_norm) else None
+        self.o_proj = nn.Linear(d_model, d_model, bias=bias)
+        if decay == "retnet":
+            self.register_buffer("log_decay", retnet_log_decays(heads))  # (H,)
+        else:
+            self.log_decay = None
+
+    @property
+    def features(self) -> int:
+        """F: the width of the feature map's output (the state's rows)."""
+        return self.feature_map.out_dim
+
+    # -- pieces shared by the parallel and the recurrent paths -----------------------------------
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, L, d_model) -> phi(q), phi(k) (B, H, L, F) and v (B, H, L, P [+ 1 ones column])."""
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
+        if self.normalize:  # the normaliser's column: its output is q_t . z_t
+            v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        return self.feature_map(q), self.feature_map(k), v
+
+    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Kernel output o (B, H, L, P [+ 1]) and the input x (B, L, d_model) -> (B, L, d_model)."""
+        if self.normalize:
+            o = o[..., :-1] / (o[..., -1:] + self.eps)
+        o = o.transpose(1, 2)  # (B, L, H, P)
+        if self.norm is not None:
+            o = self.norm(o)
+        o = o.flatten(-2).to(x.dtype)
+        if self.g_proj is not None:
+            o = o * F.silu(self.g_proj(x))
+        return self.o_proj(o)
+
+    def _log_decay(self, leading: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        """None, or the per-head log-decay broadcast to ``leading`` = (B, H[, L])."""
+        if self.log_decay is None:
+            return None
+        shape = (1, self.heads) + (1,) * (len(leading) - 2)
+        return self.log_decay.to(at_least_float32(like.dtype)).view(shape).expand(leading)
+
+    # -- parallel ------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and getattr(self.feature_map, "redraw", False):
+            self.feature_map.redraw_()
+        return self._parallel(x)
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """A prompt x (B, L, d_model) -> outputs and the state after it, from ``state`` (zero if
+        None): the chunked kernel with its initial and final states, never ``step``."""
+        return self._parallel(x, state, final_state=True)
+
+    def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False):
+        q, k, v = self._qkv(x)
+        g = self._log_decay(q.shape[:3], x)
+        kwargs = {} if self.kernel_backend is None else {"backend": self.kernel_backend}
+        s0 = None if state is None else state["S"]
+        out = linear_attention(q, k, v, g, scale=1.0, initial_state=s0, output_final_state=final_state, **kwargs)
+        if not final_state:
+            return self._output(out, x)
+        o, s = out
+        return self._output(o, x), {"S": s.to(at_least_float32(self._factory()["dtype"]))}
+
+    # -- recurrent -----------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> State:
+        factory = self._factory()
+        width = self.head_dim + int(self.normalize)
+        return {"S": torch.zeros(batch_size, self.heads, self.features, width, device=factory["device"],
+                                 dtype=at_least_float32(factory["dtype"]))}
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        s = state["S"].clone()  # updated in place by the step kernel; the caller's stays valid
+        q, k, v = self._qkv(x[:, None])  # (B, H, 1, .)
+        g = self._log_decay(q.shape[:2], x)
+        o = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], g, s, scale=1.0)  # (B, H, P [+ 1])
+        return self._output(o[:, :, None], x[:, None])[:, 0], {"S": s}
+
+    def state_size(self, seq_len: int) -> int:
+        return self.heads * self.features * (self.head_dim + int(self.normalize))
