@@ -253,6 +253,22 @@ def test_plot_command_writes_figures_and_tables(tmp_path, capsys):
     assert plot_main([str(tmp_path / "nowhere")]) == 2
 
 
+def test_plot_reads_several_sweep_folders_as_one_table(tmp_path, capsys):
+    first, second = tmp_path / "mqar_cpu", tmp_path / "mqar_cpu_linear"
+    for seed in (0, 1):
+        write_run(first, family="attn", mixers="Attention", seed=seed)
+        write_run(second, family="mamba2", mixers="Mamba2", seed=seed)
+    with pytest.raises(SystemExit):  # where would the shared plots go?
+        plot_main([str(first), str(second)])
+    out = tmp_path / "both"
+    assert plot_main([str(first), str(second), "--out", str(out)]) == 0
+    import pandas as pd
+
+    points = pd.read_csv(out / "points.csv")
+    assert sorted(points["family"]) == ["attn", "mamba2"] and set(points["n_seeds"]) == {2}
+    assert plot_main([str(first), str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+
+
 def test_folders_not_in_the_manifest_are_left_out(tmp_path):
     """An edited sweep file leaves folders of settings it no longer has; the sweep's manifest
     lists what it expands to now, and only those enter the table (and so the selection)."""

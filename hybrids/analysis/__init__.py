@@ -20,6 +20,7 @@ from hybrids.analysis.sweeps import (
     seed_statistics,
     select_points,
     sweep_table,
+    sweep_tables,
     tuned_axes,
 )
 from hybrids.analysis.tables import points_text
@@ -42,5 +43,6 @@ __all__ = [
     "seed_statistics",
     "select_points",
     "sweep_table",
+    "sweep_tables",
     "tuned_axes",
 ]

@@ -1,6 +1,8 @@
-"""``hybrids plot SWEEP_DIR``: a sweep's tables and figures as files, no Jupyter needed.
+"""``hybrids plot SWEEP_DIR [SWEEP_DIR ...]``: a sweep's tables and figures as files, no Jupyter
+needed. Several folders (sweeps run on the same terms, e.g. ``mqar_cpu`` and ``mqar_cpu_linear``)
+are read as one table, so that all their families share the figures.
 
-Writes into ``--out`` (default ``SWEEP_DIR/plots``): ``runs.csv`` (one row per run),
+Writes into ``--out`` (default ``SWEEP_DIR/plots``; required with several folders): ``runs.csv`` (one row per run),
 ``points.csv`` (one row per selected point), ``accuracy_vs_width.png/.pdf`` and
 ``accuracy_vs_state_size.png/.pdf``, and prints the points table.
 """
@@ -17,8 +19,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="hybrids plot",
         description="Tables and figures of a sweep: tuned axes selected on validation, test figures reported.",
     )
-    parser.add_argument("sweep_dir", type=Path, help="the sweep's folder (one sub-folder with a status.json per run)")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: SWEEP_DIR/plots)")
+    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR",
+                        help="a sweep's folder (one sub-folder with a status.json per run); several are read as one")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write (default: SWEEP_DIR/plots; required with several folders)")
     parser.add_argument("--metric", default="val/acc", help="validation metric that selects the tuned axes")
     parser.add_argument("--mode", choices=("max", "min"), default="max", help="whether --metric is maximised")
     parser.add_argument("--report", default="test/acc", help="metric reported for the selected setting")
@@ -29,27 +33,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def plot_main(argv: list[str]) -> int:
     """Run ``hybrids plot`` with ``argv`` (the arguments after "plot"); returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if len(args.sweep_dirs) > 1 and args.out is None:
+        parser.error("--out is required with several sweep folders")
     # pandas and matplotlib load here, so that a typo in the arguments answers at once.
     from matplotlib.figure import Figure
 
     from hybrids.analysis.plots import plot_accuracy_vs_state_size, plot_accuracy_vs_width
-    from hybrids.analysis.sweeps import column_name, select_points, sweep_table, tuned_axes
+    from hybrids.analysis.sweeps import column_name, select_points, sweep_tables, tuned_axes
     from hybrids.analysis.tables import points_text
 
-    if not args.sweep_dir.is_dir():
-        print(f"hybrids plot: no folder {args.sweep_dir}", file=sys.stderr)
+    missing = [str(d) for d in args.sweep_dirs if not d.is_dir()]
+    if missing:
+        print(f"hybrids plot: no folder {', '.join(missing)}", file=sys.stderr)
         return 2
-    table = sweep_table(args.sweep_dir)
+    table = sweep_tables(args.sweep_dirs)
     if table.empty:
-        print(f"hybrids plot: no runs (*/status.json) in {args.sweep_dir}", file=sys.stderr)
+        print(f"hybrids plot: no runs (*/status.json) in {', '.join(map(str, args.sweep_dirs))}", file=sys.stderr)
         return 1
     try:
         points = select_points(table, metric=args.metric, mode=args.mode, report=args.report, tuned=args.tuned)
     except ValueError as err:
         print(f"hybrids plot: {err}", file=sys.stderr)
         return 2
-    out = args.out if args.out is not None else args.sweep_dir / "plots"
+    out = args.out if args.out is not None else args.sweep_dirs[0] / "plots"
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "runs.csv", index=False)
     points.to_csv(out / "points.csv", index=False)

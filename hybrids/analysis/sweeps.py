@@ -124,6 +124,13 @@ def _manifest(sweep_dir: Path) -> set[str] | None:
         return None
 
 
+def sweep_tables(sweep_dirs) -> pd.DataFrame:
+    """:func:`sweep_table` of several sweep folders as one table (sweeps run on the same terms,
+    e.g. ``mqar_cpu`` and ``mqar_cpu_linear``); the ``sweep`` column tells them apart."""
+    tables = [t for t in (sweep_table(d) for d in sweep_dirs) if not t.empty]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
 def sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per run of the sweep in ``sweep_dir``, read from its ``*/status.json`` files.
 
