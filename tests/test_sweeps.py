@@ -100,6 +100,14 @@ def test_a_block_may_bring_its_own_learning_rates(tmp_path):
     assert [p.tuned for p in expand(load_sweep(only_blocks))] == [("lr",), ("lr",)], "lr is an axis without a top-level list"
 
 
+def test_the_linear_cpu_sweep_runs_on_the_terms_of_the_cpu_sweep():
+    main, linear = (load_sweep(ROOT / "configs" / "sweeps" / f"{n}.yaml") for n in ("mqar_cpu", "mqar_cpu_linear"))
+    assert linear.settings == main.settings and linear.lrs == main.lrs and linear.seeds == main.seeds
+    assert linear.seed_keys == main.seed_keys and linear.bases == main.bases and linear.tune == main.tune
+    assert linear.choices["task"]["mqar64x4"] == main.choices["task"]["mqar64x4"]
+    assert not set(linear.choices["family"]) & set(main.choices["family"]), "family labels stay unique"
+
+
 def test_dotted_keys_patch_the_family_chosen_and_seeds_reach_every_seed_key(tmp_path):
     path = write_sweep(
         tmp_path, choices=families(),
