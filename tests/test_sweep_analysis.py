@@ -249,6 +249,9 @@ def test_plot_command_writes_figures_and_tables(tmp_path, capsys):
     assert row[:6] == ["attn", "64", "4", "32", f"{40 * 32:,}", f"{1000 * 32:,}"]
     assert row[6] == "0.001" and row[7] == f"{0.2 + 32 / 200 + 0.005:.4f}" and row[-3:] == ["2", "(1", "failed)"]
     # The default folder, and a missing one.
+    markdown = (out / "points.md").read_text().splitlines()
+    assert markdown[0].startswith("| family | seq_len | kv | width |") and len(markdown) == 2 + 12
+    assert markdown[2].count("|") == markdown[0].count("|")
     assert plot_main([str(root)]) == 0 and (root / "plots" / "points.csv").exists()
     assert plot_main([str(tmp_path / "nowhere")]) == 2
 

@@ -23,7 +23,7 @@ from hybrids.analysis.sweeps import (
     sweep_tables,
     tuned_axes,
 )
-from hybrids.analysis.tables import points_text
+from hybrids.analysis.tables import points_markdown, points_text
 
 __all__ = [
     "Run",
@@ -37,6 +37,7 @@ __all__ = [
     "plot_accuracy_vs_state_size",
     "plot_accuracy_vs_width",
     "plot_state_size_vs_accuracy",
+    "points_markdown",
     "points_text",
     "read_status",
     "runs_table",

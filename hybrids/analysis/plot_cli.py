@@ -3,7 +3,8 @@ needed. Several folders (sweeps run on the same terms, e.g. ``mqar_cpu`` and ``m
 are read as one table, so that all their families share the figures.
 
 Writes into ``--out`` (default ``SWEEP_DIR/plots``; required with several folders): ``runs.csv`` (one row per run),
-``points.csv`` (one row per selected point), ``accuracy_vs_width.png/.pdf`` and
+``points.csv`` (one row per selected point) and ``points.md`` (the same as Markdown),
+``accuracy_vs_width.png/.pdf`` and
 ``accuracy_vs_state_size.png/.pdf``, and prints the points table.
 """
 
@@ -42,7 +43,7 @@ def plot_main(argv: list[str]) -> int:
 
     from hybrids.analysis.plots import plot_accuracy_vs_state_size, plot_accuracy_vs_width
     from hybrids.analysis.sweeps import column_name, select_points, sweep_tables, tuned_axes
-    from hybrids.analysis.tables import points_text
+    from hybrids.analysis.tables import points_markdown, points_text
 
     missing = [str(d) for d in args.sweep_dirs if not d.is_dir()]
     if missing:
@@ -76,7 +77,8 @@ def plot_main(argv: list[str]) -> int:
         for suffix in ("png", "pdf"):
             fig.savefig(out / f"{name}.{suffix}", dpi=150)
     tuned = args.tuned if args.tuned is not None else tuned_axes(table)
+    (out / "points.md").write_text(points_markdown(points, report=args.report, tuned=tuned) + "\n")
     print(points_text(points, report=args.report, tuned=tuned))
-    print(f"\nwrote {', '.join(f'{n}.png/.pdf' for n in figures)}, runs.csv and points.csv to {out}")
+    print(f"\nwrote {', '.join(f'{n}.png/.pdf' for n in figures)}, runs.csv, points.csv and points.md to {out}")
     return 0
 
