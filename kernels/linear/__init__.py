@@ -31,9 +31,14 @@ dispatcher's choice for the tensors, :mod:`hybrids.kernels.dispatch`):
 - ``"chunk"`` (:mod:`.chunk`): pure PyTorch, any device: quadratic within chunks of 64
   positions, the state handed from chunk to chunk, decays as differences of cumulative sums so
   that nothing overflows; autograd for gradients (its memory is in :mod:`.chunk`).
+- ``"triton"`` (:mod:`.triton_chunk`): our chunked Triton forward kernel and hand-written
+  backward kernel, for CUDA tensors (on CPU only under ``TRITON_INTERPRET=1``, for tests);
+  float32, float16 and bfloat16 inputs, float32 state and arithmetic; float64 is refused.
 
-Automatic choice: ``"chunk"`` on CPU and, until a Triton backend exists, on CUDA too. (Planned:
-our Triton kernels for CUDA, and the fla package's kernels where it is installed.)
+Automatic choice: ``"triton"`` on CUDA (``"chunk"`` for float64, which the Triton kernels
+reject, or where Triton is missing); ``"chunk"`` on CPU, where Triton runs only in its
+interpreter and is never chosen by itself. (Not here: a backend calling the fla package's
+kernels; its layout and signatures vary between fla versions and no machine here could test it.)
 
 The decode step, one token with the state updated in place, is :func:`linear_attention_step`
 (:mod:`.step`).
@@ -48,12 +53,26 @@ from hybrids.kernels.linear.common import check_linear_attention_arguments, reso
 from hybrids.kernels.linear.step import linear_attention_step
 
 _PACKAGE = "hybrids.kernels.linear"
+_LOW_AND_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _triton_available(device: str) -> str | None:
+    """The selective scan's rule (Triton installed; CUDA tensors, or CPU under the interpreter)."""
+    from hybrids.kernels.scan import _triton_available as scan_rule
+
+    return scan_rule(device)
+
 
 LINEAR_ATTENTION = Op(
     "linear_attention",
     (
         Backend("reference", f"{_PACKAGE}.reference:linear_attention_reference", priority=0, automatic=()),
         Backend("chunk", f"{_PACKAGE}.chunk:linear_attention_chunk", priority=10),
+        Backend(
+            "triton", f"{_PACKAGE}.triton_chunk:linear_attention_triton", devices=("cuda", "cpu"),
+            dtypes=_LOW_AND_SINGLE, priority=20, available=_triton_available, automatic=("cuda",),
+            install="`pip install triton` on Linux with a CUDA GPU",
+        ),
     ),
 )
 BACKENDS = LINEAR_ATTENTION.names
