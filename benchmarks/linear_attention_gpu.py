@@ -74,7 +74,7 @@ def main() -> int:
 
     dtype = getattr(torch, args.dtype)
     device = torch.device("cuda")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.version.cuda and torch.__version__}, {args.dtype}, "
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__} (CUDA {torch.version.cuda}), {args.dtype}, "
           f"batch {args.batch}, {args.heads} heads, K = V = {args.head_dim}, decay {args.decay}; "
           f"median of {args.repeats}\n")
     print("| backend | L | pass | time | GB/s (q, k, v, g, o once) |")
