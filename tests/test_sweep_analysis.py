@@ -282,3 +282,12 @@ def test_folders_not_in_the_manifest_are_left_out(tmp_path):
         table = sweep_table(tmp_path)
     assert list(table["name"]) == [kept.name] and dropped.name not in set(table["name"])
     assert select_points(table).iloc[0]["lr"] == 1e-3
+
+
+def test_eleven_families_get_eleven_colours():
+    import pandas as pd
+
+    from hybrids.analysis.plots import _colours
+
+    points = pd.DataFrame({"family": [f"f{i:02d}" for i in range(11)]})
+    assert len(set(_colours(points).values())) == 11

@@ -71,7 +71,9 @@ def _colours(points: pd.DataFrame) -> dict[str, Any]:
     from matplotlib import colormaps
 
     families = sorted({str(f) for f in points["family"]}) if "family" in points else []
-    cycle = colormaps["tab10"].colors
+    # tab10 while it lasts; beyond ten families tab20, so that no two families share a colour
+    # (up to twenty), e.g. the two CPU sweeps read together (eleven families).
+    cycle = colormaps["tab10" if len(families) <= 10 else "tab20"].colors
     return {family: cycle[i % len(cycle)] for i, family in enumerate(families)}
 
 
