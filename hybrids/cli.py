@@ -377,10 +377,16 @@ def _end_process_group() -> None:
     active exception", exit -6) after a run that finished; the barrier first lets every rank get
     here before any rank's group goes away.
     """
+    import datetime
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == "gloo":
+            # A rank that died never arrives: fail after a while instead of waiting forever.
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=300))
+        else:
+            dist.barrier()
         dist.destroy_process_group()
 
 
