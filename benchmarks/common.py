@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -55,3 +56,21 @@ def run_child(script: str, config: dict) -> dict:
     if child.returncode:
         raise RuntimeError(f"configuration {config} failed:\n{child.stderr}")
     return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def cuda_time_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
+    """Median milliseconds of ``repeats`` timed calls (CUDA events), after ``warmup`` calls."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)

@@ -20,27 +20,12 @@ On a machine without CUDA it prints why it cannot run and exits with status 1.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
-
-def cuda_time(fn, warmup: int, repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls of ``fn`` (CUDA events) after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+from common import cuda_time_ms
 
 
 def fla_function(decay: str):
@@ -94,7 +79,7 @@ def main() -> int:
         moved = sum(t.numel() * t.element_size() for t in tensors if t is not None)
         moved += tensors[2].numel() * tensors[2].element_size()  # o, the size of v
         with torch.no_grad():
-            forward = cuda_time(fn, args.warmup, args.repeats)
+            forward = cuda_time_ms(fn, args.warmup, args.repeats)
         grads = [t.requires_grad_() for t in tensors if t is not None]
 
         def both():
@@ -103,7 +88,7 @@ def main() -> int:
             for t in grads:
                 t.grad = None
 
-        backward = cuda_time(both, args.warmup, args.repeats)
+        backward = cuda_time_ms(both, args.warmup, args.repeats)
         for t in grads:
             t.requires_grad_(False)
         for mode, ms in (("fwd", forward), ("fwd+bwd", backward)):

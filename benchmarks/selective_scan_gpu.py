@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import sys
 
 import torch
+
+from common import cuda_time_ms
 
 # Peak memory bandwidth, GB/s (vendor figures), by a substring of torch's device name. The first
 # match wins, so the more specific names come first.
@@ -87,22 +88,6 @@ def traffic_bytes(batch, dim, length, d_state, groups, dtype) -> tuple[int, int]
     forward = 4 * seq + 2 * bc  # read u, delta, z, B, C; write out
     backward = 4 * seq + 2 * bc + 3 * seq + 2 * bc  # read u, delta, z, dout, B, C; write du, ddelta, dz, dB, dC
     return forward, forward + backward
-
-
-def cuda_time_ms(fn, warmup: int, repeats: int) -> float:
-    """Median of ``repeats`` timed calls (CUDA events), after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def scan_function(backend: str, **triton_blocks):
