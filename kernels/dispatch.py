@@ -41,6 +41,21 @@ def _always(device: str) -> str | None:
     return None
 
 
+def triton_available(device: str) -> str | None:
+    """The ``available`` rule of every Triton backend: None if Triton is installed and the tensors
+    are on CUDA (or on CPU under Triton's interpreter, for tests), else why not."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed: `pip install triton` (Linux x86_64/aarch64)"
+    if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return (
+            f"Triton kernels need CUDA tensors, got {device}; on CPU they run only in Triton's "
+            "interpreter (set TRITON_INTERPRET=1 before importing triton, for tests)"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
     """One way of computing an op.

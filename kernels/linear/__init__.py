@@ -48,19 +48,12 @@ from __future__ import annotations
 
 import torch
 
-from hybrids.kernels.dispatch import Backend, BackendUnavailable, Op
+from hybrids.kernels.dispatch import Backend, BackendUnavailable, Op, triton_available
 from hybrids.kernels.linear.common import check_linear_attention_arguments, resolve_scale
 from hybrids.kernels.linear.step import linear_attention_step
 
 _PACKAGE = "hybrids.kernels.linear"
 _LOW_AND_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _triton_available(device: str) -> str | None:
-    """The selective scan's rule (Triton installed; CUDA tensors, or CPU under the interpreter)."""
-    from hybrids.kernels.scan import _triton_available as scan_rule
-
-    return scan_rule(device)
 
 
 LINEAR_ATTENTION = Op(
@@ -70,7 +63,7 @@ LINEAR_ATTENTION = Op(
         Backend("chunk", f"{_PACKAGE}.chunk:linear_attention_chunk", priority=10),
         Backend(
             "triton", f"{_PACKAGE}.triton_chunk:linear_attention_triton", devices=("cuda", "cpu"),
-            dtypes=_LOW_AND_SINGLE, priority=20, available=_triton_available, automatic=("cuda",),
+            dtypes=_LOW_AND_SINGLE, priority=20, available=triton_available, automatic=("cuda",),
             install="`pip install triton` on Linux with a CUDA GPU",
         ),
     ),

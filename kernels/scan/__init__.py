@@ -43,11 +43,9 @@ The decode step, one token with the state updated in place, is
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from hybrids.kernels.dispatch import Backend, BackendUnavailable, Op
+from hybrids.kernels.dispatch import Backend, BackendUnavailable, Op, triton_available
 from hybrids.kernels.scan.common import check_scan_arguments
 from hybrids.kernels.scan.step import SELECTIVE_STATE_UPDATE, selective_state_update
 
@@ -59,19 +57,6 @@ def _cpp_available(device: str) -> str | None:
     from hybrids.kernels import cpp_build
 
     return cpp_build.unavailable_reason("selective_scan")
-
-
-def _triton_available(device: str) -> str | None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "Triton is not installed: `pip install triton` (Linux x86_64/aarch64)"
-    if device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return (
-            f"Triton kernels need CUDA tensors, got {device}; on CPU they run only in Triton's "
-            "interpreter (set TRITON_INTERPRET=1 before importing triton, for tests)"
-        )
-    return None
 
 
 def _extension_available(device: str) -> str | None:
@@ -99,7 +84,7 @@ SELECTIVE_SCAN = Op(
         ),
         Backend(
             "triton", f"{_PACKAGE}.triton_kernels:selective_scan_triton", devices=("cuda", "cpu"),
-            dtypes=_LOW_AND_SINGLE, priority=20, available=_triton_available, automatic=("cuda",),
+            dtypes=_LOW_AND_SINGLE, priority=20, available=triton_available, automatic=("cuda",),
             install="`pip install triton` on Linux with a CUDA GPU",
         ),
         Backend(
