@@ -22,8 +22,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-# Data-module arguments that change how data is loaded but not what a run computes.
-NEUTRAL_DATA_KEYS = frozenset({"num_workers"})
+# Data-module arguments that change how data is loaded, or what a test evaluates (the induction
+# task's extra lengths), but not what a run trains.
+NEUTRAL_DATA_KEYS = frozenset({"num_workers", "eval_lengths", "num_eval_examples", "eval_batch_size", "eval_chunk"})
 
 
 def _plain(value: Any) -> Any:

@@ -16,6 +16,7 @@ from hybrids.config import StackConfig
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.checkpoints import IDENTITY_KEY
 from hybrids.errors import ConfigError, StateSizeUnknown, config_section
+from hybrids.long_context import LengthTooLong, labelled_logits_chunked
 from hybrids.model import HybridLM
 
 _STACK = StackConfig.defaults()
@@ -70,8 +71,14 @@ class LanguageModel(L.LightningModule):
         with config_section("model"):
             check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss)
         self.metrics = nn.ModuleDict(
-            {f"{stage}_{name}": WeightedMean() for stage in ("train", "val", "test") for name in ("loss", "acc")}
+            {f"{stage}_{name}": WeightedMean() for stage in ("train", "val", "test")
+             for name in ("loss", "acc", *EXTRA_METRICS)}
         )
+        # Per test length (``test/acc@L``), made in setup() from the data module's test_lengths.
+        self.length_metrics = nn.ModuleDict()
+        self._extra_metrics: tuple[str, ...] = ()
+        self._test_lengths: list[int] = []
+        self._eval_chunk: int | None = None
         for name in ("train_loss", "train_acc"):
             # Saved in checkpoints, so that an epoch resumed mid-way ends with the same means.
             self.metrics[name].persistent(True)
@@ -99,36 +106,89 @@ class LanguageModel(L.LightningModule):
 
     # -- metrics ---------------------------------------------------------------------------------
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+    def setup(self, stage: str) -> None:
+        """Read from the data module what it asks to be measured: ``extra_metrics`` (``"exact"``,
+        ``"bpb"``), the lengths of its test sets (``test_lengths``: one test loader per length,
+        logged as ``test/acc@L``) and the chunk in which to read long examples (``eval_chunk``)."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        self._extra_metrics = tuple(getattr(datamodule, "extra_metrics", ()) or ())
+        unknown = set(self._extra_metrics) - set(EXTRA_METRICS)
+        if unknown:
+            raise ValueError(f"data module asks for unknown metrics {sorted(unknown)}; known: {EXTRA_METRICS}")
+        self._test_lengths = list(getattr(datamodule, "test_lengths", None) or [])
+        self._eval_chunk = getattr(datamodule, "eval_chunk", None)
+        for length in self._test_lengths:
+            for name in ("loss", "acc", *self._extra_metrics):
+                key = _length_key(name, length)
+                if key not in self.length_metrics:
+                    self.length_metrics[key] = WeightedMean()
+        self._skipped_lengths: set[int] = set()
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0):
         inputs, labels = batch
-        hidden = self.model.features(inputs)  # (B, L, d_model)
-        labelled = labels != IGNORE_INDEX
-        count = labelled.sum()
-        if self._sparse_labels(labelled):
-            # The head over the labelled positions only (n, V): the same loss and accuracy as
-            # over all positions, without the (B, L, V) logits nothing reads.
-            labelled_targets = labels[labelled]
-            logits = self.model.head(hidden[labelled])
+        chunk = getattr(self, "_eval_chunk", None)
+        if stage != "train" and chunk is not None and inputs.shape[1] > chunk:
+            # A test example longer than a chunk: read through the recurrent form, chunk by chunk
+            # (hybrids.long_context), in sub-batches that fit in memory.
+            try:
+                logits, targets, rows = labelled_logits_chunked(self.model, inputs, labels, chunk)
+            except LengthTooLong as err:
+                self._skip_length(inputs.shape[1], err)
+                return None
+            rows_of = lambda: rows  # noqa: E731
         else:
-            labelled_targets = labels.flatten()
-            logits = self.model.head(hidden).flatten(0, 1)
-        loss = F.cross_entropy(logits.float(), labelled_targets, ignore_index=IGNORE_INDEX)
-        correct = ((logits.argmax(-1) == labelled_targets) & (labelled_targets != IGNORE_INDEX)).sum()
+            hidden = self.model.features(inputs)  # (B, L, d_model)
+            labelled = labels != IGNORE_INDEX
+            if self._sparse_labels(labelled):
+                # The head over the labelled positions only (n, V): the same loss and accuracy as
+                # over all positions, without the (B, L, V) logits nothing reads.
+                targets = labels[labelled]
+                logits = self.model.head(hidden[labelled])
+                rows_of = lambda: labelled.nonzero()[:, 0]  # noqa: E731  (the example of each target)
+            else:
+                targets = labels.flatten()
+                logits = self.model.head(hidden).flatten(0, 1)
+                rows_of = lambda: torch.arange(  # noqa: E731
+                    inputs.shape[0], device=inputs.device).repeat_interleave(inputs.shape[1])
+        valid = targets != IGNORE_INDEX
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+        hit = (logits.argmax(-1) == targets) & valid
         # Means weighted by each batch's labelled-token count: the epoch value is the exact token
         # accuracy (and mean token loss) over the whole set. No .item(): no device sync per step.
-        weight = count.clamp(min=1).float()
-        self.metrics[f"{stage}_loss"].update(loss.detach(), weight)
-        self.metrics[f"{stage}_acc"].update(correct.float() / weight, weight)
+        weight = valid.sum().clamp(min=1).float()
+        values = {"loss": (loss.detach(), weight), "acc": (hit.sum().float() / weight, weight)}
+        if "bpb" in self._extra_metrics:
+            # Bits per predicted byte: the mean cross-entropy in nats over ln 2.
+            values["bpb"] = (loss.detach() / math.log(2), weight)
+        if "exact" in self._extra_metrics:
+            values["exact"] = _exact_fraction(rows_of(), valid, hit, inputs.shape[0])
+        if stage == "test" and self._test_lengths:
+            length = self._test_lengths[dataloader_idx]
+            for name, (value, w) in values.items():
+                metric = self.length_metrics[_length_key(name, length)]
+                metric.update(value, w)
+                self.log(f"test/{name}@{length}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False)
+            if dataloader_idx != 0:  # test/acc, test/loss: the training length, the first loader
+                return loss
+        for name, (value, w) in values.items():
+            self.metrics[f"{stage}_{name}"].update(value, w)
         if stage == "train":
             # The batch loss itself (a Metric object logged on_step shows nothing: it is only
             # updated, never called), and the epoch means under their own names.
             self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
-            for name in ("loss", "acc"):
+            for name in values:
                 self.log(f"train/{name}_epoch", self.metrics[f"train_{name}"], on_step=False, on_epoch=True)
         else:
-            for name in ("loss", "acc"):
-                self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], prog_bar=True, on_step=False, on_epoch=True)
+            for name in values:
+                self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], prog_bar=name in ("loss", "acc"),
+                         on_step=False, on_epoch=True, add_dataloader_idx=False)
         return loss
+
+    def _skip_length(self, length: int, err: Exception) -> None:
+        if length not in self._skipped_lengths:
+            self._skipped_lengths.add(length)
+            rank_zero_warn(f"test at length {length:,} skipped (test/acc@{length} not logged): {err}")
 
     def _sparse_labels(self, labelled: torch.Tensor) -> bool:
         """Whether to apply the head to the labelled positions only (under half of them are
@@ -183,8 +243,8 @@ class LanguageModel(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._shared_step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
-        self._shared_step(batch, "test")
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self._shared_step(batch, "test", dataloader_idx)
 
     def predict_step(self, batch, batch_idx):
         """Greedy predictions (B, L) for the inputs of a batch."""
@@ -280,6 +340,23 @@ class LanguageModel(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# Metrics a data module may ask for beyond loss and accuracy (its ``extra_metrics``).
+EXTRA_METRICS = ("exact", "bpb")
+
+
+def _length_key(name: str, length: int) -> str:
+    return f"test_{name}_at_{length}"
+
+
+def _exact_fraction(rows: torch.Tensor, valid: torch.Tensor, hit: torch.Tensor, batch: int):
+    """(fraction of the batch's labelled examples whose every labelled token is right, their count)."""
+    labelled = torch.bincount(rows[valid], minlength=batch)
+    right = torch.bincount(rows[hit], minlength=batch)
+    examples = labelled > 0
+    count = examples.sum().clamp(min=1).float()
+    return ((examples & (right == labelled)).sum().float() / count, count)
 
 
 _NEVER = 2**62  # "no divergent step" when the first divergent step is reduced by min

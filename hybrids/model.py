@@ -103,13 +103,21 @@ class HybridLM(nn.Module):
     def prefill(self, tokens: torch.Tensor, states: list[Any] | None = None) -> tuple[torch.Tensor, list[Any]]:
         """tokens (B, L) -> logits (B, L, vocab_size) and every layer's state after them, each
         mixer running its parallel path; continues from ``states`` if given (chunked prefill)."""
+        hidden, new_states = self.prefill_features(tokens, states)
+        return self.head(hidden), new_states
+
+    def prefill_features(
+        self, tokens: torch.Tensor, states: list[Any] | None = None
+    ) -> tuple[torch.Tensor, list[Any]]:
+        """:meth:`prefill` without the LM head: the normalised hidden states (B, L, d_model) and
+        every layer's state (long-context evaluation applies the head to labelled positions only)."""
         x = self.embedding(tokens)
         states = [None] * len(self.blocks) if states is None else states
         new_states = []
         for block, state in zip(self.blocks, states):
             x, state = block.prefill(x, state)
             new_states.append(state)
-        return self.head(self.norm(x)), new_states
+        return self.norm(x), new_states
 
     @torch.no_grad()
     def generate(

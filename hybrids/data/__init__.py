@@ -1,7 +1,19 @@
 """Data: task generators (pure functions) and their LightningDataModules."""
 
-from hybrids.data.datamodule import MQAR
+from hybrids.data.byte_text import ByteText
+from hybrids.data.datamodule import MQAR, InductionHeads, SelectiveCopying
+from hybrids.data.induction_heads import induction_heads
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.data.mqar import multiquery_ar
+from hybrids.data.selective_copying import selective_copying
 
-__all__ = ["IGNORE_INDEX", "MQAR", "multiquery_ar"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ByteText",
+    "MQAR",
+    "InductionHeads",
+    "SelectiveCopying",
+    "induction_heads",
+    "multiquery_ar",
+    "selective_copying",
+]

@@ -1,17 +1,19 @@
-"""LightningDataModules for synthetic tasks."""
+"""LightningDataModules of the synthetic tasks: MQAR, selective copying, induction heads."""
 
 from __future__ import annotations
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from hybrids.data.loading import EpochShuffle, ResumableOrder  # noqa: F401  (EpochShuffle: re-exported)
+from hybrids.data.induction_heads import check_induction_arguments, induction_heads
+from hybrids.data.loading import EpochShuffle  # noqa: F401  (re-exported)
 from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
+from hybrids.data.selective_copying import check_selective_copying_arguments, selective_copying
+from hybrids.data.synthetic import SyntheticTask, check_loading, check_positive, derive_seed
 from hybrids.errors import ConfigError, config_section
 
 
-class MQAR(ResumableOrder, L.LightningDataModule):
+class MQAR(SyntheticTask):
     """Multi-query associative recall (see :func:`hybrids.data.mqar.multiquery_ar`).
 
     Three sets from three seeds: training ``seed``, test ``seed + 1``, validation ``seed + 2``,
@@ -48,53 +50,177 @@ class MQAR(ResumableOrder, L.LightningDataModule):
         order_seed: int | None = None,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
         with config_section("data"):
             check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
-            for name, value in [("num_train_examples", num_train_examples), ("num_val_examples", num_val_examples),
-                                ("num_test_examples", num_test_examples), ("batch_size", batch_size), ("power_a", power_a)]:
-                if value <= 0:
-                    raise ConfigError(name, f"must be positive, got {value}")
-            if order_seed is not None and (isinstance(order_seed, bool) or not isinstance(order_seed, int) or order_seed < 0):
-                raise ConfigError("order_seed", f"must be an integer >= 0 (or null for the data seed), got {order_seed!r}")
-            if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-                raise ConfigError("num_workers", f"must be an integer >= 0, got {num_workers!r}")
+            check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
+                           num_test_examples=num_test_examples, batch_size=batch_size, power_a=power_a)
+            check_loading(order_seed, num_workers)
+        super().__init__(batch_size, seed, order_seed, num_workers)
         self.save_hyperparameters()
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
-        self.batch_size, self.num_workers = batch_size, num_workers
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
+        self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
+        self.num_test_examples = num_test_examples
 
-    def _generate(self, num_examples: int, seed: int) -> TensorDataset:
+    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
-        inputs, labels = multiquery_ar(
-            num_examples, hp.seq_len, hp.num_kv_pairs, hp.vocab_size, hp.power_a, hp.random_non_queries, seed
-        )
-        return TensorDataset(inputs, labels)
+        return multiquery_ar(num_examples, hp.seq_len, hp.num_kv_pairs, hp.vocab_size, hp.power_a,
+                             hp.random_non_queries, seed)
+
+
+class SelectiveCopying(SyntheticTask):
+    """Selective copying (see :func:`hybrids.data.selective_copying.selective_copying`).
+
+    Logs, beside the token accuracy over the copied tokens (``val/acc``, ``test/acc``), the
+    fraction of examples copied perfectly (``val/exact``, ``test/exact``).
+
+    Args:
+        seq_len: tokens per example, markers included (at least ``2 * num_tokens``).
+        num_tokens: content tokens to remember and copy.
+        vocab_size: 0 is noise, 1 the marker, content tokens come from ``[2, vocab_size)``.
+        selective: content at random positions (True, the selective task) or at the front (False,
+            plain copying).
+        num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed,
+            num_workers: as for :class:`MQAR` (test ``seed + 1``, validation ``seed + 2``).
+    """
+
+    extra_metrics = ("exact",)
+
+    def __init__(
+        self,
+        seq_len: int = 256,
+        num_tokens: int = 16,
+        vocab_size: int = 16,
+        selective: bool = True,
+        num_train_examples: int = 20_000,
+        num_val_examples: int = 1_000,
+        num_test_examples: int = 1_000,
+        batch_size: int = 64,
+        seed: int = 0,
+        order_seed: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        with config_section("data"):
+            check_selective_copying_arguments(seq_len, num_tokens, vocab_size)
+            if not isinstance(selective, bool):
+                raise ConfigError("selective", f"must be true or false, got {selective!r}")
+            check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
+                           num_test_examples=num_test_examples, batch_size=batch_size)
+            check_loading(order_seed, num_workers)
+        super().__init__(batch_size, seed, order_seed, num_workers)
+        self.save_hyperparameters()
+        self.seq_len, self.num_tokens, self.vocab_size = seq_len, num_tokens, vocab_size
+        self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
+        self.num_test_examples = num_test_examples
+
+    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hp = self.hparams
+        return selective_copying(num_examples, hp.seq_len, hp.num_tokens, hp.vocab_size, seed, hp.selective)
+
+
+class GeneratedBlocks(Dataset):
+    """A test set generated one batch at a time, so that long examples (2^20 tokens) never sit in
+    memory all at once: item ``b`` is the batch ``generate(size_b, derive_seed(seed, "test",
+    seq_len, b))``. Load it with ``DataLoader(..., batch_size=None)``."""
+
+    def __init__(self, generate, num_examples: int, block: int, seq_len: int, seed: int) -> None:
+        self._generate, self.num_examples, self.block = generate, num_examples, block
+        self.seq_len, self.seed = seq_len, seed
+
+    def __len__(self) -> int:
+        return -(-self.num_examples // self.block)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= b < len(self):
+            raise IndexError(b)
+        size = min(self.block, self.num_examples - b * self.block)
+        return self._generate(size, self.seq_len, derive_seed(self.seed, "test", self.seq_len, b))
+
+
+class InductionHeads(SyntheticTask):
+    """Induction heads (see :func:`hybrids.data.induction_heads.induction_heads`), trained at one
+    length and tested at several.
+
+    Training and validation use ``seq_len``. The test loaders are one per entry of
+    :attr:`test_lengths` (``seq_len`` first, then ``eval_lengths`` ascending); the Lightning
+    module logs ``test/acc@L`` for each (and ``test/acc`` at ``seq_len``). The test set at
+    ``seq_len`` is ``induction_heads(num_test_examples, seq_len, vocab_size, seed + 1)``; at a
+    longer length it holds ``num_eval_examples`` examples generated batch by batch
+    (:class:`GeneratedBlocks`), and the model reads them in chunks of ``eval_chunk`` tokens
+    through its recurrent form (:mod:`hybrids.long_context`), so that memory stays bounded for
+    the fixed-state mixers. A length whose evaluation cannot fit in memory (attention's cache and
+    scores grow with the length) is skipped with a warning, not run out of memory.
+
+    Args:
+        seq_len: training (and validation) length; the Mamba paper uses 256.
+        vocab_size: the trigger is 1, content tokens come from ``[2, vocab_size)`` (the paper: 16).
+        eval_lengths: longer test lengths, e.g. ``[512, 1024, ..., 16384]``.
+        num_eval_examples: examples per longer length (fewer than ``num_test_examples`` keeps
+            attention's quadratic evaluation affordable on a CPU).
+        eval_batch_size: examples per test batch at the longer lengths (None: ``batch_size``).
+        eval_chunk: tokens per chunk when reading a long example.
+        num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed,
+            num_workers: as for :class:`MQAR`.
+
+    ``eval_lengths``, ``num_eval_examples``, ``eval_batch_size`` and ``eval_chunk`` change the
+    evaluation only: they are not part of the run's identity, so a trained run can be tested at
+    other lengths (``hybrids test ... --data.eval_lengths '[32768]'``).
+    """
+
+    def __init__(
+        self,
+        seq_len: int = 256,
+        vocab_size: int = 16,
+        eval_lengths: list[int] | None = None,
+        num_train_examples: int = 20_000,
+        num_val_examples: int = 1_000,
+        num_test_examples: int = 1_000,
+        num_eval_examples: int = 256,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        eval_chunk: int = 2048,
+        seed: int = 0,
+        order_seed: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        with config_section("data"):
+            check_induction_arguments(seq_len, vocab_size)
+            check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
+                           num_test_examples=num_test_examples, num_eval_examples=num_eval_examples,
+                           batch_size=batch_size, eval_chunk=eval_chunk)
+            if eval_batch_size is not None:
+                check_positive(eval_batch_size=eval_batch_size)
+            lengths = list(eval_lengths or [])
+            for length in lengths:
+                if isinstance(length, bool) or not isinstance(length, int) or length < 3:
+                    raise ConfigError("eval_lengths", f"each must be an integer >= 3, got {length!r}")
+            check_loading(order_seed, num_workers)
+        super().__init__(batch_size, seed, order_seed, num_workers)
+        self.save_hyperparameters()
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+        self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
+        self.num_test_examples, self.num_eval_examples = num_test_examples, num_eval_examples
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
+        self.eval_chunk = eval_chunk
+        self.test_lengths = [seq_len] + sorted(set(lengths) - {seq_len})
+        self.test_sets: list[Dataset] | None = None
+
+    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return induction_heads(num_examples, self.seq_len, self.vocab_size, seed)
+
+    def _generate_at(self, num_examples: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return induction_heads(num_examples, seq_len, self.vocab_size, seed)
 
     def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._generate(self.hparams.num_train_examples, self.hparams.seed)
-        if stage in (None, "fit", "validate") and self.val_set is None:
-            self.val_set = self._generate(self.hparams.num_val_examples, self.hparams.seed + 2)
-        if stage in (None, "test", "predict") and self.test_set is None:
-            self.test_set = self._generate(self.hparams.num_test_examples, self.hparams.seed + 1)
+        super().setup(stage)
+        if stage in (None, "test", "predict") and self.test_sets is None:
+            self.test_sets = [self.test_set] + [
+                GeneratedBlocks(self._generate_at, self.num_eval_examples, self.eval_batch_size, length,
+                                self._seed + 1)
+                for length in self.test_lengths[1:]
+            ]
 
-    def _loader(self, dataset: TensorDataset, shuffle: bool) -> DataLoader:
-        if shuffle:  # training: the order resumes exactly from a mid-epoch checkpoint
-            order_seed = self.hparams.seed if self.hparams.order_seed is None else self.hparams.order_seed
-            return self.train_loader(dataset, self.batch_size, order_seed, num_workers=self.num_workers)
-        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
+    def test_dataloader(self) -> list[DataLoader]:
+        loaders = [self._eval_loader(self.test_set)]
+        for blocks in self.test_sets[1:]:
+            loaders.append(DataLoader(blocks, batch_size=None, num_workers=self.num_workers))
+        return loaders

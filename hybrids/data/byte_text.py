@@ -1,0 +1,155 @@
+"""Byte-level language modelling on real text, measured in bits per byte.
+
+The corpus (:mod:`hybrids.data.corpus`) is read as raw bytes: token ``b`` is byte ``b`` (0-255),
+and token 256 (:data:`BOUNDARY`) stands before every document, so a model knows where one file
+ends and the next begins. Each split's documents are joined into one stream (in name order) and
+cut into contiguous, non-overlapping chunks of ``seq_len + 1`` tokens: inputs are the first
+``seq_len``, labels the last ``seq_len`` (the next token at every position). A label that is the
+boundary is -100: the metric counts predicted bytes only.
+
+Bits per byte (``val/bpb``, ``test/bpb``) is the mean cross-entropy over the predicted bytes,
+in nats, divided by ln 2.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from hybrids.data.corpus import Corpus, Document, load_corpus
+from hybrids.data.labels import IGNORE_INDEX
+from hybrids.data.loading import ResumableOrder
+from hybrids.data.synthetic import check_loading, check_positive
+from hybrids.errors import ConfigError, config_section
+
+BOUNDARY = 256  # the token before every document
+VOCAB_SIZE = 257  # 256 byte values and the boundary
+
+
+def byte_stream(documents: list[Document]) -> torch.Tensor:
+    """The documents as one int16 stream (n,): ``BOUNDARY, doc 1's bytes, BOUNDARY, doc 2's ...``."""
+    parts = []
+    for doc in documents:
+        parts.append(torch.tensor([BOUNDARY], dtype=torch.int16))
+        if doc.data:  # (frombuffer refuses an empty buffer: an empty __init__.py is a document too)
+            parts.append(torch.frombuffer(bytearray(doc.data), dtype=torch.uint8).to(torch.int16))
+    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int16)
+
+
+class ByteChunks(Dataset):
+    """Contiguous chunks of a byte stream: item ``i`` is ``(inputs, labels)``, (seq_len,) int64,
+    from ``stream[i * seq_len : (i + 1) * seq_len + 1]``; a label that is the boundary is -100."""
+
+    def __init__(self, stream: torch.Tensor, seq_len: int) -> None:
+        self.stream, self.seq_len = stream, seq_len
+
+    def __len__(self) -> int:
+        return max(0, (len(self.stream) - 1) // self.seq_len)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        window = self.stream[i * self.seq_len : (i + 1) * self.seq_len + 1].long()
+        labels = window[1:].clone()
+        labels[labels == BOUNDARY] = IGNORE_INDEX
+        return window[:-1], labels
+
+
+class ByteText(ResumableOrder, L.LightningDataModule):
+    """Byte-level text for language modelling (module docstring); logs ``val/bpb``, ``test/bpb``.
+
+    Args:
+        path: a text file or a folder of text files; None = the default corpus, the Python
+            standard library's source (see :mod:`hybrids.data.corpus`: name, size, license,
+            and how the splits are made).
+        seq_len: tokens per training chunk.
+        batch_size: chunks per batch.
+        seed: seed of the training order (the corpus and its split do not depend on it).
+        order_seed: seed of the training order, overriding ``seed`` (sweeps vary it per run).
+        num_workers: DataLoader workers.
+
+    ``vocab_size`` is 257 (bytes and the boundary). ``encode`` / ``decode`` turn text into tokens
+    and back (UTF-8), for ``hybrids generate --prompt``.
+    """
+
+    extra_metrics = ("bpb",)
+
+    def __init__(
+        self,
+        path: str | None = None,
+        seq_len: int = 256,
+        batch_size: int = 32,
+        seed: int = 0,
+        order_seed: int | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        with config_section("data"):
+            check_positive(seq_len=seq_len, batch_size=batch_size)
+            check_loading(order_seed, num_workers)
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}")
+        self.save_hyperparameters()
+        self.path, self.seq_len, self.batch_size = path, seq_len, batch_size
+        self.vocab_size = VOCAB_SIZE
+        self.num_workers = num_workers
+        self._order_seed = seed if order_seed is None else order_seed
+        self.corpus: Corpus | None = None
+        self.sets: dict[str, ByteChunks] = {}
+
+    def prepare_corpus(self) -> Corpus:
+        if self.corpus is None:
+            with config_section("data"):
+                try:
+                    self.corpus = load_corpus(self.path)
+                except (FileNotFoundError, ValueError) as err:
+                    raise ConfigError("path", str(err)) from err
+            c = self.corpus
+            rank_zero_info(
+                f"ByteText: {c.name}: {c.size:,} bytes, sha256 {c.checksum[:16]}..., split "
+                + ", ".join(f"{s} {c.split_bytes(s):,} bytes / {len(c.splits[s])} documents" for s in c.splits)
+            )
+        return self.corpus
+
+    def setup(self, stage: str | None = None) -> None:
+        corpus = self.prepare_corpus()
+        for split in ("train", "val", "test"):
+            if split not in self.sets:
+                self.sets[split] = ByteChunks(byte_stream(corpus.splits[split]), self.seq_len)
+                if len(self.sets[split]) == 0:
+                    raise ConfigError(
+                        "seq_len", f"the {split} split ({corpus.split_bytes(split):,} bytes) is shorter than one chunk "
+                        f"of seq_len + 1 = {self.seq_len + 1} tokens; use a shorter seq_len or a larger corpus"
+                    )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.train_loader(self.sets["train"], self.batch_size, self._order_seed, num_workers=self.num_workers)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.sets[split], batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    # -- text ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        """Text -> byte tokens (UTF-8)."""
+        return list(text.encode("utf-8"))
+
+    @staticmethod
+    def decode(tokens: list[int]) -> str:
+        """Byte tokens -> text; boundaries become a blank line, invalid UTF-8 is replaced."""
+        out = bytearray()
+        for token in tokens:
+            out += b"\n\n" if token == BOUNDARY else bytes([token])
+        return out.decode("utf-8", errors="replace")

@@ -1,0 +1,96 @@
+"""The shared shape of the synthetic-task data modules: three sets drawn from three seeds.
+
+Training uses ``seed``, test ``seed + 1`` and validation ``seed + 2``, so each set holds its own
+examples. Hyper-parameters (a sweep's learning rate) are chosen on validation and the test set is
+reported, untouched by the choice. A task subclass says how to draw ``n`` examples from a seed
+(:meth:`SyntheticTask.generate`) and which arguments it takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from hybrids.data.loading import ResumableOrder
+from hybrids.errors import ConfigError
+
+
+def check_positive(**values: int | float) -> None:
+    """ConfigError naming the first argument that is not a positive number."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(name, f"must be positive, got {value!r}")
+
+
+def check_loading(order_seed: int | None, num_workers: int) -> None:
+    if order_seed is not None and (isinstance(order_seed, bool) or not isinstance(order_seed, int) or order_seed < 0):
+        raise ConfigError("order_seed", f"must be an integer >= 0 (or null for the data seed), got {order_seed!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError("num_workers", f"must be an integer >= 0, got {num_workers!r}")
+
+
+def derive_seed(*parts: object) -> int:
+    """A seed in [0, 2^63) from any tuple of values (stable across runs and machines), for sets
+    that are generated piece by piece: ``derive_seed(seed, "test", length, block)``."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SyntheticTask(ResumableOrder, L.LightningDataModule):
+    """Base of the synthetic tasks: a training, a validation and a test set of generated examples.
+
+    Subclasses set ``self.seq_len``, ``self.vocab_size`` and the set sizes, and implement
+    :meth:`generate`. ``extra_metrics`` names the metrics beyond loss and accuracy that the
+    Lightning module logs for this task (``"exact"``: the fraction of examples whose every
+    labelled token is right).
+    """
+
+    extra_metrics: tuple[str, ...] = ()
+
+    def __init__(self, batch_size: int, seed: int, order_seed: int | None, num_workers: int) -> None:
+        super().__init__()
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._seed, self._order_seed = seed, order_seed
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # Set by the subclass before setup().
+    num_train_examples: int
+    num_val_examples: int
+    num_test_examples: int
+
+    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num_examples`` examples drawn from ``seed``: (inputs, labels), (n, seq_len) int64."""
+        raise NotImplementedError
+
+    def _tensor_set(self, num_examples: int, seed: int) -> TensorDataset:
+        return TensorDataset(*self.generate(num_examples, seed))
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._tensor_set(self.num_train_examples, self._seed)
+        if stage in (None, "fit", "validate") and self.val_set is None:
+            self.val_set = self._tensor_set(self.num_val_examples, self._seed + 2)
+        if stage in (None, "test", "predict") and self.test_set is None:
+            self.test_set = self._tensor_set(self.num_test_examples, self._seed + 1)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        # The order resumes exactly from a mid-epoch checkpoint (hybrids.data.loading).
+        order_seed = self._seed if self._order_seed is None else self._order_seed
+        return self.train_loader(self.train_set, self.batch_size, order_seed, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)
