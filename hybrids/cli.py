@@ -341,6 +341,14 @@ def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> N
     acc = metrics.get(f"{stage}/acc")
     if acc is not None:
         parts.append(f"{stage} accuracy {float(acc):.4f}")
+    for name, label in (("exact", "exact copies"), ("bpb", "bits/byte")):
+        value = metrics.get(f"{stage}/{name}")
+        if value is not None:
+            parts.append(f"{stage} {label} {float(value):.4f}")
+    by_length = sorted((int(k.rpartition("@")[2]), float(v)) for k, v in metrics.items()
+                       if k.startswith(f"{stage}/acc@") and k.rpartition("@")[2].isdigit())
+    if by_length:
+        parts.append("accuracy by length " + ", ".join(f"{length}: {value:.3f}" for length, value in by_length))
     if hasattr(model, "num_parameters"):
         parts.append(f"parameters {model.num_parameters():,}")
     seq_len = getattr(trainer.datamodule, "seq_len", None)

@@ -79,6 +79,7 @@ class LanguageModel(L.LightningModule):
         self._extra_metrics: tuple[str, ...] = ()
         self._test_lengths: list[int] = []
         self._eval_chunk: int | None = None
+        self._skipped_lengths: set[int] = set()  # test lengths skipped for memory (warned once each)
         for name in ("train_loss", "train_acc"):
             # Saved in checkpoints, so that an epoch resumed mid-way ends with the same means.
             self.metrics[name].persistent(True)
@@ -123,7 +124,7 @@ class LanguageModel(L.LightningModule):
                 key = _length_key(name, length)
                 if key not in self.length_metrics:
                     self.length_metrics[key] = WeightedMean()
-        self._skipped_lengths: set[int] = set()
+        self._skipped_lengths = set()
 
     def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0):
         inputs, labels = batch

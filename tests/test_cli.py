@@ -11,7 +11,12 @@ import yaml
 from hybrids.analysis import load_runs
 from hybrids.cli import build_cli
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+# Every training config, the task folders' included (sweep specs are not training configs).
+CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if "sweeps" not in p.relative_to(CONFIG_ROOT).parts)
+# A fast_dev_run tests at every length of an induction config: one batch at 16,384 tokens takes
+# attention minutes on a CPU, so the test keeps one longer length and small batches.
+SHORT_EVALUATION = ["--data.init_args.eval_lengths=[512]", "--data.init_args.eval_batch_size=2"]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
@@ -28,15 +33,16 @@ def test_there_are_configs():
     assert any(c.name == "transformer.yaml" for c in CONFIGS)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.relative_to(CONFIG_ROOT).with_suffix("").as_posix() for c in CONFIGS])
 def test_config_parses_and_runs_fast_dev_run(config, in_tmp):
-    cli = build_cli(["fit", "-c", str(config), "--trainer.fast_dev_run=true", *QUIET])
+    extra = SHORT_EVALUATION if "InductionHeads" in config.read_text() else []
+    cli = build_cli(["fit", "-c", str(config), "--trainer.fast_dev_run=true", *QUIET, *extra])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 1
 
 
 def write_config(tmp: Path, edit) -> Path:
-    config = yaml.safe_load((CONFIGS[0].parent / "transformer.yaml").read_text())
+    config = yaml.safe_load((CONFIG_ROOT / "transformer.yaml").read_text())
     edit(config)
     path = tmp / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -75,7 +81,7 @@ def test_bad_config_fails_before_training_naming_the_key(name, in_tmp, capsys):
 
 
 def test_fit_logs_figures_and_resumes_from_last(in_tmp, capsys):
-    config = CONFIGS[0].parent / "transformer.yaml"
+    config = CONFIG_ROOT / "transformer.yaml"
     first = build_cli(tiny_fit(config, "--trainer.max_epochs=1"))
     assert first.trainer.global_step == 4
     out = capsys.readouterr().out
@@ -100,14 +106,14 @@ def test_fit_logs_figures_and_resumes_from_last(in_tmp, capsys):
 
 
 def test_checkpointing_can_be_switched_off(in_tmp):
-    config = CONFIGS[0].parent / "transformer.yaml"
+    config = CONFIG_ROOT / "transformer.yaml"
     cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--trainer.enable_checkpointing=false"))
     assert cli.trainer.global_step == 4
     assert not list((in_tmp / "runs").rglob("*.ckpt"))
 
 
 def test_ckpt_path_last_without_checkpoint_starts_from_scratch(in_tmp):
-    config = CONFIGS[0].parent / "transformer.yaml"
+    config = CONFIG_ROOT / "transformer.yaml"
     with pytest.warns(UserWarning, match="no checkpoint of this run"):
         cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--ckpt_path=last"))
     assert cli.trainer.global_step == 4
@@ -115,7 +121,7 @@ def test_ckpt_path_last_without_checkpoint_starts_from_scratch(in_tmp):
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
 def test_evaluation_subcommands(subcommand, in_tmp):
-    config = CONFIGS[0].parent / "transformer.yaml"
+    config = CONFIG_ROOT / "transformer.yaml"
     build_cli(tiny_fit(config, "--trainer.max_epochs=1"))
     args = [subcommand, *tiny_fit(config)[1:], "--ckpt_path=last"]  # the same run: the same config
     cli = build_cli(args)
@@ -124,7 +130,7 @@ def test_evaluation_subcommands(subcommand, in_tmp):
 
 
 def test_console_script_and_module_print_config(in_tmp):
-    config = str(CONFIGS[0].parent / "transformer.yaml")
+    config = str(CONFIG_ROOT / "transformer.yaml")
     exe = Path(sys.executable).parent / "hybrids"
     for command in ([str(exe)], [sys.executable, "-m", "hybrids"]):
         result = subprocess.run([*command, "fit", "-c", config, "--print_config"], capture_output=True, text=True)
@@ -135,7 +141,7 @@ def test_console_script_and_module_print_config(in_tmp):
 
 
 def test_user_mixer_without_state_size_still_trains(in_tmp, capsys):
-    config = CONFIGS[0].parent / "transformer.yaml"
+    config = CONFIG_ROOT / "transformer.yaml"
     spec = '{"L": {"class_path": "torch.nn.Linear", "init_args": {"out_features": 64}}}'
     with pytest.warns(UserWarning, match="state size not logged"):
         cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--model.init_args.pattern=L",
@@ -145,7 +151,7 @@ def test_user_mixer_without_state_size_still_trains(in_tmp, capsys):
 
 
 def test_evaluating_last_without_checkpoint_is_an_error(in_tmp, capsys):
-    config = CONFIGS[0].parent / "transformer.yaml"
+    config = CONFIG_ROOT / "transformer.yaml"
     with pytest.raises(SystemExit) as info:
         build_cli(["test", "-c", str(config), *QUIET, "--ckpt_path=last"])
     assert info.value.code == 2

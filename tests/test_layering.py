@@ -20,6 +20,7 @@ LAYERS = {
     "hybrids.sampling": 2,
     "hybrids.model": 2,
     "hybrids.lit": 3,
+    "hybrids.long_context": 3,  # chunked evaluation, under lit; reads the label convention of data
     "hybrids.data": 3,
     "hybrids.checkpoints": 3,
     "hybrids.callbacks": 3,

@@ -84,3 +84,31 @@ def test_notebook_executes(tmp_path, monkeypatch):
     images = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2
     assert all(image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 5000 for image in images)
+
+
+def test_length_extrapolation_notebook_executes(tmp_path, monkeypatch):
+    from hybrids.analysis import accuracy_by_length
+
+    sweep_dir = tmp_path / "induction"
+    for family, mixers, falls in (("mamba", "Mamba", 0.0), ("attn", "Attention", 0.3)):
+        for lr in (1e-3, 1e-2):
+            for seed in (0, 1):
+                acc = {f"test/acc@{length}": max(0.0, 1.0 - falls * i - seed / 100)
+                       for i, length in enumerate((256, 512, 1024))}
+                write_run(sweep_dir, family=family, mixers=mixers, lr=lr, seed=seed, seq_len=256, kv=None,
+                          val=0.9 + (lr == 1e-3) / 20, test=acc["test/acc@256"], extra_metrics=acc)
+    monkeypatch.setenv("HYBRIDS_SWEEP", str(sweep_dir))
+    kernel = kernel_of_this_python(tmp_path, monkeypatch)
+    notebook = ROOT / "notebooks" / "length_extrapolation.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    lines = [line.split() for line in "".join(o.get("text", "") for o in outputs).splitlines()]
+    expected = accuracy_by_length(sweep_table(sweep_dir))
+    assert len(expected) == 6 and set(expected["lr"]) == {1e-3}
+    for _, row in expected.iterrows():
+        printed = next((line for line in lines if line[:1] == [row.family] and str(row.length) in line), None)
+        assert printed is not None, f"{row.family} at {row.length} missing from the notebook's table"
+        assert f"{row.acc_mean:.4g}" in printed
+    images = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 1 and images[0].startswith(b"\x89PNG\r\n\x1a\n") and len(images[0]) > 5000

@@ -291,3 +291,29 @@ def test_eleven_families_get_eleven_colours():
 
     points = pd.DataFrame({"family": [f"f{i:02d}" for i in range(11)]})
     assert len(set(_colours(points).values())) == 11
+
+
+def test_accuracy_by_length_reports_the_setting_chosen_on_validation(tmp_path):
+    from hybrids.analysis import accuracy_by_length, plot_accuracy_vs_length
+
+    root = tmp_path / "induction"
+    # lr 1e-3 wins on validation; its accuracy falls with length. lr 1e-2 is better at length
+    # 1024 on test, which must not matter.
+    for seed in (0, 1):
+        write_run(root, lr=1e-3, seed=seed, seq_len=256, kv=None, val=0.99, test=1.0,
+                  extra_metrics={"test/acc@256": 1.0, "test/acc@1024": 0.5 + 0.1 * seed})
+        write_run(root, lr=1e-2, seed=seed, seq_len=256, kv=None, val=0.5, test=0.5,
+                  extra_metrics={"test/acc@256": 0.5, "test/acc@1024": 0.9})
+    frame = accuracy_by_length(sweep_table(root))
+    assert list(frame["length"]) == [256, 1024]
+    assert list(frame["lr"]) == [1e-3, 1e-3]
+    assert frame["acc_mean"].tolist() == pytest.approx([1.0, 0.55])
+    assert frame["acc_min"].tolist() == pytest.approx([1.0, 0.5]) and frame["acc_max"].tolist() == pytest.approx([1.0, 0.6])
+    assert (frame["n_seeds"] == 2).all()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = plot_accuracy_vs_length(frame)
+    assert ax.get_xscale() == "log" and len(ax.get_legend().get_texts()) == 1
+    with pytest.raises(ValueError, match="test/acc@L"):
+        accuracy_by_length(sweep_table(root).drop(columns=["test_acc@256", "test_acc@1024"]))

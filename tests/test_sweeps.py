@@ -108,6 +108,19 @@ def test_the_linear_cpu_sweep_runs_on_the_terms_of_the_cpu_sweep():
     assert not set(linear.choices["family"]) & set(main.choices["family"]), "family labels stay unique"
 
 
+@pytest.mark.parametrize("name, families, data", [
+    ("selective_copying_cpu", ["s4d", "mamba", "attention", "mamba_attention"], "SelectiveCopying"),
+    ("induction_cpu", ["attention", "mamba", "mamba_attention"], "InductionHeads"),
+    ("bytes_cpu", ["attention", "mamba", "mamba_attention"], "ByteText"),
+])
+def test_the_task_sweeps_expand_to_families_learning_rates_and_seeds(name, families, data):
+    plans = expand(load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml"))
+    assert len(plans) == len(families) * 2 * 2  # families x 2 learning rates x 2 seeds
+    assert [p.axes["base"] for p in plans[::4]] == families
+    assert all(p.config["data"]["class_path"] == f"hybrids.data.{data}" and p.tuned == ("lr",) for p in plans)
+    assert {p.config["data"]["init_args"]["order_seed"] for p in plans} == {0, 1}
+
+
 def test_dotted_keys_patch_the_family_chosen_and_seeds_reach_every_seed_key(tmp_path):
     path = write_sweep(
         tmp_path, choices=families(),

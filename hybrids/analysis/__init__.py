@@ -5,11 +5,14 @@
 - :mod:`hybrids.analysis.sweeps`: a sweep's runs as a pandas table (``sweep_table``) and the
   tuned axes of each point selected on validation with test figures reported (``select_points``).
 - :mod:`hybrids.analysis.plots`: accuracy vs width and vs state size (with Pareto frontiers).
+- :mod:`hybrids.analysis.lengths`: accuracy vs evaluation length (``test/acc@L``, induction heads),
+  from sweeps (``accuracy_by_length``) or single runs (``run_lengths``).
 - :mod:`hybrids.analysis.plot_cli`: ``hybrids plot SWEEP_DIR``, writing the tables and figures.
 
 pandas and matplotlib load with this package, never with ``import hybrids``.
 """
 
+from hybrids.analysis.lengths import accuracy_by_length, length_columns, plot_accuracy_vs_length, run_lengths
 from hybrids.analysis.plots import pareto_frontier, plot_accuracy_vs_state_size, plot_accuracy_vs_width
 from hybrids.analysis.runs import Run, load_run, load_runs, mixer_family, plot_state_size_vs_accuracy, runs_table
 from hybrids.analysis.sweeps import (
@@ -27,19 +30,23 @@ from hybrids.analysis.tables import points_markdown, points_text
 
 __all__ = [
     "Run",
+    "accuracy_by_length",
     "axis_names",
     "candidates",
     "column_name",
     "load_run",
+    "length_columns",
     "load_runs",
     "mixer_family",
     "pareto_frontier",
+    "plot_accuracy_vs_length",
     "plot_accuracy_vs_state_size",
     "plot_accuracy_vs_width",
     "plot_state_size_vs_accuracy",
     "points_markdown",
     "points_text",
     "read_status",
+    "run_lengths",
     "runs_table",
     "seed_statistics",
     "select_points",

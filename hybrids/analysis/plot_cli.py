@@ -41,6 +41,7 @@ def plot_main(argv: list[str]) -> int:
     # pandas and matplotlib load here, so that a typo in the arguments answers at once.
     from matplotlib.figure import Figure
 
+    from hybrids.analysis.lengths import accuracy_by_length, length_columns, plot_accuracy_vs_length
     from hybrids.analysis.plots import plot_accuracy_vs_state_size, plot_accuracy_vs_width
     from hybrids.analysis.sweeps import column_name, select_points, sweep_tables, tuned_axes
     from hybrids.analysis.tables import points_markdown, points_text
@@ -71,6 +72,16 @@ def plot_main(argv: list[str]) -> int:
             points, report=args.report, fig=Figure(), higher_is_better=not lower_is_better
         ),
     }
+    extra = []
+    if length_columns(table.columns):
+        # Induction runs tested at several lengths: accuracy against length, the lr chosen on
+        # --metric as for every other figure.
+        by_length = accuracy_by_length(table, metric=args.metric, mode=args.mode, tuned=args.tuned)
+        by_length.to_csv(out / "lengths.csv", index=False)
+        fig = Figure()
+        plot_accuracy_vs_length(by_length, ax=fig.add_subplot())
+        figures["accuracy_vs_length"] = fig
+        extra.append("lengths.csv")
     for name, fig in figures.items():
         fig.set_size_inches(4.0 * len(fig.axes) + 1.5, 3.4)
         fig.tight_layout()
@@ -79,6 +90,7 @@ def plot_main(argv: list[str]) -> int:
     tuned = args.tuned if args.tuned is not None else tuned_axes(table)
     (out / "points.md").write_text(points_markdown(points, report=args.report, tuned=tuned) + "\n")
     print(points_text(points, report=args.report, tuned=tuned))
-    print(f"\nwrote {', '.join(f'{n}.png/.pdf' for n in figures)}, runs.csv, points.csv and points.md to {out}")
+    written = ", ".join([*(f"{n}.png/.pdf" for n in figures), "runs.csv", "points.csv", *extra])
+    print(f"\nwrote {written} and points.md to {out}")
     return 0
 
