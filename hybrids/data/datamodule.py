@@ -9,7 +9,7 @@ from hybrids.data.induction_heads import check_induction_arguments, induction_he
 from hybrids.data.loading import EpochShuffle  # noqa: F401  (re-exported)
 from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
 from hybrids.data.selective_copying import check_selective_copying_arguments, selective_copying
-from hybrids.data.synthetic import SyntheticTask, check_loading, check_positive, derive_seed
+from hybrids.data.synthetic import SyntheticTask, check_positive, derive_seed
 from hybrids.errors import ConfigError, config_section
 
 
@@ -52,14 +52,10 @@ class MQAR(SyntheticTask):
     ) -> None:
         with config_section("data"):
             check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
-            check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
-                           num_test_examples=num_test_examples, batch_size=batch_size, power_a=power_a)
-            check_loading(order_seed, num_workers)
-        super().__init__(batch_size, seed, order_seed, num_workers)
+            check_positive(power_a=power_a)
+        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
         self.save_hyperparameters()
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
-        self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
-        self.num_test_examples = num_test_examples
 
     def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
@@ -103,14 +99,9 @@ class SelectiveCopying(SyntheticTask):
             check_selective_copying_arguments(seq_len, num_tokens, vocab_size)
             if not isinstance(selective, bool):
                 raise ConfigError("selective", f"must be true or false, got {selective!r}")
-            check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
-                           num_test_examples=num_test_examples, batch_size=batch_size)
-            check_loading(order_seed, num_workers)
-        super().__init__(batch_size, seed, order_seed, num_workers)
+        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
         self.save_hyperparameters()
         self.seq_len, self.num_tokens, self.vocab_size = seq_len, num_tokens, vocab_size
-        self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
-        self.num_test_examples = num_test_examples
 
     def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
@@ -184,21 +175,17 @@ class InductionHeads(SyntheticTask):
     ) -> None:
         with config_section("data"):
             check_induction_arguments(seq_len, vocab_size)
-            check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
-                           num_test_examples=num_test_examples, num_eval_examples=num_eval_examples,
-                           batch_size=batch_size, eval_chunk=eval_chunk)
+            check_positive(num_eval_examples=num_eval_examples, eval_chunk=eval_chunk)
             if eval_batch_size is not None:
                 check_positive(eval_batch_size=eval_batch_size)
             lengths = list(eval_lengths or [])
             for length in lengths:
                 if isinstance(length, bool) or not isinstance(length, int) or length < 3:
                     raise ConfigError("eval_lengths", f"each must be an integer >= 3, got {length!r}")
-            check_loading(order_seed, num_workers)
-        super().__init__(batch_size, seed, order_seed, num_workers)
+        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
         self.save_hyperparameters()
         self.seq_len, self.vocab_size = seq_len, vocab_size
-        self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
-        self.num_test_examples, self.num_eval_examples = num_test_examples, num_eval_examples
+        self.num_eval_examples = num_eval_examples
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.eval_chunk = eval_chunk
         self.test_lengths = [seq_len] + sorted(set(lengths) - {seq_len})

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from hybrids.data.loading import ResumableOrder
-from hybrids.errors import ConfigError
+from hybrids.errors import ConfigError, config_section
 
 
 def check_positive(**values: int | float) -> None:
@@ -42,26 +42,28 @@ def derive_seed(*parts: object) -> int:
 class SyntheticTask(ResumableOrder, L.LightningDataModule):
     """Base of the synthetic tasks: a training, a validation and a test set of generated examples.
 
-    Subclasses set ``self.seq_len``, ``self.vocab_size`` and the set sizes, and implement
-    :meth:`generate`. ``extra_metrics`` names the metrics beyond loss and accuracy that the
+    Subclasses pass the set sizes to ``__init__``, set ``self.seq_len`` and ``self.vocab_size``,
+    and implement :meth:`generate`. ``extra_metrics`` names the metrics beyond loss and accuracy that the
     Lightning module logs for this task (``"exact"``: the fraction of examples whose every
     labelled token is right).
     """
 
     extra_metrics: tuple[str, ...] = ()
 
-    def __init__(self, batch_size: int, seed: int, order_seed: int | None, num_workers: int) -> None:
+    def __init__(self, num_train_examples: int, num_val_examples: int, num_test_examples: int,
+                 batch_size: int, seed: int, order_seed: int | None, num_workers: int) -> None:
+        with config_section("data"):
+            check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
+                           num_test_examples=num_test_examples, batch_size=batch_size)
+            check_loading(order_seed, num_workers)
         super().__init__()
+        self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
+        self.num_test_examples = num_test_examples
         self.batch_size, self.num_workers = batch_size, num_workers
         self._seed, self._order_seed = seed, order_seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
-
-    # Set by the subclass before setup().
-    num_train_examples: int
-    num_val_examples: int
-    num_test_examples: int
 
     def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``num_examples`` examples drawn from ``seed``: (inputs, labels), (n, seq_len) int64."""
