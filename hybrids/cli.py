@@ -30,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hybrids.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted
 from hybrids.checkpoints import CheckpointError, checkpoint_identity, checkpoints_under, read_checkpoint
 from hybrids.errors import ConfigError, StateSizeUnknown
-from hybrids.identity import identity_config, identity_diff, identity_hash
+from hybrids.identity import identity_config, identity_diff, identity_hash, same_run
 from hybrids.lit import DivergenceError, LanguageModel
 
 DEFAULT_TRAINER = {
@@ -180,7 +180,7 @@ class HybridsCLI(LightningCLI):
                 f"ckpt_path: {ckpt_path} has no run identity (it was not written by the hybrids CLI), so it "
                 "cannot be checked against this config; add --load_weights_only to load its weights only"
             )
-        if saved["hash"] != self.run_identity["hash"]:
+        if not same_run(saved, self.run_identity["hash"]):
             diff = identity_diff(saved.get("config", {}), self.run_identity["config"])
             self.parser.error(
                 f"ckpt_path: {ckpt_path} belongs to another run (identity {saved['hash']}, this config "
@@ -205,7 +205,7 @@ class HybridsCLI(LightningCLI):
             except CheckpointError as err:
                 skipped.append(str(err))
                 continue
-            if saved is not None and saved["hash"] == self.run_identity["hash"]:
+            if saved is not None and same_run(saved, self.run_identity["hash"]):
                 found = path
                 break
         if skipped:

@@ -102,6 +102,19 @@ def identity_hash(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def same_run(saved: Mapping[str, Any], current_hash: str) -> bool:
+    """Whether a checkpoint's stored identity (``{"hash", "config"}``) is this run's.
+
+    The stored config is normalised again under the current code as well: an argument added to a
+    class since the checkpoint was written is then filled in at its default, so old checkpoints
+    stay usable as long as the new argument is left at its default (a run that sets it is
+    another run)."""
+    if saved.get("hash") == current_hash:
+        return True
+    config = saved.get("config")
+    return isinstance(config, Mapping) and identity_hash(identity_config(config)) == current_hash
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, Mapping) and value:
         out: dict[str, Any] = {}

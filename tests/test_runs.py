@@ -363,6 +363,23 @@ def test_identity_names_classes_and_defaults_canonically_and_counts_training_set
         assert identity(other) != base, other
 
 
+def test_a_checkpoint_from_before_a_new_argument_is_still_this_run():
+    """An argument added to a class after a checkpoint was written is filled in at its default
+    when the stored identity is compared, so the old checkpoint stays this run's; a run that sets
+    the new argument to something else is another run."""
+    from hybrids.identity import identity_hash, same_run
+
+    current = build_cli(["-c", str(TRANSFORMER)], run=False).run_identity
+    old_config = {**current["config"], "model": {**current["config"]["model"]}}
+    old_config["model"]["init_args"] = {k: v for k, v in current["config"]["model"]["init_args"].items()
+                                       if k != "min_lr_ratio"}  # as if min_lr_ratio were new
+    old = {"hash": identity_hash(old_config), "config": old_config}
+    assert old["hash"] != current["hash"] and same_run(old, current["hash"])
+    other = build_cli(["-c", str(TRANSFORMER), "--model.init_args.min_lr_ratio=0.5"], run=False).run_identity
+    assert not same_run(old, other["hash"])
+    assert not same_run({"hash": "0" * 16}, current["hash"]), "no stored config: the hash decides"
+
+
 def test_foreign_checkpoints_are_named_not_tracebacks(in_tmp, capsys):
     """A checkpoint pickling a class that does not import here is an unreadable checkpoint."""
     foreign = in_tmp / "foreign.ckpt"
