@@ -33,6 +33,9 @@ class StackConfig:
         mlp_expand: MLP hidden width as a multiple of ``d_model``; 0 leaves the MLP out.
         dropout: residual dropout, in [0, 1).
         tie_embeddings: share the embedding matrix with the LM head.
+        reversible: reversible residual blocks (:mod:`hybrids.reversible`): two streams, and a
+            backward pass that rebuilds each block's input from its output instead of keeping
+            activations, so training memory stops growing with depth. Same parameters.
     """
 
     vocab_size: int
@@ -44,6 +47,7 @@ class StackConfig:
     mlp_expand: float = 2.0
     dropout: float = 0.0
     tie_embeddings: bool = True
+    reversible: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model"):
@@ -64,6 +68,8 @@ class StackConfig:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.tie_embeddings, bool):
             raise ConfigError("tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
+        if not isinstance(self.reversible, bool):
+            raise ConfigError("reversible", f"must be true or false, got {self.reversible!r}")
 
     @property
     def mixer_specs(self) -> Mapping[str, Mapping[str, Any]]:

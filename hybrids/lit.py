@@ -30,7 +30,7 @@ class LanguageModel(L.LightningModule):
 
     Args:
         vocab_size: set from the data module by the CLI (``data.vocab_size``).
-        d_model, n_layers, pattern, mixers, mlp, mlp_expand, dropout, tie_embeddings: the stack,
+        d_model, n_layers, pattern, mixers, mlp, mlp_expand, dropout, tie_embeddings, reversible: the stack,
             see :class:`~hybrids.config.StackConfig` (the defaults are its defaults).
         lr: peak learning rate of AdamW.
         weight_decay: applied to matrices only (``ndim >= 2``), not to norms, biases or vectors, nor
@@ -59,6 +59,7 @@ class LanguageModel(L.LightningModule):
         mlp_expand: float = _STACK["mlp_expand"],
         dropout: float = _STACK["dropout"],
         tie_embeddings: bool = _STACK["tie_embeddings"],
+        reversible: bool = _STACK["reversible"],
         lr: float = 3e-3,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.98),

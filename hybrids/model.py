@@ -11,6 +11,7 @@ from torch import nn
 from hybrids.blocks import MLP, Block
 from hybrids.config import DEFAULT_MIXERS, StackConfig  # noqa: F401  (DEFAULT_MIXERS: re-exported)
 from hybrids.errors import ConfigError, StateSizeUnknown
+from hybrids.reversible import ReversibleBlock, reversible_stack
 from hybrids.sampling import check_sampling, next_token
 from hybrids.spec import build_mixer, expand_pattern
 
@@ -35,6 +36,7 @@ class HybridLM(nn.Module):
         hidden = int(round(config.mlp_expand * d_model))
 
         self.embedding = nn.Embedding(config.vocab_size, d_model)
+        block_class = ReversibleBlock if config.reversible else Block
         blocks = []
         for letter in self.layer_letters:
             mixer = build_mixer(mixers[letter], d_model, key=f"mixers.{letter}")
@@ -42,7 +44,7 @@ class HybridLM(nn.Module):
                 channel = MLP(d_model, hidden, config.mlp) if hidden > 0 else None
             except ValueError as err:
                 raise ConfigError("mlp", str(err)) from err
-            blocks.append(Block(d_model, mixer, channel, config.dropout))
+            blocks.append(block_class(d_model, mixer, channel, config.dropout))
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.RMSNorm(d_model)
         self.head = nn.Linear(d_model, config.vocab_size, bias=False)
@@ -64,9 +66,24 @@ class HybridLM(nn.Module):
         LM head maps to logits. Training on sparse labels (MQAR labels a few positions per
         example) applies the head to the labelled positions only: with a large vocabulary the
         (B, L, vocab) logits are most of the step's cost."""
-        x = self.embedding(tokens)
-        for block in self.blocks:
-            x = block(x)
+        x = self._enter(self.embedding(tokens))
+        if self.config.reversible:
+            x = reversible_stack(x, self.blocks)
+        else:
+            for block in self.blocks:
+                x = block(x)
+        return self._leave(x)
+
+    def _enter(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings (..., d_model) -> the blocks' input: both streams of a reversible stack."""
+        return torch.cat([x, x], dim=-1) if self.config.reversible else x
+
+    def _leave(self, x: torch.Tensor) -> torch.Tensor:
+        """The blocks' output -> the normalised features (..., d_model): a reversible stack's
+        two streams are averaged."""
+        if self.config.reversible:
+            x1, x2 = x.chunk(2, dim=-1)
+            x = (x1 + x2) / 2
         return self.norm(x)
 
     # -- recurrent form -------------------------------------------------------------------------
@@ -83,12 +100,12 @@ class HybridLM(nn.Module):
 
     def step(self, tokens: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         """tokens (B,) -> logits (B, vocab_size) for the next token, and the updated states."""
-        x = self.embedding(tokens)
+        x = self._enter(self.embedding(tokens))
         new_states = []
         for block, state in zip(self.blocks, states):
             x, state = block.step(x, state)
             new_states.append(state)
-        return self.head(self.norm(x)), new_states
+        return self.head(self._leave(x)), new_states
 
     def state_size(self, seq_len: int) -> int:
         """Total recurrent state elements per sequence after ``seq_len`` tokens (all layers)."""
@@ -111,13 +128,13 @@ class HybridLM(nn.Module):
     ) -> tuple[torch.Tensor, list[Any]]:
         """:meth:`prefill` without the LM head: the normalised hidden states (B, L, d_model) and
         every layer's state (long-context evaluation applies the head to labelled positions only)."""
-        x = self.embedding(tokens)
+        x = self._enter(self.embedding(tokens))
         states = [None] * len(self.blocks) if states is None else states
         new_states = []
         for block, state in zip(self.blocks, states):
             x, state = block.prefill(x, state)
             new_states.append(state)
-        return self.norm(x), new_states
+        return self._leave(x), new_states
 
     @torch.no_grad()
     def generate(

@@ -15,6 +15,7 @@ LAYERS = {
     "hybrids.errors": 0,
     "hybrids.mixers": 1,
     "hybrids.blocks": 2,
+    "hybrids.reversible": 2,  # reversible couplings of the blocks, under model
     "hybrids.spec": 2,
     "hybrids.config": 2,
     "hybrids.sampling": 2,
