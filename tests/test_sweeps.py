@@ -110,9 +110,9 @@ def test_the_linear_cpu_sweep_runs_on_the_terms_of_the_cpu_sweep():
 
 @pytest.mark.parametrize("name, families, lrs, data", [
     ("selective_copying_cpu", ["s4d", "mamba", "attention", "mamba_attention"], 2, "SelectiveCopying"),
-    # One lr: the CPU budget goes to the long evaluation (the sweep file says why).
+    # One lr for induction and bytes: the CPU budget (each sweep file says why).
     ("induction_cpu", ["attention", "mamba", "mamba_attention"], 1, "InductionHeads"),
-    ("bytes_cpu", ["attention", "mamba", "mamba_attention"], 2, "ByteText"),
+    ("bytes_cpu", ["attention", "mamba", "mamba_attention"], 1, "ByteText"),
 ])
 def test_the_task_sweeps_expand_to_families_learning_rates_and_seeds(name, families, lrs, data):
     plans = expand(load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml"))
