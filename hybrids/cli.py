@@ -181,7 +181,9 @@ class HybridsCLI(LightningCLI):
                 "cannot be checked against this config; add --load_weights_only to load its weights only"
             )
         if not same_run(saved, self.run_identity["hash"]):
-            diff = identity_diff(saved.get("config", {}), self.run_identity["config"])
+            stored = saved.get("config")
+            # Normalised again, as same_run compares it: arguments added since are not listed.
+            diff = identity_diff(identity_config(stored) if isinstance(stored, dict) else {}, self.run_identity["config"])
             self.parser.error(
                 f"ckpt_path: {ckpt_path} belongs to another run (identity {saved['hash']}, this config "
                 f"{self.run_identity['hash']}); what differs:\n  " + "\n  ".join(diff or ["(no listed key)"])

@@ -23,7 +23,11 @@ embedding enters both streams; the stack's output is their mean.
 The backward pass recomputes ``f`` and ``g`` once each per block (about one extra forward pass in
 all) and restores the random state each saw, so dropout draws the same masks. Parameter
 gradients are accumulated from inside the backward pass (as re-entrant checkpointing does), so
-the parameters need not be inputs of the autograd function.
+the parameters need not be inputs of the autograd function. Hence the limits: train with
+``loss.backward()`` (``torch.autograd.grad``, ``backward(inputs=...)`` and ``create_graph=True``
+do not see those gradients), and when nothing before the stack needs a gradient (a frozen
+embedding) the stack runs as an ordinary one, keeping its activations. Untested under DDP and
+``torch.compile``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ MIXERS = {
     "S": {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 8}},
     "R": {"class_path": "hybrids.mixers.RGLRU", "init_args": {}},
     "P": {"class_path": "hybrids.mixers.LinearAttention", "init_args": {"heads": 2, "feature_map": "favor", "num_features": 8, "seed": 0}},
+    "D": {"class_path": "hybrids.mixers.S4", "init_args": {"d_state": 8}},
 }
 
 
@@ -47,6 +48,7 @@ def _gradients(model: HybridLM, tokens: torch.Tensor, weight: torch.Tensor, feat
     ("AM", 0, 0.0),  # no MLP: the streams swap at every block
     ("SRPA", 2, 0.2),  # dropout: the backward pass must redraw the forward pass's masks
     ("MA", 0, 0.2),
+    ("DA", 2, 0.0),  # S4 (DPLR): its inference cache must stay out of a training forward
 ])
 def test_gradients_equal_ordinary_autograd_in_float64(pattern, mlp_expand, dropout):
     model = _model(pattern, mlp_expand, dropout).double().train()
@@ -75,6 +77,17 @@ def test_a_block_rebuilds_its_input_from_its_output(mlp_expand):
         y = block(x)
     rebuilt, _ = block.backward_pass(y, torch.ones_like(y), random_f, random_f)
     torch.testing.assert_close(rebuilt, x, atol=1e-12, rtol=0)
+
+
+def test_a_training_forward_without_gradients_builds_no_inference_cache():
+    """The reversible forward runs under no_grad in training mode; S4's cache of the precomputed
+    system is for inference (eval mode) only, where the parameters do not change between calls."""
+    model = _model("D", 2, n_layers=2).train()
+    model(torch.randint(0, 11, (2, 12))).sum().backward()
+    assert all(getattr(b.mixer, "_precomputed_cache", None) is None for b in model.blocks)
+    with torch.no_grad():
+        model.eval()(torch.randint(0, 11, (2, 12)))
+    assert all(getattr(b.mixer, "_precomputed_cache", None) is not None for b in model.blocks)
 
 
 def test_backward_leaves_the_callers_random_stream_alone():

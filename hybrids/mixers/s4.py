@@ -366,9 +366,11 @@ class S4(_SSMMixer):
         Lambda, P, B, C_tilde, dt = self._system()
         # Without gradients (inference), the kernel and the dense system depend on the parameters
         # alone: computed once per parameter version and kernel length, so that a decoder
-        # prefilling prompt after prompt pays for an FFT convolution and a contraction only.
+        # prefilling prompt after prompt pays for an FFT convolution and a contraction only. Not
+        # in training mode: a reversible stack's forward pass also runs without gradients, and
+        # the parameters change every step (the cache would be rebuilt, and held, each time).
         precomputed = None
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not self.training:
             key = self._parameter_version()
             cache = getattr(self, "_precomputed_cache", None)
             if cache is None or cache[0] != key:
