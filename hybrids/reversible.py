@@ -101,33 +101,30 @@ class ReversibleBlock(Block):
         dy1, dy2 = dy.chunk(2, dim=-1)
         if self.mlp is None:
             # y1 = x2, y2 = x1 + f(x2)
-            x2 = y1.detach().requires_grad_(True)
-            with torch.enable_grad():
-                random_f.restore()
-                mixed = self.f(x2)
-            torch.autograd.backward(mixed, dy2)
-            with torch.no_grad():
-                x1 = y2 - mixed
-                dx2 = dy1 + x2.grad
-            return torch.cat([x1, x2.detach()], dim=-1), torch.cat([dy2, dx2], dim=-1)
+            x2 = y1.detach()
+            mixed, dx2_through_f = _replay(self.f, x2, dy2, random_f)
+            return torch.cat([y2 - mixed, x2], dim=-1), torch.cat([dy2, dy1 + dx2_through_f], dim=-1)
         # y1 = x1 + f(x2), y2 = x2 + g(y1)
-        y1 = y1.detach().requires_grad_(True)
-        with torch.enable_grad():
-            random_g.restore()
-            channel = self.g(y1)
-        torch.autograd.backward(channel, dy2)
-        with torch.no_grad():
-            x2_value = y2 - channel
-            dy1 = dy1 + y1.grad  # y1 reaches the loss directly and through g
-        x2 = x2_value.requires_grad_(True)
-        with torch.enable_grad():
-            random_f.restore()
-            mixed = self.f(x2)
-        torch.autograd.backward(mixed, dy1)
-        with torch.no_grad():
-            x1 = y1.detach() - mixed
-            dx2 = dy2 + x2.grad
-        return torch.cat([x1, x2.detach()], dim=-1), torch.cat([dy1, dx2], dim=-1)
+        y1 = y1.detach()
+        channel, dy1_through_g = _replay(self.g, y1, dy2, random_g)
+        x2 = y2 - channel
+        dy1 = dy1 + dy1_through_g  # y1 reaches the loss directly and through g
+        mixed, dx2_through_f = _replay(self.f, x2, dy1, random_f)
+        return torch.cat([y1 - mixed, x2], dim=-1), torch.cat([dy1, dy2 + dx2_through_f], dim=-1)
+
+
+def _replay(
+    fn, x: torch.Tensor, grad: torch.Tensor, random: _RandomState
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Recompute ``fn(x)`` under the random state it saw in the forward pass and send ``grad``
+    back through it: (the value, detached; the gradient reaching ``x``). The parameters of
+    ``fn`` accumulate their gradients on the way."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        random.restore()
+        value = fn(x)
+    torch.autograd.backward(value, grad)
+    return value.detach(), x.grad
 
 
 class _ReversibleStack(torch.autograd.Function):
