@@ -12,6 +12,7 @@ from hybrids.kernels.conv import causal_conv1d, causal_conv1d_update
 from hybrids.kernels.dispatch import REGISTRY, Backend, BackendUnavailable, Op, describe
 from hybrids.kernels.dtypes import at_least_float32, widen
 from hybrids.kernels.linear import linear_attention, linear_attention_step
+from hybrids.kernels.lsh import lsh_attention, lsh_attention_step, lsh_buckets
 from hybrids.kernels.rotary import apply_rotary, rotary_cos_sin
 from hybrids.kernels.scan import selective_scan, selective_state_update
 from hybrids.kernels.sparse import SparsePattern, sparse_attention
@@ -71,6 +72,9 @@ __all__ = [
     "krylov_matrix",
     "linear_attention",
     "linear_attention_step",
+    "lsh_attention",
+    "lsh_attention_step",
+    "lsh_buckets",
     "rotary_cos_sin",
     "selective_scan",
     "selective_state_update",

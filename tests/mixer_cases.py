@@ -8,6 +8,7 @@ from hybrids.mixers import S4, S4D, Attention
 from hybrids.mixers import SparseAttention
 from hybrids.mixers import Mamba, RGLRU
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
+from hybrids.mixers import LSHAttention
 
 D_MODEL = 16
 
@@ -35,4 +36,6 @@ MIXER_CASES = {
     "mamba2": (Mamba2, {"d_state": 4, "headdim": 8}),
     "mamba2-groups": (Mamba2, {"d_state": 3, "headdim": 4, "ngroups": 2, "d_conv": 3, "expand": 1.5}),
     "short-conv": (ShortConv, {}),
+    "lsh": (LSHAttention, {"heads": 2, "n_buckets": 4, "n_hashes": 2, "chunk_size": 2}),
+    "lsh-norope-one-round": (LSHAttention, {"heads": 4, "n_buckets": 2, "n_hashes": 1, "chunk_size": 3, "rotary": False}),
 }

@@ -3,6 +3,7 @@
 from hybrids.mixers.attention import Attention
 from hybrids.mixers.base import Mixer, State, state_elements
 from hybrids.mixers.linear_attention import LinearAttention
+from hybrids.mixers.lsh_attention import LSHAttention
 from hybrids.mixers.mamba import Mamba
 from hybrids.mixers.mamba2 import Mamba2
 from hybrids.mixers.rglru import RGLRU
@@ -15,6 +16,7 @@ __all__ = [
     "S4D",
     "Attention",
     "LinearAttention",
+    "LSHAttention",
     "Mamba",
     "Mamba2",
     "Mixer",

@@ -201,7 +201,7 @@ class KVCache(dict):
 
     def clone(self) -> "KVCache":
         """An independent copy with the same contents, capacity and counters (to branch a decode)."""
-        copy = KVCache.__new__(KVCache)
+        copy = type(self).__new__(type(self))  # a subclass's extra attributes come along in __dict__
         dict.__init__(copy)
         copy.__dict__.update(self.__dict__)
         copy._k, copy._v = self._k.clone(), self._v.clone()
