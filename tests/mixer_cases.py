@@ -8,7 +8,7 @@ from hybrids.mixers import S4, S4D, Attention
 from hybrids.mixers import SparseAttention
 from hybrids.mixers import Mamba, RGLRU
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
-from hybrids.mixers import LSHAttention
+from hybrids.mixers import LSHAttention, MemorizingAttention
 
 D_MODEL = 16
 
@@ -37,5 +37,10 @@ MIXER_CASES = {
     "mamba2-groups": (Mamba2, {"d_state": 3, "headdim": 4, "ngroups": 2, "d_conv": 3, "expand": 1.5}),
     "short-conv": (ShortConv, {}),
     "lsh": (LSHAttention, {"heads": 2, "n_buckets": 4, "n_hashes": 2, "chunk_size": 2}),
+    # LENGTH 13 > segments of 4: the memory fills, and evicts (6 < 12 tokens of full segments).
+    "memorizing": (MemorizingAttention, {"heads": 2, "segment_length": 4, "memory_size": 6, "top_k": 3}),
+    "memorizing-faiss-norope": (
+        MemorizingAttention, {"heads": 4, "segment_length": 3, "memory_size": 32, "top_k": 2, "search": "faiss", "rotary": False}
+    ),
     "lsh-norope-one-round": (LSHAttention, {"heads": 4, "n_buckets": 2, "n_hashes": 1, "chunk_size": 3, "rotary": False}),
 }

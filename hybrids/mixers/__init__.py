@@ -5,6 +5,7 @@ from hybrids.mixers.base import Mixer, State, state_elements
 from hybrids.mixers.linear_attention import LinearAttention
 from hybrids.mixers.lsh_attention import LSHAttention
 from hybrids.mixers.mamba import Mamba
+from hybrids.mixers.memorizing_attention import MemorizingAttention
 from hybrids.mixers.mamba2 import Mamba2
 from hybrids.mixers.rglru import RGLRU
 from hybrids.mixers.s4 import S4, S4D
@@ -19,6 +20,7 @@ __all__ = [
     "LSHAttention",
     "Mamba",
     "Mamba2",
+    "MemorizingAttention",
     "Mixer",
     "RGLRU",
     "ShortConv",

@@ -1,0 +1,194 @@
+"""The Memorizing Transformer's kNN-augmented attention (Wu et al., ICLR'22) as a mixer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrids.kernels import apply_rotary, rotary_cos_sin
+from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.knn_memory import INDEXES, SEARCHES, KNNMemory, faiss_or_none
+
+
+class MemorizingAttention(Mixer):
+    """Causal attention within a segment, plus attention over the top-k (key, value) pairs that
+    each query retrieves from an external memory of the sequence's past segments.
+
+    Positions are cut into segments of ``segment_length`` tokens. A query attends, per head:
+
+    - *locally*, to the earlier tokens of its own segment and itself (rotary positions);
+    - *to its memory*, to the ``top_k`` keys nearest to it (inner product of unit vectors) among
+      the tokens of earlier segments still held: at most ``memory_size`` per sequence, the oldest
+      evicted first. A segment enters the memory when it is complete, detached: no gradient
+      flows into the memory, as in the paper.
+
+    and mixes the two by a learned per-head gate, ``g * memory + (1 - g) * local`` with
+    ``g = sigmoid(gate)``; a query with nothing to retrieve (the first segment, or a cleared
+    memory) uses local attention alone. Queries and keys are normalised to unit length (so that
+    keys written many steps ago stay comparable with today's queries) and scored with a learned
+    per-head scale. Memory keys carry no position.
+
+    ``forward`` over a long input runs the segments in order, filling the memory as it goes;
+    ``prefill(x, state)`` continues from a state, so a long document fed as consecutive
+    segments to the same batch slot (``hybrids.data.ByteText(segments=True)``) keeps one memory
+    across them. :meth:`clear_memory` empties chosen sequences' memories at a document boundary.
+
+    Args:
+        d_model: model width.
+        heads: attention heads.
+        head_dim: width of a head; defaults to ``d_model // heads``.
+        segment_length: tokens per segment (the local attention span, and the unit in which the
+            memory is written).
+        memory_size: (key, value) pairs held per sequence and head; 0 turns retrieval off.
+        top_k: keys retrieved per query and head (the paper: 32).
+        index: ``"exact"``, ``"hnsw"`` or ``"ivf"`` (approximate ones need faiss).
+        search: ``"torch"`` (exact top-k by matrix product) or ``"faiss"``; ``None`` takes faiss
+            for approximate indexes and torch for ``"exact"``.
+        hnsw_m, ivf_lists, ivf_probe: approximate index settings (:class:`KNNMemory`).
+        rotary, rotary_base: rotary positions on local attention.
+        bias: biases in the projections.
+
+    The decoding state: the current segment's keys and values (unrotated, unit keys) and the
+    memory, a :class:`~hybrids.mixers.knn_memory.KNNMemory`. ``state_size(L)`` counts both:
+    ``2 * heads * head_dim * (min(full segments * segment_length, memory_size) + L mod
+    segment_length)``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 4,
+        head_dim: int | None = None,
+        segment_length: int = 512,
+        memory_size: int = 4096,
+        top_k: int = 32,
+        index: str = "exact",
+        search: str | None = None,
+        hnsw_m: int = 32,
+        ivf_lists: int = 64,
+        ivf_probe: int = 8,
+        rotary: bool = True,
+        rotary_base: float = 10000.0,
+        bias: bool = False,
+    ) -> None:
+        super().__init__(d_model)
+        for name, value, least in (("heads", heads, 1), ("segment_length", segment_length, 1),
+                                   ("memory_size", memory_size, 0), ("top_k", top_k, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name}: must be an int >= {least}, got {value!r}")
+        if index not in INDEXES:
+            raise ValueError(f"index: unknown {index!r}; use one of {INDEXES}")
+        search = search if search is not None else ("torch" if index == "exact" else "faiss")
+        if search not in SEARCHES:
+            raise ValueError(f"search: unknown {search!r}; use one of {SEARCHES} or None")
+        if index != "exact" and search != "faiss":
+            raise ValueError(f"index={index!r} is approximate: it needs search='faiss'")
+        if search == "faiss" and faiss_or_none() is None:
+            raise ImportError(f"index={index!r}, search='faiss' needs faiss: pip install faiss-cpu (or hybrids[faiss])")
+        if head_dim is None:
+            if d_model % heads:
+                raise ValueError(f"heads: d_model={d_model} is not divisible by heads={heads}; pick heads that divide d_model, or set head_dim")
+            head_dim = d_model // heads
+        if rotary and head_dim % 2:
+            raise ValueError(f"head_dim: rotary positions need an even head_dim, got {head_dim}")
+        self.heads, self.head_dim = heads, head_dim
+        self.segment_length, self.memory_size, self.top_k = segment_length, memory_size, top_k
+        self.index, self.search = index, search
+        self.hnsw_m, self.ivf_lists, self.ivf_probe = hnsw_m, ivf_lists, ivf_probe
+        self.rotary, self.rotary_base = rotary, rotary_base
+        self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * heads * head_dim, bias=bias)
+        self.out_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
+        # Unit queries and keys score in [-1, 1]: a learned per-head scale sets the softmax's
+        # sharpness, starting where unnormalised attention of unit-variance entries would be.
+        self.log_scale = nn.Parameter(torch.full((heads,), 0.5 * math.log(head_dim)))
+        self.gate = nn.Parameter(torch.zeros(heads))  # sigmoid(0) = 1/2: memory and local alike
+
+    # -- state ------------------------------------------------------------------------------
+
+    def init_state(self, batch_size: int) -> State:
+        factory = self._factory()
+        empty = torch.zeros(batch_size, self.heads, 0, self.head_dim, **factory)
+        memory = KNNMemory(
+            batch_size, self.heads, self.head_dim, max(self.memory_size, 1), index=self.index,
+            search=self.search, hnsw_m=self.hnsw_m, ivf_lists=self.ivf_lists, ivf_probe=self.ivf_probe, **factory,
+        )
+        # position: tokens seen (its remainder by segment_length is the current segment's length).
+        return {"k": empty, "v": empty.clone(), "memory": memory, "position": 0}
+
+    @staticmethod
+    def clear_memory(state: State, slots: torch.Tensor | None = None) -> None:
+        """Empty the memory of the sequences where ``slots`` (batch,) is True (all if None)."""
+        state["memory"].clear(slots)
+
+    def state_size(self, seq_len: int) -> int:
+        done = (seq_len // self.segment_length) * self.segment_length
+        held = min(done, self.memory_size) + seq_len - done
+        return 2 * self.heads * self.head_dim * held
+
+    # -- computing --------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, self.init_state(x.shape[0]))[0]
+
+    def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        return self._run(x, self.init_state(x.shape[0]) if state is None else state)
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        y, state = self._run(x[:, None, :], state)
+        return y[:, 0], state
+
+    def _run(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """x (B, L, d_model) from ``state`` -> y (B, L, d_model) and the state after it, one
+        segment (or the rest of the current one) at a time."""
+        b, length, _ = x.shape
+        q = F.normalize(self.q_proj(x).view(b, length, self.heads, self.head_dim).transpose(1, 2), dim=-1)
+        k, v = self.kv_proj(x).view(b, length, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        k = F.normalize(k, dim=-1)  # q, k, v: (B, H, L, hd)
+        outputs, start = [], 0
+        while start < length:
+            offset = state["position"] % self.segment_length  # tokens of this segment already seen
+            n = min(self.segment_length - offset, length - start)
+            part = slice(start, start + n)
+            # Keys of the segment so far: the state's (detached) and this call's (with gradient).
+            seg_k = torch.cat([state["k"].to(k.dtype), k[:, :, part]], dim=2)  # (B, H, offset + n, hd)
+            seg_v = torch.cat([state["v"].to(v.dtype), v[:, :, part]], dim=2)
+            outputs.append(self._attend(q[:, :, part], seg_k, seg_v, offset, state["memory"]))
+            state["k"], state["v"] = seg_k.detach(), seg_v.detach()
+            state["position"] += n
+            start += n
+            if state["position"] % self.segment_length == 0:  # the segment is complete: memorise it
+                if self.memory_size:
+                    state["memory"].write(state["k"], state["v"])
+                state["k"], state["v"] = state["k"][:, :, :0], state["v"][:, :, :0]
+        y = torch.cat(outputs, dim=2) if outputs else q  # L = 0: q is empty, and keeps x in the graph
+        return self.out_proj(y.transpose(1, 2).reshape(b, length, self.heads * self.head_dim)), state
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, offset: int, memory: KNNMemory):
+        """Queries q (B, H, n, hd) at segment positions offset..offset+n-1 over the segment's keys
+        (B, H, offset + n, hd) and the memory -> (B, H, n, hd)."""
+        scale = self.log_scale.exp()[:, None, None]  # (H, 1, 1)
+        n, seen = q.shape[2], keys.shape[2]
+        ql, kl = q, keys
+        if self.rotary:
+            cos, sin = rotary_cos_sin(torch.arange(seen, device=q.device), self.head_dim, self.rotary_base, dtype=q.dtype)
+            ql, kl = apply_rotary(q, cos[offset:], sin[offset:]), apply_rotary(keys, cos, sin)
+        # Query i (segment position offset + i) sees keys j <= offset + i.
+        mask = torch.arange(seen, device=q.device)[None, :] <= torch.arange(offset, offset + n, device=q.device)[:, None]
+        scores = (ql @ kl.transpose(-1, -2)) * scale  # (B, H, n, seen)
+        local = scores.masked_fill(~mask, -math.inf).softmax(-1) @ values
+        if not self.memory_size or not memory.holds_any():
+            return local
+        index, valid = memory.search(q, self.top_k)  # (B, H, n, k): slots of the buffers
+        b, h, _, k = index.shape
+        flat = index.reshape(b, h, n * k, 1).expand(b, h, n * k, self.head_dim)
+        mem_k = memory.keys.gather(2, flat).view(b, h, n, k, self.head_dim).to(q.dtype)
+        mem_v = memory.values.gather(2, flat).view(b, h, n, k, self.head_dim).to(q.dtype)
+        mem_scores = torch.einsum("bhnd,bhnkd->bhnk", q, mem_k) * scale  # (B, H, n, k)
+        weights = mem_scores.masked_fill(~valid, -math.inf).softmax(-1).nan_to_num(0.0)  # no key: all 0
+        retrieved = torch.einsum("bhnk,bhnkd->bhnd", weights, mem_v)
+        gate = torch.sigmoid(self.gate)[:, None, None] * valid.any(-1, keepdim=True)  # (B, H, n, 1)
+        return local + gate * (retrieved - local)
