@@ -18,6 +18,7 @@ from hybrids.checkpoints import IDENTITY_KEY
 from hybrids.errors import ConfigError, StateSizeUnknown, config_section
 from hybrids.long_context import LengthTooLong, labelled_logits_chunked
 from hybrids.model import HybridLM
+from hybrids.segments import carries_memory, reset_slots
 
 _STACK = StackConfig.defaults()
 
@@ -41,6 +42,10 @@ class LanguageModel(L.LightningModule):
         max_loss: a training loss above this (or not finite) stops the run with
             :class:`DivergenceError`; cross-entropy starts near ``log(vocab_size)``, so 1e4 is
             far past anything a healthy run shows.
+        carry_state: in the segment mode of a data module (batches ``(inputs, labels, first)``,
+            e.g. ``ByteText(segments=True)``), every layer carries its state from a document's
+            segment to the next (truncated back-propagation), not only the layers with a memory
+            (:mod:`hybrids.segments`). Ignored for ordinary batches.
 
     Training logs ``train/loss_step`` (the batch loss, on the progress bar, every
     ``trainer.log_every_n_steps`` steps) and ``train/loss_epoch``, ``train/acc_epoch``,
@@ -66,6 +71,7 @@ class LanguageModel(L.LightningModule):
         warmup_steps: int = 100,
         min_lr_ratio: float = 0.1,
         max_loss: float = 1e4,
+        carry_state: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -97,6 +103,9 @@ class LanguageModel(L.LightningModule):
         # Whether labels are sparse enough to apply the head to labelled positions only (None:
         # not seen a batch yet); see _sparse_labels.
         self._labels_sparse: bool | None = None
+        # Segment mode: each stage's carried states, one per layer (hybrids.segments); emptied at
+        # the start of every epoch, and not checkpointed (a resumed run starts with empty ones).
+        self._segment_states: dict[str, list[Any]] = {}
         # Set by the CLI: {"hash": ..., "config": ...} (hybrids.identity), saved in checkpoints.
         self.run_identity: dict[str, Any] | None = None
         with config_section("model"):
@@ -127,10 +136,40 @@ class LanguageModel(L.LightningModule):
                     self.length_metrics[key] = WeightedMean()
         self._skipped_lengths = set()
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, dataloader_idx: int = 0):
-        inputs, labels = batch
+    def _segment_features(self, inputs: torch.Tensor, first: torch.Tensor, stage: str) -> torch.Tensor:
+        """Segment mode: the hidden states of one segment per slot, continuing each carrying
+        layer's state from the stage's previous batch (slots with ``first`` start afresh)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            raise ValueError("segment mode: each slot reads its document in order on one process; it cannot run under DDP")
+        blocks = self.model.blocks
+        carry = [self.hparams.carry_state or carries_memory(block.mixer) for block in blocks]
+        states = self._segment_states.get(stage) or [None] * len(blocks)
+        states = [
+            None if state is None else reset_slots(block.mixer, state, first)
+            for block, state in zip(blocks, states)
+        ]
+        hidden, self._segment_states[stage] = self.model.segment_features(inputs, states, carry)
+        return hidden
+
+    def on_train_epoch_start(self) -> None:
+        self._segment_states.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._segment_states.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._segment_states.pop("test", None)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str, dataloader_idx: int = 0):
+        inputs, labels, *first = batch  # segment mode adds first (B,): the slots starting a document
         chunk = getattr(self, "_eval_chunk", None)
-        if stage != "train" and chunk is not None and inputs.shape[1] > chunk:
+        if first:
+            hidden = self._segment_features(inputs, first[0], stage)
+            targets, logits = labels.flatten(), self.model.head(hidden).flatten(0, 1)
+            rows_of = lambda: torch.arange(  # noqa: E731
+                inputs.shape[0], device=inputs.device).repeat_interleave(inputs.shape[1])
+        elif stage != "train" and chunk is not None and inputs.shape[1] > chunk:
             # A test example longer than a chunk: read through the recurrent form, chunk by chunk
             # (hybrids.long_context), in sub-batches that fit in memory.
             try:

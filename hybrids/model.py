@@ -13,6 +13,7 @@ from hybrids.config import DEFAULT_MIXERS, StackConfig  # noqa: F401  (DEFAULT_M
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.reversible import ReversibleBlock, reversible_stack
 from hybrids.sampling import check_sampling, next_token
+from hybrids.segments import detach_state
 from hybrids.spec import build_mixer, expand_pattern
 
 class HybridLM(nn.Module):
@@ -134,6 +135,26 @@ class HybridLM(nn.Module):
         for block, state in zip(self.blocks, states):
             x, state = block.prefill(x, state)
             new_states.append(state)
+        return self._leave(x), new_states
+
+    def segment_features(
+        self, tokens: torch.Tensor, states: list[Any], carry: list[bool]
+    ) -> tuple[torch.Tensor, list[Any]]:
+        """One segment of a document per slot (:mod:`hybrids.segments`): tokens (B, T) -> the
+        normalised hidden states (B, T, d_model) and the new states, detached. Layer i continues
+        from ``states[i]`` (None: empty) where ``carry[i]``, else runs its plain forward (and its
+        new state is None)."""
+        if self.config.reversible:
+            raise ValueError("reversible: a reversible stack cannot carry states across segments (it only has a forward pass)")
+        x = self.embedding(tokens)
+        new_states = []
+        for block, state, carries in zip(self.blocks, states, carry):
+            if carries:
+                x, state = block.prefill(x, state)
+                new_states.append(detach_state(state))
+            else:
+                x = block(x)
+                new_states.append(None)
         return self._leave(x), new_states
 
     @torch.no_grad()

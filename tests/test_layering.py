@@ -16,6 +16,7 @@ LAYERS = {
     "hybrids.mixers": 1,
     "hybrids.blocks": 2,
     "hybrids.reversible": 2,  # reversible couplings of the blocks, under model
+    "hybrids.segments": 2,  # carrying mixer states across segments, under model
     "hybrids.spec": 2,
     "hybrids.config": 2,
     "hybrids.sampling": 2,

@@ -7,6 +7,11 @@ cut into contiguous, non-overlapping chunks of ``seq_len + 1`` tokens: inputs ar
 ``seq_len``, labels the last ``seq_len`` (the next token at every position). A label that is the
 boundary is -100: the metric counts predicted bytes only.
 
+With ``segments=True`` the data module feeds each document instead as consecutive segments to
+one batch slot (:mod:`hybrids.data.segments`), batches ``(inputs, labels, first)``: what a model
+that carries state or memory across segments (``MemorizingAttention``, or any stack with
+``carry_state``) trains and is evaluated on.
+
 Bits per byte (``val/bpb``, ``test/bpb``) is the mean cross-entropy over the predicted bytes,
 in nats, divided by ln 2.
 """
@@ -21,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from hybrids.data.corpus import Corpus, Document, load_corpus
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.data.loading import ResumableOrder
+from hybrids.data.segments import SegmentBatches
 from hybrids.data.synthetic import check_loading, check_positive
 from hybrids.errors import ConfigError, config_section
 
@@ -69,6 +75,10 @@ class ByteText(ResumableOrder, L.LightningDataModule):
         seed: seed of the training order (the corpus and its split do not depend on it).
         order_seed: seed of the training order, overriding ``seed`` (sweeps vary it per run).
         num_workers: DataLoader workers.
+        segments: segment mode (module docstring): each document read in order, ``seq_len``
+            tokens at a time, by one batch slot. The training documents are shuffled once by the
+            order seed (the same order every epoch: a slot's segments must stay in order), and
+            a run resumed mid-epoch continues at the batch it stopped at with empty states.
 
     ``vocab_size`` is 257 (bytes and the boundary). ``encode`` / ``decode`` turn text into tokens
     and back (UTF-8), for ``hybrids generate --prompt``.
@@ -84,6 +94,7 @@ class ByteText(ResumableOrder, L.LightningDataModule):
         seed: int = 0,
         order_seed: int | None = None,
         num_workers: int = 0,
+        segments: bool = False,
     ) -> None:
         super().__init__()
         with config_section("data"):
@@ -95,9 +106,10 @@ class ByteText(ResumableOrder, L.LightningDataModule):
         self.path, self.seq_len, self.batch_size = path, seq_len, batch_size
         self.vocab_size = VOCAB_SIZE
         self.num_workers = num_workers
+        self.segments = segments
         self._order_seed = seed if order_seed is None else order_seed
         self.corpus: Corpus | None = None
-        self.sets: dict[str, ByteChunks] = {}
+        self.sets: dict[str, ByteChunks | SegmentBatches] = {}
 
     def prepare_corpus(self) -> Corpus:
         if self.corpus is None:
@@ -117,18 +129,30 @@ class ByteText(ResumableOrder, L.LightningDataModule):
         corpus = self.prepare_corpus()
         for split in ("train", "val", "test"):
             if split not in self.sets:
-                self.sets[split] = ByteChunks(byte_stream(corpus.splits[split]), self.seq_len)
+                self.sets[split] = self._make_set(corpus.splits[split], split)
                 if len(self.sets[split]) == 0:
                     raise ConfigError(
                         "seq_len", f"the {split} split ({corpus.split_bytes(split):,} bytes) is shorter than one chunk "
                         f"of seq_len + 1 = {self.seq_len + 1} tokens; use a shorter seq_len or a larger corpus"
                     )
 
+    def _make_set(self, documents: list[Document], split: str) -> ByteChunks | SegmentBatches:
+        if not self.segments:
+            return ByteChunks(byte_stream(documents), self.seq_len)
+        if split == "train":
+            order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(self._order_seed))
+            documents = [documents[i] for i in order.tolist()]
+        streams = [byte_stream([doc]) for doc in documents]
+        return SegmentBatches(streams, self.seq_len, self.batch_size, pad=BOUNDARY, ignore=BOUNDARY)
+
     def train_dataloader(self) -> DataLoader:
+        if self.segments:  # batches come made, in order
+            return self.train_loader(self.sets["train"], None, self._order_seed, shuffle=False, num_workers=self.num_workers)
         return self.train_loader(self.sets["train"], self.batch_size, self._order_seed, num_workers=self.num_workers)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.sets[split], batch_size=self.batch_size, num_workers=self.num_workers)
+        batch_size = None if self.segments else self.batch_size
+        return DataLoader(self.sets[split], batch_size=batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -31,8 +31,8 @@ class EpochShuffle(Sampler[int]):
     epoch starts at the given index of its order.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.epoch, self.shuffle = size, seed, 0, shuffle
         self._resume: tuple[int, int] | None = None  # (epoch, indices already trained on)
 
     def set_epoch(self, epoch: int) -> None:
@@ -47,7 +47,7 @@ class EpochShuffle(Sampler[int]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else list(range(self.size))
         start = 0
         if self._resume is not None and self._resume[0] == self.epoch:
             start = min(self._resume[1], self.size)
@@ -65,9 +65,13 @@ class ResumableOrder:
     _train_sampler: EpochShuffle | None = None
     _pending_order: tuple[int, int] | None = None
 
-    def train_loader(self, dataset: Dataset, batch_size: int, seed: int, **kwargs: Any) -> DataLoader:
-        self._train_sampler = EpochShuffle(len(dataset), seed)
-        self._train_batch_size = batch_size
+    def train_loader(
+        self, dataset: Dataset, batch_size: int | None, seed: int, shuffle: bool = True, **kwargs: Any
+    ) -> DataLoader:
+        """``batch_size=None``: the dataset's items are batches already; ``shuffle=False`` keeps
+        their order (still resumable mid-epoch)."""
+        self._train_sampler = EpochShuffle(len(dataset), seed, shuffle=shuffle)
+        self._train_batch_size = batch_size or 1
         if self._pending_order is not None:
             self._train_sampler.resume_at(*self._pending_order)
             self._pending_order = None

@@ -119,10 +119,27 @@ class MemorizingAttention(Mixer):
         # position: tokens seen (its remainder by segment_length is the current segment's length).
         return {"k": empty, "v": empty.clone(), "memory": memory, "position": 0}
 
+    # In the segment mode of training (hybrids.segments), this mixer's state always travels
+    # from one segment to the next.
+    carries_memory = True
+
     @staticmethod
     def clear_memory(state: State, slots: torch.Tensor | None = None) -> None:
         """Empty the memory of the sequences where ``slots`` (batch,) is True (all if None)."""
         state["memory"].clear(slots)
+
+    def reset_state(self, state: State, first: torch.Tensor) -> State:
+        """At a segment boundary: the slots where ``first`` (batch,) is True start a new document
+        with an empty memory. Refused mid-segment (the segment's local keys are shared by
+        position): feed segments whose length is a multiple of ``segment_length``."""
+        if state["position"] % self.segment_length:
+            raise ValueError(
+                f"segment_length={self.segment_length}: the data's segments must be a multiple of it, so that a "
+                f"document boundary is a segment boundary (at position {state['position']})"
+            )
+        if bool(first.any()):
+            self.clear_memory(state, first)
+        return state
 
     def state_size(self, seq_len: int) -> int:
         done = (seq_len // self.segment_length) * self.segment_length
