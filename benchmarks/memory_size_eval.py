@@ -38,8 +38,9 @@ def main() -> None:
     args = parser.parse_args()
 
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    hparams = checkpoint["hyper_parameters"]
-    data_args = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    # LightningCLI adds "_class_path" / "_instantiator" to the saved hyper-parameters.
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    data_args = {k: v for k, v in (checkpoint.get("datamodule_hyper_parameters") or {}).items() if not k.startswith("_")}
     data_args.update(segments=True)
     if args.batch_size:
         data_args["batch_size"] = args.batch_size

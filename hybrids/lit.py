@@ -18,7 +18,7 @@ from hybrids.checkpoints import IDENTITY_KEY
 from hybrids.errors import ConfigError, StateSizeUnknown, config_section
 from hybrids.long_context import LengthTooLong, labelled_logits_chunked
 from hybrids.model import HybridLM
-from hybrids.segments import carries_memory, reset_slots
+from hybrids.segments import carries_memory, check_carry, reset_slots
 
 _STACK = StackConfig.defaults()
 
@@ -144,7 +144,12 @@ class LanguageModel(L.LightningModule):
             raise ValueError("segment mode: each slot reads its document in order on one process; it cannot run under DDP")
         blocks = self.model.blocks
         carry = [self.hparams.carry_state or carries_memory(block.mixer) for block in blocks]
-        states = self._segment_states.get(stage) or [None] * len(blocks)
+        states = self._segment_states.get(stage)
+        if states is None:  # the stage's first segment: refuse what cannot be carried, up front
+            for block, carries in zip(blocks, carry):
+                if carries:
+                    check_carry(block.mixer, inputs.shape[1])
+            states = [None] * len(blocks)
         states = [
             None if state is None else reset_slots(block.mixer, state, first)
             for block, state in zip(blocks, states)
@@ -159,6 +164,13 @@ class LanguageModel(L.LightningModule):
         self._segment_states.pop("val", None)
 
     def on_test_epoch_start(self) -> None:
+        self._segment_states.pop("test", None)
+
+    # Evaluation states (memories can be large) are dropped when their pass ends.
+    def on_validation_epoch_end(self) -> None:
+        self._segment_states.pop("val", None)
+
+    def on_test_epoch_end(self) -> None:
         self._segment_states.pop("test", None)
 
     def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str, dataloader_idx: int = 0):

@@ -41,18 +41,33 @@ def detach_state(state: Any) -> Any:
     return state
 
 
+def check_carry(mixer: Any, seq_len: int) -> None:
+    """Raise unless ``mixer`` can carry its state across segments of ``seq_len`` tokens: it
+    resets slots itself (``reset_state``) or its state is a dict of per-sequence tensors; and a
+    mixer that works in segments of its own (``segment_length``) gets whole ones."""
+    name = type(mixer).__name__
+    if not hasattr(mixer, "reset_state"):
+        state = mixer.init_state(1)
+        if type(state) is not dict or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CannotCarry(
+                f"{name} cannot carry its state across segments: its state ({type(state).__name__}) is not a dict of "
+                "per-sequence tensors, so one slot cannot be reset at a document boundary; leave carry_state off"
+            )
+    segment = getattr(mixer, "segment_length", None)
+    if segment and seq_len % segment:
+        raise ValueError(
+            f"{name}: the data's segments ({seq_len} tokens) must be a multiple of its segment_length ({segment}), so "
+            "that a document boundary is one of its segment boundaries"
+        )
+
+
 def reset_slots(mixer: Any, state: Any, first: torch.Tensor) -> Any:
-    """``state`` with the slots where ``first`` (batch,) is True back at the mixer's empty state."""
+    """``state`` with the slots where ``first`` (batch,) is True back at the mixer's empty state
+    (a state :func:`check_carry` accepted)."""
     if hasattr(mixer, "reset_state"):
         return mixer.reset_state(state, first)
     if not bool(first.any()):
         return state
-    name = type(mixer).__name__
-    if type(state) is not dict or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CannotCarry(
-            f"{name} cannot carry its state across segments: its state ({type(state).__name__}) is not a dict of "
-            "per-sequence tensors, so one slot cannot be reset at a document boundary; leave carry_state off"
-        )
     fresh = mixer.init_state(first.shape[0])
     out = {}
     for key, value in state.items():

@@ -9,6 +9,7 @@ from hybrids.mixers import SparseAttention
 from hybrids.mixers import Mamba, RGLRU
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
 from hybrids.mixers import LSHAttention, MemorizingAttention
+from hybrids.mixers.knn_memory import faiss_or_none
 
 D_MODEL = 16
 
@@ -39,8 +40,10 @@ MIXER_CASES = {
     "lsh": (LSHAttention, {"heads": 2, "n_buckets": 4, "n_hashes": 2, "chunk_size": 2}),
     # LENGTH 13 > segments of 4: the memory fills, and evicts (6 < 12 tokens of full segments).
     "memorizing": (MemorizingAttention, {"heads": 2, "segment_length": 4, "memory_size": 6, "top_k": 3}),
-    "memorizing-faiss-norope": (
-        MemorizingAttention, {"heads": 4, "segment_length": 3, "memory_size": 32, "top_k": 2, "search": "faiss", "rotary": False}
-    ),
     "lsh-norope-one-round": (LSHAttention, {"heads": 4, "n_buckets": 2, "n_hashes": 1, "chunk_size": 3, "rotary": False}),
 }
+
+if faiss_or_none() is not None:  # faiss-cpu is an optional extra (installed by the test extra)
+    MIXER_CASES["memorizing-faiss-norope"] = (
+        MemorizingAttention, {"heads": 4, "segment_length": 3, "memory_size": 32, "top_k": 2, "search": "faiss", "rotary": False}
+    )

@@ -107,12 +107,39 @@ def test_without_carry_state_only_memories_travel():
     assert states[0] is None and states[1]["memory"].count.tolist() == [8, 8]
 
 
-def test_a_state_that_cannot_be_reset_per_slot_is_refused():
-    lm = model("A")
+def test_what_cannot_be_carried_is_refused_at_the_first_segment():
     batch = (torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8)), torch.ones(2, dtype=torch.bool))
-    lm._shared_step(batch, "train")  # the first segment: nothing to reset yet
     with pytest.raises(CannotCarry, match="Attention cannot carry its state"):
-        lm._shared_step((*batch[:2], torch.tensor([True, False])), "train")
+        model("A")._shared_step(batch, "train")
+    six = (torch.randint(0, 256, (2, 6)), torch.randint(0, 256, (2, 6)), torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="multiple of its segment_length"):
+        model("X", carry_state=False)._shared_step(six, "train")
+    model("A", carry_state=False)._shared_step(batch, "train")  # attention not carried: fine
+
+
+def test_training_epochs_deal_documents_anew_and_resume_mid_epoch():
+    from hybrids.data.segments import SegmentOrder
+
+    streams = [torch.arange(100 * d, 100 * d + 5 + 3 * d) for d in range(12)]
+    batches = SegmentBatches(streams, seq_len=4, batch_size=3, pad=-1, shuffle_seed=7)
+    assert batches.slots_of(0) != batches.slots_of(1)
+    for epoch in (0, 1):
+        docs = []
+        current = [[] for _ in range(3)]
+        for i in range(batches.batches(epoch)):
+            inputs, labels, first = batches[(epoch, i)]
+            for b in range(3):
+                if first[b] and current[b]:
+                    docs.append(current[b])
+                    current[b] = []
+                current[b].extend(inputs[b][labels[b] != -100].tolist())
+        docs.extend(c for c in current if c)
+        assert sorted(docs) == sorted(s[:-1].tolist() for s in streams)
+    order = SegmentOrder(batches)
+    order.set_epoch(1)
+    assert list(order) == [(1, i) for i in range(batches.batches(1))]
+    order.resume_at(1, 3)
+    assert list(order)[0] == (1, 3)
 
 
 def test_generic_reset_returns_the_fresh_rows():

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from hybrids.data.corpus import Corpus, Document, load_corpus
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.data.loading import ResumableOrder
-from hybrids.data.segments import SegmentBatches
+from hybrids.data.segments import SegmentBatches, SegmentOrder
 from hybrids.data.synthetic import check_loading, check_positive
 from hybrids.errors import ConfigError, config_section
 
@@ -76,9 +76,9 @@ class ByteText(ResumableOrder, L.LightningDataModule):
         order_seed: seed of the training order, overriding ``seed`` (sweeps vary it per run).
         num_workers: DataLoader workers.
         segments: segment mode (module docstring): each document read in order, ``seq_len``
-            tokens at a time, by one batch slot. The training documents are shuffled once by the
-            order seed (the same order every epoch: a slot's segments must stay in order), and
-            a run resumed mid-epoch continues at the batch it stopped at with empty states.
+            tokens at a time, by one batch slot. The training documents come in a new order
+            every epoch (from the order seed and the epoch; a slot's segments stay in order),
+            and a run resumed mid-epoch continues at the batch it stopped at with empty states.
 
     ``vocab_size`` is 257 (bytes and the boundary). ``encode`` / ``decode`` turn text into tokens
     and back (UTF-8), for ``hybrids generate --prompt``.
@@ -139,15 +139,14 @@ class ByteText(ResumableOrder, L.LightningDataModule):
     def _make_set(self, documents: list[Document], split: str) -> ByteChunks | SegmentBatches:
         if not self.segments:
             return ByteChunks(byte_stream(documents), self.seq_len)
-        if split == "train":
-            order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(self._order_seed))
-            documents = [documents[i] for i in order.tolist()]
         streams = [byte_stream([doc]) for doc in documents]
-        return SegmentBatches(streams, self.seq_len, self.batch_size, pad=BOUNDARY, ignore=BOUNDARY)
+        shuffle_seed = self._order_seed if split == "train" else None  # a new document order each epoch
+        return SegmentBatches(streams, self.seq_len, self.batch_size, pad=BOUNDARY, ignore=BOUNDARY, shuffle_seed=shuffle_seed)
 
     def train_dataloader(self) -> DataLoader:
         if self.segments:  # batches come made, in order
-            return self.train_loader(self.sets["train"], None, self._order_seed, shuffle=False, num_workers=self.num_workers)
+            batches = self.sets["train"]
+            return self.train_loader(batches, None, self._order_seed, sampler=SegmentOrder(batches), num_workers=self.num_workers)
         return self.train_loader(self.sets["train"], self.batch_size, self._order_seed, num_workers=self.num_workers)
 
     def _eval_loader(self, split: str) -> DataLoader:

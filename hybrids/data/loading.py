@@ -66,11 +66,11 @@ class ResumableOrder:
     _pending_order: tuple[int, int] | None = None
 
     def train_loader(
-        self, dataset: Dataset, batch_size: int | None, seed: int, shuffle: bool = True, **kwargs: Any
+        self, dataset: Dataset, batch_size: int | None, seed: int, sampler: EpochShuffle | None = None, **kwargs: Any
     ) -> DataLoader:
-        """``batch_size=None``: the dataset's items are batches already; ``shuffle=False`` keeps
-        their order (still resumable mid-epoch)."""
-        self._train_sampler = EpochShuffle(len(dataset), seed, shuffle=shuffle)
+        """``batch_size=None``: the dataset's items are batches already. ``sampler``: another
+        resumable order than a fresh permutation per epoch (it counts items, i.e. batches then)."""
+        self._train_sampler = EpochShuffle(len(dataset), seed) if sampler is None else sampler
         self._train_batch_size = batch_size or 1
         if self._pending_order is not None:
             self._train_sampler.resume_at(*self._pending_order)

@@ -11,10 +11,12 @@ oldest. A search index mirrors them:
   fine for memories of some thousands of entries and for tests.
 - ``search="faiss"``: a faiss index per (sequence, head): ``index="exact"`` (``IndexFlatIP``),
   ``"hnsw"`` (``IndexHNSWFlat``, ``hnsw_m`` links per node) or ``"ivf"`` (``IndexIVFFlat``,
-  ``ivf_lists`` cells, ``ivf_probe`` of them searched; trained on the memory's contents when the
-  index is built). New entries are added to the index as they are written; an eviction (the
+  up to ``ivf_lists`` cells, at most one per 39 entries, ``ivf_probe`` of them searched; trained
+  on the memory's contents when the index is built, and built again each time the memory has
+  doubled since). New entries are added to the index as they are written; an eviction (the
   ring wrapping) makes faiss rebuild that sequence's indexes from the buffers at the next search,
-  since HNSW cannot delete. faiss searches float32 on the CPU; the buffers stay where they are.
+  since HNSW cannot delete: once a memory is full, every search after a write rebuilds, O(capacity)
+  per sequence and head, which for HNSW and IVF costs far more than the search itself. faiss searches float32 on the CPU; the buffers stay where they are.
 
 Searches return indices into the buffers, not scores: the caller gathers the keys and values
 and scores them itself, so gradients reach the queries (never the memory) and approximate
@@ -92,6 +94,7 @@ class KNNMemory:
         # faiss: per sequence, a list of one index per head and how many ring slots they cover.
         self._faiss: list[list | None] = [None] * batch_size
         self._indexed = [0] * batch_size
+        self._trained_on = [0] * batch_size  # IVF: entries its cells were trained on
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -125,7 +128,7 @@ class KNNMemory:
         which = torch.ones(self.batch_size, dtype=torch.bool) if slots is None else slots.to("cpu", torch.bool)
         for b in torch.nonzero(which).flatten().tolist():
             self.written[b] = 0
-            self._faiss[b], self._indexed[b] = None, 0
+            self._faiss[b], self._indexed[b], self._trained_on[b] = None, 0, 0
         self.count = self.written.clamp(max=self.capacity)
 
     def holds_any(self) -> bool:
@@ -142,6 +145,7 @@ class KNNMemory:
         copy.keys, copy.values = self.keys.clone(), self.values.clone()
         copy.count, copy.written = self.count.clone(), self.written.clone()
         copy._faiss, copy._indexed = [None] * self.batch_size, [0] * self.batch_size  # rebuilt on use
+        copy._trained_on = [0] * self.batch_size
         return copy
 
     # -- searching --------------------------------------------------------------------------
@@ -196,10 +200,14 @@ class KNNMemory:
         written, held = int(self.written[b]), int(self.count[b])
         if self._faiss[b] is not None and written == self._indexed[b]:
             return
-        rebuild = self._faiss[b] is None or written > self.capacity
+        # Rebuild after an eviction, and (IVF) once the memory has doubled since the cells were
+        # trained, so that they follow the data rather than the first segment written.
+        retrain = self.index == "ivf" and held >= 2 * self._trained_on[b]
+        rebuild = self._faiss[b] is None or written > self.capacity or retrain
         first = 0 if rebuild else self._indexed[b]
         if rebuild:
             self._faiss[b] = [self._new_index(self.keys[b, h, :held]) for h in range(self.heads)]
+            self._trained_on[b] = held
         for h, index in enumerate(self._faiss[b]):
             new = self.keys[b, h, first:held].detach().to("cpu", torch.float32).numpy()
             index.add(np.ascontiguousarray(new))  # labels are ring slots: added in slot order

@@ -92,7 +92,9 @@ class LSHAttention(Mixer):
         q = self.qk_proj(x).view(b, length, self.heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, length, self.heads, self.head_dim).transpose(1, 2)
         k = F.normalize(q, dim=-1)
-        buckets = lsh_buckets(k.detach(), self.rotations)  # hashing is not differentiable
+        # Hashing is not differentiable, and runs in float32 or wider: under autocast a near-tie of
+        # the argmax could otherwise fall differently in forward and in step.
+        buckets = lsh_buckets(k.detach().to(torch.promote_types(k.dtype, torch.float32)), self.rotations)
         if self.rotary:
             positions = torch.arange(start, start + length, device=x.device)
             cos, sin = rotary_cos_sin(positions, self.head_dim, self.rotary_base, dtype=q.dtype)

@@ -1,8 +1,9 @@
 """The ``"chunked"`` backend of LSH attention: sort each round by bucket, attend block by block.
 
 Sorting a round's tokens by (bucket, position) puts every bucket's tokens together in time order.
-A query of rank ``r`` in its bucket sees at most the ``2 * chunk_size - 1`` keys of ranks
-``(r // c - 1) * c .. r`` of its bucket, which sit right before it in the sorted order. So the
+A query of rank ``r`` in its bucket sees the keys of ranks ``(r // c - 1) * c .. r`` of its
+bucket (itself and at most ``2 * chunk_size - 1`` others), which sit right before it in the
+sorted order. So the
 sorted sequence is cut into blocks of ``c`` queries and block ``g`` is scored against the keys
 of sorted blocks ``g - 2 .. g`` (3c keys, masked by bucket and rank): scores are
 (B, H, R, L / c, c, 3c), never (L, L), and memory is O(L * c) per head and round.
