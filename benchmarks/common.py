@@ -74,3 +74,41 @@ def cuda_time_ms(fn: Callable[[], object], warmup: int, repeats: int) -> float:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
     return statistics.median(times)
+
+
+def saved_mib(loss) -> float:
+    """MiB of the tensors autograd keeps for the backward pass of ``loss()`` (each storage once,
+    counted through ``saved_tensors_hooks``): activation memory, exactly. Runs the backward pass
+    too, so that nothing is left held."""
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        value = loss()  # the forward pass only: what is held when the backward pass starts
+    value.backward()
+    return sum(storages.values()) / 2**20
+
+
+def cuda_peak_and_ms(step: Callable[[], object], repeats: int) -> dict:
+    """On CUDA: ``{"peak_mib": max_memory_allocated during one step minus before it, "ms": best
+    of repeats}``, after a warm-up step."""
+    import torch
+
+    step()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+
+    def timed() -> None:
+        step()
+        torch.cuda.synchronize()
+
+    return {"peak_mib": peak, "ms": 1e3 * best_time(timed, repeats)}

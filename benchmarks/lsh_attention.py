@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from common import best_time, run_child, status_kib
+from common import best_time, cuda_peak_and_ms, run_child, saved_mib, status_kib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "bytes"
 STACKS = {"attention": ("attention.yaml", {}), "lsh": ("reformer.yaml", {"reversible": False}),
@@ -71,31 +71,10 @@ def measure(config: dict) -> dict:
         step()
         peak_mib = (status_kib("VmHWM") - before) / 1024
 
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        value = loss()
-    value.backward()
+    result = {"params": sum(p.numel() for p in model.parameters()), "saved_mib": saved_mib(loss)}
     model.zero_grad(set_to_none=True)
-    result = {"params": sum(p.numel() for p in model.parameters()), "saved_mib": sum(storages.values()) / 2**20}
     if device.type == "cuda":
-        step()
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        result["peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-
-        def timed() -> None:
-            step()
-            torch.cuda.synchronize()
-
-        result["ms"] = 1e3 * best_time(timed, config["repeats"])
+        result.update(cuda_peak_and_ms(step, config["repeats"]))
     else:
         step()  # warm-up
         result.update(peak_mib=peak_mib, ms=1e3 * best_time(step, config["repeats"]))

@@ -22,7 +22,7 @@ import sys
 
 import torch
 
-from common import best_time, run_child
+from common import best_time, cuda_peak_and_ms, run_child, saved_mib
 
 WIDTH, BATCH, VOCAB = 256, 4, 256
 
@@ -45,31 +45,10 @@ def measure(config: dict) -> dict:
         loss().backward()
         model.zero_grad(set_to_none=True)
 
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        value = loss()  # the forward pass only: what is held when the backward pass starts
-    value.backward()
+    result = {"saved_mib": saved_mib(loss)}
     model.zero_grad(set_to_none=True)
-    result = {"saved_mib": sum(storages.values()) / 2**20}
     if device.type == "cuda":
-        step()
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        result["peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-
-        def timed() -> None:
-            step()
-            torch.cuda.synchronize()
-
-        result["ms"] = 1e3 * best_time(timed, config["repeats"])
+        result.update(cuda_peak_and_ms(step, config["repeats"]))
     else:
         step()  # warm-up
         result.update(peak_mib=None, ms=1e3 * best_time(step, config["repeats"]))

@@ -11,6 +11,20 @@ from hybrids.mixers.base import Mixer
 from hybrids.mixers.cache import KVCache
 
 
+def resolve_head_dim(d_model: int, heads: int, head_dim: int | None, rotary: bool) -> int:
+    """The width of a head: ``head_dim``, or ``d_model // heads`` (which must divide); even when
+    rotary positions are on. Shared by the attention mixers' constructors."""
+    if head_dim is None:
+        if d_model % heads:
+            raise ValueError(
+                f"heads: d_model={d_model} is not divisible by heads={heads}; pick heads that divide d_model, or set head_dim"
+            )
+        head_dim = d_model // heads
+    if rotary and head_dim % 2:
+        raise ValueError(f"head_dim: rotary positions need an even head_dim, got {head_dim}")
+    return head_dim
+
+
 class Attention(Mixer):
     """Full causal self-attention; ``prefill`` and ``step`` decode with a preallocated KV cache.
 
@@ -46,17 +60,9 @@ class Attention(Mixer):
         kv_heads = heads if kv_heads is None else kv_heads
         if heads <= 0 or kv_heads <= 0:
             raise ValueError(f"heads and kv_heads must be positive, got heads={heads}, kv_heads={kv_heads}")
-        if head_dim is None:
-            if d_model % heads:
-                raise ValueError(
-                    f"heads: d_model={d_model} is not divisible by heads={heads}; "
-                    "pick heads that divide d_model, or set head_dim"
-                )
-            head_dim = d_model // heads
+        head_dim = resolve_head_dim(d_model, heads, head_dim, rotary)
         if heads % kv_heads:
             raise ValueError(f"kv_heads: heads={heads} is not divisible by kv_heads={kv_heads}")
-        if rotary and head_dim % 2:
-            raise ValueError(f"head_dim: rotary positions need an even head_dim, got {head_dim}")
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         self.rotary, self.rotary_base, self.dropout = rotary, rotary_base, dropout
         self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)

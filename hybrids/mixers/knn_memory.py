@@ -42,6 +42,21 @@ def faiss_or_none():
     return faiss
 
 
+def check_search(index: str, search: str | None) -> str:
+    """The search for ``index`` (None: faiss for approximate indexes, torch for "exact"),
+    checked: known names, approximate indexes on faiss, faiss installed."""
+    if index not in INDEXES:
+        raise ValueError(f"index: unknown {index!r}; use one of {INDEXES}")
+    search = search if search is not None else ("torch" if index == "exact" else "faiss")
+    if search not in SEARCHES:
+        raise ValueError(f"search: unknown {search!r}; use one of {SEARCHES} or None")
+    if index != "exact" and search != "faiss":
+        raise ValueError(f"index={index!r} is approximate and needs search='faiss' (pip install faiss-cpu)")
+    if search == "faiss" and faiss_or_none() is None:
+        raise ImportError(f"index={index!r}, search='faiss' needs faiss: pip install faiss-cpu (or hybrids[faiss])")
+    return search
+
+
 class KNNMemory:
     """A bounded (key, value) memory per sequence and head; see the module docstring.
 
@@ -73,14 +88,7 @@ class KNNMemory:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        if index not in INDEXES:
-            raise ValueError(f"index: unknown {index!r}; use one of {INDEXES}")
-        if search not in SEARCHES:
-            raise ValueError(f"search: unknown {search!r}; use one of {SEARCHES}")
-        if index != "exact" and search != "faiss":
-            raise ValueError(f"index={index!r} is approximate and needs search='faiss' (pip install faiss-cpu)")
-        if search == "faiss" and faiss_or_none() is None:
-            raise ImportError("search='faiss' needs faiss: pip install faiss-cpu (or hybrids[faiss])")
+        check_search(index, search)
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity: must be a positive int, got {capacity!r}")
         self.batch_size, self.heads, self.head_dim, self.capacity = batch_size, heads, head_dim, capacity

@@ -8,6 +8,7 @@ from torch import nn
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.kernels.lsh import BACKENDS, bucket_ranks, lsh_attention, lsh_attention_step, lsh_buckets
+from hybrids.mixers.attention import resolve_head_dim
 from hybrids.mixers.base import Mixer
 from hybrids.mixers.cache import KVCache
 
@@ -68,12 +69,7 @@ class LSHAttention(Mixer):
                 raise ValueError(f"{name}: must be a positive int, got {value!r}")
         if isinstance(n_buckets, bool) or not isinstance(n_buckets, int) or n_buckets < 2 or n_buckets % 2:
             raise ValueError(f"n_buckets: must be an even int >= 2 (buckets come in +/- pairs), got {n_buckets!r}")
-        if head_dim is None:
-            if d_model % heads:
-                raise ValueError(f"heads: d_model={d_model} is not divisible by heads={heads}; pick heads that divide d_model, or set head_dim")
-            head_dim = d_model // heads
-        if rotary and head_dim % 2:
-            raise ValueError(f"head_dim: rotary positions need an even head_dim, got {head_dim}")
+        head_dim = resolve_head_dim(d_model, heads, head_dim, rotary)
         if backend is not None and backend not in BACKENDS:
             raise ValueError(f"backend: unknown {backend!r}; use one of {BACKENDS} or None")
         self.heads, self.head_dim = heads, head_dim

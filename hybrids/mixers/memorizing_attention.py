@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
+from hybrids.mixers.attention import resolve_head_dim
 from hybrids.mixers.base import Mixer, State
-from hybrids.mixers.knn_memory import INDEXES, SEARCHES, KNNMemory, faiss_or_none
+from hybrids.mixers.knn_memory import KNNMemory, check_search
 
 
 class MemorizingAttention(Mixer):
@@ -79,21 +80,8 @@ class MemorizingAttention(Mixer):
                                    ("memory_size", memory_size, 0), ("top_k", top_k, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}: must be an int >= {least}, got {value!r}")
-        if index not in INDEXES:
-            raise ValueError(f"index: unknown {index!r}; use one of {INDEXES}")
-        search = search if search is not None else ("torch" if index == "exact" else "faiss")
-        if search not in SEARCHES:
-            raise ValueError(f"search: unknown {search!r}; use one of {SEARCHES} or None")
-        if index != "exact" and search != "faiss":
-            raise ValueError(f"index={index!r} is approximate: it needs search='faiss'")
-        if search == "faiss" and faiss_or_none() is None:
-            raise ImportError(f"index={index!r}, search='faiss' needs faiss: pip install faiss-cpu (or hybrids[faiss])")
-        if head_dim is None:
-            if d_model % heads:
-                raise ValueError(f"heads: d_model={d_model} is not divisible by heads={heads}; pick heads that divide d_model, or set head_dim")
-            head_dim = d_model // heads
-        if rotary and head_dim % 2:
-            raise ValueError(f"head_dim: rotary positions need an even head_dim, got {head_dim}")
+        search = check_search(index, search)  # here too, so that a config fails before training
+        head_dim = resolve_head_dim(d_model, heads, head_dim, rotary)
         self.heads, self.head_dim = heads, head_dim
         self.segment_length, self.memory_size, self.top_k = segment_length, memory_size, top_k
         self.index, self.search = index, search
