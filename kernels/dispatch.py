@@ -74,6 +74,9 @@ class Backend:
         install: how to get it where it is missing.
         automatic: device types on which it may be chosen automatically; empty for references
             and for paths that only run for tests (Triton's interpreter on CPU).
+        prefers: the call's keyword arguments -> None if it is worth choosing automatically for
+            them, else why not (e.g. a dense path that beats a tiled one only on short inputs).
+            Unlike ``accepts`` it does not apply when the backend is asked for by name.
     """
 
     name: str
@@ -85,6 +88,7 @@ class Backend:
     accepts: Callable[[Mapping[str, Any]], str | None] | None = None
     install: str = ""
     automatic: tuple[str, ...] | None = None  # None: every device in `devices`
+    prefers: Callable[[Mapping[str, Any]], str | None] | None = None
 
     def auto_devices(self) -> tuple[str, ...]:
         return self.devices if self.automatic is None else self.automatic
@@ -178,6 +182,8 @@ class Op:
             if device not in b.auto_devices():
                 continue
             why = b.reason_not(device, dtype, call)
+            if why is None and b.prefers is not None:
+                why = b.prefers(call)
             if why is None:
                 return b.name
             reasons.append(f"{b.name}: {why}")
@@ -218,6 +224,8 @@ def describe(ops: Mapping[str, Op] | None = None) -> str:
                 auto = f"  [chosen automatically on {', '.join(auto)} only]"
             else:
                 auto = ""
+            if b.prefers is not None and b.auto_devices():
+                auto = (auto[:-1] + ", " if auto else "  [") + "for the calls its rule prefers]"
             lines.append(f"  {b.name:<11} priority {b.priority:>3}  {'; '.join(states)}{auto}")
         choices = []
         forced, by = op.forced()
@@ -229,6 +237,8 @@ def describe(ops: Mapping[str, Op] | None = None) -> str:
             if device == "cuda" and not cuda_here:
                 choice += " (if a CUDA device were present)"
             choices.append(f"{device} -> {choice}")
+        if any(b.prefers is not None for b in op.backends):
+            choices[-1] += "; for calls no rule prefers"
         heading = f"forced by {by}={forced}" if forced else "default"
         lines.append(f"  {heading}: " + ", ".join(choices))
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import torch
 import hybrids.kernels.sparse as sa
 import hybrids.kernels.sparse.banded as banded
 import hybrids.kernels.sparse.flex as flex
+import hybrids.kernels.sparse.masked_sdpa as masked_sdpa
 import hybrids.kernels.sparse.reference as reference
 from hybrids.kernels.sparse import SparsePattern, sparse_attention
 from helpers import MEMORY_METER_PLATFORM, peak_memory, relative_rms
@@ -155,15 +156,16 @@ def test_causal_mask_of_a_prefix_is_the_prefix_of_the_mask():
 # banded against the reference
 
 
+@pytest.mark.parametrize("backend", ["banded", "masked_sdpa"])
 @pytest.mark.parametrize("L, pattern, kv_heads", PATTERN_CASES)
-def test_banded_matches_reference(L, pattern, kv_heads):
+def test_backend_matches_reference(L, pattern, kv_heads, backend):
     q, k, v = random_qkv(L, kv_heads)
     weights = torch.randn(2, HEADS, L, 8, dtype=torch.float64)  # a loss that mixes every output
     results = {}
-    for backend in ("reference", "banded"):
-        out = sparse_attention(q, k, v, pattern, backend=backend)
-        results[backend] = (out, *torch.autograd.grad((out * weights).sum(), (q, k, v)))
-    for name, actual, expected in zip(("out", "dq", "dk", "dv"), results["banded"], results["reference"]):
+    for name in ("reference", backend):
+        out = sparse_attention(q, k, v, pattern, backend=name)
+        results[name] = (out, *torch.autograd.grad((out * weights).sum(), (q, k, v)))
+    for name, actual, expected in zip(("out", "dq", "dk", "dv"), results[backend], results["reference"]):
         assert torch.isfinite(actual).all(), name
         assert rel_err(actual, expected) < 1e-10, (name, rel_err(actual, expected))
 
@@ -182,13 +184,14 @@ def test_banded_chunks_give_the_same_result(L, pattern, kv_heads, monkeypatch):
         assert rel_err(actual, expected) < 1e-12, name
 
 
-def test_banded_scale_and_low_precision():
+@pytest.mark.parametrize("backend", ["banded", "masked_sdpa"])
+def test_scale_and_low_precision(backend):
     """A given scale is used; bfloat16 inputs get a float32 softmax and a bfloat16 output."""
     pattern = SparsePattern(6, dilation=2, global_tokens=2, random_blocks=1, block_size=BLOCK)
     q, k, v = random_qkv(100, 2, dtype=torch.float32, requires_grad=False)
     expected = sparse_attention(q, k, v, pattern, backend="reference", scale=0.3)
-    assert rel_err(sparse_attention(q, k, v, pattern, backend="banded", scale=0.3), expected) < 1e-5
-    out = sparse_attention(*(t.bfloat16() for t in (q, k, v)), pattern, backend="banded", scale=0.3)
+    assert rel_err(sparse_attention(q, k, v, pattern, backend=backend, scale=0.3), expected) < 1e-5
+    out = sparse_attention(*(t.bfloat16() for t in (q, k, v)), pattern, backend=backend, scale=0.3)
     assert out.dtype == torch.bfloat16
     assert rel_err(out.float(), expected) < 2e-2  # bfloat16 rounding of inputs and output
 
@@ -276,13 +279,19 @@ def test_flex_matches_reference_on_cuda(L, pattern, kv_heads):
 # dispatch and arguments
 
 
-def test_default_backend_on_cpu_is_banded(monkeypatch):
+def test_default_backend_on_cpu_is_masked_sdpa_when_short_and_banded_beyond(monkeypatch):
     calls = []
     monkeypatch.delenv(sa.BACKEND_ENV, raising=False)
     monkeypatch.setattr(banded, "sparse_attention_banded", lambda *args: calls.append("banded") or args[0])
-    q, k, v = random_qkv(8, HEADS, requires_grad=False)
-    sparse_attention(q, k, v, SparsePattern(4))
-    assert calls == ["banded"]
+    monkeypatch.setattr(masked_sdpa, "sparse_attention_masked_sdpa", lambda *args: calls.append("masked") or args[0])
+    longest = masked_sdpa.AUTOMATIC_MAX_LENGTH
+    for length in (8, longest, longest + 1):
+        q, k, v = random_qkv(length, HEADS, requires_grad=False)
+        sparse_attention(q, k, v, SparsePattern(4))
+    assert calls == ["masked", "masked", "banded"]
+    # Asked for by name, the dense path runs at any length (the length rule is only a preference).
+    sparse_attention(q, k, v, SparsePattern(4), backend="masked_sdpa")
+    assert calls[-1] == "masked"
 
 
 def test_environment_variable_forces_a_backend(monkeypatch):
@@ -293,17 +302,17 @@ def test_environment_variable_forces_a_backend(monkeypatch):
     sparse_attention(q, k, v, SparsePattern(4))
     assert calls == ["reference"]
     monkeypatch.setenv(sa.BACKEND_ENV, "dense")
-    with pytest.raises(ValueError, match=f"^{sa.BACKEND_ENV}: .*'dense'.*reference, banded, flex"):
+    with pytest.raises(ValueError, match=f"^{sa.BACKEND_ENV}: .*'dense'.*reference, banded, masked_sdpa, flex"):
         sparse_attention(q, k, v, SparsePattern(4))
 
 
 def test_unknown_backend_lists_the_valid_ones():
     q, k, v = random_qkv(8, HEADS, requires_grad=False)
-    with pytest.raises(ValueError, match="^backend: .*'dense'.*reference, banded, flex"):
+    with pytest.raises(ValueError, match="^backend: .*'dense'.*reference, banded, masked_sdpa, flex"):
         sparse_attention(q, k, v, SparsePattern(4), backend="dense")
 
 
-@pytest.mark.parametrize("backend", ["reference", "banded", "flex"])
+@pytest.mark.parametrize("backend", ["reference", "banded", "masked_sdpa", "flex"])
 def test_empty_sequence(backend):
     q = torch.zeros(2, HEADS, 0, 8)
     assert sparse_attention(q, q, q, SparsePattern(4), backend=backend).shape == (2, HEADS, 0, 8)

@@ -42,8 +42,9 @@ class SparseAttention(Attention):
             mixer's output would duplicate the residual dropout of the block
             (``LanguageModel(dropout=...)``), so ``dropout > 0`` is refused rather than silently
             meaning something else than it does in :class:`Attention`.
-        backend: kernel backend, ``"reference"``, ``"banded"`` or ``"flex"``; ``None`` lets the
-            kernel choose (``banded`` on CPU, ``flex`` on CUDA, or the environment variable
+        backend: kernel backend, ``"reference"``, ``"banded"``, ``"masked_sdpa"`` or ``"flex"``;
+            ``None`` lets the kernel choose (on CPU ``masked_sdpa`` up to L = 256 and ``banded``
+            beyond, ``flex`` on CUDA, or the environment variable
             ``HYBRIDS_SPARSE_ATTENTION_BACKEND``). ``flex`` cannot train on CPU.
         seed: seed of the random-block draw (the same for every layer built with it).
 
