@@ -13,6 +13,7 @@ from hybrids.kernels.dispatch import REGISTRY, Backend, BackendUnavailable, Op, 
 from hybrids.kernels.dtypes import at_least_float32, widen
 from hybrids.kernels.linear import linear_attention, linear_attention_step
 from hybrids.kernels.lsh import lsh_attention, lsh_attention_step, lsh_buckets
+from hybrids.kernels.recurrence import linear_recurrence
 from hybrids.kernels.rotary import apply_rotary, rotary_cos_sin
 from hybrids.kernels.scan import selective_scan, selective_state_update
 from hybrids.kernels.sparse import SparsePattern, sparse_attention
@@ -56,6 +57,7 @@ __all__ = [
     "conjugate_full",
     "dense_ssm_state",
     "describe",
+    "linear_recurrence",
     "diagonal_kernel",
     "diagonal_ssm",
     "diagonal_ssm_recurrent",

@@ -206,23 +206,63 @@ RGLRU_SETTINGS = {
 
 
 @pytest.mark.parametrize("setting", RGLRU_SETTINGS)
-@pytest.mark.parametrize("scan_backend", [None, "reference"])
-def test_rglru_scan_equals_direct_recurrence(setting, scan_backend):
+@pytest.mark.parametrize("scan_backend", [None, "reference", "cpu"])
+def test_rglru_equals_direct_recurrence(setting, scan_backend):
+    """None: the linear-recurrence kernel (CPU); a scan backend: the selective-scan path."""
     m = RGLRU(16, scan_backend=scan_backend, **RGLRU_SETTINGS[setting]).double()
+    assert m._uses_recurrence(torch.device("cpu"), torch.float64) == (scan_backend is None)
     x = torch.randn(2, 11, 16, dtype=torch.float64)
     with torch.no_grad():
         assert relative_rms(m(x), plain_rglru(m, x)) < 1e-11
 
 
-def test_rglru_step_floor_where_the_decay_is_nearly_one():
-    """With a ~ 1 the step would vanish; the floor keeps the scan finite and a_t <= exp(-floor)."""
+@pytest.mark.parametrize("setting", RGLRU_SETTINGS)
+def test_rglru_recurrence_and_scan_paths_have_the_same_gradients(setting):
+    torch.manual_seed(3)
+    on_recurrence = RGLRU(16, **RGLRU_SETTINGS[setting]).double()
+    on_scan = RGLRU(16, scan_backend="cpu", **RGLRU_SETTINGS[setting]).double()
+    on_scan.load_state_dict(on_recurrence.state_dict())
+    x = torch.randn(2, 13, 16, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 13, 16, dtype=torch.float64)
+    grads = []
+    for m in (on_recurrence, on_scan):
+        params = [x, *m.parameters()]
+        grads.append(torch.autograd.grad((m(x) * weights).sum(), params))
+    for (name, _), a, b in zip([("x", None), *on_recurrence.named_parameters()], *grads):
+        assert relative_rms(a, b) < 1e-10, name
+
+
+def test_rglru_recurrence_path_prefill_carries_the_state():
+    """Chunked prefill on the recurrence path equals one pass, and its state feeds step."""
+    torch.manual_seed(4)
     m = RGLRU(16).double()
+    x = torch.randn(2, 12, 16, dtype=torch.float64)
+    with torch.no_grad():
+        whole, state = m.prefill(x)
+        first, middle = m.prefill(x[:, :5])
+        second, end = m.prefill(x[:, 5:], middle)
+        assert relative_rms(torch.cat((first, second), dim=1), whole) < 1e-12
+        for key in state:
+            assert relative_rms(end[key], state[key]) < 1e-12, key
+        stepped, _ = m.step(x[:, 5], middle)
+        assert relative_rms(stepped, second[:, 0]) < 1e-10
+
+
+def test_rglru_step_floor_where_the_decay_is_nearly_one():
+    """With a ~ 1 the scan's step would vanish; on the selective-scan path the floor keeps it
+    finite and a_t <= exp(-floor). The recurrence path needs no floor: it is the paper's
+    equation (here a_t rounds to 1 in float64 and the block outputs little but its biases)."""
+    m = RGLRU(16, scan_backend="cpu").double()
     with torch.no_grad():
         m.Lambda.fill_(40.0)  # softplus(-40) ~ 4e-18: every step below the floor
         x = torch.randn(2, 9, 16, dtype=torch.float64)
         y = m(x)
         assert torch.isfinite(y).all()
         assert relative_rms(y, plain_rglru(m, x, floor=rglru_module.DELTA_FLOOR)) < 1e-9
+        m.scan_backend = None
+        y = m(x)
+        assert torch.isfinite(y).all()
+        assert relative_rms(y, plain_rglru(m, x)) < 1e-6
 
 
 @pytest.mark.parametrize("a_min,a_max,c", [(0.9, 0.999, 8.0), (0.5, 0.6, 2.0)])

@@ -1,0 +1,82 @@
+"""Training-step time of each run shape of a sweep, on the CPU: what a sweep's wall time is made of.
+
+    python benchmarks/sweep_step_cpu.py                                      # mqar_cpu, one seed and lr
+    python benchmarks/sweep_step_cpu.py configs/sweeps/mqar_cpu.yaml --match d64 --steps 10
+
+For every distinct (family, width, task) of the sweep (seed and learning rate do not change the
+cost: the first run of each is taken), the run's model and data are built from its resolved
+config and one training step (forward, cross-entropy on the labelled positions, backward, AdamW)
+is timed on a fixed batch: median of ``--steps`` steps after ``--warmup``, one thread (each
+sweep worker runs single-threaded). Lightning's loop, validation, and start-up are not included:
+compare this with a run's ``wall_s`` to see those. Rows are printed as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hybrids.sweeps.spec import expand, load_sweep
+
+
+def build(config: dict):
+    def make(section: dict, **extra):
+        module, _, name = section["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module), name)(**{**section.get("init_args", {}), **extra})
+
+    data = make(config["data"])
+    data.setup("fit")
+    model = make(config["model"], vocab_size=data.vocab_size)
+    inputs, labels = next(iter(data.train_dataloader()))[:2]
+    return model, inputs, labels
+
+
+def step_seconds(config: dict, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    model, inputs, labels = build(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        logits = model(inputs)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep", nargs="?", default="configs/sweeps/mqar_cpu.yaml")
+    parser.add_argument("--match", default="", help="only run names containing this")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seen = set()
+    print(f"{args.sweep}: one training step, median of {args.steps} after {args.warmup}, 1 thread")
+    print("| run shape | ms / step |")
+    print("| --- | ---: |")
+    for plan in expand(load_sweep(args.sweep)):
+        shape = "-".join(str(plan.axes[k]) for k in plan.axes if k not in ("lr", "seed"))
+        if shape in seen or args.match not in plan.name:
+            continue
+        seen.add(shape)
+        print(f"| {shape} | {step_seconds(plan.config, args.steps, args.warmup) * 1e3:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
