@@ -41,14 +41,15 @@ CASES = [(2, 5, w, length) for w in (1, 2, 3, 4) for length in (1, 3, 17)]
 @pytest.mark.parametrize("batch,dim,width,length", CASES, ids=[case_id(*c) for c in CASES])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
-def test_matches_per_tap_sum_with_gradients(batch, dim, width, length, activation, with_bias):
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_matches_per_tap_sum_with_gradients(batch, dim, width, length, activation, with_bias, backend):
     x = torch.randn(batch, dim, length, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(dim, width, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(dim, dtype=torch.float64, requires_grad=True) if with_bias else None
     leaves = [t for t in (x, weight, bias) if t is not None]
     grad_out = torch.randn(batch, dim, length, dtype=torch.float64)
 
-    out = causal_conv1d(x, weight, bias, activation)
+    out = causal_conv1d(x, weight, bias, activation, backend=backend)
     grads = torch.autograd.grad(out, leaves, grad_out)
     expected = per_tap(x, weight, bias, activation)
     expected_grads = torch.autograd.grad(expected, leaves, grad_out)
@@ -63,7 +64,7 @@ STATE_CASES = [(w, length) for w in (1, 2, 4) for length in (1, 2, 3, 9)]
 
 
 @pytest.mark.parametrize("width,length", STATE_CASES, ids=[f"W{w}-L{n}" for w, n in STATE_CASES])
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["torch", "reference", "cpu"])
 def test_initial_and_final_states_continue_the_sequence(width, length, backend):
     """Convolving a sequence in two pieces, the first piece's final states passed as the second's
     initial states, equals convolving it whole; outputs, final states and every gradient
@@ -239,8 +240,23 @@ def test_forced_extension_that_cannot_run_says_how_to_get_it(how, monkeypatch):
         assert "CUDA" in message
 
 
-def test_default_backend_on_cpu_is_torch_without_importing_the_package(monkeypatch):
+def test_default_backend_on_cpu_is_cpp_else_torch_without_importing_the_package(monkeypatch):
+    from hybrids.kernels import cpp_build
+
     monkeypatch.delenv(module.BACKEND_ENV, raising=False)
     imported = "causal_conv1d" in sys.modules
+    assert module.CAUSAL_CONV1D.select("cpu", torch.float32, width=2) == "cpu"
+    monkeypatch.setenv(cpp_build.DISABLE_ENV, "1")
     assert module.CAUSAL_CONV1D.select("cpu", torch.float32, width=2) == "torch"
     assert ("causal_conv1d" in sys.modules) == imported
+
+
+def test_cpp_backend_in_float32_and_half_inputs():
+    x = torch.randn(3, 6, 40)
+    weight, bias = torch.randn(6, 4), torch.randn(6)
+    for activation in ACTIVATIONS:
+        expected = per_tap(x.double(), weight.double(), bias.double(), activation)
+        out = causal_conv1d(x, weight, bias, activation, backend="cpu")
+        assert out.dtype == torch.float32 and relative_rms(out.double(), expected) < 1e-6
+        half = causal_conv1d(x.half(), weight.half(), bias.half(), activation, backend="cpu")
+        assert half.dtype == torch.float16 and relative_rms(half.double(), expected) < 2e-3

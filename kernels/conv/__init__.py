@@ -31,12 +31,16 @@ Backends (``backend=`` argument, else ``HYBRIDS_CAUSAL_CONV1D_BACKEND`` /
 - ``"torch"`` (:mod:`.taps`): plain PyTorch, one multiply-add per tap (the sum that
   ``F.conv1d(..., groups=dim)`` computes, faster here: see ``taps``), with a hand-written
   backward by taps too. Any device, dtype and width.
+- ``"cpu"`` (:mod:`.cpp`, convolution only): a compiled C++ loop, one (batch, channel) row at a
+  time with the time axis vectorised and the SiLU fused, forward and backward; float32 and
+  float64 arithmetic (half-precision inputs are computed in float32). Any width, initial states.
 - ``"extension"`` (:mod:`.extension`): the causal-conv1d package's CUDA kernels (``pip install
   -e '.[cuda]'`` on a CUDA machine). CUDA tensors, widths 2 to 4, float32/float16/bfloat16
   only, and no initial or final states (their channel-last layout is not wired up here).
 
-Automatic choice: ``"extension"`` where it is installed and can take the arguments, else
-``"torch"``.
+Automatic choice: ``"extension"`` where it is installed and can take the arguments; on CPU
+``"cpu"`` where a C++ compiler is found; else ``"torch"``. The decode step stays on ``"torch"``
+(one token: nothing to vectorise over).
 """
 
 from __future__ import annotations
@@ -52,6 +56,12 @@ _INSTALL = "`pip install -e '.[cuda]'` on a CUDA machine"
 # What the package's CUDA kernels accept.
 _EXTENSION_WIDTHS = (2, 3, 4)
 _EXTENSION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _cpp_available(device: str) -> str | None:
+    from hybrids.kernels import cpp_build
+
+    return cpp_build.unavailable_reason("causal_conv1d")
 
 
 def _extension_available(device: str) -> str | None:
@@ -71,6 +81,10 @@ CAUSAL_CONV1D = Op(
     (
         Backend("reference", f"{_PACKAGE}.reference:causal_conv1d_reference", priority=0, automatic=()),
         Backend("torch", f"{_PACKAGE}.taps:causal_conv1d_torch", priority=10),
+        Backend(
+            "cpu", f"{_PACKAGE}.cpp:causal_conv1d_cpu", devices=("cpu",), priority=15, available=_cpp_available,
+            install="install g++ or clang++ (or set CXX); HYBRIDS_DISABLE_CPP=1 turns it off",
+        ),
         Backend(
             "extension", f"{_PACKAGE}.extension:causal_conv1d_extension", devices=("cuda",),
             dtypes=_EXTENSION_DTYPES, priority=20, available=_extension_available, accepts=_extension_accepts,

@@ -68,13 +68,20 @@ int thread_index() {
 #endif
 }
 
-template <typename T>
+// FIXED_N > 0 compiles the loops for d_state == FIXED_N (Mamba's 16): the state of a row then
+// lives in registers across steps and the n-loops unroll, which measured 1.5-2x faster than the
+// same loops over a run-time N. FIXED_N == 0 takes N at run time (any d_state).
+template <typename T, int FIXED_N>
 void scan_forward(const T* u, const T* delta, const T* A, const T* Bt, const T* Ct, const T* h0, T* y, T* last,
-                  T* ckpt, int64_t batch, int64_t dim, int64_t groups, int64_t L, int64_t N, int64_t chunk,
+                  T* ckpt, int64_t batch, int64_t dim, int64_t groups, int64_t L, int64_t n_runtime, int64_t chunk,
                   int threads) {
+  const int64_t N = FIXED_N > 0 ? FIXED_N : n_runtime;
   const int64_t n_chunks = (L + chunk - 1) / chunk;
   const int64_t per_group = dim / groups;
-#pragma omp parallel for schedule(static) num_threads(threads_or_default(threads))
+#pragma omp parallel num_threads(threads_or_default(threads))
+  {
+  std::vector<T> h(N);  // one buffer per thread: an allocation per row costs more than a row at small L
+#pragma omp for schedule(static)
   for (int64_t bd = 0; bd < batch * dim; ++bd) {
     const int64_t b = bd / dim, d = bd % dim, g = d / per_group;
     const T* a_row = A + d * N;
@@ -83,7 +90,6 @@ void scan_forward(const T* u, const T* delta, const T* A, const T* Bt, const T* 
     const T* Bg = Bt + (b * groups + g) * L * N;
     const T* Cg = Ct + (b * groups + g) * L * N;
     T* yb = y + bd * L;
-    std::vector<T> h(N);
     for (int64_t n = 0; n < N; ++n) h[n] = h0 ? h0[bd * N + n] : T(0);
     T* hp = h.data();
     for (int64_t t = 0; t < L; ++t) {
@@ -101,16 +107,24 @@ void scan_forward(const T* u, const T* delta, const T* A, const T* Bt, const T* 
     }
     std::memcpy(last + bd * N, hp, N * sizeof(T));
   }
+  }
 }
 
-template <typename T>
+template <typename T, int FIXED_N>
 void scan_backward(const T* u, const T* delta, const T* A, const T* Bt, const T* Ct, const T* ckpt, const T* dy,
                    const T* dlast, T* du, T* ddelta, T* dA_part, T* dh0, T* dB_part, T* dC_part, int64_t batch,
-                   int64_t dim, int64_t groups, int64_t L, int64_t N, int64_t chunk, int threads) {
+                   int64_t dim, int64_t groups, int64_t L, int64_t n_runtime, int64_t chunk, int threads) {
+  const int64_t N = FIXED_N > 0 ? FIXED_N : n_runtime;
   const int64_t n_chunks = (L + chunk - 1) / chunk;
   const int64_t per_group = dim / groups;
   const int64_t slab = batch * groups * L * N;  // one thread's copy of dB / dC
-#pragma omp parallel for schedule(static) num_threads(threads_or_default(threads))
+#pragma omp parallel num_threads(threads_or_default(threads))
+  {
+  // Per-thread buffers, reused row after row (allocating and zeroing them per row cost more
+  // than the arithmetic at L = 64): states[i] = h after step (start + i), decays[i] =
+  // exp(delta A) at that step, for one chunk; g the adjoint; dA_acc the row's dA.
+  std::vector<T> states(chunk * N), decays(chunk * N), g(N), dA_acc(N);
+#pragma omp for schedule(static)
   for (int64_t bd = 0; bd < batch * dim; ++bd) {
     const int64_t b = bd / dim, d = bd % dim, gi = d / per_group;
     const int64_t tid = thread_index();
@@ -123,10 +137,10 @@ void scan_backward(const T* u, const T* delta, const T* A, const T* Bt, const T*
     const T* Cg = Ct + offset;
     T* dBg = dB_part + tid * slab + offset;
     T* dCg = dC_part + tid * slab + offset;
-    // states[i] = h after step (start + i), decays[i] = exp(delta A) at that step; one chunk.
-    std::vector<T> states(chunk * N), decays(chunk * N), g(N, T(0)), dA_acc(N, T(0));
-    if (dlast)
-      for (int64_t n = 0; n < N; ++n) g[n] = dlast[bd * N + n];
+    for (int64_t n = 0; n < N; ++n) {
+      g[n] = dlast ? dlast[bd * N + n] : T(0);
+      dA_acc[n] = T(0);
+    }
     T* gp = g.data();
     T* dAp = dA_acc.data();
     for (int64_t c = n_chunks - 1; c >= 0; --c) {
@@ -173,6 +187,7 @@ void scan_backward(const T* u, const T* delta, const T* A, const T* Bt, const T*
     if (dh0)
       for (int64_t n = 0; n < N; ++n) dh0[bd * N + n] = gp[n];
   }
+  }
 }
 
 }  // namespace
@@ -185,14 +200,21 @@ int hybrids_openmp_threads() { return threads_or_default(0); }
   void hybrids_scan_forward_##SUFFIX(const T* u, const T* delta, const T* A, const T* Bt, const T* Ct,      \
                                      const T* h0, T* y, T* last, T* ckpt, int64_t batch, int64_t dim,         \
                                      int64_t groups, int64_t L, int64_t N, int64_t chunk, int threads) {      \
-    scan_forward<T>(u, delta, A, Bt, Ct, h0, y, last, ckpt, batch, dim, groups, L, N, chunk, threads);      \
+    if (N == 16)                                                                                             \
+      scan_forward<T, 16>(u, delta, A, Bt, Ct, h0, y, last, ckpt, batch, dim, groups, L, N, chunk, threads); \
+    else                                                                                                     \
+      scan_forward<T, 0>(u, delta, A, Bt, Ct, h0, y, last, ckpt, batch, dim, groups, L, N, chunk, threads);  \
   }                                                                                                          \
   void hybrids_scan_backward_##SUFFIX(const T* u, const T* delta, const T* A, const T* Bt, const T* Ct,     \
                                       const T* ckpt, const T* dy, const T* dlast, T* du, T* ddelta,          \
                                       T* dA_part, T* dh0, T* dB_part, T* dC_part, int64_t batch, int64_t dim, \
                                       int64_t groups, int64_t L, int64_t N, int64_t chunk, int threads) {     \
-    scan_backward<T>(u, delta, A, Bt, Ct, ckpt, dy, dlast, du, ddelta, dA_part, dh0, dB_part, dC_part, batch, \
-                     dim, groups, L, N, chunk, threads);                                                     \
+    if (N == 16)                                                                                             \
+      scan_backward<T, 16>(u, delta, A, Bt, Ct, ckpt, dy, dlast, du, ddelta, dA_part, dh0, dB_part, dC_part,  \
+                           batch, dim, groups, L, N, chunk, threads);                                        \
+    else                                                                                                     \
+      scan_backward<T, 0>(u, delta, A, Bt, Ct, ckpt, dy, dlast, du, ddelta, dA_part, dh0, dB_part, dC_part,   \
+                          batch, dim, groups, L, N, chunk, threads);                                         \
   }
 
 HYBRIDS_SCAN_EXPORTS(float, f32)
