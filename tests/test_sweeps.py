@@ -374,3 +374,155 @@ def test_an_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tmp_path):
     assert status["status"] == "done" and status["attempts"] == 2
     log = (run / "output.log").read_text()
     assert "=== attempt 2" in log and "using checkpoint" in log.split("=== attempt 2")[1]
+
+
+# -- preloaded runs (hybrids.sweeps.forkserver) --------------------------------------------------
+
+
+def test_preloaded_runs_give_the_metrics_of_fresh_interpreters(tmp_path):
+    from hybrids.sweeps.command import build_parser
+
+    assert "--no-preload" in build_parser().format_help()
+    path = write_sweep(tmp_path, name="same", settings=TINY, choices={"family": families()["family"]},
+                       grid=[{"family": ["attention", "s4d"], "model.init_args.d_model": [16]}], lr=[3e-3])
+    found = {}
+    for mode, extra in (("preloaded", ()), ("fresh", ("--no-preload",))):
+        done = run_sweep(path, "--workers", "2", "--out", str(tmp_path / mode), *extra, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        found[mode] = statuses(tmp_path / mode)
+        for name in found[mode]:
+            log = (tmp_path / mode / name / "output.log").read_text()
+            assert ("(forked from a preloaded server)" in log) == (mode == "preloaded"), log
+            assert "no preloaded server" not in log and "hybrids: test accuracy" in log
+    assert sorted(found["preloaded"]) == ["attention-d16-lr3e-3-s0", "s4d-d16-lr3e-3-s0"]
+    for name, status in found["preloaded"].items():
+        assert status["status"] == "done" and "test/loss" in status["metrics"]
+        # Seeded training: the fork trains exactly what the fresh interpreter trains.
+        assert status["metrics"] == found["fresh"][name]["metrics"], name
+
+
+@pytest.fixture(scope="module")
+def preloaded_cwd(tmp_path_factory):
+    """The working folder of this module's preloaded server (one, started by the first test
+    that needs it), whose runs can import tests/fault_injection.py."""
+    from hybrids.sweeps import forkserver
+
+    if not forkserver.available():
+        pytest.skip("preloaded runs are Linux-only")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(Path(__file__).parent))
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield tmp_path_factory.mktemp("preloaded")
+    forkserver.shutdown()
+
+
+def tiny_run_folder(out: Path, name: str, settings: dict | None = None) -> Path:
+    """A run folder as `hybrids sweep` writes it, for execute_run."""
+    from hybrids.sweeps.command import prepare, write_run_folder
+
+    (plan,) = expand(load_sweep(write_sweep(out, name=name, settings={**TINY, **(settings or {})})))
+    assert not prepare([plan], None)
+    return write_run_folder(out / "runs", plan, None)
+
+
+def hanging(marker: Path) -> dict:
+    return {"trainer.callbacks": [{"class_path": "fault_injection.HangAtStep",
+                                   "init_args": {"step": 1, "marker": str(marker)}}]}
+
+
+def start_in_thread(task):
+    import threading
+
+    from hybrids.sweeps.execute import execute_run
+
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(execute_run(task)))
+    thread.start()
+    return thread, result
+
+
+def wait_for(marker: Path, thread, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert thread.is_alive() and time.monotonic() < deadline, "the run never reached its step"
+        time.sleep(0.1)
+
+
+def test_a_crashed_preloaded_run_leaves_the_server_serving(tmp_path, preloaded_cwd):
+    from hybrids.sweeps import forkserver
+    from hybrids.sweeps.execute import RunTask, execute_run, signal_live_runs
+
+    marker = tmp_path / "hanging"
+    crashed = tiny_run_folder(tmp_path, "crashed", hanging(marker))
+    thread, result = start_in_thread(RunTask(str(crashed), preload=True, cwd=str(preloaded_cwd)))
+    wait_for(marker, thread)
+    (server,) = forkserver.server_pids()
+    assert signal_live_runs(signal.SIGKILL) == 1  # as a segfault or the OOM killer would end it
+    thread.join(60)
+    assert result["status"] == "failed" and result["returncode"] == -signal.SIGKILL, result
+
+    fine = tiny_run_folder(tmp_path, "fine")
+    status = execute_run(RunTask(str(fine), preload=True, cwd=str(preloaded_cwd)))
+    assert status["status"] == "done" and "test/acc" in status["metrics"], status
+    assert forkserver.server_pids() == [server], "the same server forked the next run"
+    assert "(forked from a preloaded server)" in (fine / "output.log").read_text()
+
+
+def test_a_lost_server_is_replaced_and_its_live_run_awaited(tmp_path, preloaded_cwd):
+    from hybrids.sweeps import forkserver
+    from hybrids.sweeps.execute import RunTask, execute_run, signal_live_runs
+
+    marker = tmp_path / "hanging"
+    orphan = tiny_run_folder(tmp_path, "orphan", hanging(marker))
+    thread, result = start_in_thread(RunTask(str(orphan), preload=True, cwd=str(preloaded_cwd)))
+    wait_for(marker, thread)
+    for server in forkserver.server_pids():
+        os.kill(server, signal.SIGKILL)
+    time.sleep(1)
+    assert thread.is_alive(), "the run outlives its server, and the sweep waits for it"
+    signal_live_runs(signal.SIGKILL)
+    thread.join(60)
+    assert result["status"] == "failed" and "went away" in result["error"], result
+
+    fine = tiny_run_folder(tmp_path, "fine")
+    status = execute_run(RunTask(str(fine), preload=True, cwd=str(preloaded_cwd)))
+    assert status["status"] == "done", status
+    assert "no preloaded server" not in (fine / "output.log").read_text(), "a new server started the run"
+
+
+def test_a_preloaded_run_refuses_to_train_without_the_lock(tmp_path, preloaded_cwd):
+    """The fork takes the run's lock itself before anything else: handed an open file other
+    than the lock's holder's (what would happen if the sweep's hand-over broke), it trains
+    nothing and the run counts as busy."""
+    import fcntl
+
+    from hybrids.sweeps.execute import RunTask, _execute_locked, read_json
+
+    run = tiny_run_folder(tmp_path, "held")
+    with (run / ".lock").open("a") as holder, (run / ".lock").open("a") as other:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _execute_locked(RunTask(str(run), preload=True, cwd=str(preloaded_cwd)), run,
+                                 read_json(run / "run.json"), other.fileno())
+    assert result["status"] == "busy" and "not started twice" in result["error"], result
+    assert not (run / "status.json").exists() and not (run / "logs").exists(), "nothing ran"
+    assert "another process holds this run's lock" in (run / "output.log").read_text()
+
+
+def test_without_a_preloaded_server_a_run_starts_as_a_fresh_interpreter(tmp_path, monkeypatch):
+    from hybrids.sweeps import forkserver
+    from hybrids.sweeps.execute import RunTask, execute_run
+
+    run = tiny_run_folder(tmp_path, "fallback")
+    missing = execute_run(RunTask(str(run), python=str(tmp_path / "no-python"), preload=True))
+    assert missing["status"] == "failed" and missing["error"].startswith("cannot start"), missing
+    assert "no preloaded server (cannot start" in (run / "output.log").read_text()
+
+    def unavailable(*args, **kwargs):
+        raise forkserver.PreloadUnavailable("switched off by the test")
+
+    monkeypatch.setattr(forkserver, "start_run", unavailable)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    status = execute_run(RunTask(str(run), preload=True))
+    assert status["status"] == "done" and status["attempts"] == 2, status
+    last = (run / "output.log").read_text().split("=== attempt 2")[1]
+    assert "no preloaded server (switched off by the test); starting a fresh interpreter" in last

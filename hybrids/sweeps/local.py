@@ -1,9 +1,13 @@
 """The local launcher: a pool of N workers, each running one run at a time.
 
-Each worker is a thread that waits on a ``hybrids fit`` subprocess, so N runs train at once in
-N processes. On Ctrl-C, SIGTERM or SIGHUP (a closed terminal) the pool starts nothing new, passes
+Each worker is a thread that waits on a ``hybrids fit`` process, so N runs train at once in
+N processes: forks of the preloaded server (:mod:`hybrids.sweeps.forkserver`) for the tasks of
+``hybrids sweep``, or subprocesses (``RunTask.preload`` off, ``--no-preload``); the pool sees no
+difference. On Ctrl-C, SIGTERM or SIGHUP (a closed terminal) the pool starts nothing new, passes
 the signal on to the running runs (SIGTERM for SIGHUP: they save ``last.ckpt`` and exit), waits
-for them, and raises :class:`SweepInterrupted`: the next ``hybrids sweep`` resumes them.
+for them, and raises :class:`SweepInterrupted`: the next ``hybrids sweep`` resumes them. The
+preloaded server lives in a session of its own, so those signals (sent by a terminal or to the
+sweep's process group) do not reach it, and it keeps reporting the runs' exit statuses.
 """
 
 from __future__ import annotations
