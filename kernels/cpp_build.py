@@ -54,6 +54,13 @@ def unavailable_reason(name: str = "selective_scan") -> str | None:
     """None if ``csrc/<name>.cpp`` builds and loads here, else why not (and how to fix it)."""
     if os.environ.get(DISABLE_ENV) == "1":
         return f"disabled by {DISABLE_ENV}=1"
+    return _build_failure(name)
+
+
+@functools.cache
+def _build_failure(name: str) -> str | None:
+    """Why ``name`` does not build here, or None; asked once per process (the dispatcher asks
+    on every call, and a failing build would otherwise run the compiler each time)."""
     try:
         load(name)
     except BuildError as error:

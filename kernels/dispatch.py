@@ -8,8 +8,10 @@ then asks :meth:`Op.select` for a backend name:
 1. ``backend=`` given by the caller wins;
 2. else the op's environment variable (``HYBRIDS_<OP>_BACKEND``, e.g.
    ``HYBRIDS_SELECTIVE_SCAN_BACKEND=torch``) forces one for the whole process;
-3. else the available backend of highest priority that serves the tensors' device and dtype and
-   accepts the call's arguments (references are never chosen this way).
+3. else the available backend of highest priority that serves the tensors' device and dtype,
+   accepts the call's arguments and, if it has a ``prefers`` rule, is preferred for them (e.g. a
+   dense path only for short inputs); references are chosen this way only where declared as a
+   fallback.
 
 A backend asked for by name (1 or 2) that cannot run raises :class:`BackendUnavailable`, whose
 message says why and how to get it; an unknown name raises ``ValueError`` listing the valid ones.
@@ -237,8 +239,9 @@ def describe(ops: Mapping[str, Op] | None = None) -> str:
             if device == "cuda" and not cuda_here:
                 choice += " (if a CUDA device were present)"
             choices.append(f"{device} -> {choice}")
-        if any(b.prefers is not None for b in op.backends):
-            choices[-1] += "; for calls no rule prefers"
         heading = f"forced by {by}={forced}" if forced else "default"
         lines.append(f"  {heading}: " + ", ".join(choices))
+        preferring = [f"{b.name} on {'/'.join(b.auto_devices())}" for b in op.backends if b.prefers and b.auto_devices()]
+        if preferring and not forced:
+            lines.append(f"  instead, for the calls its rule prefers: {', '.join(preferring)}")
     return "\n".join(lines)

@@ -12,8 +12,12 @@ import torch.nn.functional as F
 
 from hybrids.errors import ConfigError
 from hybrids.kernels.scan.reference import selective_scan_reference
+from hybrids.kernels import cpp_build
 from hybrids.mixers import RGLRU, Mamba
 from hybrids.spec import build_mixer
+
+HAVE_CPP = cpp_build.unavailable_reason("selective_scan") is None and cpp_build.unavailable_reason("linear_recurrence") is None
+needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason="no C++ compiler here")
 from helpers import relative_rms
 
 mamba_module = importlib.import_module("hybrids.mixers.mamba")
@@ -206,16 +210,18 @@ RGLRU_SETTINGS = {
 
 
 @pytest.mark.parametrize("setting", RGLRU_SETTINGS)
-@pytest.mark.parametrize("scan_backend", [None, "reference", "cpu"])
+@pytest.mark.parametrize("scan_backend", [None, "reference", pytest.param("cpu", marks=needs_cpp)])
 def test_rglru_equals_direct_recurrence(setting, scan_backend):
     """None: the linear-recurrence kernel (CPU); a scan backend: the selective-scan path."""
     m = RGLRU(16, scan_backend=scan_backend, **RGLRU_SETTINGS[setting]).double()
-    assert m._uses_recurrence(torch.device("cpu"), torch.float64) == (scan_backend is None)
+    if scan_backend is not None or HAVE_CPP:
+        assert m._uses_recurrence(torch.device("cpu"), torch.float64) == (scan_backend is None)
     x = torch.randn(2, 11, 16, dtype=torch.float64)
     with torch.no_grad():
         assert relative_rms(m(x), plain_rglru(m, x)) < 1e-11
 
 
+@needs_cpp
 @pytest.mark.parametrize("setting", RGLRU_SETTINGS)
 def test_rglru_recurrence_and_scan_paths_have_the_same_gradients(setting):
     torch.manual_seed(3)
@@ -248,21 +254,30 @@ def test_rglru_recurrence_path_prefill_carries_the_state():
         assert relative_rms(stepped, second[:, 0]) < 1e-10
 
 
-def test_rglru_step_floor_where_the_decay_is_nearly_one():
-    """With a ~ 1 the scan's step would vanish; on the selective-scan path the floor keeps it
-    finite and a_t <= exp(-floor). The recurrence path needs no floor: it is the paper's
-    equation (here a_t rounds to 1 in float64 and the block outputs little but its biases)."""
-    m = RGLRU(16, scan_backend="cpu").double()
+@pytest.mark.parametrize("scan_backend", [None, "reference"])
+def test_rglru_step_floor_where_the_decay_is_nearly_one(scan_backend):
+    """With a ~ 1 the scan's step would vanish; the floor on -log a_t (both paths) keeps it
+    finite and a_t <= exp(-floor)."""
+    m = RGLRU(16, scan_backend=scan_backend).double()
     with torch.no_grad():
         m.Lambda.fill_(40.0)  # softplus(-40) ~ 4e-18: every step below the floor
         x = torch.randn(2, 9, 16, dtype=torch.float64)
         y = m(x)
         assert torch.isfinite(y).all()
         assert relative_rms(y, plain_rglru(m, x, floor=rglru_module.DELTA_FLOOR)) < 1e-9
-        m.scan_backend = None
-        y = m(x)
-        assert torch.isfinite(y).all()
-        assert relative_rms(y, plain_rglru(m, x)) < 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_rglru_gradients_stay_finite_when_the_recurrence_gate_closes(dtype):
+    """A gate r_t that rounds to 0 (float16 at a bias of -18) gives a_t = 1, where
+    sqrt(1 - a_t^2) has an infinite slope: the floor keeps every gradient finite."""
+    m = RGLRU(16).to(dtype)
+    with torch.no_grad():
+        m.gate_a.bias.fill_(-120.0)
+    x = torch.randn(2, 9, 16, dtype=dtype)
+    m(x).float().square().sum().backward()
+    for name, p in m.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
 
 
 @pytest.mark.parametrize("a_min,a_max,c", [(0.9, 0.999, 8.0), (0.5, 0.6, 2.0)])

@@ -312,6 +312,18 @@ def test_unknown_backend_lists_the_valid_ones():
         sparse_attention(q, k, v, SparsePattern(4), backend="dense")
 
 
+@pytest.mark.parametrize("backend", ["banded", "masked_sdpa"])
+def test_masks_first_built_under_inference_mode_serve_training(backend):
+    """The cached masks and tables must be ordinary tensors: evaluating under inference_mode
+    first (a validation pass) and training after must work."""
+    pattern = SparsePattern(3, dilation=2, global_tokens=1, random_blocks=1, block_size=8, seed=11)
+    q, k, v = random_qkv(37, HEADS, dtype=torch.float32)
+    with torch.inference_mode():
+        sparse_attention(q.detach(), k.detach(), v.detach(), pattern, backend=backend)
+    sparse_attention(q, k, v, pattern, backend=backend).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
 @pytest.mark.parametrize("backend", ["reference", "banded", "masked_sdpa", "flex"])
 def test_empty_sequence(backend):
     q = torch.zeros(2, HEADS, 0, 8)

@@ -35,14 +35,15 @@ op does not serve) it runs on ``hybrids.kernels.scan`` unchanged, with ``d_state
     u_t     = sqrt(1 - a_t^2) * i_t * x_t / delta_t   delta_t * B * u_t = the RG-LRU's input term
 
 ``sqrt(1 - a_t^2)`` is computed as ``sqrt(-expm1(2 log a_t))``, exact for small steps. On the
-selective scan the division needs ``delta_t > 0``: it is floored at ``DELTA_FLOOR = 1e-6``,
-which is reached only when ``r_t * softplus(-Lambda) < 1.25e-7`` (at initialisation
+selective scan the division needs ``delta_t > 0``: it is floored at ``DELTA_FLOOR = 1e-6``, and
+so is ``-log a_t`` on the recurrence path (the same function on both; there the floor also keeps
+the slope of ``sqrt(1 - a_t^2)`` finite), which is reached only when ``r_t * softplus(-Lambda) < 1.25e-7`` (at initialisation
 ``softplus(-Lambda) >= 1.25e-4``, so ``r_t < 1e-3``). Where the floor acts, the decay is
 ``a_t = exp(-1e-6)`` instead of a value still closer to 1 (the state forgets at most a fraction
 1e-6 per step more than asked, e^-1 over a million steps), the input scale is
 ``sqrt(1 - exp(-2e-6)) ~ 1.4e-3`` instead of a smaller one, and the gradient through ``delta``
 to ``r_t`` and ``Lambda`` is zero. ``u_t`` is then at most ~1400 times the gated input, well
-inside float32. Away from the floor both paths compute the same function (tested).
+inside float32. Both paths compute the same function (tested).
 
 ``prefill`` runs the parallel path with the kernels' initial and final states (the conv's last
 inputs, the scan's state). ``step`` uses ``causal_conv1d_update`` and ``selective_state_update``
@@ -169,18 +170,24 @@ class RGLRU(Mixer):
         ``h_t = a_t h_{t-1} + ...``, float32 or wider, same shape."""
         r, i = self._gates(x)
         work = at_least_float32(x.dtype)
-        log_a = -self.c * r.to(work) * F.softplus(-self.Lambda.to(work))
+        # -log a_t floored at DELTA_FLOOR, as delta is on the selective-scan path: the same
+        # function on both paths (and in step), and no infinite slope of sqrt(1 - a_t^2) at
+        # a_t = 1, which a gate r_t rounding to 0 (float16) would otherwise turn into NaN gradients.
+        log_a = -(self.c * r.to(work) * F.softplus(-self.Lambda.to(work))).clamp(min=DELTA_FLOOR)
         return log_a.exp(), torch.sqrt(-torch.expm1(2 * log_a)) * i.to(work) * x.to(work)
 
     def _uses_recurrence(self, device: torch.device, dtype: torch.dtype) -> bool:
-        """Whether the parallel path runs on ``linear_recurrence`` (module docstring)."""
+        """Whether the parallel path runs on ``linear_recurrence`` (module docstring): where its
+        compiled backend would be chosen, or where the environment forces one of its backends
+        (which then runs, or says why it cannot)."""
         if self.scan_backend is not None:
             return False
+        if LINEAR_RECURRENCE.forced()[0] is not None:
+            return True
         try:
-            LINEAR_RECURRENCE.select(device, at_least_float32(dtype))
+            return LINEAR_RECURRENCE.automatic(torch.device(device).type, at_least_float32(dtype)) == "cpu"
         except BackendUnavailable:
             return False
-        return True
 
     def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv output x (..., d_rnn) -> (u, delta) of the selective scan, float32 or wider."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from hybrids.kernels import cpp_build
 from hybrids.kernels.conv.taps import work_dtype
@@ -53,6 +54,7 @@ class _CppCausalConv(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         x, weight, bias, init = ctx.saved_tensors
         batch, dim, length = x.shape

@@ -18,8 +18,10 @@ namespace {
 
 // exp for float in a form the compiler vectorises (see selective_scan.cpp for the derivation):
 // 2^k times a degree-7 Taylor polynomial on |r| <= ln(2) / 2, relative error < 1e-8.
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+inline float exp_approx(float x_in) {
+  // fmin/fmax map NaN to a bound (a NaN reaching the integer cast below would be undefined);
+  // the NaN itself is returned at the end.
+  const float x = std::fmin(std::fmax(x_in, -87.0f), 88.0f);
   const int k = static_cast<int>(x * 1.4426950408889634f + 126.5f) - 126;
   const float kf = static_cast<float>(k);
   const float r = (x - kf * 0.693145751953125f) - kf * 1.428606765330187e-06f;
@@ -34,7 +36,7 @@ inline float exp_approx(float x) {
   const int32_t bits = (k + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return x_in == x_in ? p * scale : x_in;
 }
 inline double exp_approx(double x) { return std::exp(x); }  // float64 is for tests: exact libm
 

@@ -30,8 +30,10 @@ namespace {
 // exp for float in a form the compiler can vectorise (libm's expf is a scalar call):
 // exp(x) = 2^k exp(r) with k = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by its Taylor series
 // to r^7 (relative error < 1e-8, below float's 6e-8 rounding).
-inline float exp_approx(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
+inline float exp_approx(float x_in) {
+  // fmin/fmax map NaN to a bound (a NaN reaching the integer cast below would be undefined);
+  // the NaN itself is returned at the end.
+  const float x = std::fmin(std::fmax(x_in, -87.0f), 88.0f);
   // +126.5 keeps the argument of the truncating cast positive, so truncation rounds to nearest.
   const int k = static_cast<int>(x * 1.4426950408889634f + 126.5f) - 126;
   const float kf = static_cast<float>(k);
@@ -47,7 +49,7 @@ inline float exp_approx(float x) {
   const int32_t bits = (k + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return x_in == x_in ? p * scale : x_in;
 }
 inline double exp_approx(double x) { return std::exp(x); }  // float64 is for tests: exact libm
 

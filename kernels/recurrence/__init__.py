@@ -16,7 +16,8 @@ Backends (``backend=`` argument, else ``HYBRIDS_LINEAR_RECURRENCE_BACKEND``, els
 dispatcher's choice):
 
 - ``"reference"`` (:mod:`.reference`): a loop over time in plain PyTorch, differentiated by
-  autograd; the ground truth of the tests.
+  autograd; the ground truth of the tests, and the CPU fallback where no C++ compiler is found
+  (the RG-LRU then runs on the selective scan's pure-PyTorch path instead, which is faster).
 - ``"cpu"`` (:mod:`.cpp`): a compiled C++ loop, channels vectorised, one batch row per OpenMP
   iteration, with its own backward (the adjoint recurrence run backwards), built on first use.
 
@@ -41,7 +42,8 @@ def _cpp_available(device: str) -> str | None:
 LINEAR_RECURRENCE = Op(
     "linear_recurrence",
     (
-        Backend("reference", f"{_PACKAGE}.reference:linear_recurrence_reference", priority=0, automatic=()),
+        # The reference is the CPU fallback where no compiler is found (slow: a loop over time).
+        Backend("reference", f"{_PACKAGE}.reference:linear_recurrence_reference", priority=0, automatic=("cpu",)),
         Backend(
             "cpu", f"{_PACKAGE}.cpp:linear_recurrence_cpu", devices=("cpu",), priority=10,
             available=_cpp_available, install="install g++ or clang++ (or set CXX); HYBRIDS_DISABLE_CPP=1 turns it off",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from hybrids.kernels import cpp_build
 from hybrids.kernels.dtypes import at_least_float32
@@ -45,6 +46,7 @@ class _CppRecurrence(torch.autograd.Function):
         return h
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dh):
         a, h, h0 = ctx.saved_tensors
         batch, length, dim = h.shape

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from hybrids.kernels import cpp_build
 from hybrids.kernels.scan.common import gated_scan
@@ -76,6 +77,7 @@ class _CppScan(torch.autograd.Function):
         return y, last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, dlast):
         u, delta, A, Bt, Ct, checkpoints = ctx.saved_tensors
         batch, dim, length = u.shape

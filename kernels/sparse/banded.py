@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.kernels.dtypes import at_least_float32
-from hybrids.kernels.sparse.pattern import SparsePattern, _random_key_blocks
+from hybrids.kernels.sparse.pattern import SparsePattern, _random_key_blocks, outside_inference_mode
 
 
 # Query tile of the banded path, in positions of one residue class. A tile of Bq queries reads
@@ -216,6 +216,7 @@ def _band_shape(pattern: SparsePattern, length: int) -> tuple[int, int, int, int
 
 
 @functools.lru_cache(maxsize=8)
+@outside_inference_mode
 def _band_plan(pattern: SparsePattern, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """index (d * n_tiles, K), blocked (d * n_tiles, tile, K) of :func:`_band_part`."""
     d = pattern.dilation
@@ -254,6 +255,7 @@ def _global_part(
 
 
 @functools.lru_cache(maxsize=8)
+@outside_inference_mode
 def _global_plan(pattern: SparsePattern, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """index (n_tiles, global_tokens), blocked (n_tiles, tile, global_tokens) of :func:`_global_part`."""
     tile = min(_BAND_TILE, length)
@@ -288,6 +290,7 @@ def _random_part(
 
 
 @functools.lru_cache(maxsize=8)
+@outside_inference_mode
 def _random_plan(pattern: SparsePattern, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """index (n_blocks, r * block_size), blocked (n_blocks, block_size, r * block_size) of
     :func:`_random_part`."""

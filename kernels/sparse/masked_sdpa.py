@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.kernels.dtypes import at_least_float32
-from hybrids.kernels.sparse.pattern import SparsePattern
+from hybrids.kernels.sparse.pattern import SparsePattern, outside_inference_mode
 
 # The longest sequence for which the dispatcher picks this backend over "banded" (see above).
 AUTOMATIC_MAX_LENGTH = 256
@@ -42,6 +42,7 @@ def sparse_attention_masked_sdpa(
 
 
 @functools.lru_cache(maxsize=16)
+@outside_inference_mode
 def _mask(pattern: SparsePattern, length: int, device: torch.device) -> torch.Tensor:
     return pattern.dense_mask(length, device)
 

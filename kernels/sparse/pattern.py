@@ -114,7 +114,21 @@ class SparsePattern:
         return lookup[:, :-1].to(device)
 
 
+def outside_inference_mode(build):
+    """For cached builders of masks and tables: build them as ordinary tensors even when first
+    asked for under ``torch.inference_mode()``, so that a training step that reuses the cached
+    tensor later can save it for backward (inference tensors cannot be)."""
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
 @functools.lru_cache(maxsize=64)
+@outside_inference_mode
 def _random_key_blocks(pattern: SparsePattern, L: int) -> torch.Tensor:
     """Cached draw behind :meth:`SparsePattern.random_key_blocks` (callers must not modify it)."""
     n_blocks = -(-L // pattern.block_size)
