@@ -4,8 +4,9 @@
 
 elementwise over every channel, on tensors in the (batch, L, dim) layout that a mixer's
 activations have: ``a, x`` (batch, L, dim), ``initial_state`` (batch, dim). Returns ``h``
-(batch, L, dim) and, with ``return_last_state``, ``h[:, -1]`` (batch, dim). Arithmetic runs in
-float32 for half-precision inputs (float64 stays float64); ``h`` has ``x``'s dtype.
+(batch, L, dim) and, with ``return_last_state``, a copy of ``h[:, -1]`` (batch, dim).
+Arithmetic runs in float32 for half-precision inputs (float64 stays float64); ``h`` has ``x``'s
+dtype.
 
 The selective scan (:mod:`hybrids.kernels.scan`) computes this too, with ``d_state = 1`` and a
 step ``delta`` standing for ``-log a``, but its layout is (batch, dim, L), its inputs must be
@@ -66,7 +67,9 @@ def linear_recurrence(
     h = LINEAR_RECURRENCE.function(name)(a, x, initial_state)
     if not return_last_state:
         return h
-    last = h[:, -1] if h.shape[1] else _zero_or(initial_state, x)
+    # A tensor of its own, not a view of h: a decoder keeping the state must not keep the
+    # whole sequence's states alive with it.
+    last = h[:, -1].clone() if h.shape[1] else _zero_or(initial_state, x)
     return h, last
 
 
