@@ -99,6 +99,8 @@ def _cache_dir() -> Path:
 
 def _key(source: Path, cxx: str, flags: list[str]) -> str:
     digest = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # what the sources include
+        digest.update(header.read_bytes())
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     for part in (cxx, version, " ".join(flags), platform.machine(), _cpu_model()):
         digest.update(part.encode())
@@ -123,3 +125,20 @@ def _compile(cxx: str, flags: list[str], source: Path, target: Path) -> None:
         if result.returncode != 0:
             raise BuildError(f"`{' '.join(command)}` failed: {result.stderr.strip()[-500:]}")
         os.replace(partial, target)
+
+
+def pointer(tensor) -> ctypes.c_void_p:
+    """A tensor's data pointer for a C argument (None: a null pointer, an absent input)."""
+    return ctypes.c_void_p(tensor.data_ptr() if tensor is not None else None)
+
+
+_SUFFIXES = {"torch.float32": "f32", "torch.float64": "f64"}
+
+
+def function(name: str, symbol: str, dtype):
+    """``hybrids_<symbol>_<f32|f64>`` from the library built from ``csrc/<name>.cpp``: the
+    kernels export one copy per dtype."""
+    suffix = _SUFFIXES.get(str(dtype))
+    if suffix is None:
+        raise TypeError(f"the C++ kernels run in float32 or float64, got {dtype}")
+    return getattr(load(name), f"hybrids_{symbol}_{suffix}")

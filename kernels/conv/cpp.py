@@ -28,15 +28,6 @@ def causal_conv1d_cpu(x, weight, bias, activation, initial_states=None):
     return y.to(x.dtype)
 
 
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
-
-
-def _function(direction: str, dtype: torch.dtype):
-    suffix = {torch.float32: "f32", torch.float64: "f64"}[dtype]
-    return getattr(cpp_build.load("causal_conv1d"), f"hybrids_conv_{direction}_{suffix}")
-
-
 class _CppCausalConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, init, silu):
@@ -45,8 +36,8 @@ class _CppCausalConv(torch.autograd.Function):
         init = init.contiguous() if init is not None else None
         batch, dim, length = x.shape
         out = torch.empty_like(x)
-        _function("forward", x.dtype)(
-            *map(_ptr, (x, init, weight, bias)), ctypes.c_int(int(silu)), _ptr(out),
+        cpp_build.function("causal_conv1d", "conv_forward", x.dtype)(
+            *map(cpp_build.pointer, (x, init, weight, bias)), ctypes.c_int(int(silu)), cpp_build.pointer(out),
             *map(ctypes.c_int64, (batch, dim, length, weight.shape[1])), ctypes.c_int(torch.get_num_threads()),
         )
         ctx.save_for_backward(x, weight, bias, init)
@@ -64,9 +55,9 @@ class _CppCausalConv(torch.autograd.Function):
         dinit = torch.empty_like(init) if init is not None and ctx.needs_input_grad[3] else None
         dw_part = x.new_empty(batch, dim, width)
         dbias_part = x.new_empty(batch, dim) if bias is not None else None
-        _function("backward", x.dtype)(
-            *map(_ptr, (x, init, weight, bias)), ctypes.c_int(int(ctx.silu)),
-            *map(_ptr, (dout, dx, dinit, dw_part, dbias_part)),
+        cpp_build.function("causal_conv1d", "conv_backward", x.dtype)(
+            *map(cpp_build.pointer, (x, init, weight, bias)), ctypes.c_int(int(ctx.silu)),
+            *map(cpp_build.pointer, (dout, dx, dinit, dw_part, dbias_part)),
             *map(ctypes.c_int64, (batch, dim, length, width)), ctypes.c_int(torch.get_num_threads()),
         )
         dbias = dbias_part.sum(0) if dbias_part is not None and ctx.needs_input_grad[2] else None

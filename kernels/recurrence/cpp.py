@@ -21,15 +21,6 @@ def linear_recurrence_cpu(a: torch.Tensor, x: torch.Tensor, initial_state: torch
     return _CppRecurrence.apply(a.to(work), x.to(work), h0).to(x.dtype)
 
 
-def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr() if t is not None else None)
-
-
-def _function(direction: str, dtype: torch.dtype):
-    suffix = {torch.float32: "f32", torch.float64: "f64"}[dtype]
-    return getattr(cpp_build.load("linear_recurrence"), f"hybrids_recurrence_{direction}_{suffix}")
-
-
 class _CppRecurrence(torch.autograd.Function):
     """(a, x (batch, L, dim), h0 (batch, dim) or None) -> h (batch, L, dim)."""
 
@@ -39,8 +30,8 @@ class _CppRecurrence(torch.autograd.Function):
         h0 = h0.contiguous() if h0 is not None else None
         batch, length, dim = x.shape
         h = torch.empty_like(x)
-        _function("forward", x.dtype)(
-            *map(_ptr, (a, x, h0, h)), *map(ctypes.c_int64, (batch, length, dim)), ctypes.c_int(torch.get_num_threads())
+        cpp_build.function("linear_recurrence", "recurrence_forward", x.dtype)(
+            *map(cpp_build.pointer, (a, x, h0, h)), *map(ctypes.c_int64, (batch, length, dim)), ctypes.c_int(torch.get_num_threads())
         )
         ctx.save_for_backward(a, h, h0)
         return h
@@ -53,8 +44,8 @@ class _CppRecurrence(torch.autograd.Function):
         dh = dh.contiguous()
         da, dx = torch.empty_like(h), torch.empty_like(h)
         dh0 = torch.empty_like(h0) if h0 is not None and ctx.needs_input_grad[2] else None
-        _function("backward", h.dtype)(
-            *map(_ptr, (a, h, h0, dh, None, da, dx, dh0)), *map(ctypes.c_int64, (batch, length, dim)),
+        cpp_build.function("linear_recurrence", "recurrence_backward", h.dtype)(
+            *map(cpp_build.pointer, (a, h, h0, dh, None, da, dx, dh0)), *map(ctypes.c_int64, (batch, length, dim)),
             ctypes.c_int(torch.get_num_threads()),
         )
         return da, dx, dh0

@@ -35,22 +35,6 @@ def _scan(u, delta, A, B, C, h0=None):
     return _CppScan.apply(u, delta, A, B, C, h0)
 
 
-def _library() -> ctypes.CDLL:
-    return cpp_build.load("selective_scan")
-
-
-def _ptr(x: torch.Tensor | None) -> ctypes.c_void_p:
-    return ctypes.c_void_p(x.data_ptr() if x is not None else None)
-
-
-def _suffix(dtype: torch.dtype) -> str:
-    if dtype == torch.float32:
-        return "f32"
-    if dtype == torch.float64:
-        return "f64"
-    raise TypeError(f"the C++ scan runs in float32 or float64, got {dtype}")
-
-
 class _CppScan(torch.autograd.Function):
     """(u, delta, A, B (batch, G, N, L), C, h0 (batch, dim, N) or None) -> y (batch, dim, L),
     last state (batch, dim, N)."""
@@ -67,9 +51,9 @@ class _CppScan(torch.autograd.Function):
         last = u.new_empty(batch, dim, d_state)
         n_chunks = -(-length // CHUNK)
         checkpoints = u.new_empty(batch, dim, n_chunks, d_state)
-        forward = getattr(_library(), f"hybrids_scan_forward_{_suffix(u.dtype)}")
+        forward = cpp_build.function("selective_scan", "scan_forward", u.dtype)
         forward(
-            *map(_ptr, (u, delta, A, Bt, Ct, h0, y, last, checkpoints)),
+            *map(cpp_build.pointer, (u, delta, A, Bt, Ct, h0, y, last, checkpoints)),
             *map(ctypes.c_int64, (batch, dim, groups, length, d_state, CHUNK)),
             ctypes.c_int(torch.get_num_threads()),
         )
@@ -90,9 +74,9 @@ class _CppScan(torch.autograd.Function):
         dh0 = u.new_empty(batch, dim, d_state) if ctx.needs_input_grad[5] else None
         dB_part = u.new_zeros(threads, batch, groups, length, d_state)
         dC_part = u.new_zeros(threads, batch, groups, length, d_state)
-        backward = getattr(_library(), f"hybrids_scan_backward_{_suffix(u.dtype)}")
+        backward = cpp_build.function("selective_scan", "scan_backward", u.dtype)
         backward(
-            *map(_ptr, (u, delta, A, Bt, Ct, checkpoints, dy, dlast, du, ddelta, dA_part, dh0, dB_part, dC_part)),
+            *map(cpp_build.pointer, (u, delta, A, Bt, Ct, checkpoints, dy, dlast, du, ddelta, dA_part, dh0, dB_part, dC_part)),
             *map(ctypes.c_int64, (batch, dim, groups, length, d_state, CHUNK)),
             ctypes.c_int(threads),
         )
