@@ -107,10 +107,15 @@ def linear_attention_chunk(
 
     intra = scores @ v  # (batch, heads, n, C, V): the chunk's own keys and values
     local = k_out.transpose(-1, -2) @ v  # (batch, heads, n, K, V): what each chunk adds to the state
+    # Hand the state from chunk to chunk. The per-chunk pieces come from ``unbind``, whose
+    # backward stacks the n gradients once; indexing ``local[:, :, c]`` instead would make every
+    # one of the n select-backwards allocate and fill a whole (n, K, V) zero tensor: O(n^2).
+    local_c = local.unbind(2)
+    carry_c = (None,) * n if carry is None else carry.unbind(2)
     entering = []
     for c in range(n):
         entering.append(state)
-        state = local[:, :, c] + (state if carry is None else carry[:, :, c] * state)
+        state = local_c[c] + (state if carry_c[c] is None else carry_c[c] * state)
     entering = torch.stack(entering, dim=2)  # (batch, heads, n, K, V)
     o = scale * (q_in @ entering + intra)
     o = o.reshape(batch, heads, n * size, dv)[:, :, :length].to(dtype_in)
