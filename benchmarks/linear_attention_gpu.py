@@ -6,11 +6,11 @@
 Inputs: q, k (batch, heads, L, K), v (batch, heads, L, V) in ``--dtype`` (bfloat16 by default),
 a log-decay g of the ``--decay`` form (none, scalar per head and step as in Mamba-2 and RetNet,
 vector per key dimension as in GLA) in float32. For each backend that can run ("triton": ours,
-"chunk": the pure-PyTorch chunked path, "reference": the step-by-step loop, at the short
-``--reference-length`` only), and for flash-linear-attention's chunked kernel where the ``fla``
-package is installed (``chunk_simple_gla`` for the scalar decay, ``chunk_gla`` for the vector
-one; its layout is (batch, L, heads, dim), so its inputs are transposed copies made outside the
-timing), the forward alone (under ``torch.no_grad``) and the forward + backward, each the median
+"fla": flash-linear-attention's kernels through our adapter, which copies the inputs into fla's
+(batch, L, heads, dim) layout, "chunk": the pure-PyTorch chunked path, "reference": the
+step-by-step loop, at the short ``--reference-length`` only), and for fla's chunked kernel alone
+where the ``fla`` package is installed (``chunk_simple_gla`` for no or a scalar decay,
+``chunk_gla`` for the vector one, on transposed copies made outside the timing), the forward alone (under ``torch.no_grad``) and the forward + backward, each the median
 of ``--repeats`` timed runs (CUDA events) after ``--warmup`` runs; also the bytes q, k, v, g and
 o must move once, and the bandwidth that implies.
 
@@ -36,7 +36,7 @@ def fla_function(decay: str):
         else:
             from fla.ops.simple_gla import chunk_simple_gla as fn
     except ImportError as err:
-        return None, f"fla not installed ({err.name}): pip install flash-linear-attention"
+        return None, f"fla not installed ({err.name}): pip install -e '.[fla]'"
     return fn, None
 
 
@@ -94,7 +94,7 @@ def main() -> int:
         for mode, ms in (("fwd", forward), ("fwd+bwd", backward)):
             print(f"| {name} | {length:,} | {mode} | {ms:.3f} ms | {moved / ms / 1e6:,.0f} |", flush=True)
 
-    for backend in ("triton", "chunk", "reference"):
+    for backend in ("triton", "fla", "chunk", "reference"):
         length = args.reference_length if backend == "reference" else args.length
         q, k, v, g = inputs(length)
         try:
@@ -103,12 +103,10 @@ def main() -> int:
             print(f"| {backend} | {length:,} | - | {type(err).__name__}: {err} | |")
     fn, missing = fla_function(args.decay)
     if fn is None:
-        print(f"| fla | {args.length:,} | - | {missing} | |")
+        print(f"| fla kernel alone | {args.length:,} | - | {missing} | |")
     else:
         q, k, v, g = (None if t is None else t.transpose(1, 2).contiguous() for t in inputs(args.length))
-        if g is None:
-            g = torch.zeros(q.shape[:3], device=device)
-        report("fla", args.length, (q, k, v, g), lambda: fn(q, k, v, g))
+        report("fla kernel alone", args.length, (q, k, v, g), lambda: fn(q, k, v, g=g))
     return 0
 
 

@@ -35,10 +35,13 @@ dispatcher's choice for the tensors, :mod:`hybrids.kernels.dispatch`):
   backward kernel, for CUDA tensors (on CPU only under ``TRITON_INTERPRET=1``, for tests);
   float32, float16 and bfloat16 inputs, float32 state and arithmetic; float64 is refused.
 
+- ``"fla"`` (:mod:`.fla`): flash-linear-attention's chunked kernels (``chunk_simple_gla``,
+  ``chunk_gla``) through an adapter for its (batch, L, heads, dim) layout; CUDA only, where the
+  fla package is installed; only when asked for by name.
+
 Automatic choice: ``"triton"`` on CUDA (``"chunk"`` for float64, which the Triton kernels
 reject, or where Triton is missing); ``"chunk"`` on CPU, where Triton runs only in its
-interpreter and is never chosen by itself. (Not here: a backend calling the fla package's
-kernels; its layout and signatures vary between fla versions and no machine here could test it.)
+interpreter and is never chosen by itself.
 
 The decode step, one token with the state updated in place, is :func:`linear_attention_step`
 (:mod:`.step`).
@@ -50,6 +53,8 @@ import torch
 
 from hybrids.kernels.dispatch import Backend, BackendUnavailable, Op, triton_available
 from hybrids.kernels.linear.common import check_linear_attention_arguments, resolve_scale
+from hybrids.kernels.linear.fla import INSTALL as FLA_INSTALL
+from hybrids.kernels.linear.fla import fla_available
 from hybrids.kernels.linear.step import linear_attention_step
 
 _PACKAGE = "hybrids.kernels.linear"
@@ -65,6 +70,10 @@ LINEAR_ATTENTION = Op(
             "triton", f"{_PACKAGE}.triton_chunk:linear_attention_triton", devices=("cuda", "cpu"),
             dtypes=_LOW_AND_SINGLE, priority=20, available=triton_available, automatic=("cuda",),
             install="`pip install triton` on Linux with a CUDA GPU",
+        ),
+        Backend(
+            "fla", f"{_PACKAGE}.fla:linear_attention_fla", devices=("cuda",), dtypes=_LOW_AND_SINGLE,
+            priority=5, available=fla_available, automatic=(), install=FLA_INSTALL,
         ),
     ),
 )
