@@ -34,6 +34,7 @@ MIXER_CASES = {
     "performer": (LinearAttention, {"heads": 2, "feature_map": "favor", "num_features": 12, "seed": 0}),
     "based-taylor": (LinearAttention, {"heads": 2, "feature_map": "taylor", "feature_dim": 3}),
     "retnet": (LinearAttention, {"heads": 4, "feature_map": "identity", "decay": "retnet", "gate": True}),
+    "gla": (LinearAttention, {"heads": 2, "feature_map": "identity", "decay": "gla", "gate": True, "gate_rank": 4}),
     "mamba2": (Mamba2, {"d_state": 4, "headdim": 8}),
     "mamba2-groups": (Mamba2, {"d_state": 3, "headdim": 4, "ngroups": 2, "d_conv": 3, "expand": 1.5}),
     "short-conv": (ShortConv, {}),

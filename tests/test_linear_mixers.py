@@ -103,7 +103,13 @@ def quadratic_linear_attention(mixer: LinearAttention, x: torch.Tensor) -> torch
     q = mixer.feature_map(mixer.q_proj(x).view(batch, length, h, f).transpose(1, 2))
     k = mixer.feature_map(mixer.k_proj(x).view(batch, length, h, f).transpose(1, 2))
     v = mixer.v_proj(x).view(batch, length, h, p).transpose(1, 2)
-    weights = torch.tril(q @ k.transpose(-1, -2))  # (B, H, L, L)
+    if mixer.gk_proj is not None:  # GLA: weights sum_f q_if k_jf prod_{j < s <= i} alpha_sf
+        log_alpha = F.logsigmoid(mixer.gk_proj(x)).view(batch, length, h, -1).transpose(1, 2) / mixer.gate_temperature
+        b = log_alpha.cumsum(2)  # (B, H, L, F)
+        gap = (b[:, :, :, None, :] - b[:, :, None, :, :]).clamp(max=0)  # (B, H, i, j, F); > 0 only above the diagonal
+        weights = torch.tril(torch.einsum("bhif,bhjf,bhijf->bhij", q, k, gap.exp()))
+    else:
+        weights = torch.tril(q @ k.transpose(-1, -2))  # (B, H, L, L)
     if mixer.log_decay is not None:
         i = torch.arange(length, dtype=x.dtype)
         distance = (i[:, None] - i[None, :]).clamp(min=0)
@@ -126,7 +132,9 @@ def quadratic_linear_attention(mixer: LinearAttention, x: torch.Tensor) -> torch
     {"feature_map": "taylor", "feature_dim": 4},
     {"feature_map": "identity", "decay": "retnet", "gate": True},
     {"feature_map": "elu", "decay": "retnet", "output_norm": True, "bias": True},
-], ids=["elu", "favor", "taylor", "retnet", "elu-decay-norm"])
+    {"feature_map": "identity", "decay": "gla", "gate": True, "gate_rank": 4, "gate_temperature": 2.0},
+    {"feature_map": "elu", "decay": "gla", "feature_dim": 3},
+], ids=["elu", "favor", "taylor", "retnet", "elu-decay-norm", "gla", "gla-elu-normalised"])
 def test_linear_attention_equals_its_quadratic_form(kwargs):
     torch.manual_seed(0)
     mixer = LinearAttention(D, heads=2, **kwargs).double().eval()
@@ -142,8 +150,21 @@ def test_normalisation_defaults_follow_positivity_and_identity_refuses_it():
         LinearAttention(D, feature_map="identity", normalize=True)
     with pytest.raises(ValueError, match="heads: must be a positive int dividing d_model=16"):
         LinearAttention(D, heads=3)
-    with pytest.raises(ValueError, match="decay: unknown 'gla'"):
-        LinearAttention(D, decay="gla")
+    with pytest.raises(ValueError, match="decay: unknown 'mamba'"):
+        LinearAttention(D, decay="mamba")
+    with pytest.raises(ValueError, match="gate_rank: must be a positive int"):
+        LinearAttention(D, decay="gla", gate_rank=0)
+    with pytest.raises(ValueError, match="gate_temperature: must be > 0"):
+        LinearAttention(D, decay="gla", gate_temperature=0.0)
+
+
+def test_gla_decays_depend_on_the_input_per_feature_and_stay_below_one():
+    torch.manual_seed(0)
+    mixer = LinearAttention(D, heads=2, feature_map="identity", decay="gla", gate=True)
+    g = mixer._log_decay(torch.randn(3, 5, D))
+    assert g.shape == (3, 2, 5, D // 2) and (g < 0).all()
+    assert g.std(dim=(0, 2)).min() > 0, "the decay varies with the input"
+    assert g.exp().min() > 0.9 ** (1 / 16) * 0.5, "tau = 16 keeps the decays near 1 at initialisation"
 
 
 def test_retnet_decays_are_one_minus_powers_of_two():

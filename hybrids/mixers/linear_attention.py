@@ -9,14 +9,20 @@ factorises, run as a linear recurrence over a (features, V) state per head on
   ``feature_dim=16``, normalised (configs/based.yaml adds the sliding window and short conv);
 - RetNet's retention (Sun et al. 2023): ``feature_map="identity", decay="retnet"``: a fixed
   decay per head, ``gamma_h = 1 - 2^(-5 - h)``, no normaliser, a per-head RMS norm on the output
-  and a swish output gate.
+  and a swish output gate;
+- gated linear attention, GLA (Yang et al. 2024): ``feature_map="identity", decay="gla"``: a
+  data-dependent decay per key dimension, ``log alpha_t = logsigmoid(x_t W_1 W_2 + b) / tau``
+  through a low-rank projection (rank ``gate_rank`` = 16, ``tau = gate_temperature`` = 16), so
+  every row of the state forgets at its own input-dependent rate; no normaliser, head RMS norm,
+  swish output gate (configs/gla.yaml).
 
 For x (batch, L, d_model), heads H, q/k width f = feature_dim, feature width F = the map's
 out_dim, value width P = d_model / H::
 
     q, k = phi(q_proj(x)), phi(k_proj(x))          # (batch, H, L, F)
     v    = v_proj(x)                               # (batch, H, L, P)
-    S_t  = gamma * S_{t-1} + k_t v_t^T              # (F, P) per head; gamma = 1 without decay
+    S_t  = gamma * S_{t-1} + k_t v_t^T              # (F, P) per head; gamma = 1 without decay,
+                                                   # diag(alpha_t) (F values) for GLA
     o_t  = q_t^T S_t                               # scale 1: the map carries its own scaling
     o_t  = o_t / (q_t^T z_t + eps)                 # normalise: z_t = gamma z_{t-1} + k_t
     y    = o_proj(gate * norm(o))                  # norm, gate optional
@@ -42,7 +48,7 @@ from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.feature_maps import FEATURE_MAPS, build_feature_map
 
-DECAYS = (None, "retnet")
+DECAYS = (None, "retnet", "gla")
 
 
 def retnet_log_decays(heads: int) -> torch.Tensor:
@@ -79,7 +85,10 @@ class LinearAttention(Mixer):
         normalize: divide by ``q_t . z_t``; default: True for the positive maps (elu, favor,
             taylor), False for identity (where it is refused: the denominator can vanish).
         output_norm: per-head RMS norm on the output; default: on when not normalised.
-        decay: None or "retnet" (fixed per-head decays 1 - 2^(-5 - h)).
+        decay: None, "retnet" (fixed per-head decays 1 - 2^(-5 - h)) or "gla" (a decay per
+            feature, from the input through a low-rank gate).
+        gate_rank: GLA: rank of the decay's projection d_model -> gate_rank -> H * F.
+        gate_temperature: GLA: tau, dividing the log-sigmoid (larger: decays nearer 1).
         gate: multiply the output by swish(g_proj(x)) before o_proj (RetNet's and GLA's gate).
         eps: added to the normaliser.
         bias: biases in the projections.
@@ -99,6 +108,8 @@ class LinearAttention(Mixer):
         output_norm: bool | None = None,
         decay: str | None = None,
         gate: bool = False,
+        gate_rank: int = 16,
+        gate_temperature: float = 16.0,
         eps: float = 1e-6,
         bias: bool = False,
         kernel_backend: str | None = None,
@@ -118,6 +129,10 @@ class LinearAttention(Mixer):
             raise ValueError(f"kernel_backend: unknown {kernel_backend!r}; use one of {LINEAR_BACKENDS} or None")
         if not eps >= 0:
             raise ValueError(f"eps: must be >= 0, got {eps}")
+        if isinstance(gate_rank, bool) or not isinstance(gate_rank, int) or gate_rank <= 0:
+            raise ValueError(f"gate_rank: must be a positive int, got {gate_rank!r}")
+        if not gate_temperature > 0:
+            raise ValueError(f"gate_temperature: must be > 0, got {gate_temperature!r}")
         self.heads, self.head_dim, self.feature_dim = heads, d_model // heads, feature_dim
         self.feature_map = build_feature_map(feature_map, feature_dim, num_features, redraw=redraw, seed=seed)
         normalize = self.feature_map.positive if normalize is None else bool(normalize)
@@ -135,10 +150,14 @@ class LinearAttention(Mixer):
         self.g_proj = nn.Linear(d_model, d_model, bias=bias) if gate else None
         self.norm = HeadRMSNorm(heads, self.head_dim) if (not normalize if output_norm is None else output_norm) else None
         self.o_proj = nn.Linear(d_model, d_model, bias=bias)
-        if decay == "retnet":
-            self.register_buffer("log_decay", retnet_log_decays(heads))  # (H,)
-        else:
-            self.log_decay = None
+        # RetNet's fixed decays (a buffer, or None) and GLA's low-rank decay projection (or None).
+        self.register_buffer("log_decay", retnet_log_decays(heads) if decay == "retnet" else None)  # (H,)
+        self.gk_proj = None
+        if decay == "gla":
+            self.gk_proj = nn.Sequential(
+                nn.Linear(d_model, gate_rank, bias=False), nn.Linear(gate_rank, heads * self.features, bias=True)
+            )
+            self.gate_temperature = float(gate_temperature)
 
     @property
     def features(self) -> int:
@@ -169,12 +188,17 @@ class LinearAttention(Mixer):
             o = o * F.silu(self.g_proj(x))
         return self.o_proj(o)
 
-    def _log_decay(self, leading: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
-        """None, or the per-head log-decay broadcast to ``leading`` = (B, H[, L])."""
+    def _log_decay(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x (B, L, d_model) -> the kernel's g: None, RetNet's per-head log-decay broadcast to
+        (B, H, L), or GLA's (B, H, L, F) from the input, in at least float32."""
+        work = at_least_float32(x.dtype)
+        batch, length, _ = x.shape
+        if self.gk_proj is not None:
+            logits = self.gk_proj(x).view(batch, length, self.heads, self.features).transpose(1, 2)
+            return F.logsigmoid(logits.to(work)) / self.gate_temperature
         if self.log_decay is None:
             return None
-        shape = (1, self.heads) + (1,) * (len(leading) - 2)
-        return self.log_decay.to(at_least_float32(like.dtype)).view(shape).expand(leading)
+        return self.log_decay.to(work).view(1, self.heads, 1).expand(batch, self.heads, length)
 
     # -- parallel ------------------------------------------------------------------------------
 
@@ -190,7 +214,7 @@ class LinearAttention(Mixer):
 
     def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False):
         q, k, v = self._qkv(x)
-        g = self._log_decay(q.shape[:3], x)
+        g = self._log_decay(x)
         kwargs = {} if self.kernel_backend is None else {"backend": self.kernel_backend}
         s0 = None if state is None else state["S"]
         out = linear_attention(q, k, v, g, scale=1.0, initial_state=s0, output_final_state=final_state, **kwargs)
@@ -210,7 +234,8 @@ class LinearAttention(Mixer):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         s = state["S"].clone()  # updated in place by the step kernel; the caller's stays valid
         q, k, v = self._qkv(x[:, None])  # (B, H, 1, .)
-        g = self._log_decay(q.shape[:2], x)
+        g = self._log_decay(x[:, None])
+        g = None if g is None else g[:, :, 0]  # (B, H) or (B, H, F)
         o = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], g, s, scale=1.0)  # (B, H, P [+ 1])
         return self._output(o[:, :, None], x[:, None])[:, 0], {"S": s}
 
