@@ -249,7 +249,7 @@ def test_step_argument_errors_name_the_argument(changes, message):
 def test_dispatch_picks_chunk_on_cpu_and_the_environment_forces_reference(monkeypatch):
     monkeypatch.delenv(LINEAR_ATTENTION.env, raising=False)
     assert LINEAR_ATTENTION.env == "HYBRIDS_LINEAR_ATTENTION_BACKEND" == linear.BACKEND_ENV
-    assert linear.BACKENDS == ("reference", "chunk", "triton")
+    assert linear.BACKENDS == ("reference", "chunk", "triton", "fla")
     assert LINEAR_ATTENTION.select("cpu", torch.float32) == "chunk"
     # CUDA tensors get "triton" where it is installed: see test_linear_attention_triton.py
     calls = []

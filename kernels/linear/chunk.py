@@ -37,10 +37,10 @@ memory, C * K elements per position instead of C.
 Memory (what autograd keeps for the backward, per batch and head, in the working dtype):
 O(L * C) for the scalar or absent decay (the masked scores and decay ratios), O(L * C * K) for
 the vector decay (the (C, C, K) ratios and their product with ``q k``), plus the states
-entering every chunk, (L / C) * K * V, and the inputs. With C = 64, K = 64 and vector ``g`` a
-few (C, C, K) tensors per chunk are kept, a few times 4,096 elements per position per head: fine
-for the test and model sizes here; a hand-written backward (or the Triton backend) is the way to
-lower it.
+entering every chunk, (L / C) * K * V, and the inputs. That is why a vector decay runs in
+chunks of 8 by default: a few (C, C, K) tensors per chunk are then a few times 512 elements per
+position per head at K = 64 (4,096 with chunks of 64), and the time falls with them (the
+measurements beside ``DEFAULT_VECTOR_CHUNK_SIZE``).
 """
 
 from __future__ import annotations
@@ -52,12 +52,20 @@ from hybrids.kernels.dtypes import at_least_float32
 from hybrids.kernels.linear.common import empty_output, resolve_scale
 
 DEFAULT_CHUNK_SIZE = 64
+# A vector decay's scores cost C * K per position (the (C, C, K) ratios), against the K * V of
+# the state products that every chunk size pays, so small chunks win: fwd + bwd on 1 thread,
+# batch 64, 2 heads, L = 64, K = V = 32 (MQAR's shape): 773 / 368 / 109 / 38 ms for C = 64 / 32
+# / 16 / 8; batch 1, 4 heads, L = 4,096, K = V = 64: 3,103 / 1,454 / 796 / 559 ms (and 540 at 4).
+DEFAULT_VECTOR_CHUNK_SIZE = 8
 
 
 def linear_attention_chunk(
-    q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, chunk_size=DEFAULT_CHUNK_SIZE,
+    q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, chunk_size=None,
 ):
-    """Linear attention chunk by chunk (module docstring); ``chunk_size`` need not divide L."""
+    """Linear attention chunk by chunk (module docstring); ``chunk_size`` need not divide L and
+    defaults to 64, or 8 for a vector decay (see ``DEFAULT_VECTOR_CHUNK_SIZE``)."""
+    if chunk_size is None:
+        chunk_size = DEFAULT_VECTOR_CHUNK_SIZE if g is not None and g.ndim == 4 else DEFAULT_CHUNK_SIZE
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
     dtype_in, work = q.dtype, at_least_float32(q.dtype)
