@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from common import run_child, time_and_peak
 from hybrids.kernels import linear_attention
+from hybrids.kernels.linear.chunk import DEFAULT_CHUNK_SIZE, DEFAULT_VECTOR_CHUNK_SIZE
 
 
 def run_one(config: dict) -> dict:
@@ -82,7 +83,8 @@ def main() -> None:
     )
     print("| L | op | pass | time | peak memory | reference / this |")
     print("| ---: | --- | --- | ---: | ---: | ---: |")
-    names = {"chunk": "linear, chunk (64)", "reference": "linear, reference", "sdpa": "softmax, dense SDPA"}
+    size = DEFAULT_VECTOR_CHUNK_SIZE if args.decay == "vector" else DEFAULT_CHUNK_SIZE
+    names = {"chunk": f"linear, chunk ({size})", "reference": "linear, reference", "sdpa": "softmax, dense SDPA"}
     for length in args.lengths:
         for mode in ("fwd", "fwd+bwd"):
             results = {}

@@ -220,11 +220,44 @@ def test_argument_errors_name_the_argument(changes, error, message):
         linear_attention(**_bad(**changes))
 
 
+def test_default_chunk_size_is_small_for_a_vector_decay_only(monkeypatch):
+    from hybrids.kernels.linear.chunk import default_chunk_size
+
+    g3, g4 = torch.zeros(1, 1, 5), torch.zeros(1, 1, 5, 2)
+    assert default_chunk_size(None) == default_chunk_size(g3) == 64 and default_chunk_size(g4) == 16
+    inputs = make_inputs(1, 2, 40, 3, 2, "vector", initial_state=True)
+    with torch.no_grad():
+        default = linear_attention_chunk(**inputs)
+        assert torch.equal(default, linear_attention_chunk(**inputs, chunk_size=16, sub_chunk_size=4))
+
+
+@pytest.mark.parametrize("size,sub", [(16, 4), (12, 4), (64, 16), (32, 1), (8, 8), (6, 4)],
+                         ids=["C16-c4", "C12-c4", "C64-c16", "C32-c1", "C8-c8", "C6-c4-direct"])
+@pytest.mark.parametrize("initial_state", [False, True], ids=["zero-state", "initial-state"])
+def test_vector_decay_sub_chunks_match_reference(size, sub, initial_state):
+    """Sub-chunked scores (c < C) and the direct (C, C, K) form (c = C, or c not dividing C)."""
+    inputs = make_inputs(2, 2, 71, 5, 3, "vector", initial_state)
+    errors = errors_against_reference(inputs, linear_attention_chunk, chunk_size=size, sub_chunk_size=sub)
+    assert max(errors.values()) < 1e-10, errors
+
+
+def test_vector_decay_sub_chunks_survive_very_negative_decays():
+    inputs = make_inputs(1, 2, 50, 4, 3, "vector", initial_state=True)
+    with torch.no_grad():
+        inputs["g"].mul_(400)  # log-decays of -100s: exp(-b) alone would overflow
+    errors = errors_against_reference(inputs, linear_attention_chunk, chunk_size=16, sub_chunk_size=4)
+    assert max(errors.values()) < 1e-10, errors
+
+
 def test_chunk_size_must_be_a_positive_integer():
     inputs = _bad()
     for size in (0, -3, 2.0, True):
         with pytest.raises(ValueError, match=r"^chunk_size: expected a positive integer"):
             linear_attention_chunk(**inputs, chunk_size=size)
+    vector = make_inputs(1, 1, 8, 2, 2, "vector")
+    for sub in (0, 2.0, True):
+        with pytest.raises(ValueError, match=r"^sub_chunk_size: expected a positive integer or None"):
+            linear_attention_chunk(**vector, sub_chunk_size=sub)
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,8 @@ dispatcher's choice for the tensors, :mod:`hybrids.kernels.dispatch`):
 - ``"reference"`` (:mod:`.reference`): the recurrence step by step, autograd for gradients;
   keeps every state, (batch, heads, L, K, V). The ground truth of the tests.
 - ``"chunk"`` (:mod:`.chunk`): pure PyTorch, any device: quadratic within chunks of 64
-  positions (8 for a vector decay), the state handed from chunk to chunk, decays as differences of cumulative sums so
+  positions (16, in sub-chunks of 4, for a vector decay), the state handed from chunk to chunk,
+  decays as differences of cumulative sums so
   that nothing overflows; autograd for gradients (its memory is in :mod:`.chunk`).
 - ``"triton"`` (:mod:`.triton_chunk`): our chunked Triton forward kernel and hand-written
   backward kernel, for CUDA tensors (on CPU only under ``TRITON_INTERPRET=1``, for tests);

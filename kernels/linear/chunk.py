@@ -27,20 +27,19 @@ eventually.) Cumulative sums restart at every chunk, so their magnitude, and wit
 rounding of the differences, is bounded by C * max|g|.
 
 Vector ``g`` (one log-decay per key dimension): the decay between ``s`` and ``t`` differs per
-key dimension, so the scores are ``sum_k q_tk k_sk exp(b_tk - b_sk)``. They are formed from a
-(C, C, K) tensor of differences per chunk. We chose it over the sub-chunk factorisation (split
-each chunk into sub-chunks, use ``q exp(b - b_ref)`` and ``k exp(b_ref - b)`` against the last
-position before the query's sub-chunk, and (c, c, K) differences only on the diagonal blocks)
-because it is exact for any ``g <= 0`` with one line of code and is easy to check; the price is
-memory, C * K elements per position instead of C.
+key dimension, so the scores are ``sum_k q_tk k_sk exp(b_tk - b_sk)``. The direct form needs a
+(C, C, K) tensor of differences per chunk; instead each chunk is split into sub-chunks of c: the
+diagonal (c, c) blocks take the direct form, the blocks below them factorise against the
+position just before the query's sub-chunk, ``q exp(b - b_ref)`` times ``k exp(b_ref - b)``,
+both factors <= 1, as a matrix product (``_vector_decay_scores``). Still stable for any
+``g <= 0``, and (c + C / c) * K elements per position instead of C * K.
 
 Memory (what autograd keeps for the backward, per batch and head, in the working dtype):
 O(L * C) for the scalar or absent decay (the masked scores and decay ratios), O(L * C * K) for
-the vector decay (the (C, C, K) ratios and their product with ``q k``), plus the states
-entering every chunk, (L / C) * K * V, and the inputs. That is why a vector decay runs in
-chunks of 8 by default: a few (C, C, K) tensors per chunk are then a few times 512 elements per
-position per head at K = 64 (4,096 with chunks of 64), and the time falls with them (the
-measurements beside ``DEFAULT_VECTOR_CHUNK_SIZE``).
+the vector decay (the (c, c, K) diagonal ratios and the (C / c, C, K) factors below them), plus
+the states entering every chunk, (L / C) * K * V, and the inputs. With the defaults (C = 16,
+c = 4) that is a few times 8 * K elements per position per head; the times behind the defaults
+are beside ``DEFAULT_VECTOR_CHUNK_SIZE``.
 """
 
 from __future__ import annotations
@@ -52,20 +51,77 @@ from hybrids.kernels.dtypes import at_least_float32
 from hybrids.kernels.linear.common import empty_output, resolve_scale
 
 DEFAULT_CHUNK_SIZE = 64
-# A vector decay's scores cost C * K per position (the (C, C, K) ratios), against the K * V of
-# the state products that every chunk size pays, so small chunks win: fwd + bwd on 1 thread,
-# batch 64, 2 heads, L = 64, K = V = 32 (MQAR's shape): 773 / 368 / 109 / 38 ms for C = 64 / 32
-# / 16 / 8; batch 1, 4 heads, L = 4,096, K = V = 64: 3,103 / 1,454 / 796 / 559 ms (and 540 at 4).
-DEFAULT_VECTOR_CHUNK_SIZE = 8
+# A vector decay's scores in the direct form cost C * K exponentials per position (the (C, C, K)
+# ratios), so small chunks win: fwd + bwd on 1 thread, batch 64, 2 heads, L = 64, K = V = 32
+# (MQAR's shape): 773 / 368 / 109 / 38 ms for C = 64 / 32 / 16 / 8; batch 1, 4 heads, L = 4,096,
+# K = V = 64: 3,103 / 1,454 / 796 / 559 ms. Sub-chunks of c (``_vector_decay_scores``) cost
+# (c + C / c) * K instead, and fewer chunks mean fewer hand-offs of the state (a Python loop):
+# 2 threads, best of 3, two rounds, at L = 4,096: 284-285 ms for (C, c) = (8, 8), 118-128 for
+# (16, 4), 146-174 for (16, 2), 169-197 for (32, 4), 387-402 for (64, 4); at MQAR's shape the
+# same within noise (17-29 ms).
+DEFAULT_VECTOR_CHUNK_SIZE = 16
+DEFAULT_SUB_CHUNK_SIZE = 4
+
+
+def _sub_chunk(size: int, sub_chunk_size: int | None) -> int:
+    """The sub-chunk c for chunks of ``size``: ``sub_chunk_size`` (default 4) if it divides the
+    chunk, else the whole chunk (one diagonal block: the direct (C, C, K) form)."""
+    c = DEFAULT_SUB_CHUNK_SIZE if sub_chunk_size is None else sub_chunk_size
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ValueError(f"sub_chunk_size: expected a positive integer or None, got {sub_chunk_size!r}")
+    return c if size % c == 0 else size
+
+
+def _vector_decay_scores(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, c: int) -> torch.Tensor:
+    """Causal scores ``A[t, s] = sum_k q_tk k_sk exp(b_tk - b_sk)`` (s <= t, else 0) of every chunk.
+
+    q, k, b (batch, heads, n, C, K), b the cumulative log-decays within each chunk; c divides C.
+    The chunk's C positions form m = C / c sub-chunks. Diagonal blocks (t and s in one
+    sub-chunk) take the direct form, a (c, c, K) tensor of ``exp(b_t - b_s)`` each. A block
+    below them (t in sub-chunk i, s in an earlier one) factorises through a reference r_i = b at
+    the last position before sub-chunk i: ``exp(b_t - b_s) = exp(b_t - r_i) exp(r_i - b_s)``,
+    two factors that are both <= 1 (t is after that position, s at or before it), so these
+    blocks are matrix products of ``q exp(b - r_i)`` (c, K) with ``k exp(r_i - b)`` (C, K),
+    positions at or after sub-chunk i masked out before exp. Cost per position: c * K for the
+    diagonal, m * K exponentials and C * K multiply-adds (as a matmul) below it, against C * K
+    exponentials for the direct form. Returns (batch, heads, n, C, C).
+    """
+    *lead, size, dk = q.shape
+    m = size // c
+    work, device = q.dtype, q.device
+    minus_inf = torch.tensor(float("-inf"), dtype=work, device=device)
+    qs, ks, bs = (x.reshape(*lead, m, c, dk) for x in (q, k, b))  # (..., m, c, K)
+
+    causal = torch.ones(c, c, dtype=torch.bool, device=device).tril()
+    diff = bs[..., :, None, :] - bs[..., None, :, :]  # (..., m, c, c, K): [i, t, s] = b_t - b_s
+    diagonal = torch.einsum("...tk,...sk,...tsk->...ts", qs, ks, torch.where(causal[..., None], diff, minus_inf).exp())
+    scores = diagonal[..., :, :, None, :] * torch.eye(m, dtype=work, device=device)[:, None, :, None]  # (..., m, c, m, c)
+    if m > 1:
+        # r_i: b at the position before sub-chunk i (0, the chunk's start, for i = 0, which has no block below).
+        ref = torch.cat([torch.zeros_like(bs[..., :1, -1, :]), bs[..., :-1, -1, :]], dim=-2)  # (..., m, K)
+        q_ref = qs * (bs - ref[..., None, :]).exp()  # (..., m, c, K): exponents <= 0
+        before = torch.arange(size, device=device)[None, :] < (torch.arange(m, device=device) * c)[:, None]  # (m, C)
+        gap = torch.where(before[..., None], ref[..., :, None, :] - b[..., None, :, :], minus_inf)  # (..., m, C, K)
+        k_ref = k[..., None, :, :] * gap.exp()  # (..., m, C, K): zero at and after sub-chunk i
+        scores = scores + (q_ref @ k_ref.transpose(-1, -2)).view(*lead, m, c, m, c)
+    return scores.reshape(*lead, size, size)
+
+
+def default_chunk_size(g) -> int:
+    """The chunk size used when none is given: 16 for a vector decay (batch, heads, L, K), else 64."""
+    return DEFAULT_VECTOR_CHUNK_SIZE if g is not None and g.ndim == 4 else DEFAULT_CHUNK_SIZE
 
 
 def linear_attention_chunk(
     q, k, v, g=None, scale=None, initial_state=None, output_final_state=False, chunk_size=None,
+    sub_chunk_size=None,
 ):
     """Linear attention chunk by chunk (module docstring); ``chunk_size`` need not divide L and
-    defaults to 64, or 8 for a vector decay (see ``DEFAULT_VECTOR_CHUNK_SIZE``)."""
+    defaults to 64, or 16 for a vector decay (see ``DEFAULT_VECTOR_CHUNK_SIZE``); a vector decay's
+    scores are formed in sub-chunks of ``sub_chunk_size`` (default 4; the whole chunk if it does
+    not divide it)."""
     if chunk_size is None:
-        chunk_size = DEFAULT_VECTOR_CHUNK_SIZE if g is not None and g.ndim == 4 else DEFAULT_CHUNK_SIZE
+        chunk_size = default_chunk_size(g)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
     dtype_in, work = q.dtype, at_least_float32(q.dtype)
@@ -105,9 +161,7 @@ def linear_attention_chunk(
         carry = last.exp()[..., None]  # (batch, heads, n, 1, 1): scales the whole state
     else:  # one log-decay per key dimension
         b = chunks(g).cumsum(-2)  # (batch, heads, n, C, K)
-        diff = b[..., :, None, :] - b[..., None, :, :]  # (batch, heads, n, C, C, K): [t, s, :] = b_t - b_s
-        ratio = torch.where(causal[..., None], diff, minus_inf).exp()
-        scores = torch.einsum("...tk,...sk,...tsk->...ts", q, k, ratio)
+        scores = _vector_decay_scores(q, k, b, _sub_chunk(size, sub_chunk_size))
         last = b[..., -1:, :]  # (batch, heads, n, 1, K)
         q_in = q * b.exp()
         k_out = k * (last - b).exp()
