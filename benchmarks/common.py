@@ -40,6 +40,9 @@ def return_freed_memory() -> None:
     and the high-water mark hardly rises (the reference showed 2 MiB for 256 MiB of saved
     states). Fixing the threshold at 64 KiB makes every tensor of that size or more its own
     mapping, returned to the system when freed; ``malloc_trim`` gives back what is free now.
+    The price is a little overcounting: each such block rounds up to whole pages plus a header
+    page (about 6% on 64 KiB blocks, nothing that matters on large ones). Time is unaffected:
+    :func:`time_and_peak` times before calling this.
     """
     import ctypes
 
