@@ -241,6 +241,14 @@ def test_vector_decay_sub_chunks_match_reference(size, sub, initial_state):
     assert max(errors.values()) < 1e-10, errors
 
 
+@pytest.mark.parametrize("group_elements", [1, 2000], ids=["one-chunk-a-group", "a-few-chunks-a-group"])
+def test_vector_decay_scores_in_groups_of_chunks_match_reference(monkeypatch, group_elements):
+    monkeypatch.setattr(chunk_module, "_SCORE_GROUP_ELEMENTS", group_elements)
+    inputs = make_inputs(2, 2, 75, 5, 3, "vector", initial_state=True)
+    errors = errors_against_reference(inputs, linear_attention_chunk, chunk_size=8, sub_chunk_size=4)
+    assert max(errors.values()) < 1e-10, errors
+
+
 def test_vector_decay_sub_chunks_survive_very_negative_decays():
     inputs = make_inputs(1, 2, 50, 4, 3, "vector", initial_state=True)
     with torch.no_grad():
