@@ -249,6 +249,14 @@ def test_vector_decay_scores_in_groups_of_chunks_match_reference(monkeypatch, gr
     assert max(errors.values()) < 1e-10, errors
 
 
+@pytest.mark.parametrize("decay", DECAYS)
+def test_chunk_takes_an_empty_batch(decay):
+    inputs = make_inputs(0, 2, 40, 3, 2, decay, initial_state=True)
+    o, state, grads = run(linear_attention_chunk, inputs)
+    assert o.shape == (0, 2, 40, 2) and state.shape == (0, 2, 3, 2)
+    assert all(grads[name].shape == inputs[name].shape for name in inputs)
+
+
 def test_vector_decay_sub_chunks_survive_very_negative_decays():
     inputs = make_inputs(1, 2, 50, 4, 3, "vector", initial_state=True)
     with torch.no_grad():

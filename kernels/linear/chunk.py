@@ -82,7 +82,7 @@ def _vector_decay_scores(q: torch.Tensor, k: torch.Tensor, b: torch.Tensor, c: i
     """Causal scores of every chunk (``_vector_decay_scores_at_once``), a group of chunks at a time."""
     batch, heads, n, size, dk = q.shape
     per_chunk = batch * heads * (size // c) * size * dk
-    group = max(1, _SCORE_GROUP_ELEMENTS // per_chunk)
+    group = max(1, _SCORE_GROUP_ELEMENTS // max(per_chunk, 1))  # per_chunk is 0 for an empty batch
     if group >= n:
         return _vector_decay_scores_at_once(q, k, b, c)
     parts = [
