@@ -243,6 +243,48 @@ def test_mamba2_fused_path_is_not_taken_on_cpu():
     assert "CUDA" in Mamba2(32, headdim=16).fused_path_unavailable("cpu", torch.float32)
 
 
+def chunk_scan_combined_stand_in(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                                 seq_idx=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
+                                 return_final_states=False):
+    """mamba_ssm's ``mamba_chunk_scan_combined`` as its docstring states it (x (b, l, h, p), dt
+    (b, l, h), A (h), B and C (b, l, g, n), D (h) or (h, p), dt_bias (h)), step by step."""
+    batch, length, heads, headdim = x.shape
+    groups, d_state = B.shape[2:]
+    assert dt.shape == (batch, length, heads) and A.shape == (heads,) and C.shape == B.shape
+    assert B.shape[:2] == (batch, length) and heads % groups == 0 and z is None and initial_states is None
+    assert dt_bias is not None and dt_bias.shape == (heads,) and D is not None and D.shape in ((heads,), (heads, headdim))
+    assert (A < 0).all(), "A is the negative decay rate, -exp(A_log)"
+    dt = dt + dt_bias
+    dt = F.softplus(dt) if dt_softplus else dt
+    b, c = (t.repeat_interleave(heads // groups, dim=2) for t in (B, C))  # (b, l, h, n)
+    h = x.new_zeros(batch, heads, headdim, d_state)
+    ys = []
+    for t in range(length):
+        h = torch.exp(dt[:, t] * A)[..., None, None] * h + (dt[:, t, :, None] * x[:, t])[..., None] * b[:, t, :, None]
+        ys.append((h * c[:, t, :, None]).sum(-1))
+    y = torch.stack(ys, dim=1)
+    return y + x * (D[:, None] if D.ndim == 1 else D)
+
+
+@pytest.mark.parametrize("kwargs", [{"d_state": 4, "headdim": 8}, {"d_state": 3, "headdim": 4, "ngroups": 2}])
+def test_mamba2_fused_path_passes_mamba_ssm_the_same_model(monkeypatch, kwargs):
+    """The call into mamba_ssm's fused kernel (CUDA only) against a stand-in written from its
+    documented contract: same output as the path on our kernel, and forward takes it when it can."""
+    import hybrids.mixers.mamba2 as mamba2_module
+
+    monkeypatch.setattr(mamba2_module, "_chunk_scan_combined", lambda: chunk_scan_combined_stand_in)
+    torch.manual_seed(0)
+    m = Mamba2(D, **kwargs).double()
+    x = torch.randn(2, 23, D, dtype=torch.float64)
+    # 1e-8, not 1e-10: the fused call passes A = -exp(A_log) in float32, as mamba_ssm's Mamba2 does.
+    torch.testing.assert_close(m._fused(x), m._parallel(x), rtol=1e-8, atol=1e-8)
+    monkeypatch.setattr(Mamba2, "fused_path_unavailable", lambda self, device, dtype: None)
+    calls = []
+    monkeypatch.setattr(Mamba2, "_fused", lambda self, x: calls.append(x) or x)
+    m(x)
+    assert len(calls) == 1
+
+
 # -- ShortConv ------------------------------------------------------------------------------------
 
 

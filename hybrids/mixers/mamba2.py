@@ -25,7 +25,9 @@ three is weight-decayed.
 Paths: ``forward`` and ``prefill`` run the conv and the kernel (with their initial and final
 states for prefill); ``step`` runs ``causal_conv1d_update`` and ``linear_attention_step``. On
 CUDA with mamba-ssm installed, ``use_fast_path`` and not float64, ``forward`` runs the SSD part
-with mamba_ssm's ``mamba_chunk_scan_combined`` on the same parameters (untested here: no GPU).
+with mamba_ssm's ``mamba_chunk_scan_combined`` on the same parameters. The call is tested on
+CPU against a stand-in written from that function's documented contract (same output as the
+path on our kernel); mamba_ssm's kernel itself has not run here (no GPU lent).
 """
 
 from __future__ import annotations
