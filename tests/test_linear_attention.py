@@ -270,10 +270,11 @@ def test_chunk_size_must_be_a_positive_integer():
     for size in (0, -3, 2.0, True):
         with pytest.raises(ValueError, match=r"^chunk_size: expected a positive integer"):
             linear_attention_chunk(**inputs, chunk_size=size)
-    vector = make_inputs(1, 1, 8, 2, 2, "vector")
-    for sub in (0, 2.0, True):
-        with pytest.raises(ValueError, match=r"^sub_chunk_size: expected a positive integer or None"):
-            linear_attention_chunk(**vector, sub_chunk_size=sub)
+    for decay, length in (("vector", 8), ("scalar", 8), ("none", 0)):
+        some = make_inputs(1, 1, length, 2, 2, decay)
+        for sub in (0, 2.0, True):
+            with pytest.raises(ValueError, match=r"^sub_chunk_size: expected a positive integer or None"):
+                linear_attention_chunk(**some, sub_chunk_size=sub)
 
 
 @pytest.mark.parametrize(

@@ -254,6 +254,7 @@ def chunk_scan_combined_stand_in(x, dt, A, B, C, chunk_size, D=None, z=None, dt_
     assert B.shape[:2] == (batch, length) and heads % groups == 0 and z is None and initial_states is None
     assert dt_bias is not None and dt_bias.shape == (heads,) and D is not None and D.shape in ((heads,), (heads, headdim))
     assert (A < 0).all(), "A is the negative decay rate, -exp(A_log)"
+    assert seq_idx is None and dt_limit == (0.0, float("inf")) and not return_final_states, "not modelled here"
     dt = dt + dt_bias
     dt = F.softplus(dt) if dt_softplus else dt
     b, c = (t.repeat_interleave(heads // groups, dim=2) for t in (B, C))  # (b, l, h, n)
@@ -275,6 +276,9 @@ def test_mamba2_fused_path_passes_mamba_ssm_the_same_model(monkeypatch, kwargs):
     monkeypatch.setattr(mamba2_module, "_chunk_scan_combined", lambda: chunk_scan_combined_stand_in)
     torch.manual_seed(0)
     m = Mamba2(D, **kwargs).double()
+    with torch.no_grad():  # away from their initial values (D = 1), so that a wrong mapping shows
+        m.D.add_(torch.randn_like(m.D))
+        m.dt_bias.add_(0.5 * torch.randn_like(m.dt_bias))
     x = torch.randn(2, 23, D, dtype=torch.float64)
     # 1e-8, not 1e-10: the fused call passes A = -exp(A_log) in float32, as mamba_ssm's Mamba2 does.
     torch.testing.assert_close(m._fused(x), m._parallel(x), rtol=1e-8, atol=1e-8)

@@ -144,6 +144,7 @@ def linear_attention_chunk(
         chunk_size = default_chunk_size(g)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
+    _sub_chunk(chunk_size, sub_chunk_size)  # checks sub_chunk_size whatever the decay
     dtype_in, work = q.dtype, at_least_float32(q.dtype)
     batch, heads, length, dk = q.shape
     dv = v.shape[-1]
