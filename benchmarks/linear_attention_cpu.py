@@ -12,9 +12,9 @@ reference's time over this row's, per (L, pass).
 
 Every configuration runs in a fresh subprocess, so that one configuration's caches and freed
 memory do not count towards the next. Time: best of ``--repeats`` runs after one warm-up run
-(the reference at L >= 16k is timed once). Peak memory: the process's resident-set high-water
-mark during the timed runs minus the resident set before them (Linux), what the computation
-itself allocates and touches, inputs excluded.
+(the reference at L >= 16k is timed once). Peak memory: the process's resident-set high-water mark over one more call, after the timed ones, minus the
+resident set before it, with freed memory returned to the system first (``common.time_and_peak``,
+Linux only): what the computation allocates and touches, inputs excluded.
 """
 
 from __future__ import annotations

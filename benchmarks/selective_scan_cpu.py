@@ -9,9 +9,9 @@ Mamba's extras (D, z gate, delta bias + softplus). For each backend: forward alo
 
 Every configuration runs in a fresh subprocess so that one backend's freed memory and caches do
 not count towards the next. Time: best of ``--repeats`` runs after one warm-up run. Peak memory:
-the process's resident-set high-water mark during the timed runs minus the resident set before
-them (reset through ``/proc/self/clear_refs``, Linux only): what the computation allocates and
-touches, inputs excluded. Speed-up and memory ratio are against the reference in the same run.
+the process's resident-set high-water mark over one more call, after the timed ones, minus the
+resident set before it, with freed memory returned to the system first (``common.time_and_peak``,
+Linux only): what the computation allocates and touches, inputs excluded. Speed-up and memory ratio are against the reference in the same run.
 """
 
 from __future__ import annotations

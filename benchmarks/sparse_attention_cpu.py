@@ -10,9 +10,9 @@ dense causal attention through ``scaled_dot_product_attention(is_causal=True)``,
 
 Every configuration runs in a fresh subprocess, so that one configuration's caches and freed
 memory do not count towards the next. Time: best of ``--repeats`` runs after one warm-up run.
-Peak memory: the process's resident-set high-water mark during the timed runs minus the
-resident set before them (the mark is reset through ``/proc/self/clear_refs``, Linux only), so it
-counts what the computation itself allocates and touches, inputs excluded.
+Peak memory: the process's resident-set high-water mark over one more call, after the timed ones, minus the
+resident set before it, with freed memory returned to the system first (``common.time_and_peak``,
+Linux only): what the computation allocates and touches, inputs excluded.
 """
 
 from __future__ import annotations
