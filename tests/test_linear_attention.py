@@ -257,6 +257,26 @@ def test_chunk_takes_an_empty_batch(decay):
     assert all(grads[name].shape == inputs[name].shape for name in inputs)
 
 
+@pytest.mark.parametrize("backend", ["reference", "chunk"])
+@pytest.mark.parametrize("decay", ["scalar", "vector"])
+def test_a_log_decay_of_minus_infinity_is_a_hard_reset(backend, decay):
+    """g = -inf at step r: the state restarts there, so outputs from r on equal a fresh run on
+    the suffix (zero initial state), and nothing is NaN, gradients included."""
+    inputs = make_inputs(2, 2, 45, 4, 3, decay, initial_state=True)
+    reset = 23
+    with torch.no_grad():
+        inputs["g"][:, :, reset] = float("-inf")
+    o, state, grads = run(linear_attention, inputs, backend=backend)
+    assert all(torch.isfinite(x).all() for x in (o, state, *grads.values()))
+    suffix = {name: x.detach()[:, :, reset:] for name, x in inputs.items() if name != "initial_state"}
+    suffix["g"] = suffix["g"].clone()
+    suffix["g"][:, :, 0] = 0.0
+    with torch.no_grad():
+        o_fresh, state_fresh = linear_attention(**suffix, output_final_state=True, backend="reference")
+    torch.testing.assert_close(o[:, :, reset:].detach(), o_fresh, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state.detach(), state_fresh, rtol=1e-10, atol=1e-10)
+
+
 def test_vector_decay_sub_chunks_survive_very_negative_decays():
     inputs = make_inputs(1, 2, 50, 4, 3, "vector", initial_state=True)
     with torch.no_grad():

@@ -6,11 +6,16 @@ For every batch and head, with ``S_0 = initial_state`` (zeros if None)::
     S_t = exp(g_t) * S_{t-1} + k_t v_t^T         t = 1 .. L
     o_t = scale * q_t^T S_t
 
-``g`` is a log-decay (``<= 0`` in use: ``exp(g)`` in (0, 1]) in one of three forms:
+``g`` is a log-decay (``<= 0`` in use: ``exp(g)`` in [0, 1]) in one of three forms:
 
 - ``None``: no decay (plain causal linear attention, ``exp(g) = 1``);
 - (batch, heads, L): a scalar per head and position, which scales all of ``S``;
 - (batch, heads, L, K): one per key dimension, which scales the rows of ``S``.
+
+A log-decay of ``-inf`` is a hard reset: the state forgets everything before that step (e.g.
+at a document boundary in a packed sequence). The chunked forms take differences of cumulative
+log-decays, where ``-inf - (-inf)`` would be NaN, so ``g`` is clamped at ``LOG_DECAY_FLOOR``
+(-1e4, whose exp is exactly 0 in every float dtype, as is its gradient) before any backend runs.
 
 Shapes (fla's ``(batch, heads, L, dim)`` head-first layout, like ``scaled_dot_product_attention``):
 ``q, k`` (batch, heads, L, K); ``v`` (batch, heads, L, V); ``initial_state`` (batch, heads, K,
@@ -82,6 +87,9 @@ BACKENDS = LINEAR_ATTENTION.names
 BACKEND_ENV = LINEAR_ATTENTION.env
 
 
+LOG_DECAY_FLOOR = -1e4
+
+
 def linear_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -95,6 +103,8 @@ def linear_attention(
     """Linear attention (module docstring): ``o`` (batch, heads, L, V), and the final state
     (batch, heads, K, V) if ``output_final_state``."""
     check_linear_attention_arguments(q, k, v, g, scale, initial_state)
+    if g is not None:
+        g = g.clamp(min=LOG_DECAY_FLOOR)  # -inf (a hard reset) -> a decay of exactly 0, finite sums
     name = LINEAR_ATTENTION.select(q.device, q.dtype, backend)
     fn = LINEAR_ATTENTION.function(name)
     return fn(q, k, v, g, resolve_scale(scale, q.shape[-1]), initial_state, output_final_state)
@@ -105,6 +115,7 @@ __all__ = [
     "BACKEND_ENV",
     "LINEAR_ATTENTION",
     "BackendUnavailable",
+    "LOG_DECAY_FLOOR",
     "linear_attention",
     "linear_attention_step",
 ]
