@@ -108,6 +108,16 @@ def test_the_linear_cpu_sweep_runs_on_the_terms_of_the_cpu_sweep():
     assert not set(linear.choices["family"]) & set(main.choices["family"]), "family labels stay unique"
 
 
+def test_the_long_linear_probe_differs_from_the_linear_sweep_only_in_steps():
+    linear, long = (load_sweep(ROOT / "configs" / "sweeps" / f"{n}.yaml") for n in ("mqar_cpu_linear", "mqar_cpu_linear_long"))
+    epochs = "trainer.max_epochs"
+    assert {k: v for k, v in long.settings.items() if k != epochs} == {k: v for k, v in linear.settings.items() if k != epochs}
+    assert long.settings[epochs] == 4 * linear.settings[epochs]
+    assert set(long.lrs) <= set(linear.lrs) and long.seeds == linear.seeds and long.bases == linear.bases
+    assert all(long.choices["family"][f] == linear.choices["family"][f] for f in long.choices["family"])
+    assert long.choices["task"] == linear.choices["task"]
+
+
 @pytest.mark.parametrize("name, families, lrs, data", [
     ("selective_copying_cpu", ["s4d", "mamba", "attention", "mamba_attention"], 2, "SelectiveCopying"),
     # One lr for induction and bytes: the CPU budget (each sweep file says why).
