@@ -13,12 +13,12 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hybrids.kernels.linear import LINEAR_ATTENTION, BackendUnavailable, linear_attention
 from hybrids.kernels.linear.fla import fla_available, linear_attention_fla
 from hybrids.kernels.linear.reference import linear_attention_reference
 from helpers import relative_rms
+from test_linear_attention import make_inputs, run
 
 
 def _recurrence_sequence_first(q, k, v, g, scale, initial_state, output_final_state, vector):
@@ -91,35 +91,16 @@ def stand_in(request, monkeypatch):
 
 
 def _inputs(decay, initial_state, length=13, dtype=torch.float64, seed=0, dk=4, dv=5):
-    gen = torch.Generator().manual_seed(seed)
-    batch, heads = 2, 3
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64)
-
-    inputs = {"q": rand(batch, heads, length, dk), "k": rand(batch, heads, length, dk),
-              "v": rand(batch, heads, length, dv)}
-    if decay != "none":
-        inputs["g"] = F.logsigmoid(rand(batch, heads, length, *((dk,) if decay == "vector" else ())) + 1.5)
-    if initial_state:
-        inputs["initial_state"] = rand(batch, heads, dk, dv)
-    return {name: x.to(dtype).requires_grad_() for name, x in inputs.items()}
-
-
-def _run(fn, inputs, **kwargs):
-    for x in inputs.values():
-        x.grad = None
-    o, state = fn(**inputs, output_final_state=True, **kwargs)
-    (o.float().sin().sum() + (state.float() ** 2).sum()).backward()
-    return o, state, {name: x.grad for name, x in inputs.items()}
+    """Batch 2, 3 heads: ``make_inputs`` of the chunk tests, with odd widths by default."""
+    return make_inputs(2, 3, length, dk, dv, decay, initial_state, dtype=dtype, seed=seed)
 
 
 @pytest.mark.parametrize("decay", ["none", "scalar", "vector"])
 @pytest.mark.parametrize("initial_state", [False, True], ids=["zero-state", "initial-state"])
 def test_adapter_matches_reference_through_stand_in(stand_in, decay, initial_state):
     inputs = _inputs(decay, initial_state)
-    o, state, grads = _run(linear_attention_fla, inputs, scale=0.7)
-    ref_o, ref_state, ref_grads = _run(linear_attention_reference, inputs, scale=0.7)
+    o, state, grads = run(linear_attention_fla, inputs, scale=0.7)
+    ref_o, ref_state, ref_grads = run(linear_attention_reference, inputs, scale=0.7)
     assert stand_in == ["chunk_gla" if decay == "vector" else "chunk_simple_gla"]
     assert o.shape == ref_o.shape and o.dtype == ref_o.dtype
     assert state.dtype == torch.float32 and state.shape == ref_state.shape
@@ -141,9 +122,9 @@ def test_adapter_keeps_dtype_and_default_scale(stand_in):
 @pytest.mark.parametrize("decay", ["scalar", "vector"])
 def test_adapter_pads_odd_widths_of_16_bit_inputs_exactly(stand_in, decay):
     inputs = _inputs(decay, True, dtype=torch.bfloat16, dk=3, dv=5)
-    o, state, grads = _run(linear_attention_fla, inputs)
+    o, state, grads = run(linear_attention_fla, inputs)
     wide = {name: x.detach().double().requires_grad_() for name, x in inputs.items()}
-    ref_o, ref_state, ref_grads = _run(linear_attention_reference, wide)
+    ref_o, ref_state, ref_grads = run(linear_attention_reference, wide)
     assert o.dtype == torch.bfloat16 and o.shape == ref_o.shape and state.shape == ref_state.shape
     assert relative_rms(o.double(), ref_o) < 2e-2 and relative_rms(state.double(), ref_state) < 1e-6
     for name, grad in grads.items():
@@ -153,7 +134,7 @@ def test_adapter_pads_odd_widths_of_16_bit_inputs_exactly(stand_in, decay):
 
 def test_adapter_empty_sequence_needs_no_kernel(stand_in):
     inputs = _inputs("vector", True, length=0)
-    o, state, grads = _run(linear_attention_fla, inputs)
+    o, state, grads = run(linear_attention_fla, inputs)
     assert stand_in == [] and o.shape == (2, 3, 0, 5)
     assert torch.equal(state, inputs["initial_state"].detach().float())
     assert grads["q"].shape == inputs["q"].shape
@@ -177,7 +158,7 @@ def test_fla_kernels_match_reference_on_cuda(decay, initial_state):
     cpu = _inputs(decay, initial_state, length=200, dtype=torch.float32, seed=1)
     cuda = {name: x.detach().cuda().requires_grad_() for name, x in cpu.items()}
     o, state, grads = _run_fla_on_cuda(cuda)
-    ref_o, ref_state, ref_grads = _run(linear_attention_reference, cpu)
+    ref_o, ref_state, ref_grads = run(linear_attention_reference, cpu)
     errors = {"o": relative_rms(o.cpu(), ref_o), "final_state": relative_rms(state.cpu(), ref_state)}
     errors.update({f"d{n}": relative_rms(g.cpu(), ref_grads[n], floor=1e-6) for n, g in grads.items()})
     # fla's kernels use TF32 matrix products on recent GPUs: a few 1e-3 relative.
@@ -193,7 +174,7 @@ def test_fla_kernels_take_bf16_with_odd_widths_on_cuda(decay):
             for name, x in cpu.items()}
     o, state, grads = _run_fla_on_cuda(cuda)
     wide = {name: x.detach().cpu().double().requires_grad_() for name, x in cuda.items()}
-    ref_o, ref_state, ref_grads = _run(linear_attention_reference, wide)
+    ref_o, ref_state, ref_grads = run(linear_attention_reference, wide)
     assert o.dtype == torch.bfloat16 and o.shape == ref_o.shape
     assert relative_rms(o.cpu().double(), ref_o) < 3e-2
     for name, grad in grads.items():
@@ -203,7 +184,7 @@ def test_fla_kernels_take_bf16_with_odd_widths_on_cuda(decay):
 def _run_fla_on_cuda(inputs):
     """``_run`` with backend "fla"; skips where fla itself refuses the hardware (its Hopper guard)."""
     try:
-        return _run(lambda **kw: linear_attention(**kw, backend="fla"), inputs)
+        return run(lambda **kw: linear_attention(**kw, backend="fla"), inputs)
     except RuntimeError as err:
         if "Hopper" in str(err):  # fla-core 0.6 + Triton 3.4-3.7.0 on H100/H200: fla refuses its gated backward
             pytest.skip(f"fla refuses this case on this GPU: {err}")

@@ -83,11 +83,11 @@ def _layout_keywords(fn) -> dict:
     return {"head_first": False} if "head_first" in parameters else {}
 
 
-def _pad_last(t: torch.Tensor | None, extra: int, dims: int = 1) -> torch.Tensor | None:
-    """Zero-pad the last ``dims`` dimensions of ``t`` by ``extra`` each at the end (0: as is)."""
+def _pad_last(t: torch.Tensor | None, extra: int) -> torch.Tensor | None:
+    """Zero-pad the last dimension of ``t`` by ``extra`` at the end (0: as is)."""
     if t is None or not extra:
         return t
-    return F.pad(t, (0, extra) * dims)
+    return F.pad(t, (0, extra))
 
 
 def linear_attention_fla(q, k, v, g=None, scale=None, initial_state=None, output_final_state=False):
