@@ -11,7 +11,7 @@ DESIGN.md, "The house").
 from hybrids.kernels.conv import causal_conv1d, causal_conv1d_update
 from hybrids.kernels.dispatch import REGISTRY, Backend, BackendUnavailable, Op, describe
 from hybrids.kernels.dtypes import at_least_float32, widen
-from hybrids.kernels.linear import linear_attention, linear_attention_step
+from hybrids.kernels.linear import linear_attention, linear_attention_step, log_decay_floor
 from hybrids.kernels.lsh import lsh_attention, lsh_attention_step, lsh_buckets
 from hybrids.kernels.recurrence import linear_recurrence
 from hybrids.kernels.rotary import apply_rotary, rotary_cos_sin
@@ -74,6 +74,7 @@ __all__ = [
     "krylov_matrix",
     "linear_attention",
     "linear_attention_step",
+    "log_decay_floor",
     "lsh_attention",
     "lsh_attention_step",
     "lsh_buckets",
