@@ -55,7 +55,7 @@ class Case:
     loss: str = "both"  # "both": out and (if last) last state; "last": the last state only
     dtype: str = "float32"
     strided: bool = False  # u, delta, z, B, C as transposed views (stride along L != 1)
-    blocks: tuple = ()  # (("block_l", 8), ...) overrides of the launch configuration
+    blocks: tuple = ()  # (("block_l", 8), ...) overrides of the launch configuration, or ("capability", 90)
     check_nograd: bool = False  # also run the forward without autograd (no states saved)
     initial_state: str | None = None  # the dtype of a random initial state; None: no initial state
     chunked: tuple = ()  # cut points: also scan in pieces chained by their last states
@@ -76,7 +76,7 @@ class Case:
             parts.append("chunked" + "-".join(map(str, self.chunked)))
         if self.loss != "both":
             parts.append(f"loss-{self.loss}")
-        parts += [f"{k.replace('block_', 'b')}{v}" for k, v in self.blocks]
+        parts += [f"{k.replace('block_', 'b').replace('capability', 'sm')}{v}" for k, v in self.blocks]
         if self.dtype != "float32":
             parts.append({"bfloat16": "bf16", "float16": "fp16"}[self.dtype])
         return "-".join(parts)
@@ -106,6 +106,11 @@ CASES = [
     Case(1, 3, 4, 19, has_D=False, has_z=False, has_bias=False, softplus=False, initial_state="float32",
          chunked=(7,)),
     Case(1, 4, 4, 37, last=True, dtype="bfloat16", initial_state="float32"),
+    # The block sizes of the GPU launch tables (capability 80 and 90 share them at these sizes:
+    # BLOCK_L 64 at d_state 16, 16 above; BLOCK_D 2 and 1), with ragged chunks and channel blocks.
+    Case(1, 5, 16, 150, last=True, initial_state="float32", blocks=(("capability", 90),)),
+    Case(1, 5, 64, 37, last=True, dtype="bfloat16", blocks=(("capability", 90),)),
+    Case(1, 3, 128, 37, groups=1, initial_state="float32", blocks=(("capability", 80),)),
 ]
 
 

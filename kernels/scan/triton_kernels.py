@@ -58,7 +58,8 @@ such as ``tl.sum`` are decorated at that import). That is how the tests run them
 
 from __future__ import annotations
 
-import os
+import dataclasses
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -67,11 +68,13 @@ from torch.autograd.function import once_differentiable
 
 from hybrids.kernels.dispatch import BackendUnavailable
 from hybrids.kernels.scan.common import check_scan_arguments, grouped
+from hybrids.kernels.triton_launch import TritonLaunch, cuda_capability
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-# exp(x) = exp2(x log2 e): exp2 is the native instruction on NVIDIA GPUs.
-LOG2E: tl.constexpr = 1.4426950408889634
+# exp(x) = exp2(x log2 e): exp2 is the native instruction on NVIDIA GPUs. A global a kernel reads
+# must be a tl.constexpr object: the compiler, unlike the interpreter, refuses plain Python globals.
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -152,7 +155,7 @@ def _scan_fwd_kernel(
 
     h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
     if HAS_H0:  # the state before the first step (float32, contiguous: the wrapper made it so)
-        h = tl.load(h0_ptr + dn_offs, mask=mask_dn, other=0.0)
+        h = tl.load(h0_ptr + dn_offs, mask=mask_dn, other=0.0).to(tl.float32)
     for c in range(n_chunks):
         if STORE_STATES:  # the state entering chunk c, for the backward
             tl.store(state_rows + c * d_state, h, mask=mask_dn)
@@ -330,42 +333,142 @@ def _scan_bwd_kernel(
 # launch configuration
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+@dataclass(frozen=True)
+class ScanConfig:
+    """Block sizes and launch options of both kernels (powers of two; BLOCK_N covers d_state).
 
-
-def _block_sizes(u, d_state, B, C, block_l=None, block_d=None, block_d_bwd=None, num_warps=None):
-    """(BLOCK_N, BLOCK_L, BLOCK_D forward, BLOCK_D backward, num_warps).
-
-    On a GPU a program holds a few (BLOCK_D, BLOCK_N, BLOCK_L) float32 tensors in registers:
-    about 4096 elements in the forward (decay, drive, the scan) and 2048 in the backward, which
-    keeps h, g, a, a[t+1] and b live at once. BLOCK_L = 64 makes a bf16 row of a tile one 128-byte
-    line. In the interpreter the cost is per operation, nearly whatever the tile size, so a few
-    large tiles beat many small ones.
+    A program holds a few (BLOCK_D, BLOCK_N, BLOCK_L) float32 tiles in registers: decay, drive
+    and the scanned states in the forward; in the backward also the adjoint, the next step's
+    decay and their products. Their size per thread, ``BLOCK_D * BLOCK_N * BLOCK_L / (32 *
+    num_warps)``, is what decides registers and spills.
     """
+
+    block_n: int
+    block_l: int
+    block_d: int
+    block_d_bwd: int
+    num_warps: int
+    num_warps_bwd: int
+    num_stages: int = 1
+
+
+def _gpu_blocks(block_n: int, capability: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_L, BLOCK_D forward, warps forward, BLOCK_D backward, warps backward) on a GPU of
+    ``capability``.
+
+    Chosen with the ahead-of-time compile report (``python -m hybrids.kernels --gpu-report``):
+    tiles of about 16 elements per thread in the forward and 8 in the backward (4, over 8 warps,
+    from d_state 32 on), which compile without spills at d_state 16, 64 and 128 in float32,
+    bfloat16 and float16 (larger tiles spill in the backward, or come within a few registers of
+    it). A bf16 row of BLOCK_L = 64 is one 128-byte line; beyond d_state 16 the chunk shrinks to
+    16 steps so that one channel's (BLOCK_N, BLOCK_L) tiles stay in budget. One exception: at
+    d_state 128 on sm_90, ptxas caps the 8-warp backward at 128 registers and spills (bf16), so
+    it runs 4 warps of 16 elements there (214-218 registers, no spill).
+    """
+    if block_n <= 16:
+        block_l = 64
+        return block_l, max(1, 16 * 128 // (block_n * block_l)), 4, max(1, 8 * 128 // (block_n * block_l)), 4
+    block_l = 16
+    warps_bwd = 4 if (capability >= 90 and block_n >= 128) else 8
+    return block_l, max(1, 16 * 128 // (block_n * block_l)), 4, max(1, 4 * 32 * warps_bwd // (block_n * block_l)), warps_bwd
+
+
+def scan_config(
+    d_state: int,
+    capability: int | None,
+    block_l: int | None = None,
+    block_d: int | None = None,
+    block_d_bwd: int | None = None,
+    num_warps: int | None = None,
+) -> ScanConfig:
+    """The launch configuration for ``d_state`` on a GPU of ``capability`` (80, 90, ...; None:
+    Triton's interpreter, where a few large tiles beat many small ones because the cost is per
+    operation). The keyword overrides are for tests and tuning (powers of two); ``num_warps``
+    sets both kernels'."""
     block_n = max(2, triton.next_power_of_2(d_state))
-    if _interpreting() or not u.is_cuda:
-        bl, bd, bd_bwd, warps = 16, 8, 8, 1
+    if capability is None:
+        bl, bd, warps, bd_bwd, warps_bwd = 16, 8, 1, 8, 1
     else:
-        bl = 64 if block_n <= 32 else 32
-        bd = max(1, 4096 // (block_n * bl))
-        bd_bwd = max(1, 2048 // (block_n * bl))
-        warps = 4
-    bl = block_l or bl
-    bd = block_d or bd
-    bd_bwd = block_d_bwd or bd_bwd
-    for name, value in (("block_l", bl), ("block_d", bd), ("block_d_bwd", bd_bwd)):
+        bl, bd, warps, bd_bwd, warps_bwd = _gpu_blocks(block_n, capability)
+    if num_warps is not None:
+        warps = warps_bwd = num_warps
+    config = ScanConfig(block_n, block_l or bl, block_d or bd, block_d_bwd or bd_bwd, warps, warps_bwd)
+    for name in ("block_l", "block_d", "block_d_bwd", "num_warps", "num_warps_bwd"):
+        value = getattr(config, name)
         if value < 1 or value & (value - 1):
             raise ValueError(f"{name}: expected a power of two (a Triton block size), got {value}")
-    # A block of channels must not straddle two groups of B / C.
+    return config
+
+
+def fit_groups(config: ScanConfig, dim: int, B: torch.Tensor, C: torch.Tensor) -> ScanConfig:
+    """``config`` with BLOCK_D lowered so that no block of channels straddles two groups of B / C."""
+    bd, bd_bwd = config.block_d, config.block_d_bwd
     for x in (B, C):
         if x.ndim == 4 and x.shape[1] > 1:
-            per_group = u.shape[1] // x.shape[1]
+            per_group = dim // x.shape[1]
             while per_group % bd:
                 bd //= 2
             while per_group % bd_bwd:
                 bd_bwd //= 2
-    return block_n, bl, bd, bd_bwd, num_warps or warps
+    return dataclasses.replace(config, block_d=bd, block_d_bwd=bd_bwd)
+
+
+def forward_launch(u, delta, A, Bg, Cg, D, z, delta_bias, h0, out, last, states, softplus, config: ScanConfig):
+    """The forward kernel's launch: ``out`` (batch, dim, L) and ``last`` (batch, dim, d_state)
+    are written, and ``states`` (batch, dim, n_chunks, d_state) when it has chunks (a backward
+    follows). ``Bg, Cg``: (batch, groups, d_state, L); optional tensors may be None."""
+    batch, dim, length = u.shape
+    d_state = A.shape[1]
+    zz = z if z is not None else u  # a placeholder pointer, never read (HAS_Z=False)
+    n_chunks = triton.cdiv(length, config.block_l)
+    return TritonLaunch(
+        _scan_fwd_kernel,
+        grid=(triton.cdiv(dim, config.block_d), batch),
+        args=(
+            u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
+            h0 if h0 is not None else last, out, last, states,
+            dim, length, d_state, n_chunks, dim // Bg.shape[1], dim // Cg.shape[1],
+            *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *Bg.stride(), *Cg.stride(),
+        ),
+        constexprs=dict(
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+            HAS_H0=h0 is not None, STORE_STATES=states.shape[2] > 0,
+            BLOCK_D=config.block_d, BLOCK_N=config.block_n, BLOCK_L=config.block_l,
+        ),
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )  # fmt: skip
+
+
+def backward_launch(
+    u, delta, A, Bg, Cg, D, z, delta_bias, dout, dlast, states,
+    du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, softplus, config: ScanConfig,
+):  # fmt: skip
+    """The backward kernel's launch. Gradients are written to ``du, ddelta, dz`` (batch, dim, L),
+    float32 ``dB, dC`` (batch, groups, d_state, L) by atomic adds, and float32 per-batch partials
+    ``dA`` (batch, dim, d_state), ``dD, dbias`` (batch, dim), ``dh0`` (batch, dim, d_state)."""
+    batch, dim, length = u.shape
+    d_state = A.shape[1]
+    zz = z if z is not None else u
+    return TritonLaunch(
+        _scan_bwd_kernel,
+        grid=(triton.cdiv(dim, config.block_d_bwd), batch),
+        args=(
+            u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
+            dout, dlast if dlast is not None else u, states,
+            du, ddelta, dz if dz is not None else du, dA, dB, dC,
+            dD if dD is not None else dA, dbias if dbias is not None else dA, dh0 if dh0 is not None else dA,
+            dim, length, d_state, states.shape[2], dim // Bg.shape[1], dim // Cg.shape[1],
+            *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(), *A.stride(), *Bg.stride(), *Cg.stride(),
+        ),
+        constexprs=dict(
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(softplus),
+            HAS_DLAST=dlast is not None, HAS_DH0=dh0 is not None,
+            BLOCK_D=config.block_d_bwd, BLOCK_N=config.block_n, BLOCK_L=config.block_l,
+        ),
+        num_warps=config.num_warps_bwd,
+        num_stages=config.num_stages,
+    )  # fmt: skip
 
 
 def _check_runnable(u, delta, A, B, C, D, z, delta_bias) -> None:
@@ -394,28 +497,17 @@ def _check_runnable(u, delta, A, B, C, D, z, delta_bias) -> None:
 
 class _SelectiveScanTriton(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, blocks, save):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, config, save):
         batch, dim, length = u.shape
         d_state = A.shape[1]
         Bg, Cg = grouped(B), grouped(C)
-        block_n, block_l, block_d, block_d_bwd, num_warps = blocks
-        n_chunks = triton.cdiv(length, block_l)
+        n_chunks = triton.cdiv(length, config.block_l)
 
         out = torch.empty(batch, dim, length, dtype=u.dtype, device=u.device)
         last = torch.empty(batch, dim, d_state, dtype=torch.float32, device=u.device)
         states = torch.empty(batch, dim, n_chunks if save else 0, d_state, dtype=torch.float32, device=u.device)
-        zz = z if z is not None else u  # a placeholder pointer, never read (HAS_Z=False)
-        grid = (triton.cdiv(dim, block_d), batch)
         if length > 0:
-            _scan_fwd_kernel[grid](
-                u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
-                h0 if h0 is not None else last, out, last, states,
-                dim, length, d_state, n_chunks, dim // Bg.shape[1], dim // Cg.shape[1],
-                *u.stride(), *delta.stride(), *zz.stride(), *A.stride(), *Bg.stride(), *Cg.stride(),
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, STORE_STATES=save,
-                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=num_warps,
-            )  # fmt: skip
+            forward_launch(u, delta, A, Bg, Cg, D, z, delta_bias, h0, out, last, states, delta_softplus, config).run()
         elif h0 is not None:
             last.copy_(h0)
         else:
@@ -424,18 +516,16 @@ class _SelectiveScanTriton(torch.autograd.Function):
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
             ctx.delta_softplus = bool(delta_softplus)
-            ctx.blocks = (block_n, block_l, block_d_bwd, num_warps)
+            ctx.config = config
         return out, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
-        block_n, block_l, block_d, num_warps = ctx.blocks
         batch, dim, length = u.shape
         d_state = A.shape[1]
         Bg, Cg = grouped(B), grouped(C)
-        n_chunks = states.shape[2]
         f32 = dict(dtype=torch.float32, device=u.device)
         if dout is None:
             dout = torch.zeros_like(u)
@@ -450,21 +540,11 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dbias = torch.zeros(batch, dim, **f32) if delta_bias is not None else None
         dlast_c = dlast.contiguous() if dlast is not None else None
         dh0 = torch.empty(batch, dim, d_state, **f32) if ctx.needs_input_grad[8] else None
-        zz = z if z is not None else u
-        grid = (triton.cdiv(dim, block_d), batch)
         if length > 0:
-            _scan_bwd_kernel[grid](
-                u, delta, A, Bg, Cg, D if D is not None else u, zz, delta_bias if delta_bias is not None else u,
-                dout, dlast_c if dlast_c is not None else u, states,
-                du, ddelta, dz if dz is not None else du, dA, dB, dC,
-                dD if dD is not None else dA, dbias if dbias is not None else dA, dh0 if dh0 is not None else dA,
-                dim, length, d_state, n_chunks, dim // Bg.shape[1], dim // Cg.shape[1],
-                *u.stride(), *delta.stride(), *zz.stride(), *dout.stride(), *A.stride(),
-                *Bg.stride(), *Cg.stride(),
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=ctx.delta_softplus, HAS_DLAST=dlast_c is not None, HAS_DH0=dh0 is not None,
-                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=num_warps,
-            )  # fmt: skip
+            backward_launch(
+                u, delta, A, Bg, Cg, D, z, delta_bias, dout, dlast_c, states,
+                du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, ctx.delta_softplus, ctx.config,
+            ).run()  # fmt: skip
         elif dh0 is not None:  # no steps: the last state is the initial state
             dh0 = dlast_c.clone() if dlast_c is not None else dh0.zero_()
         dB = dB.to(B.dtype).reshape(B.shape)
@@ -502,6 +582,7 @@ def selective_scan_triton(
     block_d: int | None = None,
     block_d_bwd: int | None = None,
     num_warps: int | None = None,
+    capability: int | None = None,
 ):
     """The selective scan (module docstring) with Triton kernels: ``out`` (batch, dim, L) in
     u's dtype, and the float32 last state (batch, dim, d_state) if ``return_last_state``.
@@ -511,15 +592,20 @@ def selective_scan_triton(
 
     The keyword-only block sizes override the defaults (for tuning, see
     ``benchmarks/selective_scan_gpu.py``); BLOCK_D is still lowered to fit the groups of B / C.
+    ``capability`` (80, 90, ...) takes the launch table of that GPU instead of the device's (so
+    that the interpreter tests run the block sizes a GPU would).
     """
     check_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     _check_runnable(u, delta, A, B, C, D, z, delta_bias)
     # The cast (a no-op for float32) is left to autograd: the gradient returns in initial_state's dtype.
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
-    blocks = _block_sizes(u, A.shape[1], B, C, block_l, block_d, block_d_bwd, num_warps)
+    if capability is None:
+        capability = cuda_capability(u.device)
+    config = scan_config(A.shape[1], capability, block_l, block_d, block_d_bwd, num_warps)
+    config = fit_groups(config, u.shape[1], B, C)
     # Inside forward grad mode is always off, so whether a backward can follow is decided here:
     # only then are the chunk states written.
     tensors = (u, delta, A, B, C, D, z, delta_bias, h0)
     save = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
-    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, blocks, save)
+    out, last = _SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, h0, delta_softplus, config, save)
     return (out, last) if return_last_state else out
