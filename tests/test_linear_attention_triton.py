@@ -56,17 +56,24 @@ class Case:
     dtype: str = "float32"  # of q, k, v
     aux_dtype: str = "float32"  # of g and the initial state
     block_v: int | None = None  # value columns per program (None: all of them in one block)
+    block_k: int | None = None  # key rows of the state per program (None: all of them in one block)
+    capability: int | None = None  # the launch table of this GPU (chunk and blocks) instead of the above
     strong: bool = False  # log-decays of -50, and -1000 at a few steps
     chunked: tuple = ()  # cut points: also run in pieces chained by their final states
     check_nograd: bool = False  # also run the forward without autograd (no states saved)
 
     @property
     def id(self) -> str:
-        parts = [f"B{self.batch}-H{self.heads}-L{self.length}-K{self.dk}-V{self.dv}-C{self.chunk}", self.decay]
+        chunk = f"-C{self.chunk}" if self.chunk else ""
+        parts = [f"B{self.batch}-H{self.heads}-L{self.length}-K{self.dk}-V{self.dv}{chunk}", self.decay]
         parts += [flag for flag, on in (("h0", self.initial_state), ("strong", self.strong),
                                         ("nograd", self.check_nograd)) if on]  # fmt: skip
         if self.block_v:
             parts.append(f"bv{self.block_v}")
+        if self.block_k:
+            parts.append(f"bk{self.block_k}")
+        if self.capability:
+            parts.append(f"sm{self.capability}")
         if self.loss != "both":
             parts.append(f"loss-{self.loss}")
         if self.chunked:
@@ -90,6 +97,20 @@ CASES = [
     # Two value blocks: dq, dk and dg are sums of the blocks' shares. Pieces chained by their states.
     Case(2, 1, 37, 4, 20, 16, "scalar", True, block_v=16, chunked=(16, 21), check_nograd=True),
     Case(1, 2, 37, 4, 20, 16, "vector", True, block_v=16, chunked=(5,)),
+    # Two key blocks (the second one part padding): o and dv are sums of the blocks' shares, and
+    # so is dg for a scalar decay; with value blocks too, and in half precision.
+    *(Case(1, 2, 37, 20, 6, 16, decay, True, block_k=16) for decay in ("none", "scalar", "vector")),
+    Case(2, 1, 37, 20, 20, 16, "scalar", True, block_k=16, block_v=16, chunked=(16, 21), check_nograd=True),
+    Case(1, 2, 37, 36, 20, 16, "vector", True, block_k=16, block_v=16, loss="state"),
+    *(Case(1, 2, 37, 20, 6, 16, decay, True, block_k=16, dtype="bfloat16") for decay in ("none", "scalar", "vector")),
+    # The chunk of 64 that no or a scalar decay use on a GPU.
+    *(Case(1, 1, 70, 5, 6, 64, decay, True) for decay in ("none", "scalar")),
+    # The GPU launch tables (chunks of 64 for half inputs, 32 for float32, 16 for a vector decay;
+    # key blocks of 32 or 64 and value blocks of 32 or 64 per kernel): head dims that several
+    # blocks cover, the last one partly, over several chunks. bfloat16's products run in float32
+    # here (the interpreter's bf16 matmul is wrong); float16 runs the half-precision products.
+    *(Case(1, 1, 150, 80, 72, 0, decay, True, dtype=dtype, capability=90)
+      for decay in ("none", "scalar", "vector") for dtype in ("float32", "bfloat16", "float16")),
     # g and the initial state in other dtypes: their gradients come back in them.
     Case(1, 1, 19, 3, 5, 16, "vector", True, aux_dtype="float64"),
     # Log-decays down to -1000: everything finite, nothing overflows.
@@ -131,14 +152,21 @@ def make_inputs(case: Case, device, seed: int = 0) -> dict:
     return {name: x.to(device) if x is not None else None for name, x in inputs.items()}
 
 
-def run_case(case: Case, device) -> dict:
-    """Relative RMS errors of the Triton backend against the reference on the same inputs."""
+def run_case(case: Case, device, backend: str = "direct") -> dict:
+    """Relative RMS errors of the Triton backend against the reference on the same inputs.
+    ``backend="dispatch"``: through ``linear_attention`` with its default choice and launch
+    configuration (the case's chunk and blocks are not used)."""
+    from hybrids.kernels.linear import linear_attention
     from hybrids.kernels.linear.reference import linear_attention_reference
     from hybrids.kernels.linear.triton_chunk import linear_attention_triton
 
     inputs = make_inputs(case, device)
     names = [n for n in GRAD_NAMES if inputs[n] is not None]
-    options = dict(chunk_size=case.chunk, block_v=case.block_v)
+    options = dict(chunk_size=case.chunk, block_v=case.block_v, block_k=case.block_k)
+    if case.capability is not None:
+        options = dict(capability=case.capability)
+    if backend == "dispatch":
+        linear_attention_triton, options = linear_attention, {}  # noqa: F811 - the dispatcher's choice
 
     def run(fn, cast, **kw):
         leaves = {n: (cast(x).detach().requires_grad_() if x is not None else None) for n, x in inputs.items()}
@@ -361,16 +389,17 @@ def test_gpu_larger(case):
 
 
 @pytest.mark.gpu
-def test_gpu_default_launch_config():
-    """The GPU defaults (chunk 64, or 16 for a vector decay; value blocks of 64) through the
-    dispatcher, which picks "triton" for CUDA tensors, against the chunked PyTorch backend."""
-    from hybrids.kernels.linear import linear_attention
-
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_default_launch_config(head_dim, dtype):
+    """The GPU defaults (the launch table of ``triton_chunk._gpu_tiles`` for this GPU: chunks of
+    64, or 16 for a vector decay; key and value blocks that split head dims above 64) through the
+    dispatcher, which picks "triton" for CUDA tensors, against the reference in float32, with
+    gradients."""
     for decay in ("none", "scalar", "vector"):
-        x = make_inputs(Case(2, 3, 64 * 4 + 5, 64, 160, 64, decay, True), "cuda")
-        o, state = linear_attention(**x, output_final_state=True)
-        ref_o, ref_state = linear_attention(**x, output_final_state=True, backend="chunk")
-        assert rel_rms(o, ref_o) < FP32_TOL and rel_rms(state, ref_state) < FP32_TOL, decay
+        case = Case(2, 3, 64 * 4 + 5, head_dim, head_dim + 32, 64, decay, True, dtype=dtype)
+        errors = run_case(case, "cuda", backend="dispatch")
+        check_errors(case, errors)
 
 
 if __name__ == "__main__":
