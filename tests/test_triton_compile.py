@@ -1,0 +1,145 @@
+"""Every Triton kernel compiles for the A100 (sm_80) and the H100 (sm_90), without a GPU.
+
+Triton's interpreter (the numerics tests) runs kernels as Python: it reads plain Python globals
+and never allocates registers or shared memory, so a kernel can pass every interpreter test and
+fail on the first GPU it meets. Here each configuration the launchers choose on a GPU
+(:func:`hybrids.kernels.gpu_report.cases`: every entry kernel, dtype, constexpr branch and the
+block sizes for the mixers' shapes) is compiled ahead of time to a cubin with Triton's bundled
+ptxas, and must
+
+- compile (no error in the front end, the MLIR passes, LLVM or ptxas);
+- need no more shared memory per block than the architecture allows (A100 166,912 B, H100
+  232,448 B): above it the launch fails with "out of resource: shared memory";
+- not spill registers to local memory (ptxas' own ``-v`` log).
+
+The distinct specialisations are compiled once, in one process per core sharing one fresh
+Triton cache (module fixture). A kernel added to a Triton module without cases fails
+``test_every_triton_kernel_has_cases``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+
+import pytest
+
+triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
+
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+import hybrids.kernels  # noqa: E402
+from hybrids.kernels import gpu_report  # noqa: E402
+from hybrids.kernels.aot import SM80, SM90, CompiledStats, compile_launch, parse_ptxas_log  # noqa: E402
+from hybrids.kernels.triton_launch import TritonLaunch  # noqa: E402
+
+CASES = gpu_report.cases()
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return gpu_report.compile_cases(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_compiles_fits_in_shared_memory_and_does_not_spill(case, compiled):
+    stats = compiled[case]
+    problems = stats.problems(case.arch_spec)
+    assert not problems, f"{case.id}: " + "; ".join(problems)
+    assert stats.registers > 0 and stats.blocks_per_sm >= 1, stats
+
+
+def _jit_functions(module) -> dict[str, JITFunction]:
+    return {name: obj for name, obj in vars(module).items() if isinstance(obj, JITFunction) and obj.__module__ == module.__name__}
+
+
+def test_every_triton_kernel_has_cases():
+    """Every @triton.jit function of the project lives in a module the report knows, and is
+    either an entry kernel with compile cases on both architectures or a helper that one calls."""
+    found = {}
+    for info in pkgutil.walk_packages(hybrids.kernels.__path__, "hybrids.kernels."):
+        module = importlib.import_module(info.name)
+        if _jit_functions(module):
+            found[info.name] = _jit_functions(module)
+    assert set(found) == set(gpu_report.TRITON_MODULES), (
+        f"modules with Triton kernels {sorted(found)}; the report covers {gpu_report.TRITON_MODULES}"
+    )
+    covered = {(case.kernel, case.arch) for case in CASES}
+    entries = {name for functions in found.values() for name in functions if name.endswith("_kernel")}
+    for name in entries:
+        for arch in (SM80, SM90):
+            assert (name, arch.name) in covered, f"{name} has no compile case for {arch.gpu}"
+    for module, functions in found.items():
+        for name in set(functions) - entries:
+            users = [other for other, fn in functions.items() if other != name and re.search(rf"\b{name}\b", fn.src)]
+            assert users, f"{module}.{name}: neither an entry kernel (named *_kernel) nor used by one"
+
+
+def test_ptxas_log_is_read():
+    log = (
+        "ptxas info    : 0 bytes gmem\n"
+        "ptxas info    : Compiling entry function '_k' for 'sm_90a'\n"
+        "ptxas info    : Function properties for _k\n"
+        "    12456 bytes stack frame, 17508 bytes spill stores, 22284 bytes spill loads\n"
+        "ptxas info    : Used 255 registers, used 1 barriers, 12456 bytes cumulative stack size\n"
+    )
+    assert parse_ptxas_log(log) == (255, 12456, 17508, 22284)
+    with pytest.raises(ValueError, match="no resource usage"):
+        parse_ptxas_log("ptxas fatal")
+
+
+def test_occupancy_arithmetic():
+    # 128 registers x 128 threads: 4 warps of 4,096 registers; 65,536 / 16,384 = 4 blocks.
+    assert SM90.blocks_per_sm(128, 0, 4) == (4, "registers")
+    # 40 registers: 1,280 a warp, 5,120 a block, 12 blocks in 65,536 (the threads would allow 16).
+    assert SM80.blocks_per_sm(40, 0, 4) == (12, "registers")
+    assert SM80.blocks_per_sm(32, 0, 4)[0] == 16
+    # 100 KB of shared memory: one block on an A100 (167,936 B per SM), two on an H100.
+    assert SM80.blocks_per_sm(32, 100_000, 4) == (1, "shared")
+    assert SM90.blocks_per_sm(32, 100_000, 4) == (2, "shared")
+
+
+def test_problems_name_shared_memory_and_spills():
+    common = dict(kernel="k", arch="sm80", num_warps=4, num_stages=1, registers=255, stack=0, blocks_per_sm=1, limited_by="registers")
+    fine = CompiledStats(**common, spill_stores=0, spill_loads=0, shared=166_912)
+    assert fine.problems(SM80) == []
+    too_big = CompiledStats(**common, spill_stores=0, spill_loads=0, shared=212_992)
+    assert "above A100's 166,912 B per block" in too_big.problems(SM80)[0]
+    assert too_big.problems(SM90) == []  # the H100 holds it
+    spilling = CompiledStats(**common, spill_stores=8, spill_loads=8, shared=0)
+    assert "spills registers" in spilling.problems(SM90)[0]
+
+
+PLAIN_GLOBAL = 2.0  # a Python float: the interpreter reads it, the compiler refuses it
+
+
+@triton.jit
+def _reads_a_plain_global(x_ptr):
+    tl.store(x_ptr, tl.load(x_ptr) * PLAIN_GLOBAL)
+
+
+@triton.jit
+def _spills(x_ptr, N: tl.constexpr):
+    # (N, N) float32 live across a loop of data-dependent updates: far more than 255 registers.
+    offs = tl.arange(0, N)
+    acc = tl.load(x_ptr + offs[:, None] * N + offs[None, :])
+    for i in range(4):
+        acc = acc * tl.load(x_ptr + i) + tl.trans(acc)
+    tl.store(x_ptr + offs[:, None] * N + offs[None, :], acc)
+
+
+def test_the_checks_catch_what_the_interpreter_does_not(tmp_path, monkeypatch):
+    """The two failures this test exists for, caught on purpose: a kernel that reads a plain
+    Python global (the selective scan's LOG2E did) does not compile; a tile too large for
+    registers spills."""
+    import torch
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    x = torch.empty(128 * 128)
+    error = compile_launch(TritonLaunch(_reads_a_plain_global, (1,), (x,)), SM90)
+    assert error.error is not None and "PLAIN_GLOBAL" in error.error, error
+    spilled = compile_launch(TritonLaunch(_spills, (1,), (x,), dict(N=128), num_warps=1), SM80)
+    assert spilled.error is None and spilled.spills, spilled
+    assert "spills registers" in spilled.problems(SM80)[0]
