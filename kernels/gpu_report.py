@@ -392,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: one per core)")
     parser.add_argument("--traffic-only", action="store_true", help="only the traffic table (no compiling)")
     args = parser.parse_args(argv)
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        print("--gpu-report needs Triton (`pip install triton`, Linux x86_64 or aarch64)", file=sys.stderr)
+        return 2
     if not args.traffic_only:
         archs = [a for a in ARCHS if args.arch is None or a.name in args.arch]
         results = compile_cases(cases(archs), workers=args.workers)
