@@ -9,7 +9,10 @@ and 16-byte alignment, integer arguments equal to 1 or divisible by 16), compile
 - the shared memory one block needs (Triton's metadata), against the architecture's per-block
   limit: above it the launch fails with "out of resource: shared memory";
 - registers per thread, and spill stores / loads and stack frame from ptxas' own ``-v`` log: a
-  spill moves registers through local memory, which a memory-bound kernel pays for several times;
+  spill moves registers through local memory, which a memory-bound kernel pays for several times
+  (a configuration that spills at ptxas' own register choice is compiled again with all 255
+  registers allowed, as the launch on a GPU does, see
+  :class:`~hybrids.kernels.triton_launch.TritonLaunch`);
 - how many blocks of it fit on one SM at once (registers, shared memory, threads, the block cap).
 
 Nothing is launched. The interpreter (``TRITON_INTERPRET=1``) checks numerics; this checks the
@@ -24,7 +27,7 @@ import io
 import re
 from dataclasses import dataclass
 
-from hybrids.kernels.triton_launch import TritonLaunch
+from hybrids.kernels.triton_launch import NO_SPILL_MAXNREG, TritonLaunch
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class CompiledStats:
     arch: str
     num_warps: int
     num_stages: int
+    maxnreg: int | None  # None: ptxas' own register choice; else the cap it was compiled again with
     registers: int
     spill_stores: int  # bytes
     spill_loads: int  # bytes
@@ -125,25 +129,19 @@ def parse_ptxas_log(log: str) -> tuple[int, int, int, int]:
     return int(registers.group(1)), stack, sum(int(s[1]) for s in spills), sum(int(s[2]) for s in spills)
 
 
-def _specialise(launch: TritonLaunch, backend):
+def _specialise(launch: TritonLaunch, backend, maxnreg: int | None = None):
     """Triton's own argument binding and specialisation for ``launch`` on ``backend``:
     (signature, constexprs, attributes, options) exactly as ``kernel[grid](...)`` would build."""
     from triton.runtime.jit import create_function_from_signature
 
     fn = launch.kernel
     binder = create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = dict(launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    kwargs = dict(launch.constexprs, **launch.options(maxnreg))
     bound, specialization, options = binder(*launch.args, **kwargs)
     return fn._pack_args(backend, kwargs, bound, specialization, options)
 
 
-def compile_launch(launch: TritonLaunch, arch: Arch) -> CompiledStats:
-    """Compile ``launch`` for ``arch`` (no GPU needed) and read its resource usage.
-
-    Needs a Triton cache with no entry for this kernel (the ptxas log is only written when ptxas
-    runs): callers compile each configuration once, into a fresh ``TRITON_CACHE_DIR``.
-    A compile error is returned in ``error``, not raised, so that a report can list every one.
-    """
+def _compile_once(launch: TritonLaunch, arch: Arch, maxnreg: int | None) -> CompiledStats:
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -152,10 +150,11 @@ def compile_launch(launch: TritonLaunch, arch: Arch) -> CompiledStats:
     target = GPUTarget("cuda", arch.capability, 32)
     backend = make_backend(target)
     empty = dict(registers=0, spill_stores=0, spill_loads=0, stack=0, shared=0, blocks_per_sm=0, limited_by="-")
-    common = dict(kernel=launch.name, arch=arch.name, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    common = dict(kernel=launch.name, arch=arch.name, num_warps=launch.num_warps, num_stages=launch.num_stages,
+                  maxnreg=maxnreg)  # fmt: skip
     log = io.StringIO()
     try:
-        options, signature, constexprs, attrs = _specialise(launch, backend)
+        options, signature, constexprs, attrs = _specialise(launch, backend, maxnreg)
         source = ASTSource(launch.kernel, signature, constexprs, attrs)
         with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
             knobs.nvidia.dump_ptxas_log = True
@@ -172,3 +171,19 @@ def compile_launch(launch: TritonLaunch, arch: Arch) -> CompiledStats:
         **common, registers=registers, spill_stores=stores, spill_loads=loads, stack=stack,
         shared=shared, blocks_per_sm=blocks, limited_by=limiter,
     )  # fmt: skip
+
+
+def compile_launch(launch: TritonLaunch, arch: Arch) -> CompiledStats:
+    """Compile ``launch`` for ``arch`` (no GPU needed) and read its resource usage, as
+    :meth:`TritonLaunch.run <hybrids.kernels.triton_launch.TritonLaunch.run>` would launch it:
+    with ptxas' own register choice, or, where that spills, again with ``maxnreg`` =
+    :data:`~hybrids.kernels.triton_launch.NO_SPILL_MAXNREG` (the stats say which).
+
+    Needs a Triton cache with no entry for this kernel (the ptxas log is only written when ptxas
+    runs): callers compile each configuration once, into a fresh ``TRITON_CACHE_DIR``.
+    A compile error is returned in ``error``, not raised, so that a report can list every one.
+    """
+    stats = _compile_once(launch, arch, None)
+    if stats.error is None and stats.spills:
+        stats = _compile_once(launch, arch, NO_SPILL_MAXNREG)
+    return stats

@@ -21,29 +21,33 @@ functions with CPU tensors of the right dtypes and strides), so the compile sees
 launch would. Configurations whose compiled kernels would be identical (same specialisation)
 are compiled once.
 
-Coverage, per architecture:
+Coverage, per architecture, each at an ``aligned`` shape (L 4096, head dims as given: every
+integer argument a multiple of 16) and a ``ragged`` one (L 4095; for linear attention K one less
+and V one more than the head dim), because Triton specialises a kernel on which integers divide
+by 16:
 
 - ``_scan_fwd_kernel`` / ``_scan_bwd_kernel``: float32, bfloat16 and float16 activations
   (float32 A, D and delta_bias, as the Mamba mixer passes them) at d_state 16, 64 and 128; each
-  constexpr branch on and off: ``gated`` (D, z, delta_bias, softplus; no initial state; states
-  stored / no last-state gradient: training) and ``plain`` (none of them; an initial state; no
-  states stored / a last-state gradient and an initial-state gradient).
+  constexpr branch on and off: ``gated`` (D, z, delta_bias, softplus; the Mamba mixer's strided
+  layout of delta, z, B, C and the output's gradient; states stored, no last-state gradient:
+  training) and ``plain`` (none of them, contiguous; an initial state; no states stored / a
+  last-state gradient and an initial-state gradient).
 - ``_la_fwd_kernel`` and the three backward kernels ``_la_bwd_dstate_kernel``,
-  ``_la_bwd_dv_kernel``, ``_la_bwd_dqk_kernel``: the three dtypes, key = value head dims 64,
-  128 and 256, each decay form (none, scalar, vector); the forward and the state-gradient kernel
-  also as ``train`` (no initial state, states stored / no final-state gradient) and ``state``
-  (an initial state, none stored / final-state and initial-state gradients).
+  ``_la_bwd_dv_kernel``, ``_la_bwd_dqk_kernel``: the three dtypes, head dims 64, 128 and 256, each
+  decay form (none, scalar, vector); the forward and the state-gradient kernel also as ``train``
+  (no initial state, states stored / no final-state gradient) and ``state`` (an initial state,
+  none stored / final-state and initial-state gradients).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -55,6 +59,11 @@ DTYPES = ("float32", "bfloat16", "float16")
 SCAN_STATES = (16, 64, 128)
 HEAD_DIMS = (64, 128, 256)
 DECAYS = ("none", "scalar", "vector")
+# Triton specialises an integer argument on whether it is divisible by 16 (and a pointer on
+# 16-byte alignment), so each configuration is compiled at shapes of both kinds: "aligned" (L
+# 4096, head dims as given) and "ragged" (L 4095; for linear attention K one less and V one more
+# than the head dim, as a normalised feature map's value column makes it).
+SHAPES = ("aligned", "ragged")
 
 # The modules whose @triton.jit kernels the cases cover (the guard in the test reads them).
 TRITON_MODULES = ("hybrids.kernels.scan.triton_kernels", "hybrids.kernels.linear.triton_kernels")
@@ -67,7 +76,7 @@ _LINEAR_WITH_VARIANTS = ("_la_fwd_kernel", "_la_bwd_dstate_kernel")
 SCAN_SHAPE = dict(batch=8, dim=2048, d_state=16, length=4096)
 LINEAR_SHAPE = dict(batch=8, heads=16, head_dim=128, length=4096)
 # The compile cases need no batch: one sequence at the reference lengths, so that integer
-# arguments are specialised as on a GPU (strides of 1, multiples of 16).
+# arguments are specialised as on a GPU (strides of 1, multiples of 16 or not).
 _CASE_DIM, _CASE_HEADS, _CASE_LENGTH = 2048, 16, 4096
 
 
@@ -83,12 +92,17 @@ class KernelCase:
     size: int  # d_state (scan) or head dim (linear attention)
     variant: str  # scan: "gated" / "plain"; linear attention: "train" / "state"
     decay: str = ""  # linear attention: "none", "scalar", "vector"
+    shape: str = "aligned"  # or "ragged" (see SHAPES)
 
     @property
     def id(self) -> str:
         size = f"N{self.size}" if self.op == "selective_scan" else f"K{self.size}"
-        parts = [self.kernel.strip("_"), self.arch, self.dtype, size, self.decay, self.variant]
+        parts = [self.kernel.strip("_"), self.arch, self.dtype, size, self.decay, self.variant, self.shape]
         return "-".join(p for p in parts if p)
+
+    @property
+    def length(self) -> int:
+        return _CASE_LENGTH if self.shape == "aligned" else _CASE_LENGTH - 1
 
     @property
     def arch_spec(self) -> Arch:
@@ -100,16 +114,19 @@ def cases(archs: Sequence[Arch] = ARCHS) -> list[KernelCase]:
     found = []
     for arch in archs:
         for dtype in DTYPES:
-            for kernel in SCAN_KERNELS:
-                for size in SCAN_STATES:
-                    for variant in ("gated", "plain"):
-                        found.append(KernelCase("selective_scan", kernel, arch.name, dtype, size, variant))
-            for kernel in LINEAR_KERNELS:
-                variants = ("train", "state") if kernel in _LINEAR_WITH_VARIANTS else ("train",)
-                for size in HEAD_DIMS:
-                    for decay in DECAYS:
-                        for variant in variants:
-                            found.append(KernelCase("linear_attention", kernel, arch.name, dtype, size, variant, decay))
+            for shape in SHAPES:
+                for kernel in SCAN_KERNELS:
+                    for size in SCAN_STATES:
+                        for variant in ("gated", "plain"):
+                            found.append(KernelCase("selective_scan", kernel, arch.name, dtype, size, variant, "", shape))
+                for kernel in LINEAR_KERNELS:
+                    variants = ("train", "state") if kernel in _LINEAR_WITH_VARIANTS else ("train",)
+                    for size in HEAD_DIMS:
+                        for decay in DECAYS:
+                            for variant in variants:
+                                found.append(KernelCase(
+                                    "linear_attention", kernel, arch.name, dtype, size, variant, decay, shape
+                                ))  # fmt: skip
     return found
 
 
@@ -121,16 +138,38 @@ def _empty(*shape, dtype=torch.float32) -> torch.Tensor:
 _MODES = {"none": 0, "scalar": 1, "vector": 2}  # the kernels' G_MODE
 
 
-def _scan_launch(case: KernelCase, batch: int = 1, dim: int = _CASE_DIM, length: int = _CASE_LENGTH) -> TritonLaunch:
+def _mamba_layout(batch: int, dim: int, n: int, length: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The scan's inputs laid out as the Mamba mixer makes them (``hybrids/mixers/mamba.py``):
+    u from the causal conv, contiguous; z a half of in_proj's output and delta dt_proj's, both
+    transposed (stride 1 along channels); B and C slices of x_proj's output, transposed; the
+    output's gradient transposed like z (it comes back through out_proj)."""
+    rank = max(1, dim // 32)  # dt_rank = ceil(d_model / 16), d_model = dim / 2
+    xz = _empty(batch, length, 2 * dim, dtype=dtype).transpose(1, 2)
+    x_dbl = _empty(batch, length, rank + 2 * n, dtype=dtype)
+    return dict(
+        u=_empty(batch, dim, length, dtype=dtype), z=xz[:, dim:], delta=_empty(batch, length, dim, dtype=dtype).transpose(1, 2),
+        B=x_dbl[..., rank : rank + n].transpose(1, 2).unsqueeze(1), C=x_dbl[..., rank + n :].transpose(1, 2).unsqueeze(1),
+        dout=_empty(batch, length, dim, dtype=dtype).transpose(1, 2),
+    )  # fmt: skip
+
+
+def _scan_launch(case: KernelCase, batch: int = 1, dim: int = _CASE_DIM) -> TritonLaunch:
+    """``gated``: Mamba's call (D, z, delta_bias, softplus; the mixer's strided layout; states
+    stored for the backward, no last-state gradient). ``plain``: none of them, contiguous, from
+    an initial state (no states stored; a last-state and an initial-state gradient)."""
     from hybrids.kernels.scan import triton_kernels as scan
 
     dtype = getattr(torch, case.dtype)
-    n = case.size
+    n, length = case.size, case.length
     gated = case.variant == "gated"
     act = lambda *shape: _empty(*shape, dtype=dtype)  # noqa: E731
-    u, delta, z = act(batch, dim, length), act(batch, dim, length), act(batch, dim, length) if gated else None
+    if gated:
+        x = _mamba_layout(batch, dim, n, length, dtype)
+    else:
+        x = dict(u=act(batch, dim, length), delta=act(batch, dim, length), z=None, B=act(batch, 1, n, length),
+                 C=act(batch, 1, n, length), dout=act(batch, dim, length))  # fmt: skip
+    u, delta, z, B, C = x["u"], x["delta"], x["z"], x["B"], x["C"]
     A = _empty(dim, n)
-    B, C = act(batch, 1, n, length), act(batch, 1, n, length)
     D = _empty(dim) if gated else None
     bias = _empty(dim) if gated else None
     config = scan.scan_config(n, case.arch_spec.capability)
@@ -148,17 +187,16 @@ def _scan_launch(case: KernelCase, batch: int = 1, dim: int = _CASE_DIM, length:
         dD=_empty(batch, dim) if gated else None, dbias=_empty(batch, dim) if gated else None, dh0=dh0,
     )  # fmt: skip
     return scan.backward_launch(
-        u, delta, A, B, C, D, z, bias, act(batch, dim, length), dlast, states, **grads, softplus=gated, config=config
+        u, delta, A, B, C, D, z, bias, x["dout"], dlast, states, **grads, softplus=gated, config=config
     )
 
 
-def _linear_launch(
-    case: KernelCase, batch: int = 1, heads: int = _CASE_HEADS, length: int = _CASE_LENGTH
-) -> TritonLaunch:
+def _linear_launch(case: KernelCase, batch: int = 1, heads: int = _CASE_HEADS) -> TritonLaunch:
     from hybrids.kernels.linear import triton_chunk as la
 
     dtype = getattr(torch, case.dtype)
-    dk = dv = case.size
+    length = case.length
+    dk, dv = (case.size, case.size) if case.shape == "aligned" else (case.size - 1, case.size + 1)
     config = la.linear_config(dk, dv, _MODES[case.decay], dtype, case.arch_spec.capability)
     q, k = _empty(batch, heads, length, dk, dtype=dtype), _empty(batch, heads, length, dk, dtype=dtype)
     v = _empty(batch, heads, length, dv, dtype=dtype)
@@ -302,7 +340,7 @@ def linear_traffic(decay: str, dtype: torch.dtype = torch.bfloat16, capability: 
 
     n_v, n_k = blocks(config.forward)
     o = x if n_k == 1 else n_k * bh * length * dh * 4  # float32 shares of o with several key blocks
-    g_fwd = g * (n_v if decay == "scalar" else n_v)  # every program reads its keys' decays
+    g_fwd = g * n_v * (n_k if decay == "scalar" else 1)  # every program reads its chunk's decays
     forward = Traffic(
         "_la_fwd_kernel", "", 3 * x + g + o + (chunks + 2) * state, 2 * x * n_v + x * n_k + g_fwd + o + (chunks + 2) * state
     )
@@ -330,15 +368,15 @@ def _mib(x: int) -> str:
 
 def compile_table(results: dict[KernelCase, CompiledStats]) -> str:
     lines = [
-        "| kernel | arch | dtype | size | decay | variant | warps | regs | spill st/ld (B) | shared (B) | blocks/SM (limit) | problems |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | arch | dtype | size | decay | variant | shape | warps | regs | spill st/ld (B) | shared (B) | blocks/SM (limit) | problems |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, s in results.items():
         problems = "; ".join(s.problems(case.arch_spec)) or "-"
         size = f"N {case.size}" if case.op == "selective_scan" else f"K {case.size}"
         lines.append(
-            f"| {s.kernel} | {case.arch} | {case.dtype} | {size} | {case.decay or '-'} | {case.variant} | "
-            f"{s.num_warps} | {s.registers} | {s.spill_stores}/{s.spill_loads} | {s.shared:,} | "
+            f"| {s.kernel} | {case.arch} | {case.dtype} | {size} | {case.decay or '-'} | {case.variant} | {case.shape} | "
+            f"{s.num_warps} | {s.registers}{'*' if s.maxnreg else ''} | {s.spill_stores}/{s.spill_loads} | {s.shared:,} | "
             f"{s.blocks_per_sm} ({s.limited_by}) | {problems} |"
         )
     return "\n".join(lines)
@@ -351,8 +389,8 @@ def summary_table(results: dict[KernelCase, CompiledStats]) -> str:
     for case, stats in results.items():
         groups.setdefault((stats.kernel, case.arch), []).append((case, stats))
     lines = [
-        "| kernel | arch | configurations | registers | spilled bytes (max) | shared B (max) | blocks/SM | with problems |",
-        "|---|---|---|---|---|---|---|---|",
+        "| kernel | arch | configurations | registers | spilled bytes (max) | shared B (max) | blocks/SM | all 255 registers allowed | with problems |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (kernel, arch), rows in groups.items():
         ok = [s for _, s in rows if s.error is None]
@@ -361,9 +399,10 @@ def summary_table(results: dict[KernelCase, CompiledStats]) -> str:
         spill = max((s.spill_stores + s.spill_loads for s in ok), default=0)
         shared = max((s.shared for s in ok), default=0)
         bad = sum(1 for c, s in rows if s.problems(c.arch_spec))
+        capped = sum(1 for _, s in rows if s.maxnreg)
         lines.append(
             f"| {kernel} | {arch} | {len(rows)} | {min(regs)}-{max(regs)} | {spill:,} | {shared:,} | "
-            f"{min(blocks)}-{max(blocks)} | {bad} |"
+            f"{min(blocks)}-{max(blocks)} | {capped} | {bad} |"
         )
     return "\n".join(lines)
 
@@ -403,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summary_table(results))
         print()
         print(compile_table(results))
-        print()
+        print("\nregs with *: ptxas' own register choice spilled, so the launch allows all 255 (TritonLaunch.run).\n")
     print(traffic_table())
     if args.traffic_only:
         return 0

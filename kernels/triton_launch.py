@@ -17,6 +17,28 @@ from typing import Any
 
 import torch
 
+# CUDA allows 2**31 - 1 blocks on a grid's first axis but only 65,535 on the second and third.
+MAX_GRID_YZ = 65535
+# The register cap a kernel that spills is compiled again with (TritonLaunch).
+NO_SPILL_MAXNREG = 255
+# Offsets within one sequence (one batch element, or one batch element and head) are int32 in the
+# kernels, to spare registers; batch offsets are int64.
+INT32_OFFSETS = 2**31
+
+
+def sequence_extent(x: torch.Tensor) -> int:
+    """The largest element offset within one batch element of ``x`` (its dims after the first)."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:]) if size > 0)
+
+
+def check_int32_offsets(op: str, extent: int, remedy: str) -> None:
+    """ValueError if offsets up to ``extent`` elements would overflow the kernels' int32 ones."""
+    if extent >= INT32_OFFSETS:
+        raise ValueError(
+            f"{op}: offsets within one sequence reach {extent:,} elements, past the Triton kernels' 32-bit "
+            f"offsets ({INT32_OFFSETS:,}); {remedy}"
+        )
+
 
 @dataclass(frozen=True)
 class TritonLaunch:
@@ -29,6 +51,14 @@ class TritonLaunch:
         constexprs: the kernel's ``tl.constexpr`` arguments by name.
         num_warps, num_stages: Triton's launch options (stages: copies of a loop's loads kept in
             shared memory by the software pipeliner).
+
+    Registers: ptxas chooses how many a thread uses, and sometimes caps a kernel at an occupancy
+    boundary (128 or 168 registers for 4 warps) and spills a few bytes to local memory to get
+    there. A kernel that spills is compiled again with ``maxnreg`` = :data:`NO_SPILL_MAXNREG`
+    (all 255 registers), which keeps everything in registers at a lower occupancy; one that does
+    not keeps ptxas' choice. :meth:`run` does this on the GPU, from the loaded kernel's local
+    memory size, and the ahead-of-time check (:func:`hybrids.kernels.aot.compile_launch`) the same
+    from ptxas' log.
     """
 
     kernel: Any
@@ -42,12 +72,30 @@ class TritonLaunch:
     def name(self) -> str:
         return self.kernel.fn.__name__
 
+    def options(self, maxnreg: int | None = None) -> dict[str, Any]:
+        """The launch options, as ``kernel[grid](...)`` takes them."""
+        options = dict(num_warps=self.num_warps, num_stages=self.num_stages)
+        if maxnreg is not None:
+            options["maxnreg"] = maxnreg
+        return options
+
     def run(self) -> None:
         if min(self.grid) == 0:
             return
-        self.kernel[self.grid](
-            *self.args, **self.constexprs, num_warps=self.num_warps, num_stages=self.num_stages
-        )
+        if any(n > MAX_GRID_YZ for n in self.grid[1:]):
+            raise ValueError(
+                f"{self.name}: grid {self.grid} exceeds CUDA's {MAX_GRID_YZ:,} programs on its second or third "
+                "axis; split the call (e.g. the batch) into smaller ones"
+            )
+        maxnreg = None
+        if not interpreting():
+            # Compiled (or found in Triton's cache) without launching; loading it tells its local
+            # memory per thread, which is only ever spills in these kernels.
+            compiled = self.kernel.warmup(*self.args, grid=self.grid, **self.constexprs, **self.options())
+            compiled._init_handles()
+            if compiled.n_spills:
+                maxnreg = NO_SPILL_MAXNREG
+        self.kernel[self.grid](*self.args, **self.constexprs, **self.options(maxnreg))
 
 
 def interpreting() -> bool:

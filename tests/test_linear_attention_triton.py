@@ -59,6 +59,7 @@ class Case:
     block_k: int | None = None  # key rows of the state per program (None: all of them in one block)
     capability: int | None = None  # the launch table of this GPU (chunk and blocks) instead of the above
     strong: bool = False  # log-decays of -50, and -1000 at a few steps
+    large_state: bool = False  # keys near 60 and values near 1: the state passes float16's 65504
     chunked: tuple = ()  # cut points: also run in pieces chained by their final states
     check_nograd: bool = False  # also run the forward without autograd (no states saved)
 
@@ -66,7 +67,7 @@ class Case:
     def id(self) -> str:
         chunk = f"-C{self.chunk}" if self.chunk else ""
         parts = [f"B{self.batch}-H{self.heads}-L{self.length}-K{self.dk}-V{self.dv}{chunk}", self.decay]
-        parts += [flag for flag, on in (("h0", self.initial_state), ("strong", self.strong),
+        parts += [flag for flag, on in (("h0", self.initial_state), ("strong", self.strong), ("large", self.large_state),
                                         ("nograd", self.check_nograd)) if on]  # fmt: skip
         if self.block_v:
             parts.append(f"bv{self.block_v}")
@@ -107,10 +108,13 @@ CASES = [
     *(Case(1, 1, 70, 5, 6, 64, decay, True) for decay in ("none", "scalar")),
     # The GPU launch tables (chunks of 64 for half inputs, 32 for float32, 16 for a vector decay;
     # key blocks of 32 or 64 and value blocks of 32 or 64 per kernel): head dims that several
-    # blocks cover, the last one partly, over several chunks. bfloat16's products run in float32
-    # here (the interpreter's bf16 matmul is wrong); float16 runs the half-precision products.
+    # blocks cover, the last one partly, over several chunks. bfloat16 runs its bfloat16
+    # products (the worker fixes the interpreter's bfloat16 tl.dot), float16 its TF32 ones.
     *(Case(1, 1, 150, 80, 72, 0, decay, True, dtype=dtype, capability=90)
       for decay in ("none", "scalar", "vector") for dtype in ("float32", "bfloat16", "float16")),
+    # A float16 state past 65504 (float32 in the kernels): the output is finite and right (the loss
+    # on the state alone: dq itself, about S dO, would pass 65504).
+    Case(1, 1, 1300, 16, 16, 0, "none", dtype="float16", loss="state", capability=90, large_state=True),
     # g and the initial state in other dtypes: their gradients come back in them.
     Case(1, 1, 19, 3, 5, 16, "vector", True, aux_dtype="float64"),
     # Log-decays down to -1000: everything finite, nothing overflows.
@@ -140,6 +144,9 @@ def make_inputs(case: Case, device, seed: int = 0) -> dict:
         return torch.randn(*shape, generator=gen)
 
     inputs = {"q": randn(b, h, L, dk).to(low), "k": randn(b, h, L, dk).to(low), "v": randn(b, h, L, dv).to(low)}
+    if case.large_state:  # sum_t k_t v_t^T grows to about 60 L, the outputs stay small
+        inputs = {"q": (0.01 * randn(b, h, L, dk)).to(low), "k": (60 + randn(b, h, L, dk)).to(low),
+                  "v": (1 + 0.1 * randn(b, h, L, dv)).to(low)}  # fmt: skip
     inputs["g"] = None
     if case.decay != "none":
         g = F.logsigmoid(randn(b, h, L, *((dk,) if case.decay == "vector" else ())) + 1.5)
@@ -269,8 +276,34 @@ def error_checks(device) -> dict:
     return messages
 
 
+def fix_interpreter_bfloat16_dot() -> None:
+    """Triton 3.9's interpreter holds bfloat16 tensors as their 16-bit patterns (numpy has no
+    bfloat16) and its ``tl.dot`` multiplies those patterns as integers. Decode them to float32
+    first: then the interpreter computes what a GPU does (bfloat16 operands, float32
+    accumulation), and the kernels' bfloat16 path (HALF_DOTS) is tested here."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def decoded(handle):
+        if handle.dtype.scalar == tl.bfloat16:
+            return (handle.data.astype(np.uint32) << 16).view(np.float32)
+        return handle.data
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        if tl.bfloat16 not in (a.dtype.scalar, b.dtype.scalar):
+            return original(self, a, b, d, input_precision, max_num_imprecise_acc)
+        product = np.matmul(decoded(a), decoded(b), dtype=np.float32)
+        return interpreter.TensorHandle(product.astype(d.data.dtype) + d.data, d.dtype.scalar)
+
+    interpreter.InterpreterBuilder.create_dot = create_dot
+
+
 def worker(ids: list[str]) -> dict:
     assert os.environ.get("TRITON_INTERPRET") == "1", "the worker needs TRITON_INTERPRET=1"
+    fix_interpreter_bfloat16_dot()
     results = {}
     for case in CASES:
         if ids and case.id not in ids:

@@ -10,8 +10,10 @@ buffers with one slice per block, and torch adds the slices (no atomics: determi
 Dtypes: q, k and v may be float32, float16 or bfloat16 (one dtype, as the contract asks); g
 and the initial state of any floating dtype are cast to float32 beforehand (autograd returns
 their gradients in their own dtypes). The state and the arithmetic are float32. Products of
-float32 inputs ask ``tl.dot`` for IEEE float32 (no TF32); half-precision inputs are multiplied
-in their own dtype with float32 accumulation. ``o`` has q's dtype, the final state is float32.
+float32 inputs ask ``tl.dot`` for IEEE float32 (no TF32); bfloat16 inputs are multiplied in
+bfloat16 with float32 accumulation (the state and scores rounded to bfloat16 for the product, as
+flash-linear-attention does); float16 inputs in TF32, because rounding a float32 state to float16
+would overflow past 65504. ``o`` has q's dtype, the final state is float32.
 float64 is rejected (use the "chunk" backend).
 
 On CPU the kernels run in Triton's interpreter, which needs ``TRITON_INTERPRET=1`` in the
@@ -38,7 +40,7 @@ from hybrids.kernels.linear.triton_kernels import (
     _la_bwd_dv_kernel,
     _la_fwd_kernel,
 )
-from hybrids.kernels.triton_launch import TritonLaunch, cuda_capability, interpreting
+from hybrids.kernels.triton_launch import TritonLaunch, check_int32_offsets, cuda_capability
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -69,8 +71,8 @@ class LinearConfig:
     dstate: KernelBlocks
     dv: KernelBlocks
     dqk: KernelBlocks
-    precision: str  # tl.dot's input precision for float32 operands: "ieee" (no TF32)
-    half_dots: bool  # tl.dot on half-precision operands (float16 / bfloat16 inputs)
+    precision: str  # tl.dot's input precision for float32 operands: "ieee" (float32 inputs) or "tf32"
+    half_dots: bool  # tl.dot on bfloat16 operands (bfloat16 inputs)
 
     def kernels(self) -> dict[str, KernelBlocks]:
         return {"forward": self.forward, "dstate": self.dstate, "dv": self.dv, "dqk": self.dqk}
@@ -82,27 +84,34 @@ def _power_of_two(name: str, value: int, least: int = 16) -> int:
     return value
 
 
-def _gpu_tiles(mode: int, half: bool) -> tuple[int, dict[str, KernelBlocks]]:
-    """(BT, each kernel's tiling) on a GPU for the decay form and whether the inputs are half
-    precision, the same on sm_80 and sm_90; :func:`linear_config` caps the blocks at the head dims.
+def _tiles(forward, dstate, dv, dqk) -> dict[str, KernelBlocks]:
+    return dict(forward=KernelBlocks(*forward), dstate=KernelBlocks(*dstate), dv=KernelBlocks(*dv), dqk=KernelBlocks(*dqk))
 
-    Chosen with the ahead-of-time compile report (``python -m hybrids.kernels --gpu-report``):
-    the largest tiles that compile without spills, under the A100's shared memory per block, on
-    both architectures (docs/gpu.md has the grids they were picked from). float32 operands take
-    more registers (``tl.dot`` in IEEE float32 runs on FMA units, not tensor cores), so float32
-    runs in chunks of 32; a vector decay's (BT, BT, BK) ratios need chunks of 16.
-    """
+
+# (inputs' dtype, decay form) -> (BT, each kernel's (BK, BV[, warps])), the same on sm_80 and
+# sm_90. Chosen with the ahead-of-time compile report (python -m hybrids.kernels --gpu-report):
+# the largest tiles that compile without spills on both architectures, at head dims that are
+# multiples of 16 and at ragged ones, with and without every optional input. bfloat16 multiplies
+# on tensor cores in bfloat16; float16 in TF32 and float32 in IEEE float32 (FMA units), both with
+# float32 operands, which take more registers; a scalar decay adds (BT, BT) ratio tiles; a vector
+# decay's (BT, BT, BK) ratios need chunks of 16.
+_GPU_TILES: dict[tuple[str, int], tuple[int, dict[str, KernelBlocks]]] = {
+    ("bfloat16", NO_DECAY): (64, _tiles((64, 32, 8), (64, 64), (32, 64), (32, 32))),
+    ("bfloat16", SCALAR_DECAY): (64, _tiles((32, 32), (64, 64), (32, 32), (32, 32))),
+    ("float16", NO_DECAY): (64, _tiles((64, 32, 8), (64, 64), (32, 64), (32, 32))),
+    ("float16", SCALAR_DECAY): (32, _tiles((32, 32), (64, 64), (32, 64), (32, 32))),
+    ("float32", NO_DECAY): (32, _tiles((32, 16), (64, 64), (32, 64), (32, 32))),
+    ("float32", SCALAR_DECAY): (32, _tiles((32, 16), (32, 64), (32, 64), (32, 32))),
+}
+_GPU_VECTOR_TILES = (16, _tiles((64, 32, 8), (32, 64), (32, 64), (32, 64)))  # every dtype
+
+
+def _gpu_tiles(mode: int, dtype: torch.dtype) -> tuple[int, dict[str, KernelBlocks]]:
+    """(BT, each kernel's tiling) on a GPU for the decay form and the inputs' dtype (the tables
+    above); :func:`linear_config` caps the blocks at the head dims."""
     if mode == VECTOR_DECAY:
-        blocks = KernelBlocks(32, 64)
-        return 16, dict(forward=KernelBlocks(64, 32, num_warps=8), dstate=blocks, dv=blocks, dqk=blocks)
-    if half:
-        return 64, dict(
-            forward=KernelBlocks(64, 32, num_warps=8), dstate=KernelBlocks(64, 64), dv=KernelBlocks(32, 64),
-            dqk=KernelBlocks(32, 32),
-        )  # fmt: skip
-    return 32, dict(
-        forward=KernelBlocks(32, 16), dstate=KernelBlocks(64, 64), dv=KernelBlocks(32, 64), dqk=KernelBlocks(32, 32)
-    )
+        return _GPU_VECTOR_TILES
+    return _GPU_TILES[(str(dtype).removeprefix("torch."), mode)]
 
 
 def linear_config(
@@ -122,11 +131,10 @@ def linear_config(
     overrides (powers of two of at least 16) apply to every kernel; they are for tests and tuning."""
     full_k = max(16, triton.next_power_of_2(dk))
     full_v = max(16, triton.next_power_of_2(dv))
-    half = dtype in (torch.float16, torch.bfloat16)
     if capability is None:
         bt, tiles = 16, {name: KernelBlocks(full_k, full_v, 1) for name in ("forward", "dstate", "dv", "dqk")}
     else:
-        bt, tiles = _gpu_tiles(mode, half)
+        bt, tiles = _gpu_tiles(mode, dtype)
         tiles = {
             name: dataclasses.replace(blocks, block_k=min(blocks.block_k, full_k), block_v=min(blocks.block_v, full_v))
             for name, blocks in tiles.items()
@@ -140,9 +148,10 @@ def linear_config(
     if num_warps is not None:
         override["num_warps"] = _power_of_two("num_warps", num_warps, least=1)
     tiles = {name: dataclasses.replace(blocks, **override) for name, blocks in tiles.items()}
-    # Triton's interpreter multiplies bfloat16 matrices wrongly (3.9): there, float32 products.
-    half_dots = half and not (interpreting() and dtype == torch.bfloat16)
-    return LinearConfig(bt, **tiles, precision="ieee" if dtype == torch.float32 else "tf32", half_dots=half_dots)
+    # bfloat16 has float32's range, so the state and the scores can be rounded to it for tl.dot;
+    # float16's largest value is 65504, which a state summed over a long sequence passes.
+    return LinearConfig(bt, **tiles, precision="ieee" if dtype == torch.float32 else "tf32",
+                        half_dots=dtype == torch.bfloat16)  # fmt: skip
 
 
 def _decay_mode(g: torch.Tensor | None) -> int:
@@ -310,6 +319,11 @@ def linear_attention_triton(
     if capability is None:
         capability = cuda_capability(q.device)
     config = linear_config(dk, v.shape[-1], _decay_mode(g), q.dtype, capability, chunk_size, block_k, block_v, num_warps)
+    dv = v.shape[-1]
+    check_int32_offsets(
+        "linear_attention_triton", max(length * max(dk, dv), (triton.cdiv(length, config.chunk) + 1) * dk * dv),
+        "run the sequence in pieces (initial_state= and output_final_state=) or use backend='chunk'",
+    )
     if length == 0 or batch * heads == 0 or dk == 0 or v.shape[-1] == 0:
         # Nothing to run a kernel over; the chunked PyTorch path returns the empty result.
         from hybrids.kernels.linear.chunk import linear_attention_chunk

@@ -43,13 +43,14 @@ products accumulated in float32, as flash-linear-attention does):
 
 Splitting the backward this way keeps each program's working set small enough for registers
 (the single backward kernel it replaced spilled at every useful tile size, see the GPU report in
-``docs/kernels.md``), and the two chunk-parallel kernels have batch * heads * n_chunks programs
+``docs/gpu.md``), and the two chunk-parallel kernels have batch * heads * n_chunks programs
 instead of batch * heads.
 
-``HALF_DOTS``: whether ``tl.dot`` takes half-precision operands (q, k, v, dO as loaded; the
-state, scores and decayed q / k rounded to the inputs' dtype). On a GPU it is on for float16 and
-bfloat16 inputs; Triton's interpreter multiplies bfloat16 matrices wrongly (3.9), so there the
-bfloat16 path does its products in float32 (float16's half path runs in the interpreter).
+``HALF_DOTS``: whether ``tl.dot`` takes bfloat16 operands (q, k, v, dO as loaded; the state,
+scores and decayed q / k rounded to bfloat16), as on a GPU for bfloat16 inputs. Off, the
+operands are float32 (IEEE products for float32 inputs, TF32 for float16 ones: a float32 state
+rounded to float16 overflows past 65504). The interpreter tests patch Triton 3.9's interpreter,
+which multiplies bfloat16 matrices wrongly, to run this path.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ from torch.autograd.function import once_differentiable
 
 from hybrids.kernels.dispatch import BackendUnavailable
 from hybrids.kernels.scan.common import check_scan_arguments, grouped
-from hybrids.kernels.triton_launch import TritonLaunch, cuda_capability
+from hybrids.kernels.triton_launch import TritonLaunch, check_int32_offsets, cuda_capability, sequence_extent
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -597,6 +597,11 @@ def selective_scan_triton(
     """
     check_scan_arguments(u, delta, A, B, C, D, z, delta_bias, initial_state)
     _check_runnable(u, delta, A, B, C, D, z, delta_bias)
+    # The kernels read the inputs through their strides with int32 offsets within a sequence.
+    check_int32_offsets(
+        "selective_scan_triton", max(sequence_extent(x) for x in (u, delta, B, C, z) if x is not None),
+        "scan the sequence in pieces (initial_state= and return_last_state=) or use backend='torch'",
+    )
     # The cast (a no-op for float32) is left to autograd: the gradient returns in initial_state's dtype.
     h0 = initial_state.to(torch.float32).contiguous() if initial_state is not None else None
     if capability is None:
