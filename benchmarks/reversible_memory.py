@@ -1,4 +1,4 @@
-"""Training memory against depth: an ordinary stack against a reversible one (hybrids/reversible.py).
+"""Training memory against depth: an ordinary stack against a reversible one (hybrids/model/reversible.py).
 
     python benchmarks/reversible_memory.py                      # CPU: depths 2, 4, 8, 16
     python benchmarks/reversible_memory.py --device cuda --seq-len 4096 --depths 4 8 16 32

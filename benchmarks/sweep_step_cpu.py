@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hybrids.sweeps.spec import expand, load_sweep
+from hybrids.lab.sweeps.spec import expand, load_sweep
 
 
 def build(config: dict):

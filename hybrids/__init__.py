@@ -6,10 +6,14 @@ pull in Lightning. The heavy names load on first use.
 
 from __future__ import annotations
 
+from hybrids import _legacy
+
 __version__ = "0.1.0"
 
+_legacy.install()  # module paths from before the December 2026 layout still import
+
 _LAZY = {
-    "LanguageModel": ("hybrids.lit", "LanguageModel"),
+    "LanguageModel": ("hybrids.train.module", "LanguageModel"),
     "HybridLM": ("hybrids.model", "HybridLM"),
     "ConfigError": ("hybrids.errors", "ConfigError"),
 }

@@ -9,7 +9,7 @@ from hybrids.mixers import SparseAttention
 from hybrids.mixers import Mamba, RGLRU
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
 from hybrids.mixers import LSHAttention, MemorizingAttention
-from hybrids.mixers.knn_memory import faiss_or_none
+from hybrids.parts.knn_memory import faiss_or_none
 
 D_MODEL = 16
 

@@ -1,4 +1,4 @@
-"""The preallocated KV cache (hybrids/mixers/cache.py) and the parallel ``prefill`` of the attention
+"""The preallocated KV cache (hybrids/parts/kv_cache.py) and the parallel ``prefill`` of the attention
 mixers: prefill then step equals forward, chunked prefill equals forward, prefill never steps, the
 cache is written in place and grows only by doubling, and state_size counts its live part.
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hybrids.mixers import Attention, SparseAttention, state_elements
-from hybrids.mixers.cache import MIN_CAPACITY, KVCache
+from hybrids.parts.kv_cache import MIN_CAPACITY, KVCache
 from mixer_cases import D_MODEL, MIXER_CASES
 
 BATCH, LENGTH = 2, 24

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybrids.analysis import load_runs
-from hybrids.cli import build_cli
+from hybrids.lab.analysis import load_runs
+from hybrids.cli.fit import build_cli
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
 # Every training config, the task folders' included (sweep specs are not training configs).

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hybrids import HybridLM
-from hybrids.sampling import next_token
+from hybrids.model.sampling import next_token
 from mixer_cases import MIXER_CASES
 
 VOCAB = 23
@@ -130,8 +130,8 @@ def test_generate_command_on_a_tiny_checkpoint(tmp_path):
     assert "prefill" in out.stderr and "tokens/s" in out.stderr
 
     # The same greedy continuation from Python, through the checkpoint the command used.
-    from hybrids.checkpoints import read_checkpoint
-    from hybrids.cli import build_cli
+    from hybrids.train.checkpoints import read_checkpoint
+    from hybrids.cli.fit import build_cli
 
     cli = build_cli(["-c", config, *small], run=False)
     ckpt = next((tmp_path / "runs").rglob("last.ckpt"))

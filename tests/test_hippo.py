@@ -1,4 +1,4 @@
-"""HiPPO matrices (hybrids.mixers.hippo): formulas, normality, the NPLR half form, S4D inits."""
+"""HiPPO matrices (hybrids.kernels.ssm.hippo): formulas, normality, the NPLR half form, S4D inits."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import relative_rms
-from hybrids.mixers.hippo import (
+from hybrids.kernels.ssm.hippo import (
     DIAGONAL_INITS,
     MEASURES,
     diagonal_init,

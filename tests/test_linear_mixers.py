@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
-from hybrids.mixers.feature_maps import FavorPlus, TaylorExp, build_feature_map, orthogonal_gaussian_rows
+from hybrids.parts.feature_maps import FavorPlus, TaylorExp, build_feature_map, orthogonal_gaussian_rows
 
 D = 16
 

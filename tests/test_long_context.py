@@ -1,4 +1,4 @@
-"""Long-sequence evaluation in chunks (hybrids.long_context): the same logits as one forward pass,
+"""Long-sequence evaluation in chunks (hybrids.train.long_context): the same logits as one forward pass,
 sub-batches that fit a memory budget, and a clear skip (not an out-of-memory kill) when a length
 cannot fit."""
 
@@ -8,7 +8,7 @@ import torch
 
 from hybrids import HybridLM, LanguageModel
 from hybrids.data import InductionHeads, induction_heads
-from hybrids.long_context import LengthTooLong, bytes_per_example, labelled_logits_chunked
+from hybrids.train.long_context import LengthTooLong, bytes_per_example, labelled_logits_chunked
 
 STACKS = {
     "attention": {"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}},

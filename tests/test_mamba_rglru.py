@@ -14,7 +14,7 @@ from hybrids.errors import ConfigError
 from hybrids.kernels.scan.reference import selective_scan_reference
 from hybrids.kernels import cpp_build
 from hybrids.mixers import RGLRU, Mamba
-from hybrids.spec import build_mixer
+from hybrids.model.mixer_specs import build_mixer
 
 HAVE_CPP = cpp_build.unavailable_reason("selective_scan") is None and cpp_build.unavailable_reason("linear_recurrence") is None
 needs_cpp = pytest.mark.skipif(not HAVE_CPP, reason="no C++ compiler here")
@@ -100,7 +100,7 @@ def test_mamba_constant_dt_init():
 
 
 def test_ssm_parameters_are_excluded_from_weight_decay():
-    """hybrids.lit decays parameters with ndim >= 2 unless marked ``_no_weight_decay``."""
+    """hybrids.train.module decays parameters with ndim >= 2 unless marked ``_no_weight_decay``."""
     m = Mamba(16).double()  # the marks survive a dtype change
     decayed = {n for n, p in m.named_parameters() if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)}
     assert decayed == {"in_proj.weight", "conv1d.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight"}

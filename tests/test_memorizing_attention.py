@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.mixers import MemorizingAttention
-from hybrids.mixers.knn_memory import KNNMemory, faiss_or_none
+from hybrids.parts.knn_memory import KNNMemory, faiss_or_none
 
 # faiss-cpu is a test extra (pyproject), so CI runs these; elsewhere only they are skipped.
 needs_faiss = pytest.mark.skipif(faiss_or_none() is None, reason="faiss-cpu is not installed")

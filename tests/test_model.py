@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from hybrids import HybridLM, LanguageModel
-from hybrids.blocks import MLP, Block
+from hybrids.model.blocks import MLP, Block
 from hybrids.mixers import Attention
 from hybrids.errors import ConfigError
-from hybrids.spec import expand_pattern
+from hybrids.model.mixer_specs import expand_pattern
 
 ATTN = {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}
 NO_ROPE = {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 4, "rotary": False}}
@@ -164,7 +164,7 @@ def test_unbounded_training_keeps_lr_flat_after_warmup():
 
 
 def test_mixer_family_follows_the_layers_used():
-    from hybrids.analysis import mixer_family
+    from hybrids.lab.analysis import mixer_family
 
     mixers = {"A": ATTN, "L": {"class_path": "torch.nn.Linear"}}
     assert mixer_family({"pattern": "AL", "n_layers": 1, "mixers": mixers}) == "Attention"
@@ -182,7 +182,7 @@ def test_one_config_object_defines_the_stack_arguments():
     import inspect
 
     from hybrids import LanguageModel
-    from hybrids.config import ARCHITECTURE_KEYS, StackConfig
+    from hybrids.model.config import ARCHITECTURE_KEYS, StackConfig
 
     signature = inspect.signature(LanguageModel.__init__).parameters
     for name in StackConfig.field_names():
@@ -212,7 +212,7 @@ def test_one_config_object_defines_the_stack_arguments():
 )
 def test_stack_config_errors_name_the_key_and_their_section(kwargs, key):
     from hybrids import LanguageModel
-    from hybrids.config import StackConfig
+    from hybrids.model.config import StackConfig
 
     with pytest.raises(ConfigError) as info:
         StackConfig(vocab_size=10, **kwargs)
@@ -255,7 +255,7 @@ def test_missing_state_size_is_told_apart_from_a_bug_inside_one():
 
 
 def test_epoch_means_keep_nan_and_their_weights():
-    from hybrids.lit import WeightedMean
+    from hybrids.train.module import WeightedMean
 
     mean = WeightedMean()
     mean.update(torch.tensor(1.0), torch.tensor(3.0))

@@ -11,8 +11,8 @@ from nbclient import NotebookClient
 
 from test_sweep_analysis import write_run
 
-from hybrids.analysis import load_runs, runs_table, select_points, sweep_table
-from hybrids.cli import build_cli
+from hybrids.lab.analysis import load_runs, runs_table, select_points, sweep_table
+from hybrids.cli.fit import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "state_size_vs_accuracy.ipynb"
@@ -87,7 +87,7 @@ def test_notebook_executes(tmp_path, monkeypatch):
 
 
 def test_length_extrapolation_notebook_executes(tmp_path, monkeypatch):
-    from hybrids.analysis import accuracy_by_length
+    from hybrids.lab.analysis import accuracy_by_length
 
     sweep_dir = tmp_path / "induction"
     for family, mixers, falls in (("mamba", "Mamba", 0.0), ("attn", "Attention", 0.3)):

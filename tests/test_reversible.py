@@ -1,4 +1,4 @@
-"""Reversible residual stacks (hybrids/reversible.py): the memory-saving backward pass gives the
+"""Reversible residual stacks (hybrids/model/reversible.py): the memory-saving backward pass gives the
 gradients of ordinary autograd over the same couplings, rebuilds each block's input from its
 output, keeps activation memory flat in depth, and the recurrent form (prefill, step) computes
 the same function."""
@@ -10,7 +10,7 @@ import torch
 
 from hybrids import HybridLM, LanguageModel
 from hybrids.errors import ConfigError
-from hybrids.reversible import ReversibleBlock, _RandomState
+from hybrids.model.reversible import ReversibleBlock, _RandomState
 
 MIXERS = {
     "A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}},

@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from hybrids.cli import build_cli
-from hybrids.lit import DivergenceError
+from hybrids.cli.fit import build_cli
+from hybrids.train.module import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER = ROOT / "configs" / "transformer.yaml"
@@ -249,7 +249,7 @@ def test_huge_learning_rate_stops_the_run_naming_the_step(tmp_path):
 def test_nan_loss_is_not_averaged_away(in_tmp, monkeypatch):
     """A NaN batch loss stops the run with DivergenceError naming its step (it used to vanish
     from the epoch mean), found within log_every_n_steps."""
-    from hybrids.lit import LanguageModel
+    from hybrids.train.module import LanguageModel
 
     real = LanguageModel._shared_step
 
@@ -367,7 +367,7 @@ def test_a_checkpoint_from_before_a_new_argument_is_still_this_run():
     """An argument added to a class after a checkpoint was written is filled in at its default
     when the stored identity is compared, so the old checkpoint stays this run's; a run that sets
     the new argument to something else is another run."""
-    from hybrids.identity import identity_hash, same_run
+    from hybrids.train.identity import identity_hash, same_run
 
     current = build_cli(["-c", str(TRANSFORMER)], run=False).run_identity
     old_config = {**current["config"], "model": {**current["config"]["model"]}}

@@ -9,7 +9,7 @@ from hybrids import LanguageModel
 from hybrids.data import ByteText
 from hybrids.data.byte_text import BOUNDARY
 from hybrids.data.segments import SegmentBatches
-from hybrids.segments import CannotCarry, reset_slots
+from hybrids.model.state_carry import CannotCarry, reset_slots
 from hybrids.mixers import Mamba, MemorizingAttention
 
 MIXERS = {

@@ -16,7 +16,7 @@ import torch
 from hybrids.errors import ConfigError
 from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.mixers import Attention, SparseAttention, state_elements
-from hybrids.spec import build_mixer
+from hybrids.model.mixer_specs import build_mixer
 
 D_MODEL, HEADS, BATCH, LENGTH, BLOCK = 16, 4, 2, 40, 4
 

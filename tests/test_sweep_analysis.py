@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hybrids.analysis import (
+from hybrids.lab.analysis import (
     candidates,
     pareto_frontier,
     points_text,
@@ -19,7 +19,7 @@ from hybrids.analysis import (
     select_points,
     sweep_table,
 )
-from hybrids.analysis.plot_cli import plot_main
+from hybrids.cli.plot import plot_main
 
 
 def write_run(
@@ -287,14 +287,14 @@ def test_folders_not_in_the_manifest_are_left_out(tmp_path):
 def test_eleven_families_get_eleven_colours():
     import pandas as pd
 
-    from hybrids.analysis.plots import _colours
+    from hybrids.lab.analysis.plots import _colours
 
     points = pd.DataFrame({"family": [f"f{i:02d}" for i in range(11)]})
     assert len(set(_colours(points).values())) == 11
 
 
 def test_accuracy_by_length_reports_the_setting_chosen_on_validation(tmp_path):
-    from hybrids.analysis import accuracy_by_length, plot_accuracy_vs_length
+    from hybrids.lab.analysis import accuracy_by_length, plot_accuracy_vs_length
 
     root = tmp_path / "induction"
     # lr 1e-3 wins on validation; its accuracy falls with length. lr 1e-2 is better at length

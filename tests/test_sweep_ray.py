@@ -1,4 +1,4 @@
-"""hybrids.sweeps.ray_launcher: runs as Ray tasks, on a cluster started with ``ray start`` and on
+"""hybrids.lab.sweeps.ray_launcher: runs as Ray tasks, on a cluster started with ``ray start`` and on
 a local instance that ``run_on_ray`` starts itself; and the error when Ray is not installed.
 
 The cluster is started as a cluster is (``ray start --head``), with ``--block`` in a session of
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import ray_tasks
-from hybrids.sweeps.ray_launcher import LauncherUnavailable, run_on_ray
+from hybrids.lab.sweeps.ray_launcher import LauncherUnavailable, run_on_ray
 
 TASKS = [0, 1, 2, 3, 4]  # 3 raises in the worker
 
@@ -189,7 +189,7 @@ def test_execute_run_on_the_cluster(ray_cluster, tmp_path):
     """The sweep's own task type and function travel to the workers (hybrids is installed
     there, and the run folders are on a filesystem the workers share): a run already done
     comes back as it is, one without run.json as failed; neither starts a training run."""
-    from hybrids.sweeps.execute import RunTask, execute_run, write_json
+    from hybrids.lab.sweeps.execute import RunTask, execute_run, write_json
 
     done, broken = tmp_path / "done", tmp_path / "broken"
     done.mkdir()

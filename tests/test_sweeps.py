@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hybrids.sweeps import SweepError, expand, load_sweep
-from hybrids.sweeps.matching import Unmatched, solve
-from hybrids.sweeps.measure import Figures
-from hybrids.sweeps.naming import compact_number, run_name
+from hybrids.lab.sweeps import SweepError, expand, load_sweep
+from hybrids.lab.sweeps.matching import Unmatched, solve
+from hybrids.lab.sweeps.measure import Figures
+from hybrids.lab.sweeps.naming import compact_number, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER = ROOT / "configs" / "transformer.yaml"
@@ -258,7 +258,7 @@ def test_only_selects_runs_by_name(tmp_path):
 def test_a_run_held_by_another_process_is_not_started_twice(tmp_path):
     import fcntl
 
-    from hybrids.sweeps.execute import RunTask, execute_run, write_json
+    from hybrids.lab.sweeps.execute import RunTask, execute_run, write_json
 
     run = tmp_path / "run"
     run.mkdir()
@@ -271,8 +271,8 @@ def test_a_run_held_by_another_process_is_not_started_twice(tmp_path):
 
 
 def test_a_launcher_failure_is_written_for_the_summary(tmp_path):
-    from hybrids.sweeps.command import record_launcher_failure
-    from hybrids.sweeps.execute import read_json, write_json
+    from hybrids.cli.sweep import record_launcher_failure
+    from hybrids.lab.sweeps.execute import read_json, write_json
 
     run = tmp_path / "run"
     run.mkdir()
@@ -386,11 +386,11 @@ def test_an_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tmp_path):
     assert "=== attempt 2" in log and "using checkpoint" in log.split("=== attempt 2")[1]
 
 
-# -- preloaded runs (hybrids.sweeps.forkserver) --------------------------------------------------
+# -- preloaded runs (hybrids.lab.sweeps.forkserver) --------------------------------------------------
 
 
 def test_preloaded_runs_give_the_metrics_of_fresh_interpreters(tmp_path):
-    from hybrids.sweeps.command import build_parser
+    from hybrids.cli.sweep import build_parser
 
     assert "--no-preload" in build_parser().format_help()
     path = write_sweep(tmp_path, name="same", settings=TINY, choices={"family": families()["family"]},
@@ -415,7 +415,7 @@ def test_preloaded_runs_give_the_metrics_of_fresh_interpreters(tmp_path):
 def preloaded_cwd(tmp_path_factory):
     """The working folder of this module's preloaded server (one, started by the first test
     that needs it), whose runs can import tests/fault_injection.py."""
-    from hybrids.sweeps import forkserver
+    from hybrids.lab.sweeps import forkserver
 
     if not forkserver.available():
         pytest.skip("preloaded runs are Linux-only")
@@ -428,7 +428,7 @@ def preloaded_cwd(tmp_path_factory):
 
 def tiny_run_folder(out: Path, name: str, settings: dict | None = None) -> Path:
     """A run folder as `hybrids sweep` writes it, for execute_run."""
-    from hybrids.sweeps.command import prepare, write_run_folder
+    from hybrids.cli.sweep import prepare, write_run_folder
 
     (plan,) = expand(load_sweep(write_sweep(out, name=name, settings={**TINY, **(settings or {})})))
     assert not prepare([plan], None)
@@ -443,7 +443,7 @@ def hanging(marker: Path) -> dict:
 def start_in_thread(task):
     import threading
 
-    from hybrids.sweeps.execute import execute_run
+    from hybrids.lab.sweeps.execute import execute_run
 
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(execute_run(task)))
@@ -459,8 +459,8 @@ def wait_for(marker: Path, thread, timeout: float = 120) -> None:
 
 
 def test_a_crashed_preloaded_run_leaves_the_server_serving(tmp_path, preloaded_cwd):
-    from hybrids.sweeps import forkserver
-    from hybrids.sweeps.execute import RunTask, execute_run, signal_live_runs
+    from hybrids.lab.sweeps import forkserver
+    from hybrids.lab.sweeps.execute import RunTask, execute_run, signal_live_runs
 
     marker = tmp_path / "hanging"
     crashed = tiny_run_folder(tmp_path, "crashed", hanging(marker))
@@ -479,8 +479,8 @@ def test_a_crashed_preloaded_run_leaves_the_server_serving(tmp_path, preloaded_c
 
 
 def test_a_lost_server_is_replaced_and_its_live_run_awaited(tmp_path, preloaded_cwd):
-    from hybrids.sweeps import forkserver
-    from hybrids.sweeps.execute import RunTask, execute_run, signal_live_runs
+    from hybrids.lab.sweeps import forkserver
+    from hybrids.lab.sweeps.execute import RunTask, execute_run, signal_live_runs
 
     marker = tmp_path / "hanging"
     orphan = tiny_run_folder(tmp_path, "orphan", hanging(marker))
@@ -506,7 +506,7 @@ def test_a_preloaded_run_refuses_to_train_without_the_lock(tmp_path, preloaded_c
     nothing and the run counts as busy."""
     import fcntl
 
-    from hybrids.sweeps.execute import RunTask, _execute_locked, read_json
+    from hybrids.lab.sweeps.execute import RunTask, _execute_locked, read_json
 
     run = tiny_run_folder(tmp_path, "held")
     with (run / ".lock").open("a") as holder, (run / ".lock").open("a") as other:
@@ -519,8 +519,8 @@ def test_a_preloaded_run_refuses_to_train_without_the_lock(tmp_path, preloaded_c
 
 
 def test_without_a_preloaded_server_a_run_starts_as_a_fresh_interpreter(tmp_path, monkeypatch):
-    from hybrids.sweeps import forkserver
-    from hybrids.sweeps.execute import RunTask, execute_run
+    from hybrids.lab.sweeps import forkserver
+    from hybrids.lab.sweeps.execute import RunTask, execute_run
 
     run = tiny_run_folder(tmp_path, "fallback")
     missing = execute_run(RunTask(str(run), python=str(tmp_path / "no-python"), preload=True))

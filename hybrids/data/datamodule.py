@@ -137,7 +137,7 @@ class InductionHeads(SyntheticTask):
     ``seq_len`` is ``induction_heads(num_test_examples, seq_len, vocab_size, seed + 1)``; at a
     longer length it holds ``num_eval_examples`` examples generated batch by batch
     (:class:`GeneratedBlocks`), and the model reads them in chunks of ``eval_chunk`` tokens
-    through its recurrent form (:mod:`hybrids.long_context`), so that memory stays bounded for
+    through its recurrent form (:mod:`hybrids.train.long_context`), so that memory stays bounded for
     the fixed-state mixers. A length whose evaluation cannot fit in memory (attention's cache and
     scores grow with the length) is skipped with a warning, not run out of memory.
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.mixers.base import Mixer
-from hybrids.mixers.cache import KVCache
+from hybrids.parts.kv_cache import KVCache
 
 
 def resolve_head_dim(d_model: int, heads: int, head_dim: int | None, rotary: bool) -> int:
@@ -38,7 +38,7 @@ class Attention(Mixer):
         bias: biases in the projections.
         dropout: dropout on attention weights while training.
 
-    The recurrent state is a :class:`~hybrids.mixers.cache.KVCache` holding the K and V of every
+    The recurrent state is a :class:`~hybrids.parts.kv_cache.KVCache` holding the K and V of every
     token seen, so ``state_size`` grows linearly: ``2 * kv_heads * head_dim * seq_len`` (the live
     part; the cache's spare capacity is not state). ``init_state(batch_size, max_len)`` allocates
     for ``max_len`` tokens at once; without it the cache doubles when full. ``step`` and

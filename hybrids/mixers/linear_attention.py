@@ -46,7 +46,7 @@ from torch import nn
 from hybrids.kernels import at_least_float32, linear_attention, linear_attention_step
 from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
 from hybrids.mixers.base import Mixer, State
-from hybrids.mixers.feature_maps import FEATURE_MAPS, build_feature_map
+from hybrids.parts.feature_maps import FEATURE_MAPS, build_feature_map
 
 DECAYS = (None, "retnet", "gla")
 
@@ -77,7 +77,7 @@ class LinearAttention(Mixer):
     Args:
         d_model: model width.
         heads: heads H (must divide d_model; values are d_model / H wide).
-        feature_map: "identity", "elu", "favor" or "taylor" (:mod:`hybrids.mixers.feature_maps`).
+        feature_map: "identity", "elu", "favor" or "taylor" (:mod:`hybrids.parts.feature_maps`).
         feature_dim: width f of the q/k projections per head, before the map; default d_model / H
             (Based uses 16 with the Taylor map, whose features are 1 + f + f^2 wide).
         num_features: FAVOR+'s number of random features m (default round(f ln f)).

@@ -10,7 +10,7 @@ from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.kernels.lsh import BACKENDS, bucket_ranks, lsh_attention, lsh_attention_step, lsh_buckets
 from hybrids.mixers.attention import resolve_head_dim
 from hybrids.mixers.base import Mixer
-from hybrids.mixers.cache import KVCache
+from hybrids.parts.kv_cache import KVCache
 
 
 class LSHAttention(Mixer):

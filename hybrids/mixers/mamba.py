@@ -146,7 +146,7 @@ class Mamba(Mixer):
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(self.d_inner))
-        # The SSM's own parameters are not regularised (mamba_ssm's practice; hybrids.lit reads it).
+        # The SSM's own parameters are not regularised (mamba_ssm's practice; hybrids.train.module reads it).
         for p in (self.A_log, self.D, self.dt_proj.bias):
             p._no_weight_decay = True
 

@@ -11,7 +11,7 @@ from torch import nn
 from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.mixers.attention import resolve_head_dim
 from hybrids.mixers.base import Mixer, State
-from hybrids.mixers.knn_memory import KNNMemory, check_search
+from hybrids.parts.knn_memory import KNNMemory, check_search
 
 
 class MemorizingAttention(Mixer):
@@ -53,7 +53,7 @@ class MemorizingAttention(Mixer):
         bias: biases in the projections.
 
     The decoding state: the current segment's keys and values (unrotated, unit keys) and the
-    memory, a :class:`~hybrids.mixers.knn_memory.KNNMemory`. ``state_size(L)`` counts both:
+    memory, a :class:`~hybrids.parts.knn_memory.KNNMemory`. ``state_size(L)`` counts both:
     ``2 * heads * head_dim * (min(full segments * segment_length, memory_size) + L mod
     segment_length)``.
     """
@@ -107,7 +107,7 @@ class MemorizingAttention(Mixer):
         # position: tokens seen (its remainder by segment_length is the current segment's length).
         return {"k": empty, "v": empty.clone(), "memory": memory, "position": 0}
 
-    # In the segment mode of training (hybrids.segments), this mixer's state always travels
+    # In the segment mode of training (hybrids.model.state_carry), this mixer's state always travels
     # from one segment to the next.
     carries_memory = True
 

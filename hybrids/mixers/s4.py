@@ -43,7 +43,7 @@ from hybrids.kernels.ssm import (
     dplr_ssm,
 )
 from hybrids.mixers.base import Mixer, State
-from hybrids.mixers.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, nplr, required_rank
+from hybrids.kernels.ssm.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, nplr, required_rank
 
 # HiPPO-LegT, LagT and FouT put the real part of every mode of Lambda at exactly 0 (their
 # normal parts are skew-symmetric); the exp parametrisation needs it strictly negative, so it
@@ -274,7 +274,7 @@ class S4(_SSMMixer):
         d_model: channels H.
         d_state: state size N per channel (N/2 complex modes).
         measure: HiPPO measure of the initialisation: "legs", "legt", "lagt", "fout" or
-            "fourier2" (see :mod:`hybrids.mixers.hippo` for their conventions).
+            "fourier2" (see :mod:`hybrids.kernels.ssm.hippo` for their conventions).
         rank: rank of the low-rank term; default: the least the measure needs (legt 2, others 1).
         l_max: initial kernel length; None (default) takes it from the first input.
         dt_min, dt_max: range of the log-uniform initial step.

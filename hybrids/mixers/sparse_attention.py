@@ -9,7 +9,7 @@ import torch
 from hybrids.kernels import at_least_float32
 from hybrids.kernels.sparse import BACKENDS, SparsePattern, sparse_attention
 from hybrids.mixers.attention import Attention
-from hybrids.mixers.cache import KVCache
+from hybrids.parts.kv_cache import KVCache
 
 
 class SparseAttention(Attention):
@@ -48,7 +48,7 @@ class SparseAttention(Attention):
             ``HYBRIDS_SPARSE_ATTENTION_BACKEND``). ``flex`` cannot train on CPU.
         seed: seed of the random-block draw (the same for every layer built with it).
 
-    Decoding state (``prefill``, ``step``): a :class:`~hybrids.mixers.cache.KVCache`, per sequence,
+    Decoding state (``prefill``, ``step``): a :class:`~hybrids.parts.kv_cache.KVCache`, per sequence,
     in tokens of ``2 * kv_heads * head_dim`` elements:
 
     - window and global tokens only (``random_blocks=0``): the K/V of the global tokens seen so

@@ -1,0 +1,418 @@
+"""``hybrids fit | validate | test | predict``: LightningCLI over a model and a data module.
+
+    hybrids fit -c configs/transformer.yaml
+    hybrids fit -c configs/transformer.yaml --ckpt_path last      # resume this run
+    hybrids test -c configs/transformer.yaml --ckpt_path last
+    hybrids fit -c configs/transformer.yaml --print_config
+
+Defaults: CSV logs under ``runs/<name>/version_N`` (no network), a progress bar, a checkpoint per
+epoch with ``last.ckpt`` (``--checkpoint.*`` configures it), seed 0.
+
+Runs have an identity (:mod:`hybrids.train.identity`): a checkpoint is resumed or evaluated only under
+the config that wrote it. Exit status: 0 done; 2 a bad config or checkpoint (before anything
+runs); 3 training diverged; 130 / 143 stopped by SIGINT / SIGTERM after saving ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted
+from hybrids.train.checkpoints import CheckpointError, checkpoint_identity, checkpoints_under, read_checkpoint
+from hybrids.errors import ConfigError, StateSizeUnknown
+from hybrids.train.identity import identity_config, identity_diff, identity_hash, same_run
+from hybrids.train.module import DivergenceError, LanguageModel
+
+DEFAULT_TRAINER = {
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hybrids"}},
+    "max_epochs": 10,
+    "log_every_n_steps": 10,
+}
+# `--ckpt_path untrained`: evaluate the freshly initialised model, on purpose.
+UNTRAINED = "untrained"
+EVALUATIONS = ("validate", "test", "predict", "generate")
+# float16 arithmetic on CPU: Lightning accepts it, and the first steps give NaN.
+CPU_UNSAFE_PRECISIONS = {"16", "16-true", "16-mixed", "half"}
+
+
+class HybridsCLI(LightningCLI):
+    """LightningCLI with run identities, exact resumption, keyed errors and clean interruption."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True})
+        # `hybrids fit` with no config trains the default stack (attention) on MQAR.
+        parser.set_defaults({"model": {"class_path": "hybrids.LanguageModel"}, "data": {"class_path": "hybrids.data.MQAR"}})
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=False,
+            help="After fit, evaluate the final weights on the test set in the same process and log "
+            "test/loss and test/acc beside the run's validation figures (sweeps use it).",
+        )
+        parser.add_argument(
+            "--load_weights_only", type=bool, default=False,
+            help="With --ckpt_path FILE: load only the model weights from a checkpoint of another run "
+            "(a warm start, recorded as warm_start_from); training state and identity are not taken.",
+        )
+
+    # -- before anything is built ----------------------------------------------------------------
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI would re-parse the config with the checkpoint's hyper-parameters, so that
+        # the checkpoint silently replaces the model asked for; here the config is authoritative
+        # and a checkpoint of another run is refused (see _resolve_checkpoint).
+        return
+
+    def _set_seed(self) -> None:
+        config = self.config[self.config["subcommand"]] if self.config.get("subcommand") else self.config
+        seed = config.get("seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed < 2**32:
+            self.parser.error(f"seed_everything: must be in [0, 2^32), got {seed}")
+        super()._set_seed()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        _check_precision(self.parser, config)
+        _check_run_values(self.parser, config)
+        identity = identity_config(config)
+        self.run_identity = {"hash": identity_hash(identity), "config": identity}
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # jsonargparse wraps what the classes raise; find our own error
+            located = locate_config_error(err) or _missing_logger_package(err)
+            if located is None:
+                raise
+            self.parser.error(located)
+
+    def after_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        given = (config.get("model") or {}).get("init_args", {}).get("vocab_size")
+        data_vocab = getattr(self.datamodule, "vocab_size", None)
+        if given is not None and data_vocab is not None and given != data_vocab:
+            self.parser.error(
+                f"model.init_args.vocab_size: {given} disagrees with the data's vocabulary ({data_vocab}); "
+                "leave it out: the model takes the data's"
+            )
+        if isinstance(self.model, LanguageModel):
+            self.model.run_identity = self.run_identity
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> L.Trainer:
+        # The checkpoint callback is always configured (--checkpoint.*); leave it out when the
+        # trainer is told not to checkpoint (Lightning would refuse it), and for fast_dev_run,
+        # whose checkpoints would land in the current folder.
+        if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if self.subcommand == "fit":
+            callbacks = [*callbacks, GracefulInterrupt()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "ckpt_path" in kwargs:
+            kwargs["ckpt_path"] = self._resolve_checkpoint(subcommand, kwargs.get("ckpt_path"))
+        return kwargs
+
+    def _resolve_checkpoint(self, subcommand: str, ckpt_path: str | None) -> str | None:
+        """The checkpoint file to use (None: none), after the identity checks; exits with a keyed
+        error where the request cannot be honoured. ``subcommand`` may be ``generate``."""
+        config = self.config[subcommand] if subcommand in self.config else self.config
+        weights_only = bool(config.get("load_weights_only"))
+        logger = self.trainer.logger
+        if ckpt_path is None:
+            if subcommand in EVALUATIONS:
+                self.parser.error(
+                    f"ckpt_path: {subcommand} without a checkpoint would evaluate random weights; give "
+                    f"--ckpt_path last (this run's newest) or a file, or --ckpt_path {UNTRAINED} to do it on purpose"
+                )
+            if weights_only:
+                self.parser.error("load_weights_only: needs --ckpt_path FILE (the checkpoint to take weights from)")
+            self._log_identity()
+            return None
+        if ckpt_path == UNTRAINED:
+            if weights_only:
+                self.parser.error(f"load_weights_only: there are no weights to load with --ckpt_path {UNTRAINED}")
+            if subcommand == "fit":
+                self.parser.error(f"ckpt_path: '{UNTRAINED}' is for evaluating; fit starts untrained without --ckpt_path")
+            rank_zero_warn(f"--ckpt_path {UNTRAINED}: evaluating the untrained model, as asked")
+            self._log_identity(ckpt_path=UNTRAINED)
+            return None
+        if ckpt_path == "last":
+            if weights_only:
+                self.parser.error("load_weights_only: give the checkpoint file (--ckpt_path FILE), not 'last'")
+            found = self._find_last()
+            if found is None:
+                root = " or ".join(self._checkpoint_roots()) or "(no logger or checkpoint folder)"
+                if subcommand != "fit":  # evaluating an untrained model by accident helps nobody
+                    self.parser.error(f"ckpt_path: no last checkpoint of this run (identity {self.run_identity['hash']}) under {root}; run `fit` first")
+                rank_zero_warn(f"--ckpt_path last: no checkpoint of this run under {root}; starting from scratch")
+                self._log_identity()
+                return None
+            rank_zero_info(f"hybrids: using checkpoint {found}")
+            # hybrids.lab.analysis drops the run a fit continues, so it is not counted twice.
+            self._log_identity(**({"resumed_from": str(found)} if subcommand == "fit" else {"ckpt_path": str(found)}))
+            return str(found)
+
+        try:
+            checkpoint = read_checkpoint(ckpt_path, weights=weights_only)
+        except CheckpointError as err:
+            self.parser.error(f"ckpt_path: {err}")
+        if weights_only:
+            self._load_weights(ckpt_path, checkpoint)
+            self._log_identity(warm_start_from=str(ckpt_path))
+            return None
+        saved = checkpoint_identity(checkpoint)
+        if saved is None:
+            self.parser.error(
+                f"ckpt_path: {ckpt_path} has no run identity (it was not written by the hybrids CLI), so it "
+                "cannot be checked against this config; add --load_weights_only to load its weights only"
+            )
+        if not same_run(saved, self.run_identity["hash"]):
+            stored = saved.get("config")
+            # Normalised again, as same_run compares it: arguments added since are not listed.
+            diff = identity_diff(identity_config(stored) if isinstance(stored, dict) else {}, self.run_identity["config"])
+            self.parser.error(
+                f"ckpt_path: {ckpt_path} belongs to another run (identity {saved['hash']}, this config "
+                f"{self.run_identity['hash']}); what differs:\n  " + "\n  ".join(diff or ["(no listed key)"])
+                + "\nUse the config that wrote it, or add --load_weights_only to take its weights only."
+            )
+        self._log_identity(**({"resumed_from": str(ckpt_path)} if subcommand == "fit" else {"ckpt_path": str(ckpt_path)}))
+        return ckpt_path
+
+    def _find_last(self) -> Path | None:
+        """The newest ``last*.ckpt`` of this run's name with this run's identity.
+
+        Lightning resolves ``ckpt_path="last"`` inside the *new* version's directory, which is
+        empty; we look at every version under the logger's ``save_dir/name``. Checkpoints of
+        other identities (another lr, width, seed, data setting) are passed over; unreadable ones
+        are passed over with a warning naming the file.
+        """
+        skipped, found = [], None
+        for path in checkpoints_under(*self._checkpoint_roots()):
+            try:
+                saved = checkpoint_identity(read_checkpoint(path))
+            except CheckpointError as err:
+                skipped.append(str(err))
+                continue
+            if saved is not None and same_run(saved, self.run_identity["hash"]):
+                found = path
+                break
+        if skipped:
+            rank_zero_warn(f"--ckpt_path last: skipping {len(skipped)} unreadable checkpoint(s): " + "; ".join(skipped))
+        return found
+
+    def _checkpoint_roots(self) -> list[str]:
+        """Where this run's checkpoints may be: every version of the logger's ``save_dir/name``
+        and the checkpoint callback's own folder (``--checkpoint.dirpath``), if set."""
+        roots = []
+        root = getattr(self.trainer.logger, "root_dir", None) if self.trainer.logger is not None else None
+        if root:
+            roots.append(str(root))
+        for callback in self.trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None):
+                roots.append(str(callback.dirpath))
+        return roots
+
+    def _load_weights(self, path: str, checkpoint: dict[str, Any]) -> None:
+        """Warm start: the checkpoint's weights into the model, strictly (same shapes); the
+        training metrics' running sums are the other run's and are left out."""
+        weights = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("metrics.")}
+        try:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            missing = [k for k in missing if not k.startswith("metrics.")]
+            if missing or unexpected:
+                raise RuntimeError(f"Error(s) in loading state_dict:\n missing keys {missing}\n unexpected keys {unexpected}")
+        except RuntimeError as err:
+            details = "; ".join(line.strip() for line in str(err).splitlines()[1:4] if line.strip())
+            self.parser.error(f"load_weights_only: the weights of {path} do not fit this model: {details}")
+        rank_zero_info(f"hybrids: loaded the weights of {path} (warm start; optimiser and step start fresh)")
+
+    def _log_identity(self, **extra: str) -> None:
+        logger = self.trainer.logger
+        if logger is not None:
+            logger.log_hyperparams({"identity": self.run_identity["hash"], **extra})
+
+    # -- after each subcommand --------------------------------------------------------------------
+
+    def after_fit(self) -> None:
+        print_summary(self.trainer, self.model, stage="val")
+        if self.config[self.subcommand].get("test_after_fit"):
+            # The weights as fit left them (the last step), not the checkpoint with the best
+            # validation figure: the figure reported is the model the run ends with.
+            self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+            print_summary(self.trainer, self.model, stage="test")
+
+    def after_validate(self) -> None:
+        print_summary(self.trainer, self.model, stage="val")
+
+    def after_test(self) -> None:
+        print_summary(self.trainer, self.model, stage="test")
+
+    def after_predict(self) -> None:
+        predictions = self.trainer.predict_loop.predictions
+        folder = Path(self.trainer.log_dir or ".")  # every process asks (a collective under DDP)
+        if not predictions:
+            return
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        folder.mkdir(parents=True, exist_ok=True)
+        # Under DDP each process predicts its share of the examples and writes its own file.
+        rank = self.trainer.global_rank
+        target = folder / ("predictions.pt" if self.trainer.world_size == 1 else f"predictions-rank{rank}.pt")
+        stacked = torch.cat([b.cpu() for b in batches])
+        torch.save({"predictions": stacked, "ckpt_path": self.trainer.ckpt_path}, target)
+        print(f"hybrids: predictions of {stacked.shape[0]:,} examples, shape {tuple(stacked.shape)}, written to {target}", flush=True)
+
+
+def _check_precision(parser, config) -> None:
+    trainer = config.get("trainer") or {}
+    precision = str(trainer.get("precision")) if trainer.get("precision") is not None else None
+    accelerator = str(trainer.get("accelerator") or "auto")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if precision in CPU_UNSAFE_PRECISIONS and on_cpu:
+        parser.error(
+            f"trainer.precision: {precision} on CPU computes in float16, which overflows within a few steps "
+            "here (NaN losses); use 32-true, bf16-mixed or bf16-true on CPU"
+        )
+
+
+def _check_run_values(parser, config) -> None:
+    """Keyed errors for trainer and run values that Lightning would take and fail on later (or,
+    for a negative clipping value, silently use)."""
+    trainer = config.get("trainer") or {}
+    accumulate = trainer.get("accumulate_grad_batches")
+    if accumulate is not None and (isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1):
+        parser.error(f"trainer.accumulate_grad_batches: must be a positive integer, got {accumulate!r}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+        parser.error(f"trainer.gradient_clip_val: must be >= 0 (or null for no clipping), got {clip!r}")
+    every = trainer.get("log_every_n_steps")
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        parser.error(f"trainer.log_every_n_steps: must be a positive integer, got {every!r}")
+
+
+def _missing_logger_package(err: BaseException) -> str | None:
+    """One line for a logger whose package is missing (TensorBoardLogger without tensorboard)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, ModuleNotFoundError) and "tensorboard" in str(err).lower():
+            return (
+                "trainer.logger: TensorBoardLogger needs the tensorboard package: "
+                "pip install -e '.[tensorboard]' (or use the default CSVLogger)"
+            )
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def locate_config_error(err: BaseException) -> str | None:
+    """``"<section>.init_args.<key>: <message>"`` for a ConfigError in ``err``'s cause chain.
+
+    ConfigError keys are relative to the class that raised them; the class declares its section
+    of the config (``model`` or ``data``) with :class:`hybrids.errors.config_section`.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen and not isinstance(err, ConfigError):
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    if not isinstance(err, ConfigError):
+        return None
+    return f"{err.full_key}: {err.message}"
+
+
+def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> None:
+    """One line with the figures a researcher compares: accuracy, parameters, state size."""
+    # trainer.log_dir broadcasts from rank 0 under DDP: every process must ask, not rank 0 alone.
+    log_dir = trainer.log_dir
+    if trainer.sanity_checking or not trainer.is_global_zero:
+        return
+    metrics = trainer.callback_metrics
+    parts = []
+    acc = metrics.get(f"{stage}/acc")
+    if acc is not None:
+        parts.append(f"{stage} accuracy {float(acc):.4f}")
+    for name, label in (("exact", "exact copies"), ("bpb", "bits/byte")):
+        value = metrics.get(f"{stage}/{name}")
+        if value is not None:
+            parts.append(f"{stage} {label} {float(value):.4f}")
+    by_length = sorted((int(k.rpartition("@")[2]), float(v)) for k, v in metrics.items()
+                       if k.startswith(f"{stage}/acc@") and k.rpartition("@")[2].isdigit())
+    if by_length:
+        parts.append("accuracy by length " + ", ".join(f"{length}: {value:.3f}" for length, value in by_length))
+    if hasattr(model, "num_parameters"):
+        parts.append(f"parameters {model.num_parameters():,}")
+    seq_len = getattr(trainer.datamodule, "seq_len", None)
+    if seq_len is not None and hasattr(model, "state_size"):
+        try:
+            parts.append(f"recurrent state {model.state_size(seq_len):,} elements/sequence at seq_len {seq_len}")
+        except StateSizeUnknown:
+            parts.append("recurrent state unknown (a mixer has no state_size)")
+    if log_dir:
+        parts.append(f"logs {log_dir}")
+    print("hybrids: " + " | ".join(parts), flush=True)
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
+    """Parse ``args`` (default ``sys.argv[1:]``), instantiate, and run the subcommand if ``run``."""
+    return HybridsCLI(
+        LanguageModel,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=DEFAULT_TRAINER,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def _end_process_group() -> None:
+    """Shut down a DDP process group before the interpreter exits.
+
+    Lightning leaves the group open after fit. Left to interpreter shutdown, gloo's worker threads
+    can be destroyed while still joinable, and the process aborts ("terminate called without an
+    active exception", exit -6) after a run that finished; the barrier first lets every rank get
+    here before any rank's group goes away.
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            # A rank that died never arrives: fail after a while instead of waiting forever.
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=300))
+        else:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def fit_main() -> None:
+    """``hybrids fit | validate | test | predict``: LightningCLI, with the exit statuses of the
+    module docstring."""
+    try:
+        build_cli()
+        _end_process_group()
+    except Interrupted as stop:
+        print(f"hybrids: stopped by {stop}; resume with --ckpt_path last", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
+    except DivergenceError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(DivergenceError.exit_code)
+    except SIGTERMException:
+        # Lightning's own stop (a SIGTERM before training began, where no checkpoint is due).
+        print("hybrids: stopped by SIGTERM before training; nothing to resume", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CODES[signal.SIGTERM])

@@ -1,0 +1,299 @@
+"""``hybrids sweep FILE``: expand a sweep, show or run it, and summarise what happened.
+
+    hybrids sweep configs/sweeps/mqar_cpu.yaml --dry-run        # one line per run: params, state
+    hybrids sweep configs/sweeps/mqar_cpu.yaml --workers 2      # run (or resume) it locally
+    hybrids sweep configs/sweeps/mqar_cpu.yaml --no-preload     # each run a fresh interpreter
+    hybrids sweep configs/sweeps/mqar_cpu.yaml --launcher ray --ray-address auto
+    hybrids plot runs/sweeps/mqar_cpu                            # tables and figures
+
+The sweep folder (``--out``, default ``runs/sweeps/<name>``) gets ``sweep.yaml`` (the file as
+given) and one folder per run (see :mod:`hybrids.lab.sweeps.execute`). Running again skips finished
+runs, resumes interrupted ones from their last checkpoint and retries failed ones. Exit status:
+0 all runs done; 1 some failed (the summary lists them); 2 a bad sweep file; 130 / 143 stopped by
+SIGINT / SIGTERM (running runs saved their checkpoints).
+
+The local launcher starts each run as a fork of a server that has imported torch, Lightning and
+the CLI once (:mod:`hybrids.lab.sweeps.forkserver`), instead of a fresh interpreter that spends ~7 s
+importing them; ``--no-preload`` goes back to fresh interpreters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import fnmatch
+import hashlib
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hybrids.lab.sweeps import forkserver
+from hybrids.lab.sweeps.execute import RunTask, execute_run, is_finished, read_json, write_json
+from hybrids.lab.sweeps.local import SweepInterrupted, run_locally
+from hybrids.lab.sweeps.matching import Unmatched, solve_plan
+from hybrids.lab.sweeps.measure import BuildError, measure
+from hybrids.lab.sweeps.spec import RunPlan, SweepError, expand, load_sweep
+
+EXIT_FAILED, EXIT_BAD_SWEEP = 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybrids sweep", description="Expand a sweep file into runs and run them (resumable).",
+    )
+    parser.add_argument("file", help="the sweep YAML (see hybrids.lab.sweeps.spec)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs with parameters and state size; train nothing")
+    parser.add_argument("--workers", type=int, default=1, help="runs at once (local launcher; default 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP/torch threads per run (default 1: concurrent runs with several threads each slow each other down)")
+    parser.add_argument("--launcher", choices=("local", "ray"), default="local")
+    parser.add_argument("--no-preload", dest="preload", action="store_false",
+                        help="start every run as a fresh `python -m hybrids fit` interpreter; by default the local "
+                        "launcher forks runs from one process that has imported torch and Lightning already, which "
+                        "saves each run those imports (~7 s of CPU). Ray tasks always start fresh interpreters")
+    parser.add_argument("--gpus", type=float, default=0.0,
+                        help="GPUs each run reserves under --launcher ray (Ray hides the GPUs from a task that asks for none); "
+                        "locally, runs see the machine's GPUs as they are")
+    parser.add_argument("--ray-address", default=None,
+                        help="Ray cluster to submit to ('auto', 'host:port', 'ray://...'); default: $RAY_ADDRESS, else a local Ray instance")
+    parser.add_argument("--out", default=None, help="the sweep folder (default runs/sweeps/<name>)")
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+                        help="run only the runs whose name matches (repeatable), e.g. 'attention-*'")
+    return parser
+
+
+def sweep_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 1 or args.threads < 1 or args.gpus < 0:
+        print("error: --workers and --threads must be at least 1, --gpus at least 0", file=sys.stderr)
+        return EXIT_BAD_SWEEP
+    try:
+        spec = load_sweep(args.file)
+        plans = expand(spec)
+    except SweepError as err:
+        print(f"error: {args.file}: {err}", file=sys.stderr)
+        return EXIT_BAD_SWEEP
+    all_names = [plan.name for plan in plans]
+    if args.only:
+        plans = [p for p in plans if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in args.only)]
+        if not plans:
+            print(f"error: no run matches --only {args.only}", file=sys.stderr)
+            return EXIT_BAD_SWEEP
+    problems = prepare(plans, spec.match)
+    if args.dry_run:
+        print_dry_run(plans, problems)
+        return EXIT_BAD_SWEEP if problems else 0
+
+    out = Path(args.out or Path("runs") / "sweeps" / spec.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(spec.path, out / "sweep.yaml")
+    # The runs of the sweep as the file stands (all of them, --only or not): hybrids.lab.analysis
+    # reads only these, so that folders of an edited-out setting do not join the selection.
+    write_json(out / "manifest.json", {"sweep": spec.name, "runs": all_names})
+    run_dirs = [write_run_folder(out, plan, problems.get(plan.name)) for plan in plans]
+    warn_stale(out, set(all_names))
+    todo = [d for d, plan in zip(run_dirs, plans) if plan.name not in problems and not is_finished(d)]
+    skipped = len(plans) - len(todo) - len(problems)
+    print(f"hybrids sweep {spec.name}: {len(plans)} runs in {out}; {skipped} finished before, "
+          f"{len(problems)} cannot be built, {len(todo)} to run ({args.launcher}, "
+          f"{args.workers if args.launcher == 'local' else 'cluster'} at once, {args.threads} thread(s) each)", flush=True)
+
+    # Preloaded forks for the local pool only: Ray tasks run on other machines' workers, where
+    # the preloaded server is untested.
+    preload = args.preload and args.launcher == "local"
+    tasks = [RunTask(str(d), threads=args.threads, preload=preload) for d in todo]
+    progress = Progress(len(tasks))
+    start = time.monotonic()
+    interrupted = None
+    try:
+        if args.launcher == "ray":
+            from hybrids.lab.sweeps.ray_launcher import LauncherUnavailable, run_on_ray
+
+            received: list[int] = []
+
+            def stop_driver(signum, frame):  # SIGTERM / SIGHUP end the driver as Ctrl-C does:
+                received.append(signum)      # run_on_ray cancels its tasks, which stop their runs
+                raise KeyboardInterrupt
+
+            previous = {signum: signal.signal(signum, stop_driver) for signum in (signal.SIGTERM, signal.SIGHUP)}
+            try:
+                run_on_ray(tasks, execute_run, address=args.ray_address, cpus_per_task=args.threads,
+                           gpus_per_task=args.gpus, on_result=progress)
+            except LauncherUnavailable as err:
+                print(f"error: {err}", file=sys.stderr)
+                return EXIT_BAD_SWEEP
+            except KeyboardInterrupt:
+                interrupted = received[0] if received else signal.SIGINT
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+        else:
+            try:
+                run_locally(tasks, execute_run, workers=args.workers, on_result=progress)
+            finally:
+                forkserver.shutdown()  # the preloaded server, if one was started (atexit would too)
+    except SweepInterrupted as stop:
+        interrupted = stop.signum
+    wall = time.monotonic() - start
+    statuses = [read_json(d / "status.json") or {"name": d.name, "status": "pending"} for d in run_dirs]
+    print_summary(statuses, out, wall)
+    if interrupted is not None:
+        print(f"hybrids sweep: stopped by {SweepInterrupted(interrupted)}; run the same command again to resume", file=sys.stderr)
+        return 128 + interrupted
+    return 0 if all(s.get("status") == "done" for s in statuses) else EXIT_FAILED
+
+
+def warn_stale(out: Path, names: set[str]) -> None:
+    """Run folders the sweep file no longer expands to (an edited grid): hybrids plot reads every
+    run folder, so say which ones would be mixed in."""
+    stale = sorted(p.parent.name for p in out.glob("*/run.json") if p.parent.name not in names)
+    if stale:
+        print(f"warning: {len(stale)} run folder(s) in {out} are not in the sweep file any more and would "
+              f"appear in hybrids plot; delete them if they do not belong: {', '.join(stale[:8])}"
+              + (" ..." if len(stale) > 8 else ""), file=sys.stderr, flush=True)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def prepare(plans: list[RunPlan], match) -> dict[str, str]:
+    """Solve matched sizes and measure every run (in place); run name -> problem, for runs that
+    cannot be built or matched."""
+    from hybrids.lab.analysis import mixer_family
+
+    problems: dict[str, str] = {}
+    for plan in plans:
+        try:
+            if plan.target is not None:
+                solve_plan(plan, match)
+            figures = measure(plan.config)
+        except (Unmatched, BuildError) as err:
+            problems[plan.name] = str(err)
+            plan.figures = None
+            continue
+        plan.figures = figures
+        model_args = (plan.config.get("model") or {}).get("init_args") or {}
+        plan.family = mixer_family(model_args)
+    return problems
+
+
+def run_record(plan: RunPlan) -> dict[str, Any]:
+    """run.json: what defines the run and the figures of its model (status.json repeats them)."""
+    figures = plan.figures
+    return {
+        "name": plan.name,
+        "sweep": plan.sweep,
+        "axes": plan.axes,
+        "tuned": list(plan.tuned),
+        "family": plan.family,
+        "d_model": figures.d_model if figures else None,
+        "seq_len": figures.seq_len if figures else None,
+        "num_kv_pairs": figures.num_kv_pairs if figures else None,
+        "vocab_size": figures.vocab_size if figures else None,
+        "params": figures.params if figures else None,
+        "state_size": figures.state_size if figures else None,
+        "target": plan.target,
+        "config_hash": config_hash(plan.config),
+    }
+
+
+def write_run_folder(out: Path, plan: RunPlan, problem: str | None) -> Path:
+    run_dir = out / plan.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(plan.config)
+    trainer = config.setdefault("trainer", {})
+    # The sweep reads the CSV logs of each run from its own folder, whatever the base config logs to.
+    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                         "init_args": {"save_dir": str(run_dir), "name": "logs"}}
+    trainer.setdefault("enable_progress_bar", False)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    record = run_record(plan)
+    write_json(run_dir / "run.json", record)
+    if problem is not None:
+        write_json(run_dir / "status.json", {**record, "status": "failed", "error": problem, "metrics": {}, "attempts": 0})
+    return run_dir
+
+
+def print_dry_run(plans: list[RunPlan], problems: dict[str, str]) -> None:
+    width = max((len(p.name) for p in plans), default=10)
+    header = f"{'run':<{width}}  {'family':<28} {'params':>11} {'state size':>11}  target"
+    print(header)
+    print("-" * len(header))
+    for plan in plans:
+        if plan.name in problems:
+            print(f"{plan.name:<{width}}  cannot run: {problems[plan.name]}")
+            continue
+        f = plan.figures
+        state = f"{f.state_size:,}" if f.state_size is not None else "unknown"
+        target = ""
+        if plan.target:
+            t = plan.target
+            target = f"{t['quantity']} {t['value']:,.0f} -> {t['achieved']:,} ({t['key'].rsplit('.', 1)[-1]}={t['solved']})"
+        print(f"{plan.name:<{width}}  {plan.family:<28} {f.params:>11,} {state:>11}  {target}")
+    print(f"{len(plans)} runs, {len(problems)} cannot run")
+
+
+class Progress:
+    """One line per finished run, as the runs finish."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.count = total, 0
+
+    def __call__(self, task: RunTask, status: dict[str, Any]) -> None:
+        record_launcher_failure(Path(task.run_dir), status)
+        self.count += 1
+        name = status.get("name") or Path(task.run_dir).name
+        print(f"[{self.count}/{self.total}] {name}: {_outcome(status)}", flush=True)
+
+
+def record_launcher_failure(run_dir: Path, result: dict[str, Any]) -> None:
+    """A run that failed before it could write its own status (a Ray worker lost, the launcher's
+    own error) gets the failure written here, so that the summary shows it."""
+    if result.get("status") != "failed":
+        return
+    current = read_json(run_dir / "status.json") or {}
+    if current.get("status") in (None, "running"):
+        plan = read_json(run_dir / "run.json") or {"name": run_dir.name}
+        write_json(run_dir / "status.json", {**plan, **current, "status": "failed", "error": result.get("error"),
+                                              "metrics": current.get("metrics") or {}})
+
+
+def _outcome(status: dict[str, Any]) -> str:
+    metrics = status.get("metrics") or {}
+    if status.get("status") == "done":
+        return (f"done, val acc {metrics.get('val/acc', float('nan')):.4f}, test acc "
+                f"{metrics.get('test/acc', float('nan')):.4f} ({status.get('wall_s', 0):.0f} s)")
+    return f"{status.get('status')}: {status.get('error')}"
+
+
+def print_summary(statuses: list[dict[str, Any]], out: Path, wall: float) -> None:
+    counts: dict[str, int] = {}
+    for s in statuses:
+        counts[s.get("status", "?")] = counts.get(s.get("status", "?"), 0) + 1
+    width = max((len(str(s.get("name"))) for s in statuses), default=10)
+    print(f"\n{'run':<{width}}  {'status':<11} {'val acc':>8} {'test acc':>8} {'params':>10} {'state':>10} {'wall s':>7}")
+    for s in statuses:
+        m = s.get("metrics") or {}
+        val, test = m.get("val/acc"), m.get("test/acc")
+        print(f"{str(s.get('name')):<{width}}  {str(s.get('status')):<11} "
+              f"{'' if val is None else f'{val:.4f}':>8} {'' if test is None else f'{test:.4f}':>8} "
+              f"{_count(s.get('params')):>10} {_count(s.get('state_size')):>10} {s.get('wall_s') or 0:>7.0f}")
+    failed = [s for s in statuses if s.get("status") not in ("done", "pending")]
+    if failed:
+        print("\nnot done:")
+        for s in failed:
+            print(f"  {s.get('name')}: {s.get('status')}: {s.get('error')}")
+    print(f"\n{', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}; this invocation took {wall:.0f} s; "
+          f"tables and figures: hybrids plot {out}")
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else ""

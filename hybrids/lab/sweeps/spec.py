@@ -1,0 +1,415 @@
+"""The sweep file, and its expansion into runs.
+
+A sweep file (YAML)::
+
+    name: mqar_cpu                      # folder name of the sweep (default: the file's stem)
+    base: ../transformer.yaml           # the config every run starts from, relative to this
+                                        # file; a list makes "base" an axis (named by file stem)
+    settings:                           # dotted-key overrides applied to every run
+      trainer.max_epochs: 4
+    choices:                            # named override sets; a grid names them by label
+      family:
+        attention: {model.init_args.pattern: A, model.init_args.mixers: {A: {...}}}
+        mamba: {model.init_args.pattern: M, model.init_args.mixers: {M: {...}}}
+      task:
+        mqar64x4: {data.init_args.seq_len: 64, data.init_args.num_kv_pairs: 4}
+    grid:                               # a list of blocks; each expands to the product of
+      - family: [attention, mamba]      # its axes, and the sweep is their union
+        task: [mqar64x4]
+        model.init_args.d_model: [64, 128, 256]
+      - family: [attention, mamba]      # a block may bring its own learning rates,
+        task: [mqar128x8]               # which replace the sweep's lr list for its runs
+        lr: [3.0e-3]
+    lr: [1.0e-3, 3.0e-3]                # model.init_args.lr, one axis
+    seeds: [0, 1]                       # one axis; each seed is written to every seed_keys key
+    seed_keys: [seed_everything]
+    tune: [lr]                          # axes selected on validation (default: [lr])
+    match:                              # optional: solve a width per run to meet a size
+      quantity: params                  # or state_size
+      targets: [50000, 100000]          # one axis, "target"
+      key: model.init_args.d_model      # the integer solved for; per label of a choice:
+      keys:                             # per label: a key, or a key with its own grid
+        mamba: {key: model.init_args.mixers.M.init_args.d_state, multiple_of: 1, range: [1, 256]}
+      multiple_of: 8
+      range: [8, 2048]
+      tolerance: 0.05
+
+A grid axis is either the name of a choice (its values are labels) or a dotted config key (its
+values are scalars: a dict value belongs in ``choices``, where it gets a name). Overrides are
+applied in this order: ``settings``, the choices in grid order, the dotted grid keys, ``lr``,
+the seed, and last the solved size.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hybrids.lab.sweeps import overrides
+from hybrids.lab.sweeps.naming import run_name
+
+TOP_LEVEL = ("name", "base", "settings", "choices", "grid", "lr", "seeds", "seed_keys", "tune", "match")
+MATCH_KEYS = ("quantity", "targets", "key", "keys", "multiple_of", "range", "tolerance")
+QUANTITIES = ("params", "state_size")
+LR_KEY = "model.init_args.lr"
+_SCALARS = (int, float, str, bool, type(None))
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be expanded; the message names the key at fault."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Match:
+    """Solve an integer config key per run so that ``quantity`` is within ``tolerance`` of the target."""
+
+    quantity: str
+    targets: tuple[float, ...]
+    key: str = "model.init_args.d_model"
+    # choice label -> (key solved instead, its multiple_of, low, high)
+    keys: Mapping[str, tuple[str, int, int, int]] = field(default_factory=dict)
+    multiple_of: int = 8
+    low: int = 8
+    high: int = 2048
+    tolerance: float = 0.05
+
+    def solving(self, axes: Mapping[str, Any]) -> tuple[str, int, int, int]:
+        """(key, multiple_of, low, high) for a run with these axis values."""
+        for value in axes.values():
+            if isinstance(value, str) and value in self.keys:
+                return self.keys[value]
+        return self.key, self.multiple_of, self.low, self.high
+
+
+@dataclass
+class RunPlan:
+    """One run of a sweep: its name, the axis values that define it, and its resolved config."""
+
+    name: str
+    axes: dict[str, Any]
+    config: dict[str, Any]
+    tuned: tuple[str, ...]
+    target: dict[str, Any] | None = None  # {"quantity", "value", "key"}, then "solved", "achieved"
+    sweep: str | None = None
+    family: str | None = None  # the mixer classes of its layers (hybrids.lab.analysis.mixer_family)
+    figures: Any = None  # hybrids.lab.sweeps.measure.Figures once measured
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    path: Path
+    bases: dict[str, dict[str, Any]]  # label -> loaded base config
+    settings: dict[str, Any]
+    choices: dict[str, dict[str, dict[str, Any]]]
+    grid: list[dict[str, list[Any]]]
+    lrs: list[float] | None
+    seeds: list[int]
+    seed_keys: list[str]
+    tune: list[str]
+    match: Match | None
+
+
+def _mapping(value: Any, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SweepError(key, f"must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise SweepError(key, f"must be a non-empty list, got {value!r}")
+    return value
+
+
+def _check_overrides(mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
+    mapping = _mapping(mapping, key)
+    for name in mapping:
+        problem = overrides.check_key(name)
+        if problem:
+            raise SweepError(f"{key}.{name}", problem)
+    return mapping
+
+
+def _load_base(path_text: Any, sweep_path: Path, key: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(path_text, str):
+        raise SweepError(key, f"must be the path of a config file, got {path_text!r}")
+    path = (sweep_path.parent / path_text).resolve()
+    if not path.is_file():
+        raise SweepError(key, f"{path_text} not found (looked at {path}; paths are relative to the sweep file)")
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise SweepError(key, f"{path_text} does not hold a config mapping")
+    return path.stem, config
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and check a sweep file; SweepError names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise SweepError("FILE", f"{path} not found")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, Mapping):
+        raise SweepError("FILE", f"{path} does not hold a mapping")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            close = difflib.get_close_matches(str(key), TOP_LEVEL, n=1)
+            raise SweepError(str(key), "unknown key" + (f"; did you mean {close[0]!r}?" if close else f"; known: {TOP_LEVEL}"))
+
+    name = raw.get("name", path.stem)
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        raise SweepError("name", f"must be a plain folder name, got {name!r}")
+
+    base_value = raw.get("base")
+    if base_value is None:
+        raise SweepError("base", "missing: name the config every run starts from (e.g. ../transformer.yaml)")
+    base_list = base_value if isinstance(base_value, list) else [base_value]
+    bases: dict[str, dict[str, Any]] = {}
+    for i, item in enumerate(base_list):
+        label, config = _load_base(item, path, f"base[{i}]" if isinstance(base_value, list) else "base")
+        if label in bases:
+            raise SweepError("base", f"two base configs share the name {label!r}")
+        bases[label] = config
+
+    settings = _check_overrides(raw.get("settings"), "settings")
+    choices: dict[str, dict[str, dict[str, Any]]] = {}
+    for axis, options in _mapping(raw.get("choices"), "choices").items():
+        if "." in axis or axis in ("lr", "seed", "target", "base"):
+            raise SweepError(f"choices.{axis}", "a choice needs a plain name other than lr, seed, target, base")
+        options = _mapping(options, f"choices.{axis}")
+        if not options:
+            raise SweepError(f"choices.{axis}", "has no labels")
+        choices[axis] = {str(label): _check_overrides(o, f"choices.{axis}.{label}") for label, o in options.items()}
+
+    grid = _check_grid(raw.get("grid"), choices)
+    lrs = _check_lrs(raw["lr"], "lr") if "lr" in raw else None
+    seeds = _list(raw.get("seeds", [0]), "seeds")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SweepError("seeds", f"seeds must be integers >= 0, got {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise SweepError("seeds", f"repeated seed in {seeds}")
+    seed_keys = _list(raw.get("seed_keys", ["seed_everything"]), "seed_keys")
+    for key in seed_keys:
+        problem = overrides.check_key(key)
+        if problem:
+            raise SweepError("seed_keys", problem)
+        if key == "data.init_args.seed":
+            raise SweepError(
+                "seed_keys",
+                "data.init_args.seed draws the data sets (validation seed + 2, test seed + 1), so neighbouring "
+                "seeds would validate on each other's test sets; use data.init_args.order_seed for the batch order",
+            )
+    match = _check_match(raw.get("match"), choices)
+
+    if match is not None:
+        solved = {match.key, *(entry[0] for entry in match.keys.values())}
+        for i, block in enumerate(grid):
+            both = sorted(solved & set(block))
+            if both:
+                raise SweepError(f"grid[{i}]", f"{both} are solved by match; they cannot also be grid axes")
+    axes = _all_axis_names(grid, lrs, match, bases)
+    tune = raw.get("tune", ["lr"] if "lr" in axes else [])
+    if not isinstance(tune, list):
+        raise SweepError("tune", f"must be a list of axis names, got {tune!r}")
+    for axis in tune:
+        if axis not in axes:
+            raise SweepError("tune", f"{axis!r} is not an axis of this sweep (axes: {sorted(axes)})")
+        if axis == "seed":
+            raise SweepError("tune", "seeds are averaged over, not selected")
+    return SweepSpec(name, path, bases, settings, choices, grid, lrs, seeds, seed_keys, tune, match)
+
+
+def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[Any]]]:
+    if value is None:
+        return [{}]
+    blocks = value if isinstance(value, list) else [value]
+    checked = []
+    for i, block in enumerate(blocks):
+        where = f"grid[{i}]"
+        block = _mapping(block, where)
+        for axis, values in block.items():
+            if axis == "lr":
+                block[axis] = _check_lrs(values, f"{where}.lr")
+                continue
+            values = _list(values, f"{where}.{axis}")
+            if axis in choices:
+                for label in values:
+                    if str(label) not in choices[axis]:
+                        close = difflib.get_close_matches(str(label), list(choices[axis]), n=1)
+                        hint = f"; did you mean {close[0]!r}?" if close else f"; defined: {sorted(choices[axis])}"
+                        raise SweepError(f"{where}.{axis}", f"no choice labelled {label!r}" + hint)
+                block[axis] = [str(label) for label in values]
+            else:
+                problem = overrides.check_key(axis)
+                if problem:
+                    raise SweepError(f"{where}.{axis}", problem + f"; nor is it a choice ({sorted(choices)})")
+                for item in values:
+                    if not isinstance(item, _SCALARS):
+                        raise SweepError(
+                            f"{where}.{axis}",
+                            f"values of a dotted key must be scalars, got {item!r}: put structured values "
+                            "under choices, where each gets a label",
+                        )
+            if len(set(map(repr, values))) != len(values):
+                raise SweepError(f"{where}.{axis}", f"repeated value in {values}")
+        checked.append(block)
+    return checked
+
+
+def _check_lrs(value: Any, where: str) -> list[float]:
+    lrs = _list(value, where)
+    for lr in lrs:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise SweepError(where, f"learning rates must be positive numbers, got {lr!r}")
+    if len(set(lrs)) != len(lrs):
+        raise SweepError(where, f"repeated value in {lrs}")
+    return [float(lr) for lr in lrs]
+
+
+def _check_match(value: Any, choices: Mapping[str, Any]) -> Match | None:
+    if value is None:
+        return None
+    value = _mapping(value, "match")
+    for key in value:
+        if key not in MATCH_KEYS:
+            raise SweepError(f"match.{key}", f"unknown key; known: {MATCH_KEYS}")
+    quantity = value.get("quantity")
+    if quantity not in QUANTITIES:
+        raise SweepError("match.quantity", f"must be one of {QUANTITIES}, got {quantity!r}")
+    targets = _list(value.get("targets"), "match.targets")
+    for target in targets:
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
+            raise SweepError("match.targets", f"targets must be positive numbers, got {target!r}")
+    labels = {label for options in choices.values() for label in options}
+    key = value.get("key", Match.key)
+    problem = overrides.check_key(key)
+    if problem:
+        raise SweepError("match.key", problem)
+    multiple_of, low, high = _match_grid(value, "match", Match.multiple_of, Match.low, Match.high)
+    keys: dict[str, tuple[str, int, int, int]] = {}
+    for label, entry in _mapping(value.get("keys"), "match.keys").items():
+        where = f"match.keys.{label}"
+        if str(label) not in labels:
+            raise SweepError(where, f"no choice is labelled {label!r}")
+        if isinstance(entry, str):
+            entry = {"key": entry}
+        entry = _mapping(entry, where)
+        unknown = set(entry) - {"key", "multiple_of", "range"}
+        if unknown:
+            raise SweepError(where, f"unknown keys {sorted(unknown)}; a label takes key, multiple_of, range")
+        problem = overrides.check_key(entry.get("key"))
+        if problem:
+            raise SweepError(f"{where}.key", problem)
+        keys[str(label)] = (entry["key"], *_match_grid(entry, where, multiple_of, low, high))
+    tolerance = value.get("tolerance", Match.tolerance)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 < tolerance < 1:
+        raise SweepError("match.tolerance", f"must be in (0, 1), got {tolerance!r}")
+    return Match(quantity, tuple(float(t) for t in targets), key, keys, multiple_of, low, high, float(tolerance))
+
+
+def _match_grid(value: Mapping[str, Any], where: str, multiple_of: int, low: int, high: int) -> tuple[int, int, int]:
+    """(multiple_of, low, high) of a match entry, defaults from the enclosing one."""
+    multiple_of = value.get("multiple_of", multiple_of)
+    bounds = value.get("range", [low, high])
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise SweepError(f"{where}.range", f"must be [low, high], got {bounds!r}")
+    low, high = bounds
+    for name, number in (("multiple_of", multiple_of), ("range", low), ("range", high)):
+        if isinstance(number, bool) or not isinstance(number, int) or number <= 0:
+            raise SweepError(f"{where}.{name}", f"must be positive integers, got {number!r}")
+    if low > high:
+        raise SweepError(f"{where}.range", f"low {low} is above high {high}")
+    return multiple_of, low, high
+
+
+def axis_name(axis: str) -> str:
+    """The short name of a grid axis: a choice's name, or a dotted key's last component."""
+    return axis.rsplit(".", 1)[-1]
+
+
+def _all_axis_names(grid, lrs, match, bases) -> set[str]:
+    names = {axis_name(a) for block in grid for a in block if a != "lr"} | {"seed"}
+    if lrs or any("lr" in block for block in grid):
+        names.add("lr")
+    if match:
+        names.add("target")
+    if len(bases) > 1:
+        names.add("base")
+    return names
+
+
+def expand(spec: SweepSpec) -> list[RunPlan]:
+    """Every run of the sweep, in a stable order, sizes not yet solved (see matching)."""
+    plans: list[RunPlan] = []
+    lrs = spec.lrs or [None]
+    targets = spec.match.targets if spec.match else (None,)
+    for block_index, block in enumerate(spec.grid):
+        block = dict(block)
+        block_lrs = block.pop("lr", None) or lrs
+        short = {axis: axis_name(axis) for axis in block}
+        reserved = {"seed", "lr", "target", "base"} & {s for a, s in short.items() if a not in spec.choices}
+        if reserved:
+            raise SweepError(f"grid[{block_index}]", f"a dotted key ending in {sorted(reserved)} would be named like "
+                             "the sweep's own axis; use seeds / lr / match, or a choice")
+        clash = {s for s in short.values() if list(short.values()).count(s) > 1}
+        if clash:
+            raise SweepError(f"grid[{block_index}]", f"axes {sorted(clash)} have the same short name; use choices")
+        for base_label, base in spec.bases.items():
+            for combination in itertools.product(*block.values()):
+                for target, lr, seed in itertools.product(targets, block_lrs, spec.seeds):
+                    plans.append(_plan(spec, base_label, base, block, short, combination, target, lr, seed))
+    names: dict[str, int] = {}
+    for plan in plans:
+        names[plan.name] = names.get(plan.name, 0) + 1
+    repeated = sorted(n for n, count in names.items() if count > 1)
+    if repeated:
+        raise SweepError("grid", f"runs with the same name (the blocks overlap?): {repeated[:5]}")
+    return plans
+
+
+def _plan(spec, base_label, base, block, short, combination, target, lr, seed) -> RunPlan:
+    config = copy.deepcopy(base)
+    axes: dict[str, Any] = {}
+    if len(spec.bases) > 1:
+        axes["base"] = base_label
+    try:
+        overrides.apply(config, spec.settings)
+        values = dict(zip(block, combination))
+        for axis, value in values.items():  # choices first, in grid order
+            if axis in spec.choices:
+                overrides.apply(config, spec.choices[axis][value])
+        for axis, value in values.items():
+            if axis not in spec.choices:
+                overrides.set_dotted(config, axis, value)
+        axes.update({short[axis]: value for axis, value in values.items()})
+        if target is not None:
+            axes["target"] = int(target) if float(target).is_integer() else target
+        if lr is not None:
+            overrides.set_dotted(config, LR_KEY, lr)
+            axes["lr"] = lr
+        for key in spec.seed_keys:
+            overrides.set_dotted(config, key, seed)
+        axes["seed"] = seed
+    except KeyError as err:
+        raise SweepError("grid", str(err.args[0])) from err
+    plan_target = None
+    if target is not None:
+        key, multiple_of, low, high = spec.match.solving(axes)
+        plan_target = {"quantity": spec.match.quantity, "value": target, "key": key,
+                       "multiple_of": multiple_of, "range": [low, high]}
+    name = run_name(axes, spec.match.quantity if spec.match else None)
+    return RunPlan(name=name, axes=axes, config=config, tuned=tuple(spec.tune), target=plan_target, sweep=spec.name)

@@ -1,0 +1,100 @@
+"""The architecture of a hybrid stack, defined once.
+
+:class:`StackConfig` holds the arguments that describe a :class:`~hybrids.model.HybridLM` and
+their defaults. ``HybridLM`` is built from it, ``LanguageModel`` (the Lightning module) takes the
+same arguments with the same defaults (its signature must list them for the CLI; a test checks
+they agree), and the CLI compares checkpoints on :data:`ARCHITECTURE_KEYS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hybrids.model.blocks import MLP_KINDS
+from hybrids.errors import ConfigError
+
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """A hybrid stack: embedding -> blocks whose mixers follow ``pattern`` -> norm -> LM head.
+
+    Args:
+        vocab_size: tokens of the vocabulary (the CLI takes it from the data module).
+        d_model: model width.
+        n_layers: number of blocks; None = ``len(pattern)``.
+        pattern: one letter per layer, repeated (and cut) to ``n_layers``; e.g. ``"MMA"``.
+        mixers: letter -> ``{class_path, init_args}`` spec of the mixer class for that letter;
+            None = one attention mixer under ``"A"`` (:data:`DEFAULT_MIXERS`).
+        mlp: ``"swiglu"`` or ``"gelu"`` channel mixer after each mixer.
+        mlp_expand: MLP hidden width as a multiple of ``d_model``; 0 leaves the MLP out.
+        dropout: residual dropout, in [0, 1).
+        tie_embeddings: share the embedding matrix with the LM head.
+        reversible: reversible residual blocks (:mod:`hybrids.model.reversible`): two streams, and a
+            backward pass that rebuilds each block's input from its output instead of keeping
+            activations, so training memory stops growing with depth. Same parameters.
+    """
+
+    vocab_size: int
+    d_model: int = 64
+    n_layers: int | None = 2
+    pattern: str = "A"
+    mixers: Mapping[str, Mapping[str, Any]] | None = None
+    mlp: str = "swiglu"
+    mlp_expand: float = 2.0
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    reversible: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        if self.n_layers is not None and (not _is_int(self.n_layers) or self.n_layers <= 0):
+            raise ConfigError("n_layers", f"must be a positive integer (or null for len(pattern)), got {self.n_layers!r}")
+        if not isinstance(self.pattern, str) or not self.pattern:
+            raise ConfigError("pattern", f"must name at least one layer, e.g. 'A' or 'MA', got {self.pattern!r}")
+        if self.mixers is not None and not isinstance(self.mixers, Mapping):
+            raise ConfigError("mixers", f"must map pattern letters to mixer specs, got {self.mixers!r}")
+        if self.mlp not in MLP_KINDS:
+            raise ConfigError("mlp", f"unknown MLP {self.mlp!r}; use one of {MLP_KINDS}")
+        if not _is_number(self.mlp_expand) or self.mlp_expand < 0:
+            raise ConfigError("mlp_expand", f"must be a number >= 0 (0 leaves the MLP out), got {self.mlp_expand!r}")
+        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
+            raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ConfigError("tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
+        if not isinstance(self.reversible, bool):
+            raise ConfigError("reversible", f"must be true or false, got {self.reversible!r}")
+
+    @property
+    def mixer_specs(self) -> Mapping[str, Mapping[str, Any]]:
+        return DEFAULT_MIXERS if self.mixers is None else self.mixers
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+DEFAULT_MIXERS: dict[str, dict[str, Any]] = {
+    "A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}},
+}
+
+# The fields that fix the shapes of the weights: a checkpoint's weights load only if they match.
+ARCHITECTURE_KEYS = tuple(name for name in StackConfig.field_names() if name != "dropout")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

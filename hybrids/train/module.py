@@ -1,0 +1,503 @@
+"""The LightningModule that trains a :class:`~hybrids.model.HybridLM` on labelled token streams."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torchmetrics import Metric
+
+from hybrids.model.config import StackConfig
+from hybrids.data.labels import IGNORE_INDEX
+from hybrids.train.checkpoints import IDENTITY_KEY
+from hybrids.errors import ConfigError, StateSizeUnknown, config_section
+from hybrids.train.long_context import LengthTooLong, labelled_logits_chunked
+from hybrids.model import HybridLM
+from hybrids.model.state_carry import carries_memory, check_carry, reset_slots
+
+_STACK = StackConfig.defaults()
+
+
+class LanguageModel(L.LightningModule):
+    """A hybrid stack trained with next-token cross-entropy on labelled positions.
+
+    Batches are ``(inputs, labels)``, both (B, L) int64; positions whose label is -100 count in
+    neither loss nor accuracy (MQAR labels only the values to recall).
+
+    Args:
+        vocab_size: set from the data module by the CLI (``data.vocab_size``).
+        d_model, n_layers, pattern, mixers, mlp, mlp_expand, dropout, tie_embeddings, reversible: the stack,
+            see :class:`~hybrids.model.config.StackConfig` (the defaults are its defaults).
+        lr: peak learning rate of AdamW.
+        weight_decay: applied to matrices only (``ndim >= 2``), not to norms, biases or vectors, nor
+            to parameters a mixer marks with ``_no_weight_decay = True``.
+        betas: AdamW betas, each in [0, 1).
+        warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``, in [0, 1].
+        max_loss: a training loss above this (or not finite) stops the run with
+            :class:`DivergenceError`; cross-entropy starts near ``log(vocab_size)``, so 1e4 is
+            far past anything a healthy run shows.
+        carry_state: in the segment mode of a data module (batches ``(inputs, labels, first)``,
+            e.g. ``ByteText(segments=True)``), every layer carries its state from a document's
+            segment to the next (truncated back-propagation), not only the layers with a memory
+            (:mod:`hybrids.model.state_carry`). Ignored for ordinary batches.
+
+    Training logs ``train/loss_step`` (the batch loss, on the progress bar, every
+    ``trainer.log_every_n_steps`` steps) and ``train/loss_epoch``, ``train/acc_epoch``,
+    ``val/loss``, ``val/acc`` (token-weighted means over the epoch, NaN kept: a non-finite
+    batch makes the mean NaN rather than vanishing from it).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = _STACK["d_model"],
+        n_layers: int | None = _STACK["n_layers"],
+        pattern: str = _STACK["pattern"],
+        mixers: dict[str, dict[str, Any]] | None = _STACK["mixers"],
+        mlp: str = _STACK["mlp"],
+        mlp_expand: float = _STACK["mlp_expand"],
+        dropout: float = _STACK["dropout"],
+        tie_embeddings: bool = _STACK["tie_embeddings"],
+        reversible: bool = _STACK["reversible"],
+        lr: float = 3e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.1,
+        max_loss: float = 1e4,
+        carry_state: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        with config_section("model"):
+            check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss)
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": WeightedMean() for stage in ("train", "val", "test")
+             for name in ("loss", "acc", *EXTRA_METRICS)}
+        )
+        # Per test length (``test/acc@L``), made in setup() from the data module's test_lengths.
+        self.length_metrics = nn.ModuleDict()
+        self._extra_metrics: tuple[str, ...] = ()
+        self._test_lengths: list[int] = []
+        self._eval_chunk: int | None = None
+        self._skipped_lengths: set[int] = set()  # test lengths skipped for memory (warned once each)
+        for name in ("train_loss", "train_acc"):
+            # Saved in checkpoints, so that an epoch resumed mid-way ends with the same means.
+            self.metrics[name].persistent(True)
+        # The first step whose loss was not finite or above max_loss (-1: none yet), tracked on
+        # the device so that training needs no host sync per step; read every few steps.
+        self.register_buffer("_diverged_at", torch.tensor(-1, dtype=torch.long), persistent=False)
+        self.register_buffer("_diverged_loss", torch.tensor(0.0), persistent=False)
+        # The global step, counted on the device (set once at the start of fit): writing the
+        # step into _diverged_at then needs no host-to-device copy per step.
+        self.register_buffer("_step_on_device", torch.tensor(0, dtype=torch.long), persistent=False)
+        # Random states restored from a checkpoint, applied at the first resumed batch (after the
+        # loaders have drawn their seeds, as in the uninterrupted run).
+        self._pending_rng: dict[str, Any] | None = None
+        # Whether labels are sparse enough to apply the head to labelled positions only (None:
+        # not seen a batch yet); see _sparse_labels.
+        self._labels_sparse: bool | None = None
+        # Segment mode: each stage's carried states, one per layer (hybrids.model.state_carry); emptied at
+        # the start of every epoch, and not checkpointed (a resumed run starts with empty ones).
+        self._segment_states: dict[str, list[Any]] = {}
+        # Set by the CLI: {"hash": ..., "config": ...} (hybrids.train.identity), saved in checkpoints.
+        self.run_identity: dict[str, Any] | None = None
+        with config_section("model"):
+            self.config = StackConfig(**{name: self.hparams[name] for name in StackConfig.field_names()})
+            self.model = HybridLM(self.config)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Read from the data module what it asks to be measured: ``extra_metrics`` (``"exact"``,
+        ``"bpb"``), the lengths of its test sets (``test_lengths``: one test loader per length,
+        logged as ``test/acc@L``) and the chunk in which to read long examples (``eval_chunk``)."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        self._extra_metrics = tuple(getattr(datamodule, "extra_metrics", ()) or ())
+        unknown = set(self._extra_metrics) - set(EXTRA_METRICS)
+        if unknown:
+            raise ValueError(f"data module asks for unknown metrics {sorted(unknown)}; known: {EXTRA_METRICS}")
+        self._test_lengths = list(getattr(datamodule, "test_lengths", None) or [])
+        self._eval_chunk = getattr(datamodule, "eval_chunk", None)
+        for length in self._test_lengths:
+            for name in ("loss", "acc", *self._extra_metrics):
+                key = _length_key(name, length)
+                if key not in self.length_metrics:
+                    self.length_metrics[key] = WeightedMean()
+        self._skipped_lengths = set()
+
+    def _segment_features(self, inputs: torch.Tensor, first: torch.Tensor, stage: str) -> torch.Tensor:
+        """Segment mode: the hidden states of one segment per slot, continuing each carrying
+        layer's state from the stage's previous batch (slots with ``first`` start afresh)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            raise ValueError("segment mode: each slot reads its document in order on one process; it cannot run under DDP")
+        blocks = self.model.blocks
+        carry = [self.hparams.carry_state or carries_memory(block.mixer) for block in blocks]
+        states = self._segment_states.get(stage)
+        if states is None:  # the stage's first segment: refuse what cannot be carried, up front
+            for block, carries in zip(blocks, carry):
+                if carries:
+                    check_carry(block.mixer, inputs.shape[1])
+            states = [None] * len(blocks)
+        states = [
+            None if state is None else reset_slots(block.mixer, state, first)
+            for block, state in zip(blocks, states)
+        ]
+        hidden, self._segment_states[stage] = self.model.segment_features(inputs, states, carry)
+        return hidden
+
+    def on_train_epoch_start(self) -> None:
+        self._segment_states.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._segment_states.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._segment_states.pop("test", None)
+
+    # Evaluation states (memories can be large) are dropped when their pass ends.
+    def on_validation_epoch_end(self) -> None:
+        self._segment_states.pop("val", None)
+
+    def on_test_epoch_end(self) -> None:
+        self._segment_states.pop("test", None)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str, dataloader_idx: int = 0):
+        inputs, labels, *first = batch  # segment mode adds first (B,): the slots starting a document
+        chunk = getattr(self, "_eval_chunk", None)
+        if first:
+            hidden = self._segment_features(inputs, first[0], stage)
+            targets, logits = labels.flatten(), self.model.head(hidden).flatten(0, 1)
+            rows_of = lambda: torch.arange(  # noqa: E731
+                inputs.shape[0], device=inputs.device).repeat_interleave(inputs.shape[1])
+        elif stage != "train" and chunk is not None and inputs.shape[1] > chunk:
+            # A test example longer than a chunk: read through the recurrent form, chunk by chunk
+            # (hybrids.train.long_context), in sub-batches that fit in memory.
+            try:
+                logits, targets, rows = labelled_logits_chunked(self.model, inputs, labels, chunk)
+            except LengthTooLong as err:
+                self._skip_length(inputs.shape[1], err)
+                return None
+            rows_of = lambda: rows  # noqa: E731
+        else:
+            hidden = self.model.features(inputs)  # (B, L, d_model)
+            labelled = labels != IGNORE_INDEX
+            if self._sparse_labels(labelled):
+                # The head over the labelled positions only (n, V): the same loss and accuracy as
+                # over all positions, without the (B, L, V) logits nothing reads.
+                targets = labels[labelled]
+                logits = self.model.head(hidden[labelled])
+                rows_of = lambda: labelled.nonzero()[:, 0]  # noqa: E731  (the example of each target)
+            else:
+                targets = labels.flatten()
+                logits = self.model.head(hidden).flatten(0, 1)
+                rows_of = lambda: torch.arange(  # noqa: E731
+                    inputs.shape[0], device=inputs.device).repeat_interleave(inputs.shape[1])
+        valid = targets != IGNORE_INDEX
+        loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX)
+        hit = (logits.argmax(-1) == targets) & valid
+        # Means weighted by each batch's labelled-token count: the epoch value is the exact token
+        # accuracy (and mean token loss) over the whole set. No .item(): no device sync per step.
+        weight = valid.sum().clamp(min=1).float()
+        values = {"loss": (loss.detach(), weight), "acc": (hit.sum().float() / weight, weight)}
+        if "bpb" in self._extra_metrics:
+            # Bits per predicted byte: the mean cross-entropy in nats over ln 2.
+            values["bpb"] = (loss.detach() / math.log(2), weight)
+        if "exact" in self._extra_metrics:
+            values["exact"] = _exact_fraction(rows_of(), valid, hit, inputs.shape[0])
+        if stage == "test" and self._test_lengths:
+            length = self._test_lengths[dataloader_idx]
+            for name, (value, w) in values.items():
+                metric = self.length_metrics[_length_key(name, length)]
+                metric.update(value, w)
+                self.log(f"test/{name}@{length}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False)
+            if dataloader_idx != 0:  # test/acc, test/loss: the training length, the first loader
+                return loss
+        for name, (value, w) in values.items():
+            self.metrics[f"{stage}_{name}"].update(value, w)
+        if stage == "train":
+            # The batch loss itself (a Metric object logged on_step shows nothing: it is only
+            # updated, never called), and the epoch means under their own names.
+            self.log("train/loss_step", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+            for name in values:
+                self.log(f"train/{name}_epoch", self.metrics[f"train_{name}"], on_step=False, on_epoch=True)
+        else:
+            for name in values:
+                self.log(f"{stage}/{name}", self.metrics[f"{stage}_{name}"], prog_bar=name in ("loss", "acc"),
+                         on_step=False, on_epoch=True, add_dataloader_idx=False)
+        return loss
+
+    def _skip_length(self, length: int, err: Exception) -> None:
+        if length not in self._skipped_lengths:
+            self._skipped_lengths.add(length)
+            rank_zero_warn(f"test at length {length:,} skipped (test/acc@{length} not logged): {err}")
+
+    def _sparse_labels(self, labelled: torch.Tensor) -> bool:
+        """Whether to apply the head to the labelled positions only (under half of them are
+        labelled), decided once from the first batch. Indexing by the mask then costs one small
+        host sync per step (the number of labelled positions), far less on a large vocabulary
+        than the (B, L, V) logits it saves."""
+        if self._labels_sparse is None:
+            self._labels_sparse = bool(2 * labelled.sum() < labelled.numel())
+        return self._labels_sparse
+
+    def training_step(self, batch, batch_idx):
+        loss = self._shared_step(batch, "train")
+        bad = ~torch.isfinite(loss.detach()) | (loss.detach() > self.hparams.max_loss)
+        first = bad & (self._diverged_at < 0)
+        self._diverged_at.copy_(torch.where(first, self._step_on_device, self._diverged_at))
+        self._diverged_loss.copy_(torch.where(first, loss.detach().float(), self._diverged_loss))
+        self._step_on_device.add_(1)
+        return loss
+
+    def on_train_start(self) -> None:
+        self._step_on_device.fill_(self.global_step)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._pending_rng is not None:
+            _set_rng_states(self._pending_rng)
+            self._pending_rng = None
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        interval = max(1, getattr(self.trainer, "log_every_n_steps", 1) or 1)
+        if self.global_step % interval == 0 or self.trainer.is_last_batch:
+            self.check_divergence()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_divergence()
+
+    def check_divergence(self) -> None:
+        """Raise :class:`DivergenceError` if a training loss was not finite or above ``max_loss``."""
+        first = torch.where(self._diverged_at < 0, torch.full_like(self._diverged_at, _NEVER), self._diverged_at)
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            # Every process decides alike (one raising while the others wait would hang them).
+            first = trainer.strategy.reduce(first, reduce_op="min")
+        step = int(first)  # the one host sync, every log_every_n_steps steps
+        if step == _NEVER:
+            return
+        raise DivergenceError(step, float(self._diverged_loss), self.hparams, self._precision())
+
+    def _precision(self) -> str | None:
+        trainer = self._trainer
+        return str(trainer.precision) if trainer is not None else None
+
+    def validation_step(self, batch, batch_idx):
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx, dataloader_idx=0):
+        self._shared_step(batch, "test", dataloader_idx)
+
+    def predict_step(self, batch, batch_idx):
+        """Greedy predictions (B, L) for the inputs of a batch."""
+        inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.model(inputs).argmax(-1)
+
+    # -- accounting ------------------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        return self.model.num_parameters()
+
+    def state_size(self, seq_len: int) -> int:
+        return self.model.state_size(seq_len)
+
+    def data_seq_len(self) -> int | None:
+        """The sequence length of the attached data module, if it declares one."""
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return getattr(datamodule, "seq_len", None)
+
+    def on_fit_start(self) -> None:
+        # self.log is not allowed in this hook; the loggers take the figures directly. They are
+        # logged once per run so that analysis code can read them next to the accuracy.
+        figures: dict[str, float] = {"params": self.num_parameters()}
+        seq_len = self.data_seq_len()
+        if seq_len is not None:
+            try:
+                figures["state_size"] = self.state_size(seq_len)
+                figures["seq_len"] = seq_len
+            except StateSizeUnknown as err:  # a user mixer without state_size: train anyway
+                rank_zero_warn(f"state size not logged: {err}")
+        for logger in self.loggers:
+            logger.log_metrics(figures, step=0)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_identity is not None:
+            checkpoint[IDENTITY_KEY] = dict(self.run_identity)
+        # Random states, so that a run resumed mid-epoch draws what the uninterrupted one would
+        # (dropout masks, sampling); Lightning does not save them.
+        checkpoint["hybrids_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["hybrids_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        trainer = self._trainer
+        if trainer is not None and _epoch_finished(trainer):
+            # The running epoch means are checkpointed so that an epoch resumed mid-way ends with
+            # the uninterrupted run's means; a checkpoint at the end of an epoch holds the whole
+            # epoch's sums, which the next epoch must not start from.
+            for name in ("train_loss", "train_acc"):
+                for key in ("total", "weight"):
+                    checkpoint["state_dict"][f"metrics.{name}.{key}"] = torch.zeros_like(
+                        checkpoint["state_dict"][f"metrics.{name}.{key}"]
+                    )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("hybrids_rng")
+        if states and self._trainer is not None and self.trainer.state.fn == "fit":
+            self._pending_rng = states
+
+    # -- optimisation ----------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
+        total = self.trainer.estimated_stepping_batches
+        if math.isfinite(total):
+            total = max(int(total), 1)
+            warmup = min(hp.warmup_steps, total // 2)
+        else:  # max_epochs=-1 with max_time, say: no end to decay towards
+            rank_zero_warn("training length is unbounded: the learning rate stays at lr after warm-up")
+            warmup = hp.warmup_steps
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not math.isfinite(total):
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# Metrics a data module may ask for beyond loss and accuracy (its ``extra_metrics``).
+EXTRA_METRICS = ("exact", "bpb")
+
+
+def _length_key(name: str, length: int) -> str:
+    return f"test_{name}_at_{length}"
+
+
+def _exact_fraction(rows: torch.Tensor, valid: torch.Tensor, hit: torch.Tensor, batch: int):
+    """(fraction of the batch's labelled examples whose every labelled token is right, their count)."""
+    labelled = torch.bincount(rows[valid], minlength=batch)
+    right = torch.bincount(rows[hit], minlength=batch)
+    examples = labelled > 0
+    count = examples.sum().clamp(min=1).float()
+    return ((examples & (right == labelled)).sum().float() / count, count)
+
+
+_NEVER = 2**62  # "no divergent step" when the first divergent step is reduced by min
+
+
+def _epoch_finished(trainer) -> bool:
+    """Whether every training batch of the current epoch has been processed."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    total = trainer.num_training_batches
+    return isinstance(total, int) and done >= total
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    saved = states.get("cuda")
+    if saved and torch.cuda.is_available():
+        # A run moved to a machine with fewer devices restores the states it has room for.
+        for device, state in enumerate(saved[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device)
+
+
+class WeightedMean(Metric):
+    """Weighted mean over an epoch that keeps NaN: a non-finite value makes the mean NaN.
+
+    (torchmetrics' MeanMetric drops NaN by default, and with ``nan_strategy="disable"`` it also
+    drops the weights.)
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
+        self.total += (value.float() * weight.float()).sum()
+        self.weight += weight.float().sum()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became non-finite or exceeded ``max_loss``; the message names the step
+    and the likely causes. The CLI exits with status 3."""
+
+    exit_code = 3
+
+    def __init__(self, step: int, loss: float, hparams: Any, precision: str | None) -> None:
+        causes = []
+        if precision and precision.startswith("16"):
+            causes.append(f"precision {precision}: float16 overflows easily; use bf16-mixed (CUDA) or 32-true")
+        lr = float(hparams.get("lr", 0.0))
+        if lr > 1e-2:
+            causes.append(f"lr={lr:g} is high for AdamW (the configs use 1e-3 to 1e-2); lower it")
+        causes.append("exploding gradients: lower lr, add warm-up steps, or clip (--trainer.gradient_clip_val=1.0)")
+        super().__init__(
+            f"training diverged: the loss was {loss:g} at step {step} (limit max_loss={hparams.get('max_loss')}). "
+            "Likely causes: " + "; ".join(causes)
+        )
+        self.step, self.loss = step, loss
+
+
+def check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss) -> None:
+    """Raise ConfigError naming the optimisation argument out of range (before any training)."""
+
+    def number(name, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(name, f"must be a finite number, got {value!r}")
+
+    number("lr", lr)
+    if lr <= 0:
+        raise ConfigError("lr", f"must be > 0, got {lr}")
+    number("weight_decay", weight_decay)
+    if weight_decay < 0:
+        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise ConfigError("betas", f"must be two numbers (beta1, beta2), got {betas!r}")
+    for beta in betas:
+        number("betas", beta)
+        if not 0 <= beta < 1:
+            raise ConfigError("betas", f"each must be in [0, 1), got {list(betas)}")
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ConfigError("warmup_steps", f"must be an integer >= 0, got {warmup_steps!r}")
+    number("min_lr_ratio", min_lr_ratio)
+    if not 0 <= min_lr_ratio <= 1:
+        raise ConfigError("min_lr_ratio", f"must be in [0, 1] (a fraction of lr), got {min_lr_ratio}")
+    number("max_loss", max_loss)
+    if max_loss <= 0:
+        raise ConfigError("max_loss", f"must be > 0, got {max_loss}")
