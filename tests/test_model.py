@@ -255,7 +255,7 @@ def test_missing_state_size_is_told_apart_from_a_bug_inside_one():
 
 
 def test_epoch_means_keep_nan_and_their_weights():
-    from hybrids.train.module import WeightedMean
+    from hybrids.train.metrics import WeightedMean
 
     mean = WeightedMean()
     mean.update(torch.tensor(1.0), torch.tensor(3.0))

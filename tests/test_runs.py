@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from hybrids.cli.fit import build_cli
-from hybrids.train.module import DivergenceError
+from hybrids.train.divergence import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER = ROOT / "configs" / "transformer.yaml"

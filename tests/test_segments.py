@@ -89,21 +89,21 @@ def test_training_steps_carry_and_reset_per_slot():
     inputs = torch.randint(0, 256, (3, 8))
     labels = torch.randint(0, 256, (3, 8))
     lm._shared_step((inputs, labels, torch.ones(3, dtype=torch.bool)), "val")
-    memory = lm._segment_states["val"][1]["memory"]
+    memory = lm._segments.states["val"][1]["memory"]
     assert memory.count.tolist() == [8, 8, 8]
     lm._shared_step((inputs, labels, torch.tensor([False, True, False])), "val")
-    memory = lm._segment_states["val"][1]["memory"]
+    memory = lm._segments.states["val"][1]["memory"]
     assert memory.count.tolist() == [16, 8, 16]  # slot 1 started a new document
-    assert lm._segment_states["val"][0]["ssm"].abs().sum() > 0  # Mamba's state travels too
+    assert lm._segments.states["val"][0]["ssm"].abs().sum() > 0  # Mamba's state travels too
     lm.on_validation_epoch_start()  # a new pass over the split starts with empty states
-    assert "val" not in lm._segment_states
+    assert "val" not in lm._segments.states
 
 
 def test_without_carry_state_only_memories_travel():
     lm = model("MX", carry_state=False)
     batch = (torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8)), torch.ones(2, dtype=torch.bool))
     lm._shared_step(batch, "train")
-    states = lm._segment_states["train"]
+    states = lm._segments.states["train"]
     assert states[0] is None and states[1]["memory"].count.tolist() == [8, 8]
 
 
@@ -165,4 +165,4 @@ def test_segment_mode_trains_with_lightning(tmp_path):
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(lm, datamodule=data)
     assert torch.isfinite(trainer.callback_metrics["val/bpb"])
-    assert lm._segment_states["train"][1]["memory"].holds_any()
+    assert lm._segments.states["train"][1]["memory"].holds_any()

@@ -31,7 +31,8 @@ from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted
 from hybrids.train.checkpoints import CheckpointError, checkpoint_identity, checkpoints_under, read_checkpoint
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.train.identity import identity_config, identity_diff, identity_hash, same_run
-from hybrids.train.module import DivergenceError, LanguageModel
+from hybrids.train.divergence import DivergenceError
+from hybrids.train.module import LanguageModel
 
 DEFAULT_TRAINER = {
     "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hybrids"}},

@@ -1,4 +1,9 @@
-"""The LightningModule that trains a :class:`~hybrids.model.HybridLM` on labelled token streams."""
+"""The LightningModule that trains a :class:`~hybrids.model.HybridLM` on labelled token streams.
+
+Its jobs are delegated by topic: what it measures (:mod:`.metrics`), divergence (:mod:`.divergence`),
+the optimiser (:mod:`.optim`), exact resumption (:mod:`.resume`), the states carried in segment
+mode (:mod:`.segment_carry`) and long sequences read in chunks (:mod:`.long_context`).
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,19 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import Metric
 
-from hybrids.model.config import StackConfig
 from hybrids.data.labels import IGNORE_INDEX
+from hybrids.errors import StateSizeUnknown, config_section
+from hybrids.model import HybridLM, StackConfig
 from hybrids.train.checkpoints import IDENTITY_KEY
-from hybrids.errors import ConfigError, StateSizeUnknown, config_section
+from hybrids.train.divergence import NEVER, DivergenceError
 from hybrids.train.long_context import LengthTooLong, labelled_logits_chunked
-from hybrids.model import HybridLM
-from hybrids.model.state_carry import carries_memory, check_carry, reset_slots
+from hybrids.train.metrics import EXTRA_METRICS, WeightedMean, exact_fraction, length_key
+from hybrids.train.optim import adamw_warmup_cosine, check_optimisation
+from hybrids.train.resume import RNG_KEY, epoch_finished, rng_states, set_rng_states, zero_epoch_means
+from hybrids.train.segment_carry import SegmentCarry
+
+__all__ = ["DivergenceError", "LanguageModel"]
 
 _STACK = StackConfig.defaults()
 
@@ -103,9 +112,8 @@ class LanguageModel(L.LightningModule):
         # Whether labels are sparse enough to apply the head to labelled positions only (None:
         # not seen a batch yet); see _sparse_labels.
         self._labels_sparse: bool | None = None
-        # Segment mode: each stage's carried states, one per layer (hybrids.model.state_carry); emptied at
-        # the start of every epoch, and not checkpointed (a resumed run starts with empty ones).
-        self._segment_states: dict[str, list[Any]] = {}
+        # Segment mode: each stage's carried states (emptied at the start and end of every pass).
+        self._segments = SegmentCarry()
         # Set by the CLI: {"hash": ..., "config": ...} (hybrids.train.identity), saved in checkpoints.
         self.run_identity: dict[str, Any] | None = None
         with config_section("model"):
@@ -131,47 +139,32 @@ class LanguageModel(L.LightningModule):
         self._eval_chunk = getattr(datamodule, "eval_chunk", None)
         for length in self._test_lengths:
             for name in ("loss", "acc", *self._extra_metrics):
-                key = _length_key(name, length)
+                key = length_key(name, length)
                 if key not in self.length_metrics:
                     self.length_metrics[key] = WeightedMean()
         self._skipped_lengths = set()
 
     def _segment_features(self, inputs: torch.Tensor, first: torch.Tensor, stage: str) -> torch.Tensor:
-        """Segment mode: the hidden states of one segment per slot, continuing each carrying
-        layer's state from the stage's previous batch (slots with ``first`` start afresh)."""
+        """Segment mode: the hidden states of one segment per slot (:class:`SegmentCarry`)."""
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1:
             raise ValueError("segment mode: each slot reads its document in order on one process; it cannot run under DDP")
-        blocks = self.model.blocks
-        carry = [self.hparams.carry_state or carries_memory(block.mixer) for block in blocks]
-        states = self._segment_states.get(stage)
-        if states is None:  # the stage's first segment: refuse what cannot be carried, up front
-            for block, carries in zip(blocks, carry):
-                if carries:
-                    check_carry(block.mixer, inputs.shape[1])
-            states = [None] * len(blocks)
-        states = [
-            None if state is None else reset_slots(block.mixer, state, first)
-            for block, state in zip(blocks, states)
-        ]
-        hidden, self._segment_states[stage] = self.model.segment_features(inputs, states, carry)
-        return hidden
+        return self._segments.features(self.model, inputs, first, stage, self.hparams.carry_state)
 
     def on_train_epoch_start(self) -> None:
-        self._segment_states.pop("train", None)
+        self._segments.reset("train")
 
     def on_validation_epoch_start(self) -> None:
-        self._segment_states.pop("val", None)
+        self._segments.reset("val")
 
     def on_test_epoch_start(self) -> None:
-        self._segment_states.pop("test", None)
+        self._segments.reset("test")
 
-    # Evaluation states (memories can be large) are dropped when their pass ends.
     def on_validation_epoch_end(self) -> None:
-        self._segment_states.pop("val", None)
+        self._segments.reset("val")
 
     def on_test_epoch_end(self) -> None:
-        self._segment_states.pop("test", None)
+        self._segments.reset("test")
 
     def _shared_step(self, batch: tuple[torch.Tensor, ...], stage: str, dataloader_idx: int = 0):
         inputs, labels, *first = batch  # segment mode adds first (B,): the slots starting a document
@@ -215,11 +208,11 @@ class LanguageModel(L.LightningModule):
             # Bits per predicted byte: the mean cross-entropy in nats over ln 2.
             values["bpb"] = (loss.detach() / math.log(2), weight)
         if "exact" in self._extra_metrics:
-            values["exact"] = _exact_fraction(rows_of(), valid, hit, inputs.shape[0])
+            values["exact"] = exact_fraction(rows_of(), valid, hit, inputs.shape[0])
         if stage == "test" and self._test_lengths:
             length = self._test_lengths[dataloader_idx]
             for name, (value, w) in values.items():
-                metric = self.length_metrics[_length_key(name, length)]
+                metric = self.length_metrics[length_key(name, length)]
                 metric.update(value, w)
                 self.log(f"test/{name}@{length}", metric, on_step=False, on_epoch=True, add_dataloader_idx=False)
             if dataloader_idx != 0:  # test/acc, test/loss: the training length, the first loader
@@ -266,7 +259,7 @@ class LanguageModel(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         if self._pending_rng is not None:
-            _set_rng_states(self._pending_rng)
+            set_rng_states(self._pending_rng)
             self._pending_rng = None
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
@@ -279,13 +272,13 @@ class LanguageModel(L.LightningModule):
 
     def check_divergence(self) -> None:
         """Raise :class:`DivergenceError` if a training loss was not finite or above ``max_loss``."""
-        first = torch.where(self._diverged_at < 0, torch.full_like(self._diverged_at, _NEVER), self._diverged_at)
+        first = torch.where(self._diverged_at < 0, torch.full_like(self._diverged_at, NEVER), self._diverged_at)
         trainer = self._trainer
         if trainer is not None and trainer.world_size > 1:
             # Every process decides alike (one raising while the others wait would hang them).
             first = trainer.strategy.reduce(first, reduce_op="min")
         step = int(first)  # the one host sync, every log_every_n_steps steps
-        if step == _NEVER:
+        if step == NEVER:
             return
         raise DivergenceError(step, float(self._diverged_loss), self.hparams, self._precision())
 
@@ -339,165 +332,25 @@ class LanguageModel(L.LightningModule):
             checkpoint[IDENTITY_KEY] = dict(self.run_identity)
         # Random states, so that a run resumed mid-epoch draws what the uninterrupted one would
         # (dropout masks, sampling); Lightning does not save them.
-        checkpoint["hybrids_rng"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            checkpoint["hybrids_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint[RNG_KEY] = rng_states()
         trainer = self._trainer
-        if trainer is not None and _epoch_finished(trainer):
+        if trainer is not None and epoch_finished(trainer):
             # The running epoch means are checkpointed so that an epoch resumed mid-way ends with
-            # the uninterrupted run's means; a checkpoint at the end of an epoch holds the whole
-            # epoch's sums, which the next epoch must not start from.
-            for name in ("train_loss", "train_acc"):
-                for key in ("total", "weight"):
-                    checkpoint["state_dict"][f"metrics.{name}.{key}"] = torch.zeros_like(
-                        checkpoint["state_dict"][f"metrics.{name}.{key}"]
-                    )
+            # the uninterrupted run's means; not those of a finished epoch.
+            zero_epoch_means(checkpoint, ("train_loss", "train_acc"))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("hybrids_rng")
+        states = checkpoint.get(RNG_KEY)
         if states and self._trainer is not None and self.trainer.state.fn == "fit":
             self._pending_rng = states
 
     # -- optimisation ----------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False):
-                decay.append(p)
-            else:
-                no_decay.append(p)
         hp = self.hparams
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
-            betas=tuple(hp.betas),
-        )
         total = self.trainer.estimated_stepping_batches
-        if math.isfinite(total):
-            total = max(int(total), 1)
-            warmup = min(hp.warmup_steps, total // 2)
-        else:  # max_epochs=-1 with max_time, say: no end to decay towards
+        if not math.isfinite(total):  # max_epochs=-1 with max_time, say: no end to decay towards
             rank_zero_warn("training length is unbounded: the learning rate stays at lr after warm-up")
-            warmup = hp.warmup_steps
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not math.isfinite(total):
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-# Metrics a data module may ask for beyond loss and accuracy (its ``extra_metrics``).
-EXTRA_METRICS = ("exact", "bpb")
-
-
-def _length_key(name: str, length: int) -> str:
-    return f"test_{name}_at_{length}"
-
-
-def _exact_fraction(rows: torch.Tensor, valid: torch.Tensor, hit: torch.Tensor, batch: int):
-    """(fraction of the batch's labelled examples whose every labelled token is right, their count)."""
-    labelled = torch.bincount(rows[valid], minlength=batch)
-    right = torch.bincount(rows[hit], minlength=batch)
-    examples = labelled > 0
-    count = examples.sum().clamp(min=1).float()
-    return ((examples & (right == labelled)).sum().float() / count, count)
-
-
-_NEVER = 2**62  # "no divergent step" when the first divergent step is reduced by min
-
-
-def _epoch_finished(trainer) -> bool:
-    """Whether every training batch of the current epoch has been processed."""
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    total = trainer.num_training_batches
-    return isinstance(total, int) and done >= total
-
-
-def _set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    saved = states.get("cuda")
-    if saved and torch.cuda.is_available():
-        # A run moved to a machine with fewer devices restores the states it has room for.
-        for device, state in enumerate(saved[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(state, device)
-
-
-class WeightedMean(Metric):
-    """Weighted mean over an epoch that keeps NaN: a non-finite value makes the mean NaN.
-
-    (torchmetrics' MeanMetric drops NaN by default, and with ``nan_strategy="disable"`` it also
-    drops the weights.)
-    """
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
-
-    def update(self, value: torch.Tensor, weight: torch.Tensor) -> None:
-        self.total += (value.float() * weight.float()).sum()
-        self.weight += weight.float().sum()
-
-    def compute(self) -> torch.Tensor:
-        return self.total / self.weight
-
-
-class DivergenceError(RuntimeError):
-    """The training loss became non-finite or exceeded ``max_loss``; the message names the step
-    and the likely causes. The CLI exits with status 3."""
-
-    exit_code = 3
-
-    def __init__(self, step: int, loss: float, hparams: Any, precision: str | None) -> None:
-        causes = []
-        if precision and precision.startswith("16"):
-            causes.append(f"precision {precision}: float16 overflows easily; use bf16-mixed (CUDA) or 32-true")
-        lr = float(hparams.get("lr", 0.0))
-        if lr > 1e-2:
-            causes.append(f"lr={lr:g} is high for AdamW (the configs use 1e-3 to 1e-2); lower it")
-        causes.append("exploding gradients: lower lr, add warm-up steps, or clip (--trainer.gradient_clip_val=1.0)")
-        super().__init__(
-            f"training diverged: the loss was {loss:g} at step {step} (limit max_loss={hparams.get('max_loss')}). "
-            "Likely causes: " + "; ".join(causes)
+        return adamw_warmup_cosine(
+            self.parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps, hp.min_lr_ratio, total
         )
-        self.step, self.loss = step, loss
-
-
-def check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss) -> None:
-    """Raise ConfigError naming the optimisation argument out of range (before any training)."""
-
-    def number(name, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(name, f"must be a finite number, got {value!r}")
-
-    number("lr", lr)
-    if lr <= 0:
-        raise ConfigError("lr", f"must be > 0, got {lr}")
-    number("weight_decay", weight_decay)
-    if weight_decay < 0:
-        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-        raise ConfigError("betas", f"must be two numbers (beta1, beta2), got {betas!r}")
-    for beta in betas:
-        number("betas", beta)
-        if not 0 <= beta < 1:
-            raise ConfigError("betas", f"each must be in [0, 1), got {list(betas)}")
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ConfigError("warmup_steps", f"must be an integer >= 0, got {warmup_steps!r}")
-    number("min_lr_ratio", min_lr_ratio)
-    if not 0 <= min_lr_ratio <= 1:
-        raise ConfigError("min_lr_ratio", f"must be in [0, 1] (a fraction of lr), got {min_lr_ratio}")
-    number("max_loss", max_loss)
-    if max_loss <= 0:
-        raise ConfigError("max_loss", f"must be > 0, got {max_loss}")
