@@ -28,9 +28,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted
-from hybrids.train.checkpoints import CheckpointError, checkpoint_identity, checkpoints_under, read_checkpoint
+from hybrids.train.checkpoints import CheckpointRequestError, checkpoint_roots, resolve_checkpoint
 from hybrids.errors import ConfigError, StateSizeUnknown
-from hybrids.train.identity import identity_config, identity_diff, identity_hash, same_run
+from hybrids.train.identity import identity_config, identity_hash
 from hybrids.train.divergence import DivergenceError
 from hybrids.train.module import LanguageModel
 
@@ -40,8 +40,6 @@ DEFAULT_TRAINER = {
     "log_every_n_steps": 10,
 }
 # `--ckpt_path untrained`: evaluate the freshly initialised model, on purpose.
-UNTRAINED = "untrained"
-EVALUATIONS = ("validate", "test", "predict", "generate")
 # float16 arithmetic on CPU: Lightning accepts it, and the first steps give NaN.
 CPU_UNSAFE_PRECISIONS = {"16", "16-true", "16-mixed", "half"}
 
@@ -128,104 +126,23 @@ class HybridsCLI(LightningCLI):
         return kwargs
 
     def _resolve_checkpoint(self, subcommand: str, ckpt_path: str | None) -> str | None:
-        """The checkpoint file to use (None: none), after the identity checks; exits with a keyed
-        error where the request cannot be honoured. ``subcommand`` may be ``generate``."""
+        """:func:`~hybrids.train.checkpoints.resolve_checkpoint` for this run: a keyed error
+        (exit 2) where the request cannot be honoured; the warm start's weights loaded."""
         config = self.config[subcommand] if subcommand in self.config else self.config
-        weights_only = bool(config.get("load_weights_only"))
-        logger = self.trainer.logger
-        if ckpt_path is None:
-            if subcommand in EVALUATIONS:
-                self.parser.error(
-                    f"ckpt_path: {subcommand} without a checkpoint would evaluate random weights; give "
-                    f"--ckpt_path last (this run's newest) or a file, or --ckpt_path {UNTRAINED} to do it on purpose"
-                )
-            if weights_only:
-                self.parser.error("load_weights_only: needs --ckpt_path FILE (the checkpoint to take weights from)")
-            self._log_identity()
-            return None
-        if ckpt_path == UNTRAINED:
-            if weights_only:
-                self.parser.error(f"load_weights_only: there are no weights to load with --ckpt_path {UNTRAINED}")
-            if subcommand == "fit":
-                self.parser.error(f"ckpt_path: '{UNTRAINED}' is for evaluating; fit starts untrained without --ckpt_path")
-            rank_zero_warn(f"--ckpt_path {UNTRAINED}: evaluating the untrained model, as asked")
-            self._log_identity(ckpt_path=UNTRAINED)
-            return None
-        if ckpt_path == "last":
-            if weights_only:
-                self.parser.error("load_weights_only: give the checkpoint file (--ckpt_path FILE), not 'last'")
-            found = self._find_last()
-            if found is None:
-                root = " or ".join(self._checkpoint_roots()) or "(no logger or checkpoint folder)"
-                if subcommand != "fit":  # evaluating an untrained model by accident helps nobody
-                    self.parser.error(f"ckpt_path: no last checkpoint of this run (identity {self.run_identity['hash']}) under {root}; run `fit` first")
-                rank_zero_warn(f"--ckpt_path last: no checkpoint of this run under {root}; starting from scratch")
-                self._log_identity()
-                return None
-            rank_zero_info(f"hybrids: using checkpoint {found}")
-            # hybrids.lab.analysis drops the run a fit continues, so it is not counted twice.
-            self._log_identity(**({"resumed_from": str(found)} if subcommand == "fit" else {"ckpt_path": str(found)}))
-            return str(found)
-
         try:
-            checkpoint = read_checkpoint(ckpt_path, weights=weights_only)
-        except CheckpointError as err:
-            self.parser.error(f"ckpt_path: {err}")
-        if weights_only:
-            self._load_weights(ckpt_path, checkpoint)
-            self._log_identity(warm_start_from=str(ckpt_path))
-            return None
-        saved = checkpoint_identity(checkpoint)
-        if saved is None:
-            self.parser.error(
-                f"ckpt_path: {ckpt_path} has no run identity (it was not written by the hybrids CLI), so it "
-                "cannot be checked against this config; add --load_weights_only to load its weights only"
+            resolution = resolve_checkpoint(
+                ckpt_path, subcommand, self.run_identity, checkpoint_roots(self.trainer), bool(config.get("load_weights_only"))
             )
-        if not same_run(saved, self.run_identity["hash"]):
-            stored = saved.get("config")
-            # Normalised again, as same_run compares it: arguments added since are not listed.
-            diff = identity_diff(identity_config(stored) if isinstance(stored, dict) else {}, self.run_identity["config"])
-            self.parser.error(
-                f"ckpt_path: {ckpt_path} belongs to another run (identity {saved['hash']}, this config "
-                f"{self.run_identity['hash']}); what differs:\n  " + "\n  ".join(diff or ["(no listed key)"])
-                + "\nUse the config that wrote it, or add --load_weights_only to take its weights only."
-            )
-        self._log_identity(**({"resumed_from": str(ckpt_path)} if subcommand == "fit" else {"ckpt_path": str(ckpt_path)}))
-        return ckpt_path
-
-    def _find_last(self) -> Path | None:
-        """The newest ``last*.ckpt`` of this run's name with this run's identity.
-
-        Lightning resolves ``ckpt_path="last"`` inside the *new* version's directory, which is
-        empty; we look at every version under the logger's ``save_dir/name``. Checkpoints of
-        other identities (another lr, width, seed, data setting) are passed over; unreadable ones
-        are passed over with a warning naming the file.
-        """
-        skipped, found = [], None
-        for path in checkpoints_under(*self._checkpoint_roots()):
-            try:
-                saved = checkpoint_identity(read_checkpoint(path))
-            except CheckpointError as err:
-                skipped.append(str(err))
-                continue
-            if saved is not None and same_run(saved, self.run_identity["hash"]):
-                found = path
-                break
-        if skipped:
-            rank_zero_warn(f"--ckpt_path last: skipping {len(skipped)} unreadable checkpoint(s): " + "; ".join(skipped))
-        return found
-
-    def _checkpoint_roots(self) -> list[str]:
-        """Where this run's checkpoints may be: every version of the logger's ``save_dir/name``
-        and the checkpoint callback's own folder (``--checkpoint.dirpath``), if set."""
-        roots = []
-        root = getattr(self.trainer.logger, "root_dir", None) if self.trainer.logger is not None else None
-        if root:
-            roots.append(str(root))
-        for callback in self.trainer.checkpoint_callbacks:
-            if getattr(callback, "dirpath", None):
-                roots.append(str(callback.dirpath))
-        return roots
+        except CheckpointRequestError as err:
+            self.parser.error(str(err))
+        for line in resolution.warnings:
+            rank_zero_warn(line)
+        for line in resolution.info:
+            rank_zero_info(line)
+        if resolution.warm_start is not None:
+            self._load_weights(ckpt_path, resolution.warm_start)
+        self._log_identity(**resolution.logged)
+        return resolution.path
 
     def _load_weights(self, path: str, checkpoint: dict[str, Any]) -> None:
         """Warm start: the checkpoint's weights into the model, strictly (same shapes); the

@@ -18,7 +18,13 @@ import time
 
 import torch
 
-from hybrids.train.checkpoints import CheckpointError, read_checkpoint
+from hybrids.train.checkpoints import (
+    CheckpointError,
+    CheckpointRequestError,
+    checkpoint_roots,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,7 +73,13 @@ def generate_main(argv: list[str]) -> None:
                      *overrides], run=False)
     model, datamodule = cli.model, cli.datamodule
     # The identity rules of fit/validate: 'last' is this run's newest, a file must be this run's.
-    path = cli._resolve_checkpoint("generate", args.ckpt_path)
+    try:
+        resolution = resolve_checkpoint(args.ckpt_path, "generate", cli.run_identity, checkpoint_roots(cli.trainer))
+    except CheckpointRequestError as err:
+        parser.error(str(err))
+    for line in resolution.warnings:
+        print(f"hybrids: {line}", file=sys.stderr)
+    path = resolution.path
     try:
         checkpoint = read_checkpoint(path, weights=True)
     except CheckpointError as err:
