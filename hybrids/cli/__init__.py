@@ -13,10 +13,55 @@ from __future__ import annotations
 
 import sys
 
+COMMANDS = {
+    "fit": "train a stack (LightningCLI: -c CONFIG, --model.*, --data.*, --trainer.*)",
+    "validate": "evaluate a checkpoint on the validation set",
+    "test": "evaluate a checkpoint on the test set (and its extra lengths)",
+    "predict": "write a checkpoint's greedy predictions",
+    "generate": "continue a prompt from a checkpoint, timing prefill and decode",
+    "sweep": "train a sweep file's runs on equal terms (resumable)",
+    "plot": "tables and figures of a folder of runs or sweeps",
+}
+
+USAGE = """usage: hybrids COMMAND [ARGS]    (hybrids COMMAND --help for a command's arguments)
+
+commands:
+{commands}
+
+e.g.  hybrids fit -c configs/transformer.yaml
+      hybrids test -c configs/transformer.yaml --ckpt_path last
+      hybrids sweep configs/sweeps/mqar_cpu.yaml
+"""
+
+
+def usage() -> str:
+    return USAGE.format(commands="\n".join(f"  {name:<9} {what}" for name, what in COMMANDS.items()))
+
 
 def main() -> None:
     """Entry point of the ``hybrids`` console script and of ``python -m hybrids``."""
     command = sys.argv[1:2]
+    if command in ([], ["-h"], ["--help"]):
+        # Answered here, without loading torch or Lightning.
+        print(usage(), end="")
+        sys.exit(0 if command else 2)
+    if command[0].startswith("-") and command[0] not in ("--version",):
+        print(usage(), end="", file=sys.stderr)
+        print(f"hybrids: error: the first argument is the command ({', '.join(COMMANDS)}), got {command[0]}", file=sys.stderr)
+        sys.exit(2)
+    if command == ["--version"]:
+        from hybrids import __version__
+
+        print(f"hybrids {__version__}")
+        return
+    if command[0] not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(command[0], list(COMMANDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        print(usage(), end="", file=sys.stderr)
+        print(f"hybrids: error: unknown command {command[0]!r}{hint}", file=sys.stderr)
+        sys.exit(2)
     if command == ["generate"]:
         from hybrids.cli.generate import generate_main
 
