@@ -17,7 +17,7 @@ and 16-byte alignment, integer arguments equal to 1 or divisible by 16), compile
 
 Nothing is launched. The interpreter (``TRITON_INTERPRET=1``) checks numerics; this checks the
 compiler. ``python -m hybrids.kernels --gpu-report`` prints the table for every kernel
-(:mod:`hybrids.kernels.gpu_report`), and ``tests/test_triton_compile.py`` enforces the limits.
+(:mod:`hybrids.kernels.gpu_report`), and ``tests/kernels/test_triton_compile.py`` enforces the limits.
 """
 
 from __future__ import annotations

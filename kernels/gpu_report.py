@@ -13,7 +13,7 @@
 It exits with status 1 if any configuration has a problem (a compile error, shared memory
 above the per-block limit, or spills).
 
-The cases (:func:`cases`) are the single list that ``tests/test_triton_compile.py`` enforces:
+The cases (:func:`cases`) are the single list that ``tests/kernels/test_triton_compile.py`` enforces:
 every entry kernel has cases (a kernel added without any fails a guard), and every case must
 compile, fit the architecture's shared memory per block and not spill. A case is built the
 way the op's wrapper builds its launch (:func:`build_launch` calls the same ``*_launch``

@@ -56,7 +56,7 @@ fi
 # Only the files that hold GPU-marked tests: collecting the others would need packages the
 # device image lacks (nbformat for the notebook test, Ray, ...), and one collection error stops
 # pytest before any test runs.
-mapfile -t gpu_files < <(grep -l "pytest.mark.gpu" tests/test_*.py)
+mapfile -t gpu_files < <(grep -rl "pytest.mark.gpu" tests --include="test_*.py")
 wanted tests && step gpu_tests 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider "${gpu_files[@]}"
 wanted scan && step selective_scan_gpu 60 "$PY" benchmarks/selective_scan_gpu.py
 wanted linear && step linear_attention_gpu_scalar 45 "$PY" benchmarks/linear_attention_gpu.py --decay scalar

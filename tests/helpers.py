@@ -7,8 +7,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import torch
+
+# The tests' folder (on sys.path for every test and every process a test starts, so that helpers,
+# mixer_cases, fault_injection and ray_tasks import anywhere) and the repository root.
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 
 # Python source defining ``peak_bytes(fn)``: the rise of the resident set's high-water mark
 # (Linux /proc) while ``fn`` runs. Pasted at the top of the code ``peak_memory`` runs.

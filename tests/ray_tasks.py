@@ -1,4 +1,4 @@
-"""Trivial module-level tasks for tests/test_sweep_ray.py, run inside Ray workers.
+"""Trivial module-level tasks for tests/lab/test_sweep_ray.py, run inside Ray workers.
 
 A module of its own (not the test module) so that a worker importing it imports nothing heavy.
 """

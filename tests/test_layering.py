@@ -6,8 +6,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "kernels"
 
 

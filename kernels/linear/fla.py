@@ -32,7 +32,7 @@ miscompiles it (fla issue #640); it asks for Triton >= 3.7.1 or the tilelang pac
 ``"triton"`` backend is the default there anyway.
 
 Gradients are fla's own backward kernels, for q, k, v, g and the initial state. Tested against
-the reference on CUDA (``tests/test_linear_attention_fla.py``, GPU-marked); on CPU the adapter's
+the reference on CUDA (``tests/kernels/test_linear_attention_fla.py``, GPU-marked); on CPU the adapter's
 layout and routing are tested against a stand-in with fla's documented signature, because
 fla's kernels do not run under Triton's interpreter (their loop counters are Python ints there).
 """

@@ -13,8 +13,8 @@ from test_sweep_analysis import write_run
 
 from hybrids.lab.analysis import load_runs, runs_table, select_points, sweep_table
 from hybrids.cli.fit import build_cli
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "state_size_vs_accuracy.ipynb"
 
 

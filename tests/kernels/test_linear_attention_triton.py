@@ -10,31 +10,22 @@ output and the final state or on the final state alone.
 Case ids read ``B1-H2-L33-K5-V6-C16-vector-h0``: batch, heads, length, key and value head dims,
 chunk size, decay, flags.
 
-Where to run the kernels (as in ``test_selective_scan_triton.py``):
-
-- with CUDA: here, on CUDA tensors;
-- without: in Triton's interpreter, which needs ``TRITON_INTERPRET=1`` before triton is first
-  imported in a process. The rest of the suite may have imported triton already, and setting
-  the variable here would leak into other tests, so the CPU cases run in one subprocess: this
-  file run as a script (``python tests/test_linear_attention_triton.py --worker ID ...``), which
-  prints the errors of each case as JSON. The parametrised tests read them from a module-scoped
-  fixture. (The kernels scan only with ``tl.cumsum``, which the interpreter runs with numpy's
-  cumsum, so the selective-scan test's faster interpreter scan is not needed here.)
+Where to run the kernels: with CUDA, here, on CUDA tensors; without, in Triton's interpreter,
+in one subprocess (``triton_interpreter``: this file run as a script with ``--worker``), whose
+results the parametrised tests read from a module fixture.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 import traceback
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import triton_interpreter
 from helpers import relative_rms
 
 FP32_TOL = 1e-4
@@ -276,34 +267,7 @@ def error_checks(device) -> dict:
     return messages
 
 
-def fix_interpreter_bfloat16_dot() -> None:
-    """Triton 3.9's interpreter holds bfloat16 tensors as their 16-bit patterns (numpy has no
-    bfloat16) and its ``tl.dot`` multiplies those patterns as integers. Decode them to float32
-    first: then the interpreter computes what a GPU does (bfloat16 operands, float32
-    accumulation), and the kernels' bfloat16 path (HALF_DOTS) is tested here."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter
-
-    original = interpreter.InterpreterBuilder.create_dot
-
-    def decoded(handle):
-        if handle.dtype.scalar == tl.bfloat16:
-            return (handle.data.astype(np.uint32) << 16).view(np.float32)
-        return handle.data
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if tl.bfloat16 not in (a.dtype.scalar, b.dtype.scalar):
-            return original(self, a, b, d, input_precision, max_num_imprecise_acc)
-        product = np.matmul(decoded(a), decoded(b), dtype=np.float32)
-        return interpreter.TensorHandle(product.astype(d.data.dtype) + d.data, d.dtype.scalar)
-
-    interpreter.InterpreterBuilder.create_dot = create_dot
-
-
 def worker(ids: list[str]) -> dict:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "the worker needs TRITON_INTERPRET=1"
-    fix_interpreter_bfloat16_dot()
     results = {}
     for case in CASES:
         if ids and case.id not in ids:
@@ -319,33 +283,8 @@ def worker(ids: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def interpreter_results(request, tmp_path_factory):
-    """All selected CPU cases, computed in one subprocess under TRITON_INTERPRET=1 (shared by the
-    workers of a pytest-xdist run through the session's temporary folder)."""
-    from filelock import FileLock  # a dependency of torch
-
-    selected = sorted(
-        item.callspec.params["case"].id
-        for item in request.session.items
-        if getattr(item, "originalname", None) == "test_against_reference" and hasattr(item, "callspec")
-    )
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    cache = root / "linear_attention_triton_interpreter.json"
-    with FileLock(str(cache) + ".lock"):
-        if cache.exists():
-            return json.loads(cache.read_text())
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", *selected],
-            env=env, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            pytest.fail(
-                f"the interpreter worker failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-            )
-        cache.write_text(proc.stdout.strip().splitlines()[-1])
-        return json.loads(cache.read_text())
+    """All selected CPU cases, computed in one subprocess under TRITON_INTERPRET=1."""
+    return triton_interpreter.results(request, tmp_path_factory, __file__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +375,4 @@ def test_gpu_default_launch_config(head_dim, dtype):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        print(json.dumps(worker(sys.argv[2:])))
-    else:
-        sys.exit(pytest.main([__file__, *sys.argv[1:]]))
+    triton_interpreter.main(worker, __file__)

@@ -10,8 +10,9 @@ import yaml
 
 from hybrids.lab.analysis import load_runs
 from hybrids.cli.fit import build_cli
+from helpers import ROOT
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_ROOT = ROOT / "configs"
 # Every training config, the task folders' included (sweep specs are not training configs).
 CONFIGS = sorted(p for p in CONFIG_ROOT.rglob("*.yaml") if "sweeps" not in p.relative_to(CONFIG_ROOT).parts)
 # A fast_dev_run tests at every length of an induction config: one batch at 16,384 tokens takes

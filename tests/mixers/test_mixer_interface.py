@@ -1,6 +1,8 @@
-"""The mixer contract of DESIGN.md, checked once for every mixer class and setting."""
+"""The mixer contract of docs/design.md, checked once for every mixer class and setting."""
 
+import importlib
 import inspect
+import pkgutil
 
 import pytest
 import torch
@@ -28,13 +30,25 @@ def run_steps(mixer, x):
     return (torch.stack(outputs, dim=1) if outputs else torch.zeros_like(x)), state
 
 
+def concrete_mixer_classes() -> set[type]:
+    """Every non-abstract Mixer subclass defined in any module of hybrids.mixers, exported or not."""
+    found = set()
+    for info in pkgutil.iter_modules(hybrids.mixers.__path__, "hybrids.mixers."):
+        module = importlib.import_module(info.name)
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, Mixer) and obj.__module__ == module.__name__ and not inspect.isabstract(obj) \
+                    and not obj.__name__.startswith("_"):
+                found.add(obj)
+    return found
+
+
 def test_every_mixer_class_has_cases():
-    exported = {
-        obj for _, obj in inspect.getmembers(hybrids.mixers, inspect.isclass)
-        if issubclass(obj, Mixer) and obj is not Mixer
-    }
+    """The guard: a mixer added without a case in tests/mixer_cases.py fails here, so every mixer
+    gets the whole contract below (causality, forward == step, prefill, state size...)."""
+    mixers = concrete_mixer_classes()
+    assert {"Mamba", "Attention", "S4D"} <= {c.__name__ for c in mixers}
     covered = {cls for cls, _ in MIXER_CASES.values()}
-    assert exported <= covered, f"mixers without interface test cases: {exported - covered}"
+    assert mixers <= covered, f"mixers without interface test cases (add them to tests/mixer_cases.py): {mixers - covered}"
 
 
 @pytest.mark.parametrize("case", MIXER_CASES)
@@ -129,3 +143,46 @@ def test_bad_inputs_name_the_argument(case):
         mixer(torch.randn(5, D_MODEL))
     with pytest.raises(ValueError, match=r"^x: expected \(batch, d_model\)"):
         mixer.step(torch.randn(2, 1, D_MODEL), mixer.init_state(2))
+
+
+def steps_from(mixer, x, state):
+    """Feed x (B, L, D) one token at a time from ``state``: outputs (B, L, D)."""
+    outputs = []
+    for t in range(x.shape[1]):
+        y, state = mixer.step(x[:, t], state)
+        outputs.append(y)
+    return torch.stack(outputs, dim=1) if outputs else torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_prefill_matches_forward_and_steps_continue_from_its_state(case, dtype, tol):
+    """``prefill`` of a prompt gives forward's outputs on it, and stepping on from its state
+    gives forward's outputs on the rest (the state is the one stepping would have reached)."""
+    mixer = make(case, dtype)
+    x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=dtype)
+    k = LENGTH // 2 + 1
+    with torch.no_grad():
+        full = mixer(x)
+        y, state = mixer.prefill(x[:, :k])
+        rest = steps_from(mixer, x[:, k:], state)
+    torch.testing.assert_close(y, full[:, :k], rtol=tol, atol=tol)
+    torch.testing.assert_close(rest, full[:, k:], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", MIXER_CASES)
+def test_chunked_prefill_equals_one_prefill(case):
+    """A prompt prefilled in pieces, each continuing from the state of the one before, gives the
+    outputs of one prefill of the whole, and a state that continues the same."""
+    mixer = make(case)
+    x = torch.randn(BATCH, LENGTH, D_MODEL, dtype=torch.float64)
+    after = torch.randn(BATCH, 3, D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        whole, whole_state = mixer.prefill(x)
+        outputs, state = [], None
+        for start, stop in ((0, 1), (1, 6), (6, LENGTH)):
+            y, state = mixer.prefill(x[:, start:stop], state)
+            outputs.append(y)
+        continued, continued_whole = steps_from(mixer, after, state), steps_from(mixer, after, whole_state)
+    torch.testing.assert_close(torch.cat(outputs, dim=1), whole, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(continued, continued_whole, rtol=1e-10, atol=1e-10)

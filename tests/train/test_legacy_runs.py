@@ -18,8 +18,9 @@ import torch
 
 from hybrids.cli.fit import build_cli
 from hybrids.train.identity import identity_config, identity_hash, same_run
+from helpers import TESTS
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_run"
+FIXTURE = TESTS / "fixtures" / "legacy_run"
 RUN = FIXTURE / "legacy" / "version_0"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 

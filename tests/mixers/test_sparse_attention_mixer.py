@@ -1,7 +1,7 @@
 """The SparseAttention mixer: forward against a dense masked reference, forward against step over
 sequences longer than the window, prefill (whole and chunked) against both, the bounded decoding
 cache, full attention against Attention, and argument errors. (The shared contract is also
-checked by tests/test_mixer_interface.py, prefill and the cache by tests/test_attention_cache.py.)
+checked by tests/mixers/test_mixer_interface.py, prefill and the cache by tests/mixers/test_attention_cache.py.)
 
 Case ids read ``w4-d2-g3-r0-kv2``: window (``wNone`` = full), dilation, global tokens, random
 blocks (of ``BLOCK`` positions), key/value heads under four query heads; ``-norope`` without

@@ -5,33 +5,21 @@ delta_bias, and initial_state where one is given) with the relative RMS error
 ``rms(x - ref) / rms(ref)``. Cases marked ``chunked`` also scan the sequence in pieces, each
 starting from the last state of the one before, and compare with the scan of the whole.
 
-Where to run the kernels:
-
-- with CUDA: here, on CUDA tensors;
-- without: in Triton's interpreter, which needs ``TRITON_INTERPRET=1`` before triton is first
-  imported in a process (Triton's library functions such as ``tl.sum`` are decorated then). The
-  rest of the suite may have imported triton already, and setting the variable here would leak
-  into other tests, so the CPU cases run in one subprocess: this file run as a script
-  (``python tests/test_selective_scan_triton.py --worker ID ...``), which prints the errors of
-  each case as JSON. The parametrised tests read them from a module-scoped fixture.
-
-The worker also swaps the interpreter's scan loop, which calls the combine function once per
-element, for one that calls it once per column (the same sequential order of combination, on
-whole columns): about 10x faster, nothing else changes.
+Where to run the kernels: with CUDA, here, on CUDA tensors; without, in Triton's interpreter,
+in one subprocess (``triton_interpreter``: this file run as a script with ``--worker``), whose
+results the parametrised tests read from a module fixture.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 import traceback
 
 import pytest
 import torch
 
+import triton_interpreter
 from helpers import relative_rms
 
 FP32_TOL = 1e-4
@@ -263,44 +251,6 @@ def check_errors(case: Case, errors: dict) -> None:
 # the worker: this file run as a script, under TRITON_INTERPRET=1
 
 
-def _vectorise_interpreter_scan() -> None:
-    """Make the interpreter's generic associative scan combine whole columns at a time.
-
-    Triton's interpreter walks every element of a scanned tensor and calls the combine function
-    on scalars. Here the combine function gets the columns i (accumulated) and i + 1 (new) of
-    all the independent rows at once, in the same sequential order. If the interpreter's
-    internals have moved, the original (slow) loop stays.
-    """
-    import numpy as np
-
-    try:
-        from triton.runtime.interpreter import ScanOps
-    except ImportError:
-        return
-    if not hasattr(ScanOps, "generic_scan"):
-        return
-
-    def generic_scan(self, input):
-        data = [np.moveaxis(arg.handle.data, self.axis, 0) for arg in input]
-        outputs = [np.empty_like(x) for x in data]
-        acc = None
-        for i in range(data[0].shape[0]):
-            cur = tuple(self.to_tensor(np.ascontiguousarray(x[i]), arg.dtype) for x, arg in zip(data, input))
-            if acc is None:
-                acc = cur
-            else:
-                res = self.combine_fn.fn(*acc, *cur)
-                acc = res if isinstance(res, tuple) else (res,)
-            for out, a in zip(outputs, acc):
-                out[i] = a.handle.data
-        return [
-            self.to_tensor(np.ascontiguousarray(np.moveaxis(out, 0, self.axis)), arg.dtype)
-            for out, arg in zip(outputs, input)
-        ]
-
-    ScanOps.generic_scan = generic_scan
-
-
 def error_checks(device) -> dict:
     """Messages of the errors the Triton entry points must raise on this machine."""
     from hybrids.kernels.scan import BackendUnavailable, selective_scan
@@ -328,8 +278,6 @@ def error_checks(device) -> dict:
 
 
 def worker(ids: list[str]) -> dict:
-    assert os.environ.get("TRITON_INTERPRET") == "1", "the worker needs TRITON_INTERPRET=1"
-    _vectorise_interpreter_scan()
     results = {}
     for case in CASES:
         if ids and case.id not in ids:
@@ -345,36 +293,8 @@ def worker(ids: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def interpreter_results(request, tmp_path_factory):
-    """All selected CPU cases, computed in one subprocess under TRITON_INTERPRET=1.
-
-    Under pytest-xdist every worker would start its own subprocess for all the cases; the first
-    one writes the results to the session's temporary folder and the others read them.
-    """
-    from filelock import FileLock  # a dependency of torch
-
-    selected = sorted(
-        item.callspec.params["case"].id
-        for item in request.session.items
-        if getattr(item, "originalname", None) == "test_against_reference" and hasattr(item, "callspec")
-    )
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # shared by the workers of this run
-    cache = root / "selective_scan_triton_interpreter.json"
-    with FileLock(str(cache) + ".lock"):
-        if cache.exists():
-            return json.loads(cache.read_text())
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--worker", *selected],
-            env=env, capture_output=True, text=True, timeout=900,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            pytest.fail(
-                f"the interpreter worker failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-            )
-        cache.write_text(proc.stdout.strip().splitlines()[-1])
-        return json.loads(cache.read_text())
+    """All selected CPU cases, computed in one subprocess under TRITON_INTERPRET=1."""
+    return triton_interpreter.results(request, tmp_path_factory, __file__)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,7 +370,4 @@ def test_gpu_against_mamba_extension():
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        print(json.dumps(worker(sys.argv[2:])))
-    else:
-        sys.exit(pytest.main([__file__, *sys.argv[1:]]))
+    triton_interpreter.main(worker, __file__)

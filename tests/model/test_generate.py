@@ -7,6 +7,7 @@ import torch
 from hybrids import HybridLM
 from hybrids.model.sampling import next_token
 from mixer_cases import MIXER_CASES
+from helpers import ROOT
 
 VOCAB = 23
 
@@ -114,9 +115,8 @@ def test_generate_command_on_a_tiny_checkpoint(tmp_path):
     rules of fit and validate (tested in test_runs.py)."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "transformer.yaml")
+    config = str(ROOT / "configs" / "transformer.yaml")
     small = ["--data.init_args.num_train_examples=64", "--data.init_args.num_test_examples=16"]
     quiet = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
     run = lambda *args: subprocess.run([sys.executable, "-m", "hybrids", *args], cwd=tmp_path, capture_output=True,  # noqa: E731

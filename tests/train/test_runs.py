@@ -22,8 +22,8 @@ import yaml
 
 from hybrids.cli.fit import build_cli
 from hybrids.train.divergence import DivergenceError
+from helpers import ROOT, TESTS
 
-ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER = ROOT / "configs" / "transformer.yaml"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 SMALL = [
@@ -38,7 +38,7 @@ def run_args(*extra: str, subcommand: str = "fit", config: Path = TRANSFORMER) -
 
 def hybrids(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m hybrids ARGS`` in ``cwd``, with the fault-injection callbacks importable."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "hybrids", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -182,7 +182,7 @@ def test_sigkill_then_resume_from_the_last_checkpoint(tmp_path):
     assert full.returncode == 0, full.stderr[-2000:]
     marker = tmp_path / "hanging"
     hang = f'--trainer.callbacks+={{"class_path": "fault_injection.HangAtStep", "init_args": {{"step": 13, "marker": "{marker}"}}}}'
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "hybrids", *args, "--trainer.logger.init_args.name=killed", hang],
                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240

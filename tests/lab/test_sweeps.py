@@ -18,8 +18,8 @@ from hybrids.lab.sweeps import SweepError, expand, load_sweep
 from hybrids.lab.sweeps.matching import Unmatched, solve
 from hybrids.lab.sweeps.measure import Figures
 from hybrids.lab.sweeps.naming import compact_number, run_name
+from helpers import ROOT, TESTS
 
-ROOT = Path(__file__).resolve().parents[1]
 TRANSFORMER = ROOT / "configs" / "transformer.yaml"
 ATTENTION = {"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}}
 S4D = {"S": {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 8}}}
@@ -211,7 +211,7 @@ def test_matching_picks_the_closest_width_within_tolerance():
 
 
 def run_sweep(path: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "hybrids", "sweep", str(path), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -359,7 +359,7 @@ def test_an_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tmp_path):
     callback = {"class_path": "fault_injection.PauseOnceAtStep", "init_args": {"step": 1, "marker": str(marker)}}
     settings = {**TINY, "trainer.max_epochs": 2, "trainer.callbacks": [callback]}
     path = write_sweep(tmp_path, name="stopped", settings=settings)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     sweep = subprocess.Popen([sys.executable, "-m", "hybrids", "sweep", str(path)], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -420,7 +420,7 @@ def preloaded_cwd(tmp_path_factory):
     if not forkserver.available():
         pytest.skip("preloaded runs are Linux-only")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", str(Path(__file__).parent))
+        patch.setenv("PYTHONPATH", str(TESTS))
         patch.setenv("OMP_NUM_THREADS", "1")
         yield tmp_path_factory.mktemp("preloaded")
     forkserver.shutdown()
