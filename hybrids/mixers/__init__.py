@@ -11,6 +11,7 @@ from hybrids.mixers.rglru import RGLRU
 from hybrids.mixers.s4 import S4, S4D
 from hybrids.mixers.short_conv import ShortConv
 from hybrids.mixers.sparse_attention import SparseAttention
+from hybrids.mixers.state_size import StateSize, state_size_table
 
 __all__ = [
     "S4",
@@ -26,5 +27,7 @@ __all__ = [
     "ShortConv",
     "SparseAttention",
     "State",
+    "StateSize",
+    "state_size_table",
     "state_elements",
 ]

@@ -8,6 +8,7 @@ from torch import nn
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.mixers.base import Mixer
+from hybrids.mixers.state_size import StateSize
 from hybrids.parts.kv_cache import KVCache
 
 
@@ -132,5 +133,4 @@ class Attention(Mixer):
         mask = torch.arange(start + length, device=x.device)[None, :] <= rows[:, None]  # (L, start + L)
         return self._attend(q, keys, values, causal=False, mask=mask), cache
 
-    def state_size(self, seq_len: int) -> int:
-        return 2 * self.kv_heads * self.head_dim * seq_len
+    state_size_rules = (StateSize("2 * kv_heads * head_dim * L", "K and V of every token"),)

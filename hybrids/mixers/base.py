@@ -1,4 +1,4 @@
-"""The mixer interface shared by every sequence mixer of the zoo (DESIGN.md).
+"""The mixer interface shared by every sequence mixer of the zoo (docs/design.md, "The mixer contract").
 
 A mixer maps ``(batch, L, d_model) -> (batch, L, d_model)`` and has a recurrent form::
 
@@ -8,6 +8,9 @@ A mixer maps ``(batch, L, d_model) -> (batch, L, d_model)`` and has a recurrent 
     state = mixer.init_state(batch_size)          # empty recurrent cache
     y_t, state = mixer.step(x_t, state)           # (batch, d_model) -> (batch, d_model)
     n = mixer.state_size(seq_len)                 # state elements per sequence after seq_len tokens
+
+A subclass states its state size as data, ``state_size_rules`` (formulas in ``L`` and its
+attributes, :mod:`hybrids.mixers.state_size`): ``state_size`` evaluates them and the docs show them.
 
 ``forward``, ``prefill`` then ``step``, and ``step`` over the same tokens all give the same
 outputs. A state is a dict of tensors whose leading dimension is the batch (plus, where needed,
@@ -28,11 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybrids.mixers.state_size import StateSize, evaluate
+
 State = dict[str, Any]
 
 
 class Mixer(nn.Module, abc.ABC):
     """Base class of sequence mixers. Constructors take ``d_model`` as their first argument."""
+
+    #: The state one sequence holds after ``L`` tokens, one row per case (exactly one applies).
+    state_size_rules: tuple[StateSize, ...] = ()
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
@@ -70,9 +78,10 @@ class Mixer(nn.Module, abc.ABC):
         """
         return prefill_by_steps(self, x, state)
 
-    @abc.abstractmethod
     def state_size(self, seq_len: int) -> int:
-        """Elements of recurrent state one sequence holds after ``seq_len`` tokens."""
+        """Elements of recurrent state one sequence holds after ``seq_len`` tokens: the row of
+        ``state_size_rules`` that applies, evaluated (a complex element counts as two)."""
+        return evaluate(self, seq_len)
 
     def _factory(self) -> dict[str, Any]:
         """device and dtype of the mixer's parameters, for allocating states."""

@@ -46,6 +46,7 @@ from torch import nn
 from hybrids.kernels import at_least_float32, linear_attention, linear_attention_step
 from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
 from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.state_size import StateSize
 from hybrids.parts.feature_maps import FEATURE_MAPS, build_feature_map
 
 DECAYS = (None, "retnet", "gla")
@@ -239,5 +240,8 @@ class LinearAttention(Mixer):
         o = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], g, s, scale=1.0)  # (B, H, P [+ 1])
         return self._output(o[:, :, None], x[:, None])[:, 0], {"S": s}
 
-    def state_size(self, seq_len: int) -> int:
-        return self.heads * self.features * (self.head_dim + int(self.normalize))
+    state_size_rules = (
+        StateSize("heads * features * (head_dim + 1)",
+                  "(features, head_dim) state and the normaliser's key sum per head", when="normalize"),
+        StateSize("heads * features * head_dim", "(features, head_dim) state per head", when="not normalize"),
+    )

@@ -10,6 +10,7 @@ from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.kernels.lsh import BACKENDS, bucket_ranks, lsh_attention, lsh_attention_step, lsh_buckets
 from hybrids.mixers.attention import resolve_head_dim
 from hybrids.mixers.base import Mixer
+from hybrids.mixers.state_size import StateSize
 from hybrids.parts.kv_cache import KVCache
 
 
@@ -130,8 +131,10 @@ class LSHAttention(Mixer):
         state.append_buckets(buckets)
         return y, state
 
-    def state_size(self, seq_len: int) -> int:
-        return 2 * self.heads * self.head_dim * seq_len
+    state_size_rules = (StateSize(
+        "2 * heads * head_dim * L",
+        "K and V of every token (and int64 buckets and ranks, not counted; the rule reads the last "
+        "2 * chunk_size - 1 keys of a bucket)"),)
 
 
 class LSHCache(KVCache):

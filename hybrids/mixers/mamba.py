@@ -46,6 +46,7 @@ from hybrids.kernels.conv import BACKEND_ENV as CONV_BACKEND_ENV
 from hybrids.kernels.scan import BACKEND_ENV as SCAN_BACKEND_ENV
 from hybrids.kernels.scan import BACKENDS as SCAN_BACKENDS
 from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.state_size import StateSize
 
 DT_INITS = ("random", "constant")
 # Device types on which mamba_ssm's fused block may run (a test widens it to check the plumbing).
@@ -249,5 +250,5 @@ class Mamba(Mixer):
         )
         return self.out_proj(y), {"conv": conv, "ssm": ssm}
 
-    def state_size(self, seq_len: int) -> int:
-        return self.d_inner * (self.d_state + self.d_conv - 1)
+    state_size_rules = (StateSize("d_inner * d_state + d_inner * (d_conv - 1)",
+                                  "scan state (d_inner, d_state), conv inputs (d_inner, d_conv - 1)"),)

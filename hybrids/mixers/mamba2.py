@@ -43,6 +43,7 @@ from hybrids.kernels import at_least_float32, causal_conv1d, causal_conv1d_updat
 from hybrids.kernels import widen as _wide
 from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
 from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.state_size import StateSize
 
 
 @functools.cache
@@ -246,5 +247,6 @@ class Mamba2(Mixer):
         y = linear_attention_step(q, k, v, g, ssm, scale=1.0)  # (B, H, P)
         return self._finish(y.to(x.dtype), xh, z), {"conv": conv, "ssm": ssm}
 
-    def state_size(self, seq_len: int) -> int:
-        return self.nheads * self.d_state * self.headdim + self.conv_dim * (self.d_conv - 1)
+    state_size_rules = (StateSize(
+        "nheads * d_state * headdim + conv_dim * (d_conv - 1)",
+        "SSD state (nheads, d_state, headdim), conv inputs of x, B, C (conv_dim, d_conv - 1)"),)

@@ -11,6 +11,7 @@ from torch import nn
 from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.mixers.attention import resolve_head_dim
 from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.state_size import StateSize
 from hybrids.parts.knn_memory import KNNMemory, check_search
 
 
@@ -129,10 +130,9 @@ class MemorizingAttention(Mixer):
             self.clear_memory(state, first)
         return state
 
-    def state_size(self, seq_len: int) -> int:
-        done = (seq_len // self.segment_length) * self.segment_length
-        held = min(done, self.memory_size) + seq_len - done
-        return 2 * self.heads * self.head_dim * held
+    state_size_rules = (StateSize(
+        "2 * heads * head_dim * (min((L // segment_length) * segment_length, memory_size) + L % segment_length)",
+        "the memory's (key, value) pairs of the finished segments (at most memory_size) and the current segment's"),)
 
     # -- computing --------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ from hybrids.kernels import (
 from hybrids.kernels.recurrence import LINEAR_RECURRENCE
 from hybrids.kernels.scan import BACKENDS as SCAN_BACKENDS
 from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.state_size import StateSize
 
 # Least step of the scan reparametrisation (module docstring).
 DELTA_FLOOR = 1e-6
@@ -276,5 +277,5 @@ class RGLRU(Mixer):
         y = selective_state_update(h[:, :, None], u, delta, A, ones, ones)  # writes h through the view
         return self.out_proj(F.gelu(gate) * y.to(gate.dtype)), {"conv": conv, "h": h}
 
-    def state_size(self, seq_len: int) -> int:
-        return self.d_rnn * self.d_conv  # h (d_rnn) + the conv's last d_conv - 1 inputs (d_rnn each)
+    state_size_rules = (StateSize("d_rnn + d_rnn * (d_conv - 1)",
+                                  "RG-LRU state (d_rnn), conv inputs (d_rnn, d_conv - 1)"),)

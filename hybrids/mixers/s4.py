@@ -43,6 +43,7 @@ from hybrids.kernels.ssm import (
     dplr_ssm,
 )
 from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.state_size import StateSize
 from hybrids.kernels.ssm.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, nplr, required_rank
 
 # HiPPO-LegT, LagT and FouT put the real part of every mode of Lambda at exactly 0 (their
@@ -185,9 +186,8 @@ class _SSMMixer(Mixer):
         length changes: the key of what is computed once from the parameters."""
         return tuple((p.data_ptr(), p._version) for p in self.parameters()) + (self.D.dtype, self._length_key())
 
-    def state_size(self, seq_len: int) -> int:
-        # N/2 complex modes per channel, counted as two reals each.
-        return self.d_model * self.d_state
+    # N/2 complex modes per channel, counted as two reals each.
+    state_size_rules = (StateSize("d_model * d_state", "d_state / 2 complex modes per channel"),)
 
 
 class S4D(_SSMMixer):

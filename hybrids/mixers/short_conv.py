@@ -19,6 +19,7 @@ from torch import nn
 
 from hybrids.kernels import causal_conv1d, causal_conv1d_update
 from hybrids.mixers.base import Mixer, State
+from hybrids.mixers.state_size import StateSize
 
 
 class ShortConv(Mixer):
@@ -70,5 +71,4 @@ class ShortConv(Mixer):
         u = causal_conv1d_update(self.in_proj(x), conv, self.conv1d.weight[:, 0, :], self.conv1d.bias)
         return self.out_proj(u * self.proj(x)), {"conv": conv}
 
-    def state_size(self, seq_len: int) -> int:
-        return self.d_inner * (self.d_conv - 1)
+    state_size_rules = (StateSize("d_inner * (d_conv - 1)", "conv inputs (d_inner, d_conv - 1)"),)

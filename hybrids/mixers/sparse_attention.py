@@ -9,6 +9,7 @@ import torch
 from hybrids.kernels import at_least_float32
 from hybrids.kernels.sparse import BACKENDS, SparsePattern, sparse_attention
 from hybrids.mixers.attention import Attention
+from hybrids.mixers.state_size import StateSize
 from hybrids.parts.kv_cache import KVCache
 
 
@@ -243,9 +244,11 @@ class SparseAttention(Attention):
         y = (scores.softmax(dim=-1) @ v.to(work)).to(q.dtype)  # (B, Hkv, group, hd)
         return self.out_proj(y.reshape(b, self.heads * self.head_dim))
 
-    def state_size(self, seq_len: int) -> int:
-        per_token = 2 * self.kv_heads * self.head_dim
-        if self.keeps_every_key:
-            return per_token * seq_len
-        global_part = min(seq_len, self.global_tokens)
-        return per_token * (global_part + min(seq_len - global_part, self.window_span))
+    state_size_rules = (
+        StateSize("2 * kv_heads * head_dim * (min(L, global_tokens) + min(L - min(L, global_tokens), window_span))",
+                  "K and V of the global tokens and of the last window span, (window - 1) * dilation + 1",
+                  when="not keeps_every_key"),
+        StateSize("2 * kv_heads * head_dim * L",
+                  "K and V of every token (no window, or random blocks: a later query block may draw any "
+                  "earlier key block)", when="keeps_every_key"),
+    )
