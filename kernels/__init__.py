@@ -5,7 +5,7 @@ step where the op has one; one dispatcher (:mod:`hybrids.kernels.dispatch`) pick
 every call. ``python -m hybrids.kernels`` prints which backends are available here.
 
 Nothing here imports Lightning or any module of ``hybrids`` outside ``hybrids.kernels`` (see
-DESIGN.md, "The house").
+docs/design.md, "Layers": the import-linter contract in pyproject.toml checks it).
 """
 
 from hybrids.kernels.conv import causal_conv1d, causal_conv1d_update

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment and install hybrids into it.
 #
-#   bash scripts/bootstrap.sh [EXTRAS]      EXTRAS defaults to "test"; e.g. "test,cuda"
+#   bash scripts/bootstrap.sh [EXTRAS]      EXTRAS defaults to "test"; e.g. "test,cuda", or "" for
+#                                           the training dependencies alone (make demo)
 #
 # torch is installed before the package so that pip never resolves a bare `torch` requirement on
 # its own: on Linux that would fetch a multi-GB CUDA build, even on a machine without a GPU.
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-EXTRAS=${1:-test}
+EXTRAS=${1-test}
 PIP="$VENV/bin/python -m pip"
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -36,7 +37,14 @@ fi
 
 stamp="$VENV/.hybrids-installed-${EXTRAS//,/-}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bootstrap: installing hybrids[$EXTRAS] (editable)"
-  $PIP install -e ".[$EXTRAS]"
+  if [ -n "$EXTRAS" ]; then
+    echo "bootstrap: installing hybrids[$EXTRAS] (editable)"
+    $PIP install -e ".[$EXTRAS]"
+  else
+    echo "bootstrap: installing hybrids (editable, training dependencies only)"
+    $PIP install -e .
+  fi
   touch "$stamp"
 fi
+# The console script lives in the environment: call it as $VENV/bin/hybrids, or activate the
+# environment first (source $VENV/bin/activate) and call `hybrids`.
