@@ -5,8 +5,14 @@
     hybrids test -c configs/transformer.yaml --ckpt_path last
     hybrids fit -c configs/transformer.yaml --print_config
 
-Defaults: CSV logs under ``runs/<name>/version_N`` (no network), a progress bar, a checkpoint per
-epoch with ``last.ckpt`` (``--checkpoint.*`` configures it), seed 0.
+Defaults: CSV logs under ``runs/<name>/version_N`` (no network; ``--trainer.default_root_dir DIR``
+puts them under ``DIR/<name>/version_N`` unless the logger's ``save_dir`` is given), a progress
+bar, a checkpoint per epoch with ``last.ckpt`` (``--checkpoint.*`` configures it), seed 0. A run
+stopped by ``--trainer.max_steps`` is validated at its last step, so it always ends with a figure.
+
+validate, test and predict log nothing of their own: they write into the run they evaluate (its
+``version_N`` folder, when the checkpoint is one of its ``checkpoints/``), never a new empty
+version: the figures as one line of ``evaluations.jsonl``, the predictions as ``predictions.pt``.
 
 Runs have an identity (:mod:`hybrids.train.identity`): a checkpoint is resumed or evaluated only under
 the config that wrote it. Exit status: 0 done; 2 a bad config or checkpoint (before anything
@@ -15,27 +21,38 @@ runs); 3 training diverged; 130 / 143 stopped by SIGINT / SIGTERM after saving `
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted
-from hybrids.train.checkpoints import CheckpointRequestError, checkpoint_roots, resolve_checkpoint
+from hybrids.cli.parse_errors import KeyedErrorParser
+from hybrids.data.loading import ResumableOrder
+from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted, ValidateAtMaxSteps
+from hybrids.train.checkpoints import (
+    EVALUATIONS, CheckpointRequestError, checkpoint_roots, evaluated_run_folder, resolve_checkpoint,
+)
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.train.identity import identity_config, identity_hash
 from hybrids.train.divergence import DivergenceError
 from hybrids.train.module import LanguageModel
 
+# The logger's save_dir is not given in the configs: it defaults to "runs", and to
+# trainer.default_root_dir where that is given (before_instantiate_classes), the usual Lightning
+# way of moving a run's output.
+DEFAULT_SAVE_DIR = "runs"
 DEFAULT_TRAINER = {
-    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "hybrids"}},
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": DEFAULT_SAVE_DIR, "name": "hybrids"}},
     "max_epochs": 10,
     "log_every_n_steps": 10,
 }
@@ -81,6 +98,7 @@ class HybridsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        _default_save_dir(config)
         _check_precision(self.parser, config)
         _check_run_values(self.parser, config)
         identity = identity_config(config)
@@ -114,8 +132,20 @@ class HybridsCLI(LightningCLI):
         if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if self.subcommand == "fit":
-            callbacks = [*callbacks, GracefulInterrupt()]
-        return super()._instantiate_trainer(config, callbacks)
+            callbacks = [*callbacks, GracefulInterrupt(), ValidateAtMaxSteps()]
+        trainer = super()._instantiate_trainer(config, callbacks)
+        if self.subcommand in EVALUATIONS:
+            # An evaluation saves no config of its own (it would land in a new, otherwise empty
+            # version folder, or in the working folder once the logger is detached).
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, SaveConfigCallback)]
+        return trainer
+
+    def before_fit(self) -> None:
+        if isinstance(self.datamodule, ResumableOrder):
+            # Lightning warns that a mid-epoch resumption is unreliable unless the DataLoader itself
+            # is stateful; these data modules checkpoint their position (hybrids.data.loading),
+            # so the resumption is exact and the warning would be false.
+            warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -141,7 +171,15 @@ class HybridsCLI(LightningCLI):
             rank_zero_info(line)
         if resolution.warm_start is not None:
             self._load_weights(ckpt_path, resolution.warm_start)
-        self._log_identity(**resolution.logged)
+        if subcommand in EVALUATIONS:
+            # The run evaluated is where its results go (or nowhere): no logger, no new version.
+            self.evaluated_run = evaluated_run_folder(resolution.path)
+            self.trainer.loggers = []
+            # Nor checkpoints: an evaluation saves none, and without a logger the callback would
+            # only warn that its folder moved.
+            self.trainer.callbacks = [c for c in self.trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+        else:
+            self._log_identity(**resolution.logged)
         return resolution.path
 
     def _load_weights(self, path: str, checkpoint: dict[str, Any]) -> None:
@@ -174,14 +212,35 @@ class HybridsCLI(LightningCLI):
             print_summary(self.trainer, self.model, stage="test")
 
     def after_validate(self) -> None:
-        print_summary(self.trainer, self.model, stage="val")
+        print_summary(self.trainer, self.model, stage="val", log_dir=self.evaluated_run)
+        self._record_evaluation("validate")
 
     def after_test(self) -> None:
-        print_summary(self.trainer, self.model, stage="test")
+        print_summary(self.trainer, self.model, stage="test", log_dir=self.evaluated_run)
+        self._record_evaluation("test")
+
+    evaluated_run: Path | None = None
+
+    def _record_evaluation(self, subcommand: str) -> None:
+        """One line of ``evaluations.jsonl`` in the evaluated run's folder: what was evaluated,
+        when, under which data settings, and the figures (the fit's metrics.csv is left alone)."""
+        if self.evaluated_run is None or not self.trainer.is_global_zero:
+            return
+        config = self.config[subcommand]
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "subcommand": subcommand,
+            "ckpt_path": str(self.trainer.ckpt_path),
+            "data": _plain(config.get("data")),
+            "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if "/" in k},
+        }
+        with (self.evaluated_run / "evaluations.jsonl").open("a") as f:
+            f.write(json.dumps(record, default=str) + "\n")
 
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
-        folder = Path(self.trainer.log_dir or ".")  # every process asks (a collective under DDP)
+        # The evaluated run's folder; else --trainer.default_root_dir (the working folder).
+        folder = self.evaluated_run or Path(self.trainer.default_root_dir)
         if not predictions:
             return
         batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
@@ -192,6 +251,31 @@ class HybridsCLI(LightningCLI):
         stacked = torch.cat([b.cpu() for b in batches])
         torch.save({"predictions": stacked, "ckpt_path": self.trainer.ckpt_path}, target)
         print(f"hybrids: predictions of {stacked.shape[0]:,} examples, shape {tuple(stacked.shape)}, written to {target}", flush=True)
+
+
+def _default_save_dir(config) -> None:
+    """``--trainer.default_root_dir DIR`` moves the logs of a logger left at the default save_dir
+    (``runs``) to ``DIR``: as in Lightning, whose default logger writes under default_root_dir."""
+    trainer = config.get("trainer") or {}
+    root = trainer.get("default_root_dir")
+    if not root:
+        return
+    logger = trainer.get("logger")
+    for spec in logger if isinstance(logger, list) else [logger]:
+        init_args = spec.get("init_args") if hasattr(spec, "get") else None
+        if init_args is not None and init_args.get("save_dir") == DEFAULT_SAVE_DIR:
+            init_args["save_dir"] = str(root)
+
+
+def _plain(value: Any) -> Any:
+    """A jsonargparse Namespace (or what it holds) as plain dicts and lists, for JSON."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _check_precision(parser, config) -> None:
@@ -250,10 +334,13 @@ def locate_config_error(err: BaseException) -> str | None:
     return f"{err.full_key}: {err.message}"
 
 
-def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str) -> None:
-    """One line with the figures a researcher compares: accuracy, parameters, state size."""
+def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str, log_dir: Path | str | None = "") -> None:
+    """One line with the figures a researcher compares: accuracy, parameters, state size.
+
+    ``log_dir``: the folder to name ("" asks the trainer's logger; None names none)."""
     # trainer.log_dir broadcasts from rank 0 under DDP: every process must ask, not rank 0 alone.
-    log_dir = trainer.log_dir
+    if log_dir == "":
+        log_dir = trainer.log_dir if trainer.loggers else None
     if trainer.sanity_checking or not trainer.is_global_zero:
         return
     metrics = trainer.callback_metrics
@@ -290,6 +377,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults=DEFAULT_TRAINER,
+        parser_class=KeyedErrorParser,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         args=args,

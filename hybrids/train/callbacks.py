@@ -1,4 +1,5 @@
-"""Callbacks the CLI adds to every ``fit``: stopping cleanly on SIGTERM / SIGINT."""
+"""Callbacks the CLI adds to every ``fit``: stopping cleanly on SIGTERM / SIGINT, and a validation
+at the last step of a run stopped by ``max_steps``."""
 
 from __future__ import annotations
 
@@ -122,3 +123,17 @@ class GracefulInterrupt(Callback):
             trainer.save_checkpoint(checkpoint)
             rank_zero_info(f"hybrids: {signal.Signals(signum).name}: saved {checkpoint} at step {trainer.global_step}")
         raise Interrupted(signum, trainer.global_step, checkpoint)
+
+
+class ValidateAtMaxSteps(Callback):
+    """Validate after the last step when ``max_steps`` ends training mid-epoch.
+
+    Lightning validates at epoch ends (or every ``val_check_interval``), so a run stopped by
+    ``--trainer.max_steps 50`` would end with no validation figure at all. Asking the trainer to
+    stop at that step, as early stopping does, makes its loop validate first; a stop that falls
+    on a validation anyway validates once.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True

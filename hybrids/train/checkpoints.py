@@ -190,6 +190,18 @@ def resolve_checkpoint(
     return Resolution(str(request), {resumed: str(request)})
 
 
+def evaluated_run_folder(ckpt_path: str | Path | None) -> Path | None:
+    """The run folder (``.../version_N``) a checkpoint was saved in by the CLI's default layout
+    (``version_N/checkpoints/*.ckpt`` beside its ``hparams.yaml``), or None (untrained, or a
+    checkpoint kept elsewhere: an evaluation of it is reported, not recorded)."""
+    if ckpt_path is None:
+        return None
+    folder = Path(ckpt_path).resolve().parent
+    if folder.name == "checkpoints" and (folder.parent / "hparams.yaml").is_file():
+        return folder.parent
+    return None
+
+
 def checkpoint_roots(trainer) -> list[str]:
     """Where a run's checkpoints may be: every version of its logger's ``save_dir/name`` (Lightning
     looks only in the new, empty version) and the checkpoint callback's own folder, if set."""

@@ -66,7 +66,7 @@ BAD_CONFIGS = {
     "heads-do-not-divide-d_model": (lambda c: _set_mixer(c, heads=3), "model.init_args.mixers.A.init_args.heads"),
     "misspelt-argument": (lambda c: _set_mixer(c, head=2), "model.init_args.mixers.A.init_args.head"),
     "data-too-short": (lambda c: c["data"]["init_args"].update(num_kv_pairs=40), "data.init_args.seq_len"),
-    "unknown-data-class": (lambda c: c["data"].update(class_path="hybrids.data.MQR"), "hybrids.data.MQR"),
+    "unknown-data-class": (lambda c: c["data"].update(class_path="hybrids.data.MQR"), "data.class_path: there is no class hybrids.data.MQR"),
 }
 
 

@@ -9,6 +9,7 @@ of ``tests/fault_injection.py``.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -162,6 +163,9 @@ def test_stop_anywhere_then_resume_gives_the_uninterrupted_metrics(case, tmp_pat
         resumed = hybrids(*args, f"--trainer.logger.init_args.name={name}", "--ckpt_path=last", cwd=tmp_path)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         continued = metrics(tmp_path / f"runs/{name}/version_1")
+        # The position within the epoch is checkpointed (hybrids.data.loading): Lightning's
+        # warning that a mid-epoch resumption is unreliable would be false, and is not shown.
+        assert "not resumable" not in resumed.stderr + resumed.stdout
         assert hparams(tmp_path / f"runs/{name}/version_1")["resumed_from"].endswith("version_0/checkpoints/last.ckpt")
         after = {k: v for k, v in uninterrupted.items() if k[0] >= stopped_at and k[1] not in ("params", "state_size", "seq_len")}
         assert len(after) > 10 and {k: continued.get(k) for k in after} == after, (case, during)
@@ -312,11 +316,56 @@ def test_evaluation_needs_a_checkpoint_unless_asked_for_untrained(in_tmp, capsys
 
 def test_predict_writes_its_predictions_to_the_run_folder(in_tmp, capsys):
     build_cli(run_args("--trainer.max_epochs=1"))
-    cli = build_cli(run_args("--ckpt_path=last", subcommand="predict"))
-    target = Path(cli.trainer.log_dir) / "predictions.pt"
+    build_cli(run_args("--ckpt_path=last", subcommand="predict"))
+    target = (in_tmp / "runs/transformer/version_0/predictions.pt").resolve()
     saved = torch.load(target, weights_only=False)
     assert saved["predictions"].shape == (32, 64) and saved["predictions"].dtype == torch.long
     assert f"written to {target}" in capsys.readouterr().out
+
+
+def test_evaluations_write_into_the_run_they_evaluate_never_a_new_version(in_tmp, capsys):
+    """validate, test, predict and generate of a run add to its folder (evaluations.jsonl,
+    predictions.pt) and leave no version_1 holding only an hparams.yaml."""
+    from hybrids.cli.generate import generate_main
+
+    build_cli(run_args("--trainer.max_epochs=1"))
+    run = in_tmp / "runs/transformer/version_0"
+    fit_metrics = (run / "metrics.csv").read_text()
+    for subcommand in ("validate", "test", "predict"):
+        build_cli(run_args("--ckpt_path=last", subcommand=subcommand))
+    generate_main(["-c", str(TRANSFORMER), *SMALL, "--ckpt_path", "last", "--prompt_tokens", "1,2,3", "--max_new_tokens", "2"])
+    assert [p.name for p in (in_tmp / "runs/transformer").iterdir()] == ["version_0"]
+    assert (run / "metrics.csv").read_text() == fit_metrics, "an evaluation changed the fit's curve"
+    records = [json.loads(line) for line in (run / "evaluations.jsonl").read_text().splitlines()]
+    assert [r["subcommand"] for r in records] == ["validate", "test"]
+    assert 0 <= records[0]["metrics"]["val/acc"] <= 1 and 0 <= records[1]["metrics"]["test/acc"] <= 1
+    assert records[1]["ckpt_path"].endswith("last.ckpt") and records[1]["data"]["init_args"]["batch_size"] == 16
+    assert (run / "predictions.pt").is_file()
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["runs"], "an evaluation wrote into the working folder"
+
+
+def test_default_root_dir_moves_the_logs_the_usual_lightning_way(in_tmp):
+    build_cli(run_args("--trainer.max_steps=2", "--trainer.default_root_dir=elsewhere"))
+    assert (in_tmp / "elsewhere/transformer/version_0/metrics.csv").is_file()
+    assert (in_tmp / "elsewhere/transformer/version_0/checkpoints/last.ckpt").is_file()
+    assert not (in_tmp / "runs").exists()
+    # A save_dir given explicitly still wins.
+    build_cli(run_args("--trainer.max_steps=2", "--trainer.default_root_dir=elsewhere",
+                       "--trainer.logger.init_args.save_dir=mine"))
+    assert (in_tmp / "mine/transformer/version_0/metrics.csv").is_file()
+
+
+def test_a_run_stopped_by_max_steps_ends_with_a_validation_figure(in_tmp, capsys):
+    """160 examples in batches of 16 make 10 steps an epoch: max_steps 3 stops mid-epoch, where
+    Lightning would not validate."""
+    build_cli(run_args("--trainer.max_steps=3"))
+    logged = metrics(in_tmp / "runs/transformer/version_0")
+    assert (2, "val/acc") in logged, sorted(logged)
+    assert "val accuracy" in capsys.readouterr().out
+    # A stop that falls on an epoch end validates once, not twice.
+    build_cli(run_args("--trainer.max_steps=10", "--trainer.logger.init_args.name=epoch"))
+    rows = [row for row in csv.DictReader((in_tmp / "runs/epoch/version_0/metrics.csv").open()) if row.get("val/acc")]
+    assert len(rows) == 1
 
 
 def test_fast_dev_run_writes_nothing_in_the_current_folder(in_tmp):

@@ -1,0 +1,126 @@
+"""jsonargparse's parse errors as one keyed line with a suggestion.
+
+A typo in a model, data or trainer key makes jsonargparse print the whole usage (some 70 lines)
+and a nested report ("Does not validate against any of the Union subtypes ... Option 'd_modle' is
+not accepted ..."). The CLI's promise is one line naming the key and what would be valid, as the
+mixer and sweep keys already get. :func:`keyed_line` reads the report and says it in one line; a
+report it does not recognise is left as it is (:class:`KeyedErrorParser` then prints it whole).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import re
+import sys
+from collections.abc import Iterable
+
+from lightning.pytorch.cli import LightningArgumentParser
+
+_SECTION = re.compile(r'Parser key "(?P<key>[^"]+)":')
+_CLASS = re.compile(r"Problem with given class_path '(?P<path>[^']+)':\s*(?P<reason>.*)", re.S)
+_NOT_ACCEPTED = re.compile(r"Option '(?P<name>[^']+)' is not accepted")
+_INNER_KEY = re.compile(r'Parser key "(?P<name>[^"]+)":\s*Expected a <class \'(?P<type>\w+)\'>\. Got value: (?P<value>.*)')
+_EXPECTED = re.compile(r"Expected a <class '(?P<type>\w+)'>")
+_GIVEN = re.compile(r"Given value: (?P<value>.*)")
+_NO_ATTRIBUTE = re.compile(r"module '(?P<module>[\w.]+)' has no attribute '(?P<name>\w+)'")
+_UNRECOGNISED = re.compile(r"unrecognized arguments: (?P<args>.*)")
+_NOT_ACCEPT_OPTION = re.compile(r"does not accept option '(?P<key>[^']+)'")
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _init_arguments(class_path: str) -> list[str]:
+    """The argument names a class's constructor takes (through ``**kwargs`` to its bases)."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return []
+    names: list[str] = []
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        names += [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def _public_names(module_name: str) -> list[str]:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return []
+    return [n for n in getattr(module, "__all__", dir(module)) if not n.startswith("_")]
+
+
+def keyed_line(message: str, option_keys: Iterable[str] = ()) -> str | None:
+    """``"<key>: <what is wrong>[; did you mean ...]"`` for a jsonargparse error report, or None
+    for one it does not recognise. ``option_keys``: the parser's dotted keys, for suggestions."""
+    option_keys = list(option_keys)
+    if match := _UNRECOGNISED.search(message):
+        first = match["args"].split()[0]
+        key = first.lstrip("-").split("=", 1)[0]
+        return f"{key}: unknown argument{_suggest(key, option_keys)}"
+    if match := _NOT_ACCEPT_OPTION.search(message):
+        key = match["key"]
+        return f"{key}: unknown argument{_suggest(key, option_keys)}"
+    section = _SECTION.search(message)
+    if section is None:
+        return None
+    key = section["key"]
+    if klass := _CLASS.search(message):
+        class_path, reason = klass["path"], klass["reason"]
+        short = class_path.rpartition(".")[2]
+        if match := _NOT_ACCEPTED.search(reason):
+            name = match["name"]
+            return (f"{key}.init_args.{name}: {short} takes no argument {name!r}"
+                    f"{_suggest(name, _init_arguments(class_path))}")
+        if match := _INNER_KEY.search(reason):
+            return (f"{key}.init_args.{match['name']}: expected {match['type']}, got "
+                    f"{match['value'].strip()!r}")
+        if match := _NO_ATTRIBUTE.search(reason):
+            module, name = match["module"], match["name"]
+            close = _suggest(name, _public_names(module)).replace("'", "").replace("mean ", f"mean {module}.")
+            return f"{key}.class_path: there is no class {module}.{name}{close}"
+        first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+        return f"{key}: {class_path}: {first}" if first else None
+    # A plain value of the wrong type: the types tried, and the value given.
+    types = [t for t in _EXPECTED.findall(message) if t != "NoneType"]
+    given = _GIVEN.search(message)
+    if types and given:
+        allowed = " or ".join(dict.fromkeys(types)) + (" or null" if "NoneType" in _EXPECTED.findall(message) else "")
+        return f"{key}: expected {allowed}, got {given['value'].strip()!r}"
+    return None
+
+
+class KeyedErrorParser(LightningArgumentParser):
+    """The CLI's parser: a parse error it can key is one line (``error: <key>: ...``), exit 2."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        line = keyed_line(message, self._dotted_keys())
+        if line is None or not self.exit_on_error:
+            return super().error(line or message, ex)
+        sys.stderr.write(f"error: {line}\n")
+        sys.exit(2)
+
+    def _dotted_keys(self) -> list[str]:
+        keys = []
+        parsers = [self]
+        subcommands = getattr(self, "_subcommands_action", None)
+        if subcommands is not None:
+            parsers += list(subcommands._name_parser_map.values())
+        for parser in parsers:
+            for action in parser._actions:
+                keys += [s.lstrip("-") for s in action.option_strings if s.startswith("--")]
+        return keys
