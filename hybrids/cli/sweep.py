@@ -2,7 +2,6 @@
 
     hybrids sweep configs/sweeps/mqar_cpu.yaml --dry-run        # one line per run: params, state
     hybrids sweep configs/sweeps/mqar_cpu.yaml --workers 2      # run (or resume) it locally
-    hybrids sweep configs/sweeps/mqar_cpu.yaml --no-preload     # each run a fresh interpreter
     hybrids sweep configs/sweeps/mqar_cpu.yaml --launcher ray --ray-address auto
     hybrids plot runs/sweeps/mqar_cpu                            # tables and figures
 
@@ -11,10 +10,6 @@ given) and one folder per run (see :mod:`hybrids.lab.sweeps.execute`). Running a
 runs, resumes interrupted ones from their last checkpoint and retries failed ones. Exit status:
 0 all runs done; 1 some failed (the summary lists them); 2 a bad sweep file; 130 / 143 stopped by
 SIGINT / SIGTERM (running runs saved their checkpoints).
-
-The local launcher starts each run as a fork of a server that has imported torch, Lightning and
-the CLI once (:mod:`hybrids.lab.sweeps.forkserver`), instead of a fresh interpreter that spends ~7 s
-importing them; ``--no-preload`` goes back to fresh interpreters.
 """
 
 from __future__ import annotations
@@ -33,7 +28,6 @@ from typing import Any
 
 import yaml
 
-from hybrids.lab.sweeps import forkserver
 from hybrids.lab.sweeps.execute import RunTask, execute_run, is_finished, read_json, write_json
 from hybrids.lab.sweeps.local import SweepInterrupted, run_locally
 from hybrids.lab.sweeps.matching import Unmatched, solve_plan
@@ -53,10 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenMP/torch threads per run (default 1: concurrent runs with several threads each slow each other down)")
     parser.add_argument("--launcher", choices=("local", "ray"), default="local")
-    parser.add_argument("--no-preload", dest="preload", action="store_false",
-                        help="start every run as a fresh `python -m hybrids fit` interpreter; by default the local "
-                        "launcher forks runs from one process that has imported torch and Lightning already, which "
-                        "saves each run those imports (~7 s of CPU). Ray tasks always start fresh interpreters")
     parser.add_argument("--gpus", type=float, default=0.0,
                         help="GPUs each run reserves under --launcher ray (Ray hides the GPUs from a task that asks for none); "
                         "locally, runs see the machine's GPUs as they are")
@@ -104,10 +94,7 @@ def sweep_main(argv: list[str]) -> int:
           f"{len(problems)} cannot be built, {len(todo)} to run ({args.launcher}, "
           f"{args.workers if args.launcher == 'local' else 'cluster'} at once, {args.threads} thread(s) each)", flush=True)
 
-    # Preloaded forks for the local pool only: Ray tasks run on other machines' workers, where
-    # the preloaded server is untested.
-    preload = args.preload and args.launcher == "local"
-    tasks = [RunTask(str(d), threads=args.threads, preload=preload) for d in todo]
+    tasks = [RunTask(str(d), threads=args.threads) for d in todo]
     progress = Progress(len(tasks))
     start = time.monotonic()
     interrupted = None
@@ -134,10 +121,7 @@ def sweep_main(argv: list[str]) -> int:
                 for signum, handler in previous.items():
                     signal.signal(signum, handler)
         else:
-            try:
-                run_locally(tasks, execute_run, workers=args.workers, on_result=progress)
-            finally:
-                forkserver.shutdown()  # the preloaded server, if one was started (atexit would too)
+            run_locally(tasks, execute_run, workers=args.workers, on_result=progress)
     except SweepInterrupted as stop:
         interrupted = stop.signum
     wall = time.monotonic() - start

@@ -386,44 +386,14 @@ def test_an_interrupted_sweep_resumes_its_runs_from_their_checkpoints(tmp_path):
     assert "=== attempt 2" in log and "using checkpoint" in log.split("=== attempt 2")[1]
 
 
-# -- preloaded runs (hybrids.lab.sweeps.forkserver) --------------------------------------------------
+# -- how a run's process starts and ends (hybrids.lab.sweeps.execute) ---------------------------------
 
 
-def test_preloaded_runs_give_the_metrics_of_fresh_interpreters(tmp_path):
-    from hybrids.cli.sweep import build_parser
-
-    assert "--no-preload" in build_parser().format_help()
-    path = write_sweep(tmp_path, name="same", settings=TINY, choices={"family": families()["family"]},
-                       grid=[{"family": ["attention", "s4d"], "model.init_args.d_model": [16]}], lr=[3e-3])
-    found = {}
-    for mode, extra in (("preloaded", ()), ("fresh", ("--no-preload",))):
-        done = run_sweep(path, "--workers", "2", "--out", str(tmp_path / mode), *extra, cwd=tmp_path)
-        assert done.returncode == 0, done.stdout + done.stderr
-        found[mode] = statuses(tmp_path / mode)
-        for name in found[mode]:
-            log = (tmp_path / mode / name / "output.log").read_text()
-            assert ("(forked from a preloaded server)" in log) == (mode == "preloaded"), log
-            assert "no preloaded server" not in log and "hybrids: test accuracy" in log
-    assert sorted(found["preloaded"]) == ["attention-d16-lr3e-3-s0", "s4d-d16-lr3e-3-s0"]
-    for name, status in found["preloaded"].items():
-        assert status["status"] == "done" and "test/loss" in status["metrics"]
-        # Seeded training: the fork trains exactly what the fresh interpreter trains.
-        assert status["metrics"] == found["fresh"][name]["metrics"], name
-
-
-@pytest.fixture(scope="module")
-def preloaded_cwd(tmp_path_factory):
-    """The working folder of this module's preloaded server (one, started by the first test
-    that needs it), whose runs can import tests/fault_injection.py."""
-    from hybrids.lab.sweeps import forkserver
-
-    if not forkserver.available():
-        pytest.skip("preloaded runs are Linux-only")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", str(TESTS))
-        patch.setenv("OMP_NUM_THREADS", "1")
-        yield tmp_path_factory.mktemp("preloaded")
-    forkserver.shutdown()
+@pytest.fixture
+def fault_env(monkeypatch):
+    """The environment execute_run passes on to its runs: they can import tests/fault_injection.py."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
 
 
 def tiny_run_folder(out: Path, name: str, settings: dict | None = None) -> Path:
@@ -458,81 +428,97 @@ def wait_for(marker: Path, thread, timeout: float = 120) -> None:
         time.sleep(0.1)
 
 
-def test_a_crashed_preloaded_run_leaves_the_server_serving(tmp_path, preloaded_cwd):
-    from hybrids.lab.sweeps import forkserver
-    from hybrids.lab.sweeps.execute import RunTask, execute_run, signal_live_runs
-
-    marker = tmp_path / "hanging"
-    crashed = tiny_run_folder(tmp_path, "crashed", hanging(marker))
-    thread, result = start_in_thread(RunTask(str(crashed), preload=True, cwd=str(preloaded_cwd)))
-    wait_for(marker, thread)
-    (server,) = forkserver.server_pids()
-    assert signal_live_runs(signal.SIGKILL) == 1  # as a segfault or the OOM killer would end it
-    thread.join(60)
-    assert result["status"] == "failed" and result["returncode"] == -signal.SIGKILL, result
-
-    fine = tiny_run_folder(tmp_path, "fine")
-    status = execute_run(RunTask(str(fine), preload=True, cwd=str(preloaded_cwd)))
-    assert status["status"] == "done" and "test/acc" in status["metrics"], status
-    assert forkserver.server_pids() == [server], "the same server forked the next run"
-    assert "(forked from a preloaded server)" in (fine / "output.log").read_text()
+def open_files(pid: int) -> set[Path]:
+    """The files process ``pid`` holds open (Linux /proc)."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.add(Path(os.readlink(fd)))
+        except OSError:
+            pass
+    return found
 
 
-def test_a_lost_server_is_replaced_and_its_live_run_awaited(tmp_path, preloaded_cwd):
-    from hybrids.lab.sweeps import forkserver
-    from hybrids.lab.sweeps.execute import RunTask, execute_run, signal_live_runs
-
-    marker = tmp_path / "hanging"
-    orphan = tiny_run_folder(tmp_path, "orphan", hanging(marker))
-    thread, result = start_in_thread(RunTask(str(orphan), preload=True, cwd=str(preloaded_cwd)))
-    wait_for(marker, thread)
-    for server in forkserver.server_pids():
-        os.kill(server, signal.SIGKILL)
-    time.sleep(1)
-    assert thread.is_alive(), "the run outlives its server, and the sweep waits for it"
-    signal_live_runs(signal.SIGKILL)
-    thread.join(60)
-    assert result["status"] == "failed" and "went away" in result["error"], result
-
-    fine = tiny_run_folder(tmp_path, "fine")
-    status = execute_run(RunTask(str(fine), preload=True, cwd=str(preloaded_cwd)))
-    assert status["status"] == "done", status
-    assert "no preloaded server" not in (fine / "output.log").read_text(), "a new server started the run"
-
-
-def test_a_preloaded_run_refuses_to_train_without_the_lock(tmp_path, preloaded_cwd):
-    """The fork takes the run's lock itself before anything else: handed an open file other
-    than the lock's holder's (what would happen if the sweep's hand-over broke), it trains
-    nothing and the run counts as busy."""
+def test_a_run_holds_its_lock_and_a_run_killed_by_a_signal_fails_with_its_signal(tmp_path, fault_env):
+    """The run's process holds the lock the sweep took (a second sweep passes the run by while
+    it trains); a run that dies by a signal it does not handle (a segfault, the OOM killer) is
+    a failure with the negative returncode of death by that signal, and the lock is free after."""
     import fcntl
 
-    from hybrids.lab.sweeps.execute import RunTask, _execute_locked, read_json
+    from hybrids.cli.sweep import build_parser
+    from hybrids.lab.sweeps import execute
+    from hybrids.lab.sweeps.execute import RunTask, execute_run, signal_live_runs
 
-    run = tiny_run_folder(tmp_path, "held")
-    with (run / ".lock").open("a") as holder, (run / ".lock").open("a") as other:
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        result = _execute_locked(RunTask(str(run), preload=True, cwd=str(preloaded_cwd)), run,
-                                 read_json(run / "run.json"), other.fileno())
-    assert result["status"] == "busy" and "not started twice" in result["error"], result
-    assert not (run / "status.json").exists() and not (run / "logs").exists(), "nothing ran"
-    assert "another process holds this run's lock" in (run / "output.log").read_text()
+    assert "preload" not in build_parser().format_help(), "runs always start as fresh interpreters"
+    marker = tmp_path / "hanging"
+    run = tiny_run_folder(tmp_path, "killed", hanging(marker))
+    thread, result = start_in_thread(RunTask(str(run), cwd=str(tmp_path)))
+    wait_for(marker, thread)
+    with execute._LIVE_LOCK:
+        (process,) = execute._LIVE
+    if Path("/proc").is_dir():
+        assert (run / ".lock").resolve() in open_files(process.pid), "the lock is handed to the run"
+    busy = execute_run(RunTask(str(run), cwd=str(tmp_path)))
+    assert busy["status"] == "busy" and "not started twice" in busy["error"], busy
+    assert os.getsid(process.pid) == process.pid != os.getsid(0), "the run has a session of its own"
+    assert signal_live_runs(signal.SIGKILL) == 1
+    thread.join(60)
+    assert result["status"] == "failed" and result["returncode"] == -signal.SIGKILL, result
+    assert result["attempts"] == 1 and result["log_dir"] == "logs/version_0"
+    with (run / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again: nobody holds the run
+    log = (run / "output.log").read_text()
+    assert log.count("=== attempt 1") == 1 and " -m hybrids fit -c " in log, log
 
 
-def test_without_a_preloaded_server_a_run_starts_as_a_fresh_interpreter(tmp_path, monkeypatch):
-    from hybrids.lab.sweeps import forkserver
+def test_a_run_orphaned_by_a_killed_sweep_keeps_the_lock(tmp_path, fault_env):
+    """The lock is one open file shared by the sweep and the run: when the sweep dies (SIGKILL,
+    nothing runs its clean-up) the run, in its own session, lives on and still holds it, so a
+    new sweep does not start the run a second time."""
+    import fcntl
+
     from hybrids.lab.sweeps.execute import RunTask, execute_run
 
-    run = tiny_run_folder(tmp_path, "fallback")
-    missing = execute_run(RunTask(str(run), python=str(tmp_path / "no-python"), preload=True))
+    marker = tmp_path / "hanging"
+    run = tiny_run_folder(tmp_path, "orphan", hanging(marker))
+    # A sweep of one run in a process of its own, which says the pid of the run it started.
+    code = """if True:
+        import sys, threading, time
+        from hybrids.lab.sweeps import execute
+        task = execute.RunTask(sys.argv[1], cwd=sys.argv[2])
+        threading.Thread(target=execute.execute_run, args=(task,), daemon=True).start()
+        while not execute._LIVE:
+            time.sleep(0.05)
+        print(next(iter(execute._LIVE)).pid, flush=True)
+        threading.Event().wait()
+    """
+    sweep = subprocess.Popen([sys.executable, "-c", code, str(run), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    orphan = int(sweep.stdout.readline())
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert sweep.poll() is None and time.monotonic() < deadline, "the run never reached its step"
+            time.sleep(0.1)
+        sweep.kill()
+        sweep.wait(30)
+        os.kill(orphan, 0)  # alive without its sweep
+        with (run / ".lock").open("a") as lock, pytest.raises(BlockingIOError):
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert execute_run(RunTask(str(run), cwd=str(tmp_path)))["status"] == "busy"
+    finally:
+        sweep.kill()
+        try:
+            os.kill(orphan, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_run_whose_interpreter_cannot_start_fails_and_the_next_attempt_runs_it(tmp_path, fault_env):
+    from hybrids.lab.sweeps.execute import RunTask, execute_run
+
+    run = tiny_run_folder(tmp_path, "unstartable")
+    missing = execute_run(RunTask(str(run), python=str(tmp_path / "no-python")))
     assert missing["status"] == "failed" and missing["error"].startswith("cannot start"), missing
-    assert "no preloaded server (cannot start" in (run / "output.log").read_text()
-
-    def unavailable(*args, **kwargs):
-        raise forkserver.PreloadUnavailable("switched off by the test")
-
-    monkeypatch.setattr(forkserver, "start_run", unavailable)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    status = execute_run(RunTask(str(run), preload=True))
-    assert status["status"] == "done" and status["attempts"] == 2, status
-    last = (run / "output.log").read_text().split("=== attempt 2")[1]
-    assert "no preloaded server (switched off by the test); starting a fresh interpreter" in last
+    status = execute_run(RunTask(str(run)))
+    assert status["status"] == "done" and status["attempts"] == 2 and status["returncode"] == 0, status
+    assert "test/acc" in status["metrics"] and status["logged_params"] == status["params"]

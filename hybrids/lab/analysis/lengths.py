@@ -13,7 +13,6 @@ and draws accuracy against length, one line per family (:func:`plot_accuracy_vs_
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pandas as pd
 
 from hybrids.lab.analysis.runs import load_runs
 from hybrids.lab.analysis.sweeps import select_points
+from hybrids.lab.metrics_log import last_values
 
 _LENGTH_COLUMN = re.compile(r"^test[/_]acc@(\d+)$")
 
@@ -61,15 +61,11 @@ def run_lengths(root: str | Path) -> pd.DataFrame:
     test``): one row per (run, length) with family, params, state_size, seq_len and ``acc``."""
     rows: list[dict[str, Any]] = []
     for run in load_runs(root, metric="test/acc"):
-        with (run.path / "metrics.csv").open(newline="") as f:
-            records = list(csv.DictReader(f))
-        columns = length_columns(records[0].keys() if records else [])
-        for length, column in columns.items():
-            values = [r[column] for r in records if r.get(column) not in ("", None)]
-            if values:
-                rows.append({"run": run.name, "family": run.family, "params": run.params,
-                             "state_size": run.state_size, "seq_len": run.seq_len, "length": length,
-                             "acc": float(values[-1])})
+        logged = last_values(run.path)
+        for length, column in length_columns(logged).items():
+            rows.append({"run": run.name, "family": run.family, "params": run.params,
+                         "state_size": run.state_size, "seq_len": run.seq_len, "length": length,
+                         "acc": logged[column]})
     return pd.DataFrame(rows)
 
 

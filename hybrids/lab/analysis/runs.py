@@ -2,18 +2,20 @@
 
 A run is a folder written by the CLI's CSVLogger (``runs/<name>/version_N``) holding
 ``metrics.csv`` (with the ``params``, ``state_size`` and ``seq_len`` rows logged at the start of
-``fit`` and the ``val/acc`` of each validation) and ``hparams.yaml`` (the model's arguments).
+``fit`` and the ``val/acc`` of each validation) and ``hparams.yaml`` (the model's arguments);
+the log is read by :mod:`hybrids.lab.metrics_log`. :func:`runs_table` is formatted by hand
+because ``DataFrame.to_string`` right-aligns text, so it would not be shorter for the same table.
 """
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hybrids.lab.metrics_log import METRICS_FILE, last_values
 from hybrids.model.config import DEFAULT_MIXERS
 from hybrids.model.mixer_specs import expand_pattern
 
@@ -45,23 +47,14 @@ def mixer_family(hparams: dict[str, Any]) -> str:
     return "+".join(dict.fromkeys(names))
 
 
-def _last_value(rows: list[dict[str, str]], column: str) -> float | None:
-    for row in reversed(rows):
-        value = row.get(column, "")
-        if value not in ("", None):
-            return float(value)
-    return None
-
-
 def load_run(path: str | Path, metric: str = "val/acc") -> Run | None:
     """The run in ``path`` (a ``version_N`` folder), or None if it has no finished ``fit`` figures."""
     path = Path(path)
-    metrics_file, hparams_file = path / "metrics.csv", path / "hparams.yaml"
-    if not (metrics_file.exists() and hparams_file.exists()):
+    hparams_file = path / "hparams.yaml"
+    if not hparams_file.exists():
         return None
-    with metrics_file.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    figures = {key: _last_value(rows, key) for key in (metric, "state_size", "params", "seq_len")}
+    logged = last_values(path)
+    figures = {key: logged.get(key) for key in (metric, "state_size", "params", "seq_len")}
     if any(value is None for value in figures.values()):
         return None
     hparams = yaml.safe_load(hparams_file.read_text()) or {}
@@ -83,7 +76,7 @@ def load_runs(root: str | Path, metric: str = "val/acc") -> list[Run]:
     continuation holds the final figures.
     """
     root = Path(root)
-    runs = [r for r in (load_run(p.parent, metric) for p in sorted(root.rglob("metrics.csv"))) if r is not None]
+    runs = [r for r in (load_run(p.parent, metric) for p in sorted(root.rglob(METRICS_FILE))) if r is not None]
     superseded: set[Path] = set()
     for continuation in runs:
         resumed = continuation.hparams.get("resumed_from")

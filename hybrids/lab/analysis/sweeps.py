@@ -295,17 +295,11 @@ def _better(score: float, best: float, mode: str) -> bool:
 def seed_statistics(values: Iterable[float]) -> dict[str, float]:
     """n, mean, std (ddof=1), sem (std / sqrt(n)), min and max of the finite ``values``; the spread
     is NaN for a single seed, and everything but n is NaN for none."""
-    x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    n = len(x)
-    std = float(x.std(ddof=1)) if n > 1 else math.nan
-    return {
-        "n": n,
-        "mean": float(x.mean()) if n else math.nan,
-        "std": std,
-        "sem": std / math.sqrt(n) if n > 1 else math.nan,
-        "min": float(x.min()) if n else math.nan,
-        "max": float(x.max()) if n else math.nan,
-    }
+    x = pd.Series(list(values), dtype=float)
+    x = x[np.isfinite(x)]
+    # pandas' std and sem use ddof=1 and give NaN below two values, as every reduction does for none.
+    stats = x.agg(["mean", "std", "sem", "min", "max"])
+    return {"n": len(x), **{name: float(value) for name, value in stats.items()}}
 
 
 def select_points(
@@ -347,8 +341,7 @@ def select_points(
     if points.empty:
         return points
     order = [c for c in ("family", "seq_len", "num_kv_pairs", "d_model", "state_size", "params") if c in points]
-    keys = points[order].apply(lambda column: column.map(_order_key))
-    return points.iloc[sorted(range(len(points)), key=lambda i: list(keys.iloc[i]))].reset_index(drop=True)
+    return points.sort_values(order, key=lambda column: column.map(_order_key), kind="stable").reset_index(drop=True)
 
 
 def _point_row(

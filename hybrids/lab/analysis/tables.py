@@ -1,4 +1,10 @@
-"""The selected points as a plain-text table (a terminal, a notebook's printed output) or as Markdown."""
+"""The selected points as a plain-text table (a terminal, a notebook's printed output) or as Markdown.
+
+Formatted by hand, not by pandas: ``DataFrame.to_string`` separates columns by a single space
+and right-aligns text (the text table promises two spaces, so that a line splits back into cells
+that contain spaces, like "0.91 ± 0.01"), and ``DataFrame.to_markdown`` needs ``tabulate``,
+which is not a dependency.
+"""
 
 from __future__ import annotations
 

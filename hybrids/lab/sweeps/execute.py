@@ -13,19 +13,28 @@ up where it stopped), trains to the end, and tests the final weights. A failing 
 raises here: its status says ``failed`` with the error line it printed, so a sweep goes on.
 The function is importable by path, so Ray workers can run it as well as the local pool.
 
-How the attempt starts (``RunTask.preload``): by default as a fresh interpreter (a subprocess);
-with ``preload`` (what ``hybrids sweep`` asks for under the local launcher) as a fork of a
-server that has imported torch, Lightning and the CLI already (:mod:`hybrids.lab.sweeps.forkserver`),
-which saves the ~7 s of imports every run would otherwise spend. Both give the run the same
-session, folder, environment, output file, lock and exit status; the output file's attempt line
-says which one ran. Where no server can be had (its interpreter does not start, its imports
-fail) the run starts as a fresh interpreter, with a line in ``output.log`` saying why; off Linux
-runs always do. Ray tasks keep the subprocess.
+Each attempt is a fresh interpreter (``subprocess.Popen``), in a session of its own, with the
+run's thread variables in its environment, its output appended to ``output.log``, and the run's
+lock passed on (``pass_fds``). The price is the interpreter's imports, paid by every attempt:
+``python -c "import hybrids.cli.fit"`` (torch, Lightning, the CLI) took 4.6 s of wall time, best
+of 3 (4.4 s of CPU; up to 11 s while other work kept both cores busy), on the 2-core machine of
+issue 25. That is 1-9% of a run of 450-50 s, some 4 minutes of a 98-run sweep on two workers.
+
+Why not start runs as forks of a process that has done those imports once: a hand-written fork
+server (603 lines of sockets, descriptor passing and signal handling) did that until issue 25,
+and ``multiprocessing``'s forkserver with ``set_forkserver_preload`` would need less code but
+loses what the sweep relies on: (1) its server lives in the sweep's process group, so a SIGHUP
+from a closed terminal or a SIGTERM to the group (``timeout``, a batch system) kills it, and
+with it the exit status of every live run, which are still saving their checkpoints; (2) it
+keeps the environment of its first use, so each run's thread variables would reach torch and
+OpenBLAS after they have loaded, too late; (3) its children are multiprocessing's processes
+(stdin replaced, joined at the sweep's exit, another ``__main__``), not ``python -m hybrids
+fit``, and the lock and output file would still have to be handed over by hand. A subprocess
+has all of it for free.
 """
 
 from __future__ import annotations
 
-import csv
 import fcntl
 import json
 import os
@@ -37,16 +46,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from hybrids.lab.sweeps import forkserver
+from hybrids.lab.metrics_log import newest_version, run_values
 
 # Exit statuses of `hybrids fit` (hybrids.cli.fit): 130 / 143 stopped by SIGINT / SIGTERM after
 # saving last.ckpt, so the run resumes on the next attempt.
 INTERRUPTED_CODES = {128 + signal.SIGINT, 128 + signal.SIGTERM}
-# Metrics copied into status.json: the last logged value of each (validation: the end of
-# training; test: the final weights).
-REPORTED = ("val/acc", "val/loss", "test/acc", "test/loss", "params", "state_size", "seq_len")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -58,10 +64,6 @@ class RunTask:
     threads: int = 1  # OpenMP / torch threads of the run
     python: str = field(default_factory=lambda: sys.executable)
     cwd: str = field(default_factory=os.getcwd)  # where relative paths in the config resolve
-    # Start the run as a fork of a preloaded server rather than a fresh interpreter. Off by
-    # default, so that callers that ship tasks elsewhere (Ray) keep the subprocess; the local
-    # launcher of `hybrids sweep` turns it on (--no-preload turns it off).
-    preload: bool = False
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -85,22 +87,8 @@ def is_finished(run_dir: Path) -> bool:
     return bool(plan and status and status.get("status") == "done" and status.get("config_hash") == plan.get("config_hash"))
 
 
-class RunProcess(Protocol):
-    """What the sweep needs of a started run: ``subprocess.Popen`` has it, and so has
-    :class:`hybrids.lab.sweeps.forkserver.PreloadedRun`. ``wait(timeout)`` raises
-    ``subprocess.TimeoutExpired``; the exit status is negative for death by a signal."""
-
-    pid: int | None
-
-    def send_signal(self, signum: int) -> None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-    def kill(self) -> None: ...
-
-
 # Live runs of this process, so that the local pool can pass a stop signal on.
-_LIVE: set[RunProcess] = set()
+_LIVE: set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
 
 
@@ -123,10 +111,10 @@ def execute_run(task: RunTask) -> dict[str, Any]:
     if plan is None:
         return {"name": run_dir.name, "status": "failed", "error": f"{run_dir}/run.json missing or unreadable"}
     # One process per run: the lock is held by this function and shared with the training
-    # process (inherited by a subprocess, handed over a socket to a fork of the preloaded
-    # server: the same open file either way), so it stays taken while either lives (a run
-    # orphaned by a killed sweep included), and a second sweep over the same folder passes the
-    # run by instead of training it twice.
+    # process (pass_fds: the same open file, and flock locks belong to the open file), so it
+    # stays taken while either lives, with no moment in which it is free (a run orphaned by a
+    # killed sweep keeps it), and a second sweep over the same folder passes the run by instead
+    # of training it twice.
     lock = (run_dir / ".lock").open("a")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,21 +151,18 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
     }
     write_json(run_dir / "status.json", status)
 
-    arguments = ["fit", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last", "--test_after_fit", "true"]
-    command = [task.python, "-m", "hybrids", *arguments]
+    command = [task.python, "-m", "hybrids", "fit", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last",
+               "--test_after_fit", "true"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **{name: str(task.threads) for name in THREAD_VARIABLES}}
-    preload = task.preload and forkserver.available()
     start = time.monotonic()
     with (run_dir / "output.log").open("a") as log:
         log.write(f"\n=== attempt {status['attempts']} on {status['host']} at {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                  f"{' '.join(command)}{' (forked from a preloaded server)' if preload else ''}\n")
+                  f"{' '.join(command)}\n")
         log.flush()
         try:
-            process = _start(task, command, arguments, env, log, lock_fd, preload)
-        except (OSError, forkserver.StartUncertain) as err:  # no such interpreter or folder (on a cluster node,
-            # say), or a server lost while it forked the run
-            status.update(status="failed", error=str(err) if isinstance(err, forkserver.StartUncertain)
-                          else f"cannot start {task.python} in {task.cwd}: {err}")
+            process = _start(task, command, env, log, lock_fd)
+        except OSError as err:  # no such interpreter or folder (on a cluster node, say)
+            status.update(status="failed", error=f"cannot start {task.python} in {task.cwd}: {err}")
             write_json(run_dir / "status.json", status)
             return status
         try:
@@ -192,17 +177,9 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
                 _LIVE.discard(process)
     elapsed = time.monotonic() - start
 
-    if isinstance(process, forkserver.PreloadedRun) and returncode == forkserver.BUSY_EXIT:
-        # The fork found the run's lock held by another process (the sweep's lock is handed to
-        # it, so this means two holders): it trained nothing; the status stays the other's.
-        if previous:
-            write_json(run_dir / "status.json", previous)
-        else:
-            (run_dir / "status.json").unlink(missing_ok=True)
-        return {**previous, "name": plan.get("name", run_dir.name), "status": "busy",
-                "error": "another process is running it (its lock is taken); not started twice"}
-
-    metrics = read_metrics(run_dir / "logs")
+    # The last logged value of each metric (validation: the end of training; test: the final
+    # weights); status.json keeps the named ones ("val/acc"), not the counters ("params").
+    metrics = run_values(run_dir / "logs")
     status.update(returncode=returncode, wall_s=round(status["wall_s"] + elapsed, 1), log_dir=newest_version(run_dir / "logs"))
     status["metrics"] = {k: v for k, v in metrics.items() if "/" in k}
     for figure in ("params", "state_size"):
@@ -214,10 +191,6 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
     elif signalled in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         status["status"] = "interrupted"
         status["error"] = f"stopped by {signal.Signals(signalled).name}; rerun the sweep to resume"
-    elif getattr(process, "lost", False):
-        status["status"] = "failed"
-        status["error"] = ("the preloaded server went away before reporting the run's exit status; "
-                           "rerun the sweep to resume it")
     else:
         status["status"] = "failed"
         status["error"] = error_line(run_dir / "output.log") if returncode else "finished without test figures"
@@ -225,43 +198,20 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
     return status
 
 
-def _start(task: RunTask, command: list[str], arguments: list[str], env: dict[str, str], log,
-           lock_fd: int, preload: bool) -> RunProcess:
-    """Start the attempt, registered in ``_LIVE``: a fork of the preloaded server when asked and
-    possible, else a subprocess. Both get their own session: a Ctrl-C at the terminal reaches
-    the sweep, which passes one signal on (two SIGINTs would make the run stop without its
-    checkpoint)."""
-    pending: list[int] = []
-    if preload:
-        # Registered before it has a pid: a stop signal that arrives while the server is still
-        # importing (the first runs wait for that) reaches the run once it starts, as it would
-        # have reached a subprocess busy importing.
-        run = forkserver.PreloadedRun(command)
-        with _LIVE_LOCK:
-            _LIVE.add(run)
-        try:
-            return forkserver.start_run(run, python=task.python, threads=task.threads, cwd=task.cwd, env=env,
-                                        argv=arguments, log=os.path.abspath(log.name), lock_fd=lock_fd)
-        except forkserver.StartUncertain:
-            raise  # a fork may be training it: starting another process could train it twice
-        except Exception as err:  # noqa: BLE001 (PreloadUnavailable, or a fault of the server's own code)
-            log.write(f"hybrids sweep: no preloaded server ({err}); starting a fresh interpreter\n")
-            log.flush()
-        finally:
-            if run.pid is None:
-                with _LIVE_LOCK:
-                    _LIVE.discard(run)
-                pending = run.pending_signals()
-    process = subprocess.Popen(command, cwd=task.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True, pass_fds=(lock_fd,))
+def _start(task: RunTask, command: list[str], env: dict[str, str], log, lock_fd: int) -> subprocess.Popen:
+    """Start the attempt in a session of its own, registered in ``_LIVE``: a Ctrl-C at the
+    terminal reaches only the sweep, which passes one signal on (two SIGINTs would make the run
+    stop without its checkpoint)."""
+    # Started under the lock that signal_live_runs takes, so that a stop signal arriving while
+    # the process starts waits for it to be registered instead of missing it.
     with _LIVE_LOCK:
+        process = subprocess.Popen(command, cwd=task.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, pass_fds=(lock_fd,))
         _LIVE.add(process)
-    for signum in pending:  # a stop asked for while the server failed to start the run
-        process.send_signal(signum)
     return process
 
 
-def _stop(process: RunProcess, grace_s: float = 120.0) -> None:
+def _stop(process: subprocess.Popen, grace_s: float = 120.0) -> None:
     """SIGINT (the run saves last.ckpt and exits), then SIGKILL if it takes longer than ``grace_s``."""
     try:
         process.send_signal(signal.SIGINT)
@@ -271,38 +221,6 @@ def _stop(process: RunProcess, grace_s: float = 120.0) -> None:
         process.wait()
     except ProcessLookupError:
         pass
-
-
-def newest_version(logs: Path) -> str | None:
-    versions = _versions(logs)
-    return str(versions[0].relative_to(logs.parent)) if versions else None
-
-
-def _versions(logs: Path) -> list[Path]:
-    """``logs/version_N`` folders, newest first."""
-    found = [p for p in logs.glob("version_*") if p.is_dir() and p.name[8:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[8:]), reverse=True)
-
-
-def read_metrics(logs: Path) -> dict[str, float]:
-    """The last logged value of every metric, newest version first (a resumed run continues in
-    a new version; what it did not log again is taken from the versions before)."""
-    values: dict[str, float] = {}
-    for version in _versions(logs):
-        path = version / "metrics.csv"
-        if not path.is_file():
-            continue
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        for row in reversed(rows):
-            for key, text in row.items():
-                if key in ("epoch", "step") or key in values or text in ("", None):
-                    continue
-                try:
-                    values[key] = float(text)
-                except ValueError:
-                    continue
-    return values
 
 
 _ERROR = re.compile(r"^(error: |[A-Za-z_.]*(Error|Exception)\b)")

@@ -1,13 +1,12 @@
 """The local launcher: a pool of N workers, each running one run at a time.
 
-Each worker is a thread that waits on a ``hybrids fit`` process, so N runs train at once in
-N processes: forks of the preloaded server (:mod:`hybrids.lab.sweeps.forkserver`) for the tasks of
-``hybrids sweep``, or subprocesses (``RunTask.preload`` off, ``--no-preload``); the pool sees no
-difference. On Ctrl-C, SIGTERM or SIGHUP (a closed terminal) the pool starts nothing new, passes
-the signal on to the running runs (SIGTERM for SIGHUP: they save ``last.ckpt`` and exit), waits
-for them, and raises :class:`SweepInterrupted`: the next ``hybrids sweep`` resumes them. The
-preloaded server lives in a session of its own, so those signals (sent by a terminal or to the
-sweep's process group) do not reach it, and it keeps reporting the runs' exit statuses.
+Each worker is a thread that waits on a ``hybrids fit`` subprocess
+(:func:`hybrids.lab.sweeps.execute.execute_run`), so N runs train at once in N processes. On
+Ctrl-C, SIGTERM or SIGHUP (a closed terminal) the pool starts nothing new, passes the signal on
+to the running runs (SIGTERM for SIGHUP: they save ``last.ckpt`` and exit), waits for them, and
+raises :class:`SweepInterrupted`: the next ``hybrids sweep`` resumes them. Each run lives in a
+session of its own, so a signal sent by the terminal or to the sweep's process group reaches it
+once, from here, and the sweep, still alive, records how each run ended.
 """
 
 from __future__ import annotations
