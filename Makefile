@@ -25,4 +25,4 @@ test: setup-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 docs: setup-docs
-	$(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site

@@ -1,6 +1,6 @@
 """Decode cost against context length: what a fixed-state mixer saves over attention at inference.
 
-    python benchmarks/decode.py                                 # the README table and plot
+    python benchmarks/decode.py                                 # the table and plot of results/2026-12-01-decode-cost.md
     python benchmarks/decode.py --contexts 1024 4096 --families attention mamba --steps 16
 
 For each family, a 6-layer stack (SwiGLU MLPs, vocabulary 256) whose width is chosen so that its

@@ -1,7 +1,7 @@
 """Linear attention on the CPU: the chunked backend against the step-by-step reference and
 against dense causal softmax attention (SDPA, the quadratic op it replaces): time and peak memory.
 
-    python benchmarks/linear_attention_cpu.py                        # the README table
+    python benchmarks/linear_attention_cpu.py                        # the table of results/2026-12-02-cpu-kernels.md
     python benchmarks/linear_attention_cpu.py --lengths 1024 --repeats 1 --decay none
 
 For each L: ``linear_attention(..., backend="chunk")`` and ``backend="reference"`` with a

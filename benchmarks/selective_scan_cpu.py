@@ -1,6 +1,6 @@
 """Selective scan on the CPU: each backend against the reference, time and peak memory.
 
-    python benchmarks/selective_scan_cpu.py                  # the README table (issue target shape)
+    python benchmarks/selective_scan_cpu.py                  # the table of results/2026-12-02-cpu-kernels.md (issue target shape)
     python benchmarks/selective_scan_cpu.py --length 256 --repeats 1
 
 Shape: batch 2, dim 256, d_state 16, L 1024, float32, B and C varying in time (one group), with

@@ -1,6 +1,6 @@
 """Banded sparse attention against dense causal SDPA on the CPU: time and peak memory.
 
-    python benchmarks/sparse_attention_cpu.py                       # the README table
+    python benchmarks/sparse_attention_cpu.py                       # the table of results/2026-12-02-cpu-kernels.md
     python benchmarks/sparse_attention_cpu.py --lengths 1024 --long 0 --repeats 1
 
 (a) For each L: sliding-window attention through ``sparse_attention(..., backend="banded")`` and

@@ -1,7 +1,7 @@
 """Short sequences: the ``masked_sdpa`` and ``banded`` sparse-attention backends, forward +
 backward, and which one the dispatcher picks by itself.
 
-    python benchmarks/sparse_attention_short.py                   # the README table
+    python benchmarks/sparse_attention_short.py                   # the table of results/2026-12-02-cpu-kernels.md
     python benchmarks/sparse_attention_short.py --lengths 64 128 --windows 16 --repeats 3
 
 At the zoo's CPU scale (MQAR sequences of 64-256 tokens, batch 64) the banded backend's tiling

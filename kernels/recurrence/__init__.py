@@ -11,7 +11,7 @@ dtype.
 The selective scan (:mod:`hybrids.kernels.scan`) computes this too, with ``d_state = 1`` and a
 step ``delta`` standing for ``-log a``, but its layout is (batch, dim, L), its inputs must be
 recast through ``delta`` (a division by it), and its loops are built for a vector of states per
-channel: on CPU this op is about 10x faster for the RG-LRU's shapes (README, "Sweeps").
+channel: on CPU this op is about 10x faster for the RG-LRU's shapes (docs/sweeps.md).
 
 Backends (``backend=`` argument, else ``HYBRIDS_LINEAR_RECURRENCE_BACKEND``, else the
 dispatcher's choice):
