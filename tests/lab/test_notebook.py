@@ -1,5 +1,6 @@
-"""load_runs reads the logs of a tiny real run; the analysis notebook runs top to bottom on a
-synthetic sweep folder."""
+"""load_runs reads the logs of a tiny real run; the analysis notebooks run top to bottom on
+synthetic sweep folders, and as they ship (no HYBRIDS_SWEEP: the real CPU sweeps where they exist,
+else the tiny demonstration sweeps committed in notebooks/demo_runs)."""
 
 import base64
 import json
@@ -11,11 +12,14 @@ from nbclient import NotebookClient
 
 from test_sweep_analysis import write_run
 
-from hybrids.lab.analysis import load_runs, runs_table, select_points, sweep_table
+from hybrids.lab.analysis import accuracy_by_length, load_runs, runs_table, select_points, sweep_table, sweep_tables
 from hybrids.cli.fit import build_cli
 from helpers import ROOT
 
-NOTEBOOK = ROOT / "notebooks" / "state_size_vs_accuracy.ipynb"
+NOTEBOOKS = ROOT / "notebooks"
+NOTEBOOK = NOTEBOOKS / "state_size_vs_accuracy.ipynb"
+LENGTH_NOTEBOOK = NOTEBOOKS / "length_extrapolation.ipynb"
+DEMO_RUNS = NOTEBOOKS / "demo_runs"
 
 
 def tiny_runs(tmp: Path) -> Path:
@@ -23,7 +27,7 @@ def tiny_runs(tmp: Path) -> Path:
         build_cli([
             "fit", "-c", str(ROOT / "configs" / "transformer.yaml"),
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-            "--trainer.max_epochs=1", f"--model.init_args.d_model={d_model}",
+            "--trainer.max_epochs=1", f"--model.init_args.stack.d_model={d_model}",
             "--data.init_args.num_train_examples=32", "--data.init_args.num_test_examples=16",
             "--data.init_args.batch_size=16",
         ])
@@ -112,3 +116,85 @@ def test_length_extrapolation_notebook_executes(tmp_path, monkeypatch):
         assert f"{row.acc_mean:.4g}" in printed
     images = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 1 and images[0].startswith(b"\x89PNG\r\n\x1a\n") and len(images[0]) > 5000
+
+
+def execute(notebook: Path, kernel: str) -> tuple[list[str], list[bytes]]:
+    """Run a notebook top to bottom from its own folder (as Jupyter does); its printed lines and
+    its PNG images. nbclient raises if a cell fails."""
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name=kernel, resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    lines = "".join(o.get("text", "") for o in outputs).splitlines()
+    images = [base64.b64decode(o["data"]["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
+    return lines, images
+
+
+def shown_by_default(real: list[str], demo: str) -> tuple[list[str], bool]:
+    """The folders (relative to notebooks/) a notebook reads with HYBRIDS_SWEEP unset, and whether
+    that is its demonstration sweep: the real sweeps that exist, else the demo (a fresh clone)."""
+    existing = [d for d in real if (NOTEBOOKS / d).is_dir()]
+    return (existing, False) if existing else ([demo], True)
+
+
+def test_notebooks_run_as_they_ship(tmp_path, monkeypatch):
+    monkeypatch.delenv("HYBRIDS_SWEEP", raising=False)
+    kernel = kernel_of_this_python(tmp_path, monkeypatch)
+
+    # Accuracy against width and state size.
+    folders, demo = shown_by_default(["../runs/sweeps/mqar_cpu", "../runs/sweeps/mqar_cpu_linear"], "demo_runs/notebook_mqar")
+    lines, images = execute(NOTEBOOK, kernel)
+    runs = sweep_tables([NOTEBOOKS / d for d in folders])
+    points = select_points(runs)
+    done = int((runs["status"] == "done").sum())
+    assert lines[0].startswith(", ".join(folders))
+    assert ("tiny-budget demonstration sweep" in lines[0]) == demo
+    assert lines[0].endswith(f": {len(runs)} runs, {done} done, {len(points)} points")
+    if demo:
+        assert len(runs) == done == 12 and len(points) == 6
+        assert set(points["family"]) == {"attention", "mamba", "gla"} and set(points["d_model"]) == {32, 64}
+    for _, p in points.iterrows():
+        key = [p.family, f"{int(p.seq_len)}", f"{int(p.num_kv_pairs)}", f"{int(p.d_model)}"]
+        row = next((line.split() for line in lines if line.split()[:4] == key), None)
+        assert row is not None, f"{key} missing from the notebook's table"
+        assert f"{p.test_acc_mean:.4f}" in row and f"{p.state_size:,}" in row and row[-1] == f"{int(p.n_seeds)}"
+    assert len(images) == 2
+    assert all(image.startswith(b"\x89PNG\r\n\x1a\n") and len(image) > 5000 for image in images)
+
+    # Accuracy against evaluation length.
+    folders, demo = shown_by_default(["../runs/sweeps/induction_cpu"], "demo_runs/notebook_induction")
+    lines, images = execute(LENGTH_NOTEBOOK, kernel)
+    runs = sweep_tables([NOTEBOOKS / d for d in folders])
+    expected = accuracy_by_length(runs)
+    done = int((runs["status"] == "done").sum())
+    assert lines[0].startswith(", ".join(folders))
+    assert ("tiny-budget demonstration sweep" in lines[0]) == demo
+    assert lines[0].endswith(f": {len(runs)} runs, {done} done")
+    if demo:  # trained at 32, tested up to 1,024
+        assert len(runs) == done == 12
+        assert set(expected["family"]) == {"attention", "mamba", "gla"}
+        assert set(expected["length"]) == {32, 64, 128, 256, 512, 1024}
+    for _, row in expected.iterrows():
+        printed = next((line.split() for line in lines
+                        if line.split()[:2] == [row.family, f"{int(row.d_model)}"] and line.split()[5:6] == [f"{row.length}"]),
+                       None)
+        assert printed is not None, f"{row.family} {row.d_model} at {row.length} missing from the notebook's table"
+        assert printed[6] == f"{row.acc_mean:.4g}"
+    assert len(images) == 1 and images[0].startswith(b"\x89PNG\r\n\x1a\n") and len(images[0]) > 5000
+
+
+def test_demo_runs_are_committable():
+    """The demonstration sweeps hold finished runs and what the analysis reads, no checkpoints,
+    and stay small."""
+    assert (DEMO_RUNS / "README.md").is_file()
+    files = [f for f in DEMO_RUNS.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) < 1_000_000
+    assert not [f for f in files if f.suffix == ".ckpt" or f.name == ".lock"]
+    for name in ("notebook_mqar", "notebook_induction"):
+        sweep = DEMO_RUNS / name
+        listed = json.loads((sweep / "manifest.json").read_text())["runs"]
+        assert sorted(listed) == sorted(d.name for d in sweep.iterdir() if d.is_dir())
+        for run in listed:
+            status = json.loads((sweep / run / "status.json").read_text())
+            assert status["status"] == "done" and status["sweep"] == name
+            assert (sweep / run / status["log_dir"] / "metrics.csv").is_file()
+            assert (sweep / run / status["log_dir"] / "hparams.yaml").is_file()
