@@ -29,6 +29,7 @@ def memorizing_letters(mixers: dict) -> list[str]:
 def main() -> None:
     from hybrids import LanguageModel
     from hybrids.data import ByteText
+    from hybrids.train.model_args import nest
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -56,7 +57,9 @@ def main() -> None:
         mixers = copy.deepcopy(hparams["mixers"])
         for k in letters:
             mixers[k].setdefault("init_args", {})["memory_size"] = size
-        model = LanguageModel(**{**{k: v for k, v in hparams.items() if k != "mixers"}, "mixers": mixers})
+        # hparams.yaml records the arguments flat: nest them into stack / optim (train.model_args).
+        arguments, _ = nest({**hparams, "mixers": mixers})
+        model = LanguageModel(**{k: v for k, v in arguments.items() if k in ("stack", "optim", "max_loss", "carry_state")})
         model.load_state_dict(checkpoint["state_dict"])
         data = ByteText(**data_args)
         trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,

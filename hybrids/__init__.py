@@ -15,6 +15,8 @@ _legacy.install()  # module paths from before the December 2026 layout still imp
 _LAZY = {
     "LanguageModel": ("hybrids.train.module", "LanguageModel"),
     "HybridLM": ("hybrids.model", "HybridLM"),
+    "StackConfig": ("hybrids.model", "StackConfig"),
+    "OptimConfig": ("hybrids.train.optim", "OptimConfig"),
     "ConfigError": ("hybrids.errors", "ConfigError"),
 }
 

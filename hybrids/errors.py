@@ -19,19 +19,27 @@ class ConfigError(ValueError):
         self.key = key
         self.message = message
         self.section = section
+        # The argument of the section the raising class stands for (LanguageModel's ``stack`` or
+        # ``optim``), set with the section by config_section.
+        self.prefix: str | None = None
 
     @property
     def full_key(self) -> str:
-        return f"{self.section}.init_args.{self.key}" if self.section else self.key
+        key = f"{self.prefix}.{self.key}" if self.prefix else self.key
+        return f"{self.section}.init_args.{key}" if self.section else key
 
 
 class config_section(contextlib.ContextDecorator):
     """Mark ConfigErrors raised inside (a ``with`` block or a decorated ``__init__``) as coming
     from one section of the config: ``LanguageModel`` declares ``"model"``, the data modules
-    ``"data"``. An error that already has a section keeps it."""
+    ``"data"``, and the stack and optimiser settings ``"model"`` with the prefix ``"stack"`` or
+    ``"optim"`` (``model.init_args.stack.d_model``). An error that already has a section keeps it."""
 
-    def __init__(self, section: str) -> None:
+    def __init__(self, section: str, prefix: str | None = None) -> None:
         self.section = section
+        # The argument of that section the raising class stands for (LanguageModel's ``stack``
+        # and ``optim``): its keys are nested under it in the config.
+        self.prefix = prefix
 
     def __enter__(self):
         return self
@@ -39,6 +47,7 @@ class config_section(contextlib.ContextDecorator):
     def __exit__(self, kind, error, traceback):
         if isinstance(error, ConfigError) and error.section is None:
             error.section = self.section
+            error.prefix = self.prefix
         return False
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -45,6 +47,7 @@ from hybrids.train.checkpoints import (
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.train.identity import identity_config, identity_hash
 from hybrids.train.divergence import DivergenceError
+from hybrids.train.model_args import moved_note, nest_config, nest_key
 from hybrids.train.module import LanguageModel
 
 # The logger's save_dir is not given in the configs: it defaults to "runs", and to
@@ -65,7 +68,7 @@ class HybridsCLI(LightningCLI):
     """LightningCLI with run identities, exact resumption, keyed errors and clean interruption."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.vocab_size", "model.init_args.stack.vocab_size", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
         # `hybrids fit` with no config trains the default stack (attention) on MQAR.
@@ -82,6 +85,18 @@ class HybridsCLI(LightningCLI):
         )
 
     # -- before anything is built ----------------------------------------------------------------
+
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning's, after moving the flat model keys of older configs and command lines
+        (``--model.init_args.lr``) under ``stack`` / ``optim`` (:mod:`hybrids.train.model_args`)."""
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+            return
+        given = sys.argv[1:] if args is None else list(args)
+        migrated, notes = migrate_arguments(given)
+        for note in notes:
+            print(note, file=sys.stderr, flush=True)
+        self.config = parser.parse_args(migrated)
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI would re-parse the config with the checkpoint's hyper-parameters, so that
@@ -115,11 +130,11 @@ class HybridsCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
-        given = (config.get("model") or {}).get("init_args", {}).get("vocab_size")
+        given = ((config.get("model") or {}).get("init_args", {}).get("stack") or {}).get("vocab_size")
         data_vocab = getattr(self.datamodule, "vocab_size", None)
         if given is not None and data_vocab is not None and given != data_vocab:
             self.parser.error(
-                f"model.init_args.vocab_size: {given} disagrees with the data's vocabulary ({data_vocab}); "
+                f"model.init_args.stack.vocab_size: {given} disagrees with the data's vocabulary ({data_vocab}); "
                 "leave it out: the model takes the data's"
             )
         if isinstance(self.model, LanguageModel):
@@ -251,6 +266,51 @@ class HybridsCLI(LightningCLI):
         stacked = torch.cat([b.cpu() for b in batches])
         torch.save({"predictions": stacked, "ckpt_path": self.trainer.ckpt_path}, target)
         print(f"hybrids: predictions of {stacked.shape[0]:,} examples, shape {tuple(stacked.shape)}, written to {target}", flush=True)
+
+
+CONFIG_FLAGS = ("-c", "--config")
+
+
+def migrate_arguments(args: list[str]) -> tuple[list[str], list[str]]:
+    """(``args`` in the current spelling, notes on what was moved): flat model keys on the command
+    line (``--model.init_args.d_model=32``) and in config files given with ``-c``. A config file
+    that needs no change is passed on as its path; one that does, as its migrated text."""
+    out, notes = [], []
+    moved_flags: list[str] = []
+    i = 0
+    while i < len(args):
+        item = args[i]
+        if item.startswith("--model.init_args."):
+            flag, eq, value = item.partition("=")
+            new = "--" + nest_key(flag[2:])
+            if new != flag:
+                moved_flags.append(flag[2:].split(".")[2])
+            out.append(new + eq + value)
+        elif item in CONFIG_FLAGS and i + 1 < len(args) or item.startswith("--config="):
+            path = item.partition("=")[2] if item.startswith("--config=") else args[i + 1]
+            out += [CONFIG_FLAGS[0], _migrated_config(path, notes)]
+            i += 0 if item.startswith("--config=") else 1
+        else:
+            out.append(item)
+        i += 1
+    if moved_flags:
+        notes.append(moved_note(moved_flags, "the command line"))
+    return out, notes
+
+
+def _migrated_config(path: str, notes: list[str]) -> str:
+    try:
+        text = Path(path).read_text()
+        config = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return path  # not a readable YAML file: jsonargparse says why
+    if not isinstance(config, dict):
+        return path
+    migrated, moved = nest_config(config)
+    if not moved:
+        return path
+    notes.append(moved_note(moved, path))
+    return yaml.safe_dump(migrated, sort_keys=False)
 
 
 def _default_save_dir(config) -> None:

@@ -66,7 +66,7 @@ def generate_main(argv: list[str]) -> None:
     from hybrids.cli.fit import build_cli  # noqa: PLC0415  (Lightning loads only when generating)
 
     parser = _parser()
-    # Anything argparse does not know is a config override (--model.init_args.d_model=32, ...).
+    # Anything argparse does not know is a config override (--model.init_args.stack.d_model=32, ...).
     args, overrides = parser.parse_known_args(argv)
     cli_args = [item for path in args.config for item in ("-c", path)]
     cli = build_cli([*cli_args, "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",

@@ -9,11 +9,13 @@ report it does not recognise is left as it is (:class:`KeyedErrorParser` then pr
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
 import re
 import sys
+import typing
 from collections.abc import Iterable
 
 from lightning.pytorch.cli import LightningArgumentParser
@@ -27,15 +29,24 @@ _GIVEN = re.compile(r"Given value: (?P<value>.*)")
 _NO_ATTRIBUTE = re.compile(r"module '(?P<module>[\w.]+)' has no attribute '(?P<name>\w+)'")
 _UNRECOGNISED = re.compile(r"unrecognized arguments: (?P<args>.*)")
 _NOT_ACCEPT_OPTION = re.compile(r"does not accept option '(?P<key>[^']+)'")
+# A nested parser's report, already keyed by KeyedErrorParser (the key relative to init_args).
+_KEYED = re.compile(r"^(?P<line>[\w.]+: (unknown argument|expected)\b.*)$")
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    """``"; did you mean 'x'?"`` for the candidate closest to ``name``, compared whole and by
+    its last component (``d_modle`` finds ``stack.d_model``)."""
+    candidates = sorted(set(candidates))
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+    if not close:
+        by_last = {c.rpartition(".")[2]: c for c in candidates}
+        close = [by_last[m] for m in difflib.get_close_matches(name.rpartition(".")[2], list(by_last), n=1, cutoff=0.6)]
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _init_arguments(class_path: str) -> list[str]:
-    """The argument names a class's constructor takes (through ``**kwargs`` to its bases)."""
+    """The argument names a class's constructor takes (through ``**kwargs`` to its bases), and
+    ``arg.field`` for the fields of an argument typed as a dataclass (LanguageModel's ``stack``)."""
     module_name, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
@@ -51,6 +62,13 @@ def _init_arguments(class_path: str) -> list[str]:
         except (TypeError, ValueError):
             continue
         names += [p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # noqa: BLE001 (unresolvable annotations: no nested names then)
+            hints = {}
+        for name, hint in hints.items():
+            if dataclasses.is_dataclass(hint):
+                names += [f"{name}.{f.name}" for f in dataclasses.fields(hint)]
         if not any(p.kind == p.VAR_KEYWORD for p in parameters):
             break
     return names
@@ -94,6 +112,8 @@ def keyed_line(message: str, option_keys: Iterable[str] = ()) -> str | None:
             close = _suggest(name, _public_names(module)).replace("'", "").replace("mean ", f"mean {module}.")
             return f"{key}.class_path: there is no class {module}.{name}{close}"
         first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+        if match := _KEYED.match(first):
+            return f"{key}.init_args.{match['line']}"
         return f"{key}: {class_path}: {first}" if first else None
     # A plain value of the wrong type: the types tried, and the value given.
     types = [t for t in _EXPECTED.findall(message) if t != "NoneType"]

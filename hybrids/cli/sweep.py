@@ -33,6 +33,7 @@ from hybrids.lab.sweeps.local import SweepInterrupted, run_locally
 from hybrids.lab.sweeps.matching import Unmatched, solve_plan
 from hybrids.lab.sweeps.measure import BuildError, measure
 from hybrids.lab.sweeps.spec import RunPlan, SweepError, expand, load_sweep
+from hybrids.train.model_args import unnest
 
 EXIT_FAILED, EXIT_BAD_SWEEP = 1, 2
 
@@ -144,6 +145,16 @@ def warn_stale(out: Path, names: set[str]) -> None:
 
 
 def config_hash(config: dict[str, Any]) -> str:
+    """A run's config as a short hash; the model's arguments compared flat (as sweeps wrote them
+    before the stack and optimiser were nested) and the logger left out, so a sweep written
+    before either change keeps resuming."""
+    model = config.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init_args"), dict):
+        config = {**config, "model": {**model, "init_args": unnest(model["init_args"])}}
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict) and "logger" in trainer:
+        # The sweep replaces every run's logger (write_run_folder): the base config's is moot.
+        config = {**config, "trainer": {k: v for k, v in trainer.items() if k != "logger"}}
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -165,7 +176,7 @@ def prepare(plans: list[RunPlan], match) -> dict[str, str]:
             continue
         plan.figures = figures
         model_args = (plan.config.get("model") or {}).get("init_args") or {}
-        plan.family = mixer_family(model_args)
+        plan.family = mixer_family(unnest(model_args))
     return problems
 
 

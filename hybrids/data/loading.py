@@ -13,6 +13,10 @@ out: DataLoader workers (``num_workers > 0``) fetch ahead, so the sampler is alw
 than the model. The loader stays a plain ``DataLoader`` with this sampler, so that Lightning can
 wrap the sampler for distributed training (each process then takes its share of the remaining
 order).
+
+torchdata's ``StatefulDataLoader`` was tried instead and not taken: it restores its position
+before Lightning sets the epoch (a checkpoint in the middle of epoch 1 replayed epoch 0's order)
+and skipped a whole epoch after a checkpoint at an epoch's end (docs/cli.md, "Exact resumption").
 """
 
 from __future__ import annotations

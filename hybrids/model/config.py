@@ -1,9 +1,8 @@
 """The architecture of a hybrid stack, defined once.
 
 :class:`StackConfig` holds the arguments that describe a :class:`~hybrids.model.HybridLM` and
-their defaults. ``HybridLM`` is built from it, ``LanguageModel`` (the Lightning module) takes the
-same arguments with the same defaults (its signature must list them for the CLI; a test checks
-they agree), and the CLI compares checkpoints on :data:`ARCHITECTURE_KEYS`.
+their defaults. ``HybridLM`` is built from it, and ``LanguageModel`` (the Lightning module) takes
+it as its ``stack`` argument, which the CLI reads field by field (``--model.init_args.stack.d_model``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybrids.model.blocks import MLP_KINDS
-from hybrids.errors import ConfigError
+from hybrids.errors import ConfigError, config_section
 
 
 
@@ -49,6 +48,8 @@ class StackConfig:
     tie_embeddings: bool = True
     reversible: bool = False
 
+    # Errors are keyed as the CLI spells them: model.init_args.stack.<field>.
+    @config_section("model", "stack")
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model"):
             value = getattr(self, name)

@@ -107,7 +107,7 @@ def build_mixer(spec: Mapping[str, Any], d_model: int, key: str) -> nn.Module:
         raise ConfigError(
             key,
             f"dotted keys {sorted(k for k in spec if '.' in str(k))} cannot patch a mixer spec: on the command "
-            "line give the whole spec, e.g. --model.init_args.mixers='{A: {class_path: ..., init_args: {...}}}'",
+            "line give the whole spec, e.g. --model.init_args.stack.mixers='{A: {class_path: ..., init_args: {...}}}'",
         )
     if not isinstance(spec, Mapping) or "class_path" not in spec:
         raise ConfigError(key, f"a mixer spec needs 'class_path' (and optionally 'init_args'), got {spec!r}")

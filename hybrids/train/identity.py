@@ -22,6 +22,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from hybrids.train.model_args import GROUPS, flatten, nest_key
+
 # Data-module arguments that change how data is loaded, or what a test evaluates (the induction
 # task's extra lengths), but not what a run trains.
 NEUTRAL_DATA_KEYS = frozenset({"num_workers", "eval_lengths", "num_eval_examples", "eval_batch_size", "eval_chunk"})
@@ -72,7 +74,14 @@ def _section(config: Mapping[str, Any], name: str, drop: frozenset[str] = frozen
     section = _plain(config.get(name) or {})
     if not isinstance(section, dict):
         return {"class_path": repr(section)}
-    section = _normalised(section)
+    if name == "model" and isinstance(section.get("init_args") or {}, dict):
+        # The stack and optimiser settings, flat with their defaults (train.model_args): the
+        # spelling identities were computed in before they became dataclasses, so a run keeps
+        # its identity (and its checkpoints) across the change.
+        section = {**section, "init_args": _plain(flatten(section.get("init_args") or {}))}
+        section = _normalised(section, skip=tuple(GROUPS))
+    else:
+        section = _normalised(section)
     init_args = {k: v for k, v in section["init_args"].items() if k not in drop}
     if name == "model":
         init_args.pop("vocab_size", None)  # the data's vocabulary, already in the data section
@@ -128,10 +137,11 @@ _MISSING = "<absent>"
 
 
 def identity_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """One line per dotted key whose value differs: ``key: <saved> (checkpoint) vs <current> (this run)``."""
+    """One line per dotted key whose value differs: ``key: <saved> (checkpoint) vs <current> (this run)``,
+    the key spelt as on the command line (``model.init_args.stack.d_model``)."""
     a, b = _flatten(_plain(saved)), _flatten(_plain(current))
     lines = []
     for key in sorted(set(a) | set(b)):
         if a.get(key, _MISSING) != b.get(key, _MISSING):
-            lines.append(f"{key}: {a.get(key, _MISSING)!r} (checkpoint) vs {b.get(key, _MISSING)!r} (this run)")
+            lines.append(f"{nest_key(key)}: {a.get(key, _MISSING)!r} (checkpoint) vs {b.get(key, _MISSING)!r} (this run)")
     return lines

@@ -7,7 +7,9 @@ mode (:mod:`.segment_carry`) and long sequences read in chunks (:mod:`.long_cont
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -17,19 +19,32 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from hybrids.data.labels import IGNORE_INDEX
-from hybrids.errors import StateSizeUnknown, config_section
+from hybrids.errors import ConfigError, StateSizeUnknown, config_section
 from hybrids.model import HybridLM, StackConfig
 from hybrids.train.checkpoints import IDENTITY_KEY
 from hybrids.train.divergence import NEVER, DivergenceError
 from hybrids.train.long_context import LengthTooLong, labelled_logits_chunked
 from hybrids.train.metrics import EXTRA_METRICS, WeightedMean, exact_fraction, length_key
-from hybrids.train.optim import adamw_warmup_cosine, check_optimisation
+from hybrids.train.model_args import GROUPS, nest
+from hybrids.train.optim import OptimConfig, adamw_warmup_cosine, check_max_loss
 from hybrids.train.resume import RNG_KEY, epoch_finished, rng_states, set_rng_states, zero_epoch_means
 from hybrids.train.segment_carry import SegmentCarry
 
 __all__ = ["DivergenceError", "LanguageModel"]
 
-_STACK = StackConfig.defaults()
+
+def _as_config(value: Any, cls: type, name: str):
+    """A dataclass argument as the dataclass: given as one, or as a mapping of its fields."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"{name}.{unknown[0]}", f"{cls.__name__} has no field {unknown[0]!r}; it has {sorted(known)}")
+        with config_section("model", name):
+            return cls(**value)
+    raise ConfigError(name, f"must be a {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
 
 
 class LanguageModel(L.LightningModule):
@@ -39,15 +54,9 @@ class LanguageModel(L.LightningModule):
     neither loss nor accuracy (MQAR labels only the values to recall).
 
     Args:
-        vocab_size: set from the data module by the CLI (``data.vocab_size``).
-        d_model, n_layers, pattern, mixers, mlp, mlp_expand, dropout, tie_embeddings, reversible: the stack,
-            see :class:`~hybrids.model.config.StackConfig` (the defaults are its defaults).
-        lr: peak learning rate of AdamW.
-        weight_decay: applied to matrices only (``ndim >= 2``), not to norms, biases or vectors, nor
-            to parameters a mixer marks with ``_no_weight_decay = True``.
-        betas: AdamW betas, each in [0, 1).
-        warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr``.
-        min_lr_ratio: final learning rate as a fraction of ``lr``, in [0, 1].
+        stack: the architecture, a :class:`~hybrids.model.config.StackConfig` (or a dict of its
+            fields); the CLI sets ``stack.vocab_size`` from the data module (``data.vocab_size``).
+        optim: the optimiser's settings, a :class:`~hybrids.train.optim.OptimConfig` (or a dict).
         max_loss: a training loss above this (or not finite) stops the run with
             :class:`DivergenceError`; cross-entropy starts near ``log(vocab_size)``, so 1e4 is
             far past anything a healthy run shows.
@@ -64,28 +73,23 @@ class LanguageModel(L.LightningModule):
 
     def __init__(
         self,
-        vocab_size: int,
-        d_model: int = _STACK["d_model"],
-        n_layers: int | None = _STACK["n_layers"],
-        pattern: str = _STACK["pattern"],
-        mixers: dict[str, dict[str, Any]] | None = _STACK["mixers"],
-        mlp: str = _STACK["mlp"],
-        mlp_expand: float = _STACK["mlp_expand"],
-        dropout: float = _STACK["dropout"],
-        tie_embeddings: bool = _STACK["tie_embeddings"],
-        reversible: bool = _STACK["reversible"],
-        lr: float = 3e-3,
-        weight_decay: float = 0.1,
-        betas: tuple[float, float] = (0.9, 0.98),
-        warmup_steps: int = 100,
-        min_lr_ratio: float = 0.1,
+        stack: StackConfig,
+        optim: OptimConfig = OptimConfig(),
         max_loss: float = 1e4,
         carry_state: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
         with config_section("model"):
-            check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss)
+            stack = _as_config(stack, StackConfig, "stack")
+            optim = _as_config(optim, OptimConfig, "optim")
+            check_max_loss(max_loss)
+            if not isinstance(carry_state, bool):
+                raise ConfigError("carry_state", f"must be true or false, got {carry_state!r}")
+        # Recorded flat (hparams.yaml and checkpoints): one level the analysis reads, the same for
+        # runs written before the stack and the optimiser became dataclasses (train.model_args).
+        self.save_hyperparameters({**dataclasses.asdict(stack), **dataclasses.asdict(optim), "betas": list(optim.betas),
+                                   "max_loss": max_loss, "carry_state": carry_state})
+        self.optim = optim
         self.metrics = nn.ModuleDict(
             {f"{stage}_{name}": WeightedMean() for stage in ("train", "val", "test")
              for name in ("loss", "acc", *EXTRA_METRICS)}
@@ -116,9 +120,20 @@ class LanguageModel(L.LightningModule):
         self._segments = SegmentCarry()
         # Set by the CLI: {"hash": ..., "config": ...} (hybrids.train.identity), saved in checkpoints.
         self.run_identity: dict[str, Any] | None = None
-        with config_section("model"):
-            self.config = StackConfig(**{name: self.hparams[name] for name in StackConfig.field_names()})
+        self.config = stack
+        with config_section("model", "stack"):
             self.model = HybridLM(self.config)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's, for checkpoints whose hyper-parameters are recorded flat (all of them:
+        see ``__init__``): they are nested into ``stack`` and ``optim`` first."""
+        if hparams_file is None and not set(kwargs) & set(GROUPS):
+            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+            nested, _ = nest(saved)
+            kwargs = {**{k: v for k, v in nested.items() if k in GROUPS}, **kwargs}
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, **kwargs)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
@@ -347,7 +362,7 @@ class LanguageModel(L.LightningModule):
     # -- optimisation ----------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = self.optim
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):  # max_epochs=-1 with max_time, say: no end to decay towards
             rank_zero_warn("training length is unbounded: the learning rate stays at lr after warm-up")

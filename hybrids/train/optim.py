@@ -1,18 +1,52 @@
 """The optimiser: AdamW with decoupled weight decay on matrices only, linear warm-up then cosine
-decay, and the checks of its settings."""
+decay, its settings (:class:`OptimConfig`) and their checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
-from hybrids.errors import ConfigError
+from hybrids.errors import ConfigError, config_section
 
 
-def check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_loss) -> None:
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimiser's settings, ``LanguageModel``'s ``optim`` argument (``--model.init_args.optim.lr``).
+
+    Args:
+        lr: peak learning rate of AdamW.
+        weight_decay: applied to matrices only (``ndim >= 2``), not to norms, biases or vectors, nor
+            to parameters a mixer marks with ``_no_weight_decay = True``.
+        betas: AdamW betas, each in [0, 1).
+        warmup_steps: linear warm-up steps; then cosine decay to ``min_lr_ratio * lr``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``, in [0, 1].
+    """
+
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+
+    @config_section("model", "optim")
+    def __post_init__(self) -> None:
+        check_optimisation(self.lr, self.weight_decay, self.betas, self.warmup_steps, self.min_lr_ratio)
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+
+def check_max_loss(max_loss) -> None:
+    """Raise ConfigError unless ``max_loss`` (the divergence limit) is a finite number > 0."""
+    if isinstance(max_loss, bool) or not isinstance(max_loss, (int, float)) or not math.isfinite(max_loss):
+        raise ConfigError("max_loss", f"must be a finite number, got {max_loss!r}")
+    if max_loss <= 0:
+        raise ConfigError("max_loss", f"must be > 0, got {max_loss}")
+
+
+def check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio) -> None:
     """Raise ConfigError naming the optimisation argument out of range (before any training)."""
 
     def number(name, value):
@@ -36,9 +70,6 @@ def check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio, max_
     number("min_lr_ratio", min_lr_ratio)
     if not 0 <= min_lr_ratio <= 1:
         raise ConfigError("min_lr_ratio", f"must be in [0, 1] (a fraction of lr), got {min_lr_ratio}")
-    number("max_loss", max_loss)
-    if max_loss <= 0:
-        raise ConfigError("max_loss", f"must be > 0, got {max_loss}")
 
 
 def parameter_groups(parameters: Iterable[nn.Parameter], weight_decay: float) -> list[dict]:

@@ -51,20 +51,20 @@ def write_config(tmp: Path, edit) -> Path:
 
 
 def _set_mixer(config, **init_args):
-    config["model"]["init_args"]["mixers"]["A"]["init_args"].update(init_args)
+    config["model"]["init_args"]["stack"]["mixers"]["A"]["init_args"].update(init_args)
 
 
 BAD_CONFIGS = {
     "unknown-class": (
-        lambda c: c["model"]["init_args"]["mixers"]["A"].update(class_path="hybrids.mixers.Atention"),
-        "model.init_args.mixers.A.class_path",
+        lambda c: c["model"]["init_args"]["stack"]["mixers"]["A"].update(class_path="hybrids.mixers.Atention"),
+        "model.init_args.stack.mixers.A.class_path",
     ),
     "letter-without-mixer": (
-        lambda c: c["model"]["init_args"].update(pattern="AM"),
-        "model.init_args.pattern",
+        lambda c: c["model"]["init_args"]["stack"].update(pattern="AM"),
+        "model.init_args.stack.pattern",
     ),
-    "heads-do-not-divide-d_model": (lambda c: _set_mixer(c, heads=3), "model.init_args.mixers.A.init_args.heads"),
-    "misspelt-argument": (lambda c: _set_mixer(c, head=2), "model.init_args.mixers.A.init_args.head"),
+    "heads-do-not-divide-d_model": (lambda c: _set_mixer(c, heads=3), "model.init_args.stack.mixers.A.init_args.heads"),
+    "misspelt-argument": (lambda c: _set_mixer(c, head=2), "model.init_args.stack.mixers.A.init_args.head"),
     "data-too-short": (lambda c: c["data"]["init_args"].update(num_kv_pairs=40), "data.init_args.seq_len"),
     "unknown-data-class": (lambda c: c["data"].update(class_path="hybrids.data.MQR"), "data.class_path: there is no class hybrids.data.MQR"),
 }
@@ -93,7 +93,7 @@ def test_fit_logs_figures_and_resumes_from_last(in_tmp, capsys):
     assert "state_size" in metrics and "params" in metrics and "val/acc" in metrics
 
     # A newer checkpoint of another shape under the same run name must be skipped.
-    build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--model.init_args.d_model=32"))
+    build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--model.init_args.stack.d_model=32"))
 
     resumed = build_cli(tiny_fit(config, "--trainer.max_epochs=2", "--ckpt_path=last"))
     assert Path(resumed.trainer.ckpt_path).resolve() == (log_dir / "checkpoints" / "last.ckpt").resolve()
@@ -145,8 +145,8 @@ def test_user_mixer_without_state_size_still_trains(in_tmp, capsys):
     config = CONFIG_ROOT / "transformer.yaml"
     spec = '{"L": {"class_path": "torch.nn.Linear", "init_args": {"out_features": 64}}}'
     with pytest.warns(UserWarning, match="state size not logged"):
-        cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--model.init_args.pattern=L",
-                                 f"--model.init_args.mixers={spec}"))
+        cli = build_cli(tiny_fit(config, "--trainer.max_epochs=1", "--model.init_args.stack.pattern=L",
+                                 f"--model.init_args.stack.mixers={spec}"))
     assert cli.trainer.global_step == 4
     assert "recurrent state unknown" in capsys.readouterr().out
 

@@ -10,12 +10,16 @@ from helpers import ROOT
 CONFIG = str(ROOT / "configs" / "transformer.yaml")
 
 CASES = {
-    "model key": (["--model.init_args.d_modle=32"],
-                  "model.init_args.d_modle: LanguageModel takes no argument 'd_modle'; did you mean 'd_model'?"),
+    "model key": (["--model.init_args.stack.d_modle=32"],
+                  "model.init_args.stack.d_modle: unknown argument; did you mean 'stack.d_model'?"),
+    "model key at the old level": (["--model.init_args.d_modle=32"],
+                                   "model.init_args.d_modle: LanguageModel takes no argument 'd_modle'; did you mean 'stack.d_model'?"),
+    "optimiser key": (["--model.init_args.optim.weight_decai=0"],
+                      "model.init_args.optim.weight_decai: unknown argument; did you mean 'optim.weight_decay'?"),
     "data key": (["--data.init_args.seq_lenn=32"],
                  "data.init_args.seq_lenn: MQAR takes no argument 'seq_lenn'; did you mean 'seq_len'?"),
     "trainer key": (["--trainer.acclerator=cpu"], "trainer.acclerator: unknown argument; did you mean 'trainer.accelerator'?"),
-    "model type": (["--model.init_args.d_model=abc"], "model.init_args.d_model: expected int, got 'abc'"),
+    "model type": (["--model.init_args.stack.d_model=abc"], "model.init_args.stack.d_model: expected int, got 'abc'"),
     "trainer type": (["--trainer.max_epochs=abc"], "trainer.max_epochs: expected int or null, got 'abc'"),
     "class path": (["--data.class_path=hybrids.data.MQARR"],
                    "data.class_path: there is no class hybrids.data.MQARR; did you mean hybrids.data.MQAR?"),

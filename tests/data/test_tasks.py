@@ -163,7 +163,7 @@ def test_default_corpus_is_the_standard_library_and_stable():
 def test_bits_per_byte_is_the_loss_over_ln2(tmp_path):
     (tmp_path / "t.txt").write_bytes(b"abracadabra " * 400)
     data = ByteText(path=str(tmp_path / "t.txt"), seq_len=32, batch_size=8)
-    model = LanguageModel(vocab_size=data.vocab_size, d_model=16, n_layers=1)
+    model = LanguageModel(stack=dict(vocab_size=data.vocab_size, d_model=16, n_layers=1))
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=2)
     result = trainer.test(model, data, verbose=False)[0]
     assert result["test/bpb"] == pytest.approx(result["test/loss"] / math.log(2), rel=1e-6)
@@ -179,7 +179,7 @@ def test_exact_copy_metric_counts_examples_with_every_label_right():
     data = SelectiveCopying(seq_len=12, num_tokens=3, vocab_size=8, num_test_examples=4, batch_size=4)
     data.setup("test")
     inputs, labels = data.test_set.tensors
-    model = LanguageModel(vocab_size=8, d_model=8, n_layers=1)
+    model = LanguageModel(stack=dict(vocab_size=8, d_model=8, n_layers=1))
     targets = labels.clone()
     targets[0, -2] = (targets[0, -2] - 2 + 1) % 6 + 2  # one wrong token, in example 0
     one_hot = torch.nn.functional.one_hot(targets.clamp(min=0), 8).float() * 10

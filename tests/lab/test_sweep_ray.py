@@ -267,7 +267,7 @@ def test_a_real_sweep_through_the_cluster(ray_cluster, tmp_path):
     as they do with the local pool (tested in test_sweeps.py)."""
     from test_sweeps import TINY, write_sweep
 
-    path = write_sweep(tmp_path, name="onray", settings=TINY, grid=[{"model.init_args.d_model": [16, 32]}])
+    path = write_sweep(tmp_path, name="onray", settings=TINY, grid=[{"model.init_args.stack.d_model": [16, 32]}])
     env = {**os.environ, **RAY_ENV, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "hybrids", "sweep", str(path), "--launcher", "ray", "--ray-address", ray_cluster[0]],

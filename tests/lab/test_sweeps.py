@@ -44,8 +44,8 @@ def write_sweep(folder: Path, **body) -> Path:
 def families() -> dict:
     return {
         "family": {
-            "attention": {"model.init_args.pattern": "A", "model.init_args.mixers": ATTENTION},
-            "s4d": {"model.init_args.pattern": "S", "model.init_args.mixers": S4D},
+            "attention": {"model.init_args.stack.pattern": "A", "model.init_args.stack.mixers": ATTENTION},
+            "s4d": {"model.init_args.stack.pattern": "S", "model.init_args.stack.mixers": S4D},
         },
         "task": {
             "mqar64x4": {"data.init_args.seq_len": 64, "data.init_args.num_kv_pairs": 4},
@@ -61,8 +61,8 @@ def test_grid_expands_to_the_union_of_block_products_with_readable_stable_names(
     path = write_sweep(
         tmp_path, name="grid", choices=families(),
         grid=[
-            {"family": ["attention", "s4d"], "task": ["mqar64x4"], "model.init_args.d_model": [32, 64]},
-            {"family": ["attention"], "task": ["mqar128x8"], "model.init_args.d_model": [64]},
+            {"family": ["attention", "s4d"], "task": ["mqar64x4"], "model.init_args.stack.d_model": [32, 64]},
+            {"family": ["attention"], "task": ["mqar128x8"], "model.init_args.stack.d_model": [64]},
         ],
         lr=[1e-3, 3e-3], seeds=[0, 1],
     )
@@ -76,8 +76,8 @@ def test_grid_expands_to_the_union_of_block_products_with_readable_stable_names(
 
     run = next(p for p in plans if p.name == "s4d-d64-mqar64x4-lr3e-3-s1")
     model, data = run.config["model"]["init_args"], run.config["data"]["init_args"]
-    assert model["mixers"] == S4D, "a family's mixers replace the base's, not merged into them"
-    assert (model["pattern"], model["d_model"], model["lr"]) == ("S", 64, 3e-3)
+    assert model["stack"]["mixers"] == S4D, "a family's mixers replace the base's, not merged into them"
+    assert (model["stack"]["pattern"], model["stack"]["d_model"], model["optim"]["lr"]) == ("S", 64, 3e-3)
     assert (data["seq_len"], data["num_kv_pairs"], run.config["seed_everything"]) == (64, 4, 1)
     assert run.axes == {"family": "s4d", "d_model": 64, "task": "mqar64x4", "lr": 3e-3, "seed": 1}
     assert run.tuned == ("lr",)
@@ -95,7 +95,7 @@ def test_a_block_may_bring_its_own_learning_rates(tmp_path):
     plans = expand(load_sweep(path))
     assert [p.name for p in plans] == ["attention-mqar64x4-lr1e-3-s0", "attention-mqar64x4-lr3e-3-s0",
                                        "attention-mqar128x8-lr3e-3-s0"]
-    assert plans[-1].config["model"]["init_args"]["lr"] == 3e-3 and plans[-1].tuned == ("lr",)
+    assert plans[-1].config["model"]["init_args"]["optim"]["lr"] == 3e-3 and plans[-1].tuned == ("lr",)
     only_blocks = write_sweep(tmp_path, name="blocks", grid=[{"lr": [1e-3, 1e-2]}])
     assert [p.tuned for p in expand(load_sweep(only_blocks))] == [("lr",), ("lr",)], "lr is an axis without a top-level list"
 
@@ -135,13 +135,13 @@ def test_the_task_sweeps_expand_to_families_learning_rates_and_seeds(name, famil
 def test_dotted_keys_patch_the_family_chosen_and_seeds_reach_every_seed_key(tmp_path):
     path = write_sweep(
         tmp_path, choices=families(),
-        grid=[{"family": ["s4d"], "model.init_args.mixers.S.init_args.d_state": [4, 16]}],
+        grid=[{"family": ["s4d"], "model.init_args.stack.mixers.S.init_args.d_state": [4, 16]}],
         seeds=[3], seed_keys=["seed_everything", "data.init_args.order_seed"], settings=TINY,
     )
     plans = expand(load_sweep(path))
     assert [p.name for p in plans] == ["s4d-d_state4-s3", "s4d-d_state16-s3"]
-    assert plans[1].config["model"]["init_args"]["mixers"]["S"] == {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 16}}
-    assert plans[0].config["model"]["init_args"]["mixers"]["S"]["init_args"]["d_state"] == 4, "runs share nothing"
+    assert plans[1].config["model"]["init_args"]["stack"]["mixers"]["S"] == {"class_path": "hybrids.mixers.S4D", "init_args": {"d_state": 16}}
+    assert plans[0].config["model"]["init_args"]["stack"]["mixers"]["S"]["init_args"]["d_state"] == 4, "runs share nothing"
     assert plans[0].config["data"]["init_args"]["order_seed"] == 3 and plans[0].config["seed_everything"] == 3
     assert plans[0].config["data"]["init_args"]["num_train_examples"] == 64
     assert plans[0].tuned == (), "no learning rates: nothing tuned"
@@ -155,7 +155,7 @@ def test_several_base_configs_are_an_axis(tmp_path):
 @pytest.mark.parametrize("body, key, words", [
     ({"grids": []}, "grids", "did you mean 'grid'"),
     ({"choices": families(), "grid": [{"family": ["atention"]}]}, "grid[0].family", "did you mean 'attention'"),
-    ({"grid": [{"model.init_args.mixers": [{"A": {}}]}]}, "grid[0].model.init_args.mixers", "under choices"),
+    ({"grid": [{"model.init_args.stack.mixers": [{"A": {}}]}]}, "grid[0].model.init_args.stack.mixers", "under choices"),
     ({"grid": [{"d_model": [64]}]}, "grid[0].d_model", "does not address a config section"),
     ({"lr": [0.0]}, "lr", "positive"),
     ({"grid": [{"lr": [1e-3, "fast"]}]}, "grid[0].lr", "positive"),
@@ -169,9 +169,9 @@ def test_several_base_configs_are_an_axis(tmp_path):
     ({"seed_keys": ["data.init_args.seed"]}, "seed_keys", "order_seed"),
     ({"grid": [{"data.init_args.seed": [1, 2]}]}, "grid[0]", "named like the sweep's own axis"),
     ({"match": {"quantity": "params", "targets": [1000], "range": 8}}, "match.range", "[low, high]"),
-    ({"grid": [{"model.init_args.d_model": [32]}], "match": {"quantity": "params", "targets": [1000]}},
+    ({"grid": [{"model.init_args.stack.d_model": [32]}], "match": {"quantity": "params", "targets": [1000]}},
      "grid[0]", "solved by match"),
-    ({"choices": families(), "match": {"quantity": "params", "targets": [1000], "keys": {"mamba": "model.init_args.d_model"}}},
+    ({"choices": families(), "match": {"quantity": "params", "targets": [1000], "keys": {"mamba": "model.init_args.stack.d_model"}}},
      "match.keys.mamba", "no choice is labelled"),
 ])
 def test_bad_sweep_files_name_the_key(tmp_path, body, key, words):
@@ -192,7 +192,7 @@ def test_compact_numbers_in_names():
 def figures_of(law):
     """A fake measure: params = law(d_model)."""
     def figure(config):
-        d = config["model"]["init_args"]["d_model"]
+        d = config["model"]["init_args"]["stack"]["d_model"]
         return Figures(params=law(d), state_size=None, seq_len=64, d_model=d, vocab_size=128, num_kv_pairs=4)
     return figure
 
@@ -200,14 +200,14 @@ def figures_of(law):
 def test_matching_picks_the_closest_width_within_tolerance():
     config = {"model": {"init_args": {"d_model": 1}}}
     grid, square = (4, 4, 256), figures_of(lambda d: d * d)  # multiples of 4 in [4, 256]
-    value, achieved = solve(config, "model.init_args.d_model", "params", 10_000, grid, 0.05, square)
+    value, achieved = solve(config, "model.init_args.stack.d_model", "params", 10_000, grid, 0.05, square)
     assert (value, achieved) == (100, 10_000)
-    value, achieved = solve(config, "model.init_args.d_model", "params", 10_500, grid, 0.05, square)
+    value, achieved = solve(config, "model.init_args.stack.d_model", "params", 10_500, grid, 0.05, square)
     assert (value, achieved) == (104, 10_816) and abs(achieved - 10_500) / 10_500 <= 0.05
     with pytest.raises(Unmatched, match="nearest is 65,536"):  # beyond the range
-        solve(config, "model.init_args.d_model", "params", 100_000, grid, 0.05, square)
+        solve(config, "model.init_args.stack.d_model", "params", 100_000, grid, 0.05, square)
     with pytest.raises(Unmatched, match="tolerance 5%"):  # 64^2 = 4,096 and 128^2 = 16,384 both miss 8,000
-        solve(config, "model.init_args.d_model", "params", 8_000, (64, 64, 256), 0.05, square)
+        solve(config, "model.init_args.stack.d_model", "params", 8_000, (64, 64, 256), 0.05, square)
 
 
 def run_sweep(path: Path, *args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -236,7 +236,7 @@ def test_dry_run_matches_sizes_per_family_within_tolerance(tmp_path):
 def test_matching_a_mixer_argument_on_its_own_grid(tmp_path):
     """keys: a family solves another integer (S4D's d_state, even, from 2 up) at the sweep's width."""
     match = {"quantity": "state_size", "targets": [4_000], "multiple_of": 4, "tolerance": 0.05,
-             "keys": {"s4d": {"key": "model.init_args.mixers.S.init_args.d_state", "multiple_of": 2, "range": [2, 256]}}}
+             "keys": {"s4d": {"key": "model.init_args.stack.mixers.S.init_args.d_state", "multiple_of": 2, "range": [2, 256]}}}
     path = write_sweep(tmp_path, name="keyed", choices={"family": families()["family"]},
                        grid=[{"family": ["attention", "s4d"]}], match=match)
     done = run_sweep(path, "--dry-run", cwd=tmp_path)
@@ -292,7 +292,7 @@ def statuses(out: Path) -> dict[str, dict]:
 
 def test_real_sweep_runs_skips_on_rerun_and_logs_the_dry_run_figures(tmp_path):
     path = write_sweep(tmp_path, name="real", settings=TINY, choices={"family": families()["family"]},
-                       grid=[{"family": ["attention", "s4d"], "model.init_args.d_model": [16]}], lr=[3e-3])
+                       grid=[{"family": ["attention", "s4d"], "model.init_args.stack.d_model": [16]}], lr=[3e-3])
     dry = run_sweep(path, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     printed = {line.split()[0]: line.split() for line in dry.stdout.splitlines() if "-d16-" in line}

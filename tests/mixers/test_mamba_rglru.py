@@ -363,5 +363,5 @@ def test_bad_arguments_name_the_argument(name):
 def test_bad_argument_in_a_config_names_the_key():
     spec = {"class_path": "hybrids.mixers.RGLRU", "init_args": {"d_rnn": 20, "heads": 3}}
     with pytest.raises(ConfigError) as info:
-        build_mixer(spec, 16, "model.init_args.mixers.R")
-    assert "model.init_args.mixers.R.init_args.heads" in str(info.value)
+        build_mixer(spec, 16, "model.init_args.stack.mixers.R")
+    assert "model.init_args.stack.mixers.R.init_args.heads" in str(info.value)

@@ -104,7 +104,7 @@ class _FakeTrainer:
 
 
 def test_optimizer_groups_and_schedule():
-    lm = LanguageModel(vocab_size=40, d_model=16, mixers={"A": ATTN}, lr=1e-2, warmup_steps=100, min_lr_ratio=0.1)
+    lm = LanguageModel(stack=dict(vocab_size=40, d_model=16, mixers={"A": ATTN}), optim=dict(lr=1e-2, warmup_steps=100, min_lr_ratio=0.1))
     lm.trainer = _FakeTrainer()
     config = lm.configure_optimizers()
     decay, no_decay = config["optimizer"].param_groups
@@ -118,7 +118,7 @@ def test_optimizer_groups_and_schedule():
 
 
 def test_loss_and_accuracy_ignore_unlabelled_positions():
-    lm = LanguageModel(vocab_size=10, d_model=16, mixers={"A": ATTN})
+    lm = LanguageModel(stack=dict(vocab_size=10, d_model=16, mixers={"A": ATTN}))
     lm.log = lambda *args, **kwargs: None  # no trainer attached
     inputs = torch.randint(10, (2, 6))
     labels = torch.full((2, 6), -100)
@@ -137,7 +137,7 @@ def test_loss_and_accuracy_ignore_unlabelled_positions():
 
 
 def test_epoch_accuracy_weights_batches_by_labelled_tokens():
-    lm = LanguageModel(vocab_size=10, d_model=16, mixers={"A": ATTN})
+    lm = LanguageModel(stack=dict(vocab_size=10, d_model=16, mixers={"A": ATTN}))
     lm.log = lambda *args, **kwargs: None
     inputs = torch.randint(10, (1, 6))
     with torch.no_grad():
@@ -155,7 +155,7 @@ def test_unbounded_training_keeps_lr_flat_after_warmup():
     class Unbounded:
         estimated_stepping_batches = float("inf")
 
-    lm = LanguageModel(vocab_size=40, d_model=16, mixers={"A": ATTN}, warmup_steps=10)
+    lm = LanguageModel(stack=dict(vocab_size=40, d_model=16, mixers={"A": ATTN}), optim=dict(warmup_steps=10))
     lm.trainer = Unbounded()
     with pytest.warns(UserWarning, match="unbounded"):
         config = lm.configure_optimizers()
@@ -176,24 +176,64 @@ def test_mixer_family_follows_the_layers_used():
 
 
 def test_one_config_object_defines_the_stack_arguments():
-    """StackConfig is the one place of the stack's arguments and defaults: LanguageModel's
-    signature (which the CLI reads) repeats them with the same defaults, and HybridLM is built
-    from it either way."""
+    """StackConfig and OptimConfig are the one place of the stack's and the optimiser's arguments
+    and defaults: LanguageModel takes them as typed arguments (which jsonargparse reads field by
+    field), repeats none of their fields, and HybridLM is built from the same object."""
+    import dataclasses
     import inspect
+    import typing
 
     from hybrids import LanguageModel
     from hybrids.model.config import ARCHITECTURE_KEYS, StackConfig
+    from hybrids.train.optim import OptimConfig
 
+    hints = typing.get_type_hints(LanguageModel.__init__)
+    assert hints["stack"] is StackConfig and hints["optim"] is OptimConfig
     signature = inspect.signature(LanguageModel.__init__).parameters
-    for name in StackConfig.field_names():
-        assert name in signature, f"LanguageModel lacks the stack argument {name!r}"
-        default = StackConfig.defaults().get(name, inspect.Parameter.empty)
-        assert signature[name].default == default, name
+    fields = {f.name for cls in (StackConfig, OptimConfig) for f in dataclasses.fields(cls)}
+    assert not fields & set(signature), "LanguageModel repeats a field of StackConfig or OptimConfig"
+    assert signature["optim"].default == OptimConfig()
     assert set(ARCHITECTURE_KEYS) == set(StackConfig.field_names()) - {"dropout"}
     config = StackConfig(vocab_size=50, d_model=16, pattern="AB", n_layers=3, mixers={"A": ATTN, "B": NO_ROPE})
     assert HybridLM(config).config == HybridLM(50, d_model=16, pattern="AB", n_layers=3, mixers={"A": ATTN, "B": NO_ROPE}).config
-    lm = LanguageModel(vocab_size=50, d_model=16, mixers={"A": ATTN})
-    assert lm.config == StackConfig(vocab_size=50, d_model=16, mixers={"A": ATTN})
+    lm = LanguageModel(stack=dict(vocab_size=50, d_model=16, mixers={"A": ATTN}))
+    assert lm.config == StackConfig(vocab_size=50, d_model=16, mixers={"A": ATTN}) and lm.optim == OptimConfig()
+    assert LanguageModel(StackConfig(vocab_size=50, d_model=16), OptimConfig(lr=1e-3)).optim.lr == 1e-3
+
+
+def test_the_cli_reads_the_defaults_from_the_dataclasses(in_tmp, capsys):
+    """--print_config shows the stack and optimiser defaults as the dataclasses define them."""
+    import yaml
+
+    from hybrids.cli.fit import build_cli
+    from hybrids.model.config import StackConfig
+    from hybrids.train.model_args import defaults
+    from hybrids.train.optim import OptimConfig
+
+    with pytest.raises(SystemExit):
+        build_cli(["fit", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    for group, cls in (("stack", StackConfig), ("optim", OptimConfig)):
+        for name, default in defaults(cls).items():
+            value = printed[group][name]
+            assert (list(value) if isinstance(default, tuple) else value) == (list(default) if isinstance(default, tuple) else default), (group, name)
+
+
+def test_flat_configs_of_older_runs_still_load_with_a_note(in_tmp, capsys):
+    """The flat spelling (--model.init_args.d_model, or a flat YAML) is moved under stack / optim."""
+    import yaml
+
+    from hybrids.cli.fit import build_cli
+
+    flat = {"model": {"class_path": "hybrids.LanguageModel",
+                      "init_args": {"d_model": 32, "lr": 1e-3, "mixers": {"A": ATTN}}}}
+    (in_tmp / "flat.yaml").write_text(yaml.safe_dump(flat))
+    cli = build_cli(["fit", "-c", "flat.yaml", "--model.init_args.weight_decay=0.0", "--trainer.fast_dev_run=true",
+                     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
+    assert cli.model.config.d_model == 32 and cli.model.optim.lr == 1e-3 and cli.model.optim.weight_decay == 0.0
+    err = capsys.readouterr().err
+    assert "flat.yaml: model.init_args keys moved under stack / optim (d_model -> stack.d_model" in err
+    assert "the command line: model.init_args keys moved under stack / optim (weight_decay -> optim.weight_decay)" in err
 
 
 @pytest.mark.parametrize(
@@ -214,12 +254,14 @@ def test_stack_config_errors_name_the_key_and_their_section(kwargs, key):
     from hybrids import LanguageModel
     from hybrids.model.config import StackConfig
 
+    # Keyed as the CLI spells them (the stack is LanguageModel's `stack` argument); the message
+    # itself names the field as the Python user wrote it.
     with pytest.raises(ConfigError) as info:
         StackConfig(vocab_size=10, **kwargs)
-    assert info.value.key == key and info.value.section is None
+    assert info.value.key == key and info.value.full_key == f"model.init_args.stack.{key}"
     with pytest.raises(ConfigError) as info:
-        LanguageModel(vocab_size=10, **kwargs)
-    assert info.value.full_key == f"model.init_args.{key}"
+        LanguageModel(stack=dict(vocab_size=10, **kwargs))
+    assert info.value.full_key == f"model.init_args.stack.{key}"
 
 
 def test_data_module_errors_carry_the_data_section():

@@ -156,8 +156,7 @@ def test_same_parameters_as_the_ordinary_stack_and_a_checked_flag():
 def test_a_reversible_language_model_learns():
     """Through the Lightning module's training step: the loss falls on a fixed batch."""
     torch.manual_seed(0)
-    module = LanguageModel(vocab_size=11, d_model=32, n_layers=4, pattern="AM", mixers=MIXERS,
-                           mlp_expand=2, reversible=True, lr=3e-3, warmup_steps=1)
+    module = LanguageModel(stack=dict(vocab_size=11, d_model=32, n_layers=4, pattern="AM", mixers=MIXERS, mlp_expand=2, reversible=True), optim=dict(lr=3e-3, warmup_steps=1))
     optimiser = torch.optim.AdamW(module.parameters(), lr=3e-3)
     tokens = torch.randint(0, 11, (8, 16))
     losses = []

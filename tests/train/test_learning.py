@@ -13,9 +13,7 @@ def test_attention_stack_learns_mqar(in_tmp):
     data = MQAR(seq_len=32, num_kv_pairs=4, vocab_size=64, num_train_examples=16_000, num_test_examples=500,
                 batch_size=64)
     model = LanguageModel(
-        vocab_size=data.vocab_size, d_model=64, n_layers=2, pattern="A",
-        mixers={"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}},
-        mlp_expand=0, lr=3e-3, warmup_steps=50,
+        stack=dict(vocab_size=data.vocab_size, d_model=64, n_layers=2, pattern="A", mixers={"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}}, mlp_expand=0), optim=dict(lr=3e-3, warmup_steps=50),
     )
     trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")

@@ -59,7 +59,7 @@ def test_length_too_long_is_an_error_naming_the_mixer():
 def test_induction_test_skips_a_length_that_does_not_fit(monkeypatch):
     # A budget that fits attention at 128 tokens but not at 4,096: that length is skipped with a
     # warning, the others are logged.
-    model = LanguageModel(vocab_size=8, d_model=16, n_layers=1, mixers=STACKS["attention"], pattern="A")
+    model = LanguageModel(stack=dict(vocab_size=8, d_model=16, n_layers=1, mixers=STACKS["attention"], pattern="A"))
     limit = bytes_per_example(model.model, 128, 64) * 4
     monkeypatch.setenv("HYBRIDS_EVAL_MEMORY_GB", str(limit / 2**30))
     data = InductionHeads(seq_len=32, vocab_size=8, eval_lengths=[128, 4096], num_test_examples=8,
@@ -73,7 +73,7 @@ def test_induction_test_skips_a_length_that_does_not_fit(monkeypatch):
 
 def test_chunked_evaluation_matches_the_plain_one_at_the_training_length():
     # The same examples scored by the plain path (length <= chunk) and the chunked one.
-    model = LanguageModel(vocab_size=8, d_model=16, n_layers=2, mixers=STACKS["mamba"], pattern="M")
+    model = LanguageModel(stack=dict(vocab_size=8, d_model=16, n_layers=2, mixers=STACKS["mamba"], pattern="M"))
     inputs, labels = induction_heads(6, 40, 8, seed=0)
     model.eval()
     with torch.no_grad():

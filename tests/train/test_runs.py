@@ -29,7 +29,7 @@ TRANSFORMER = ROOT / "configs" / "transformer.yaml"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 SMALL = [
     "--data.init_args.num_train_examples=160", "--data.init_args.num_test_examples=32",
-    "--data.init_args.batch_size=16", "--model.init_args.warmup_steps=5",
+    "--data.init_args.batch_size=16", "--model.init_args.optim.warmup_steps=5",
 ]
 
 
@@ -73,50 +73,50 @@ def error_of(args: list[str], capsys) -> str:
 def test_identity_is_stored_and_last_resumes_only_the_same_run(in_tmp):
     """Two runs under one name at lr 1e-3 and 3e-2: `--ckpt_path last` with lr 1e-3 resumes the
     1e-3 run (the issue's case: it used to resume the newer 3e-2 one), and trains at 1e-3."""
-    low = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=1e-3"))
-    high = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=3e-2"))
+    low = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.optim.lr=1e-3"))
+    high = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.optim.lr=3e-2"))
     low_dir, high_dir = Path(low.trainer.log_dir), Path(high.trainer.log_dir)
     assert hparams(low_dir)["identity"] != hparams(high_dir)["identity"]
     saved = torch.load(low_dir / "checkpoints" / "last.ckpt", weights_only=False)["hybrids"]
     assert saved["hash"] == hparams(low_dir)["identity"]
     assert saved["config"]["model"]["init_args"]["lr"] == 1e-3
 
-    resumed = build_cli(run_args("--trainer.max_epochs=2", "--model.init_args.lr=1e-3", "--ckpt_path=last"))
+    resumed = build_cli(run_args("--trainer.max_epochs=2", "--model.init_args.optim.lr=1e-3", "--ckpt_path=last"))
     assert Path(resumed.trainer.ckpt_path).resolve() == (low_dir / "checkpoints" / "last.ckpt").resolve()
     assert resumed.trainer.optimizers[0].param_groups[0]["initial_lr"] == 1e-3
     assert hparams(Path(resumed.trainer.log_dir))["resumed_from"].endswith(str(Path(low_dir.name) / "checkpoints" / "last.ckpt"))
 
     # A seed or data setting of its own is another run: nothing to resume, a fresh start.
     with pytest.warns(UserWarning, match="no checkpoint of this run"):
-        fresh = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=1e-3", "--seed_everything=7",
+        fresh = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.optim.lr=1e-3", "--seed_everything=7",
                                    "--ckpt_path=last"))
     assert fresh.trainer.ckpt_path is None
 
 
 def test_checkpoint_of_another_run_is_refused_with_a_diff(in_tmp, capsys):
     """`validate -c mamba.yaml --ckpt_path <an attention checkpoint>` used to evaluate the attention
-    model as a Mamba run, and `--model.init_args.d_model=32` was ignored against a width-64
+    model as a Mamba run, and `--model.init_args.stack.d_model=32` was ignored against a width-64
     checkpoint; both are refused, naming the keys that differ."""
     first = build_cli(run_args("--trainer.max_epochs=1"))
     checkpoint = str(Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt")
     err = error_of(run_args(f"--ckpt_path={checkpoint}", subcommand="validate", config=ROOT / "configs" / "mamba.yaml"), capsys)
-    assert "belongs to another run" in err and "model.init_args.pattern: 'A' (checkpoint) vs 'M' (this run)" in err
+    assert "belongs to another run" in err and "model.init_args.stack.pattern: 'A' (checkpoint) vs 'M' (this run)" in err
     assert "--load_weights_only" in err
-    err = error_of(run_args("--trainer.max_epochs=2", "--model.init_args.d_model=32", f"--ckpt_path={checkpoint}"), capsys)
-    assert "model.init_args.d_model: 64 (checkpoint) vs 32 (this run)" in err
-    err = error_of(run_args("--trainer.max_epochs=2", "--model.init_args.lr=0.01", f"--ckpt_path={checkpoint}"), capsys)
-    assert "model.init_args.lr" in err
+    err = error_of(run_args("--trainer.max_epochs=2", "--model.init_args.stack.d_model=32", f"--ckpt_path={checkpoint}"), capsys)
+    assert "model.init_args.stack.d_model: 64 (checkpoint) vs 32 (this run)" in err
+    err = error_of(run_args("--trainer.max_epochs=2", "--model.init_args.optim.lr=0.01", f"--ckpt_path={checkpoint}"), capsys)
+    assert "model.init_args.optim.lr" in err
 
 
 def test_load_weights_only_is_an_explicit_warm_start(in_tmp, capsys):
     first = build_cli(run_args("--trainer.max_epochs=1"))
     checkpoint = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
-    warm = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.lr=0.01", f"--ckpt_path={checkpoint}",
+    warm = build_cli(run_args("--trainer.max_epochs=1", "--model.init_args.optim.lr=0.01", f"--ckpt_path={checkpoint}",
                               "--load_weights_only=true", "--trainer.enable_checkpointing=false", "--trainer.max_steps=1"))
     assert warm.trainer.ckpt_path is None and warm.trainer.global_step == 1  # training state starts fresh
     assert hparams(Path(warm.trainer.log_dir))["warm_start_from"] == str(checkpoint)
     # Weights of another shape do not load, and the error says which.
-    err = error_of(run_args("--model.init_args.d_model=32", f"--ckpt_path={checkpoint}", "--load_weights_only=true"), capsys)
+    err = error_of(run_args("--model.init_args.stack.d_model=32", f"--ckpt_path={checkpoint}", "--load_weights_only=true"), capsys)
     assert "load_weights_only: the weights of" in err and "size mismatch" in err
 
 
@@ -134,7 +134,7 @@ def signal_during(step: int, during: str = "train", signum: int = signal.SIGTERM
 # 10 batches an epoch (160 examples of 16); with accumulate_grad_batches=2, 5 optimiser steps.
 RESUME_CASES = {
     "plain": ([], [(15, "train", 16), (3, "validation", 10)]),
-    "dropout": (["--model.init_args.dropout=0.1"], [(15, "train", 16)]),
+    "dropout": (["--model.init_args.stack.dropout=0.1"], [(15, "train", 16)]),
     "workers": (["--data.init_args.num_workers=2"], [(15, "train", 16)]),
     # The signal arrives on the first batch of an accumulation pair; the run stops after the pair.
     "accumulation": (["--trainer.accumulate_grad_batches=2"], [(7, "train", 8)]),
@@ -243,7 +243,7 @@ def test_train_loss_is_logged_every_n_steps(in_tmp):
 
 def test_huge_learning_rate_stops_the_run_naming_the_step(tmp_path):
     """lr=1000 used to log a finite 6.99e8 epoch loss and exit 0."""
-    result = hybrids(*run_args("--trainer.max_epochs=2", "--model.init_args.lr=1000", "--model.init_args.warmup_steps=0",
+    result = hybrids(*run_args("--trainer.max_epochs=2", "--model.init_args.optim.lr=1000", "--model.init_args.optim.warmup_steps=0",
                                "--trainer.log_every_n_steps=1"), cwd=tmp_path)
     assert result.returncode == 3, result.stderr[-2000:]
     line = next(line for line in result.stderr.splitlines() if line.startswith("error: training diverged"))
@@ -275,17 +275,17 @@ def test_float16_on_cpu_is_refused(in_tmp, capsys):
 # every value validated before training
 
 
-MIXER = "--model.init_args.mixers={A: {class_path: hybrids.mixers.Attention, init_args: {heads: %s}}}"
+MIXER = "--model.init_args.stack.mixers={A: {class_path: hybrids.mixers.Attention, init_args: {heads: %s}}}"
 BAD_VALUES = {
-    "heads-two": (MIXER % "two", "model.init_args.mixers.A.init_args.heads: expected an integer, got 'two'"),
-    "dropout": ("--model.init_args.dropout=1.5", "model.init_args.dropout: must be in [0, 1)"),
-    "negative-lr": ("--model.init_args.lr=-0.001", "model.init_args.lr: must be > 0"),
-    "zero-lr": ("--model.init_args.lr=0", "model.init_args.lr: must be > 0"),
-    "betas": ("--model.init_args.betas=[0.9, 1.5]", "model.init_args.betas: each must be in [0, 1)"),
-    "warmup": ("--model.init_args.warmup_steps=-5", "model.init_args.warmup_steps: must be an integer >= 0"),
-    "weight-decay": ("--model.init_args.weight_decay=-0.1", "model.init_args.weight_decay: must be >= 0"),
-    "min-lr-ratio": ("--model.init_args.min_lr_ratio=-1", "model.init_args.min_lr_ratio: must be in [0, 1]"),
-    "vocab-size": ("--model.init_args.vocab_size=99", "model.init_args.vocab_size: 99 disagrees with the data's vocabulary (128)"),
+    "heads-two": (MIXER % "two", "model.init_args.stack.mixers.A.init_args.heads: expected an integer, got 'two'"),
+    "dropout": ("--model.init_args.stack.dropout=1.5", "model.init_args.stack.dropout: must be in [0, 1)"),
+    "negative-lr": ("--model.init_args.optim.lr=-0.001", "model.init_args.optim.lr: must be > 0"),
+    "zero-lr": ("--model.init_args.optim.lr=0", "model.init_args.optim.lr: must be > 0"),
+    "betas": ("--model.init_args.optim.betas=[0.9, 1.5]", "model.init_args.optim.betas: each must be in [0, 1)"),
+    "warmup": ("--model.init_args.optim.warmup_steps=-5", "model.init_args.optim.warmup_steps: must be an integer >= 0"),
+    "weight-decay": ("--model.init_args.optim.weight_decay=-0.1", "model.init_args.optim.weight_decay: must be >= 0"),
+    "min-lr-ratio": ("--model.init_args.optim.min_lr_ratio=-1", "model.init_args.optim.min_lr_ratio: must be in [0, 1]"),
+    "vocab-size": ("--model.init_args.stack.vocab_size=99", "model.init_args.stack.vocab_size: 99 disagrees with the data's vocabulary (128)"),
     "num-workers": ("--data.init_args.num_workers=-1", "data.init_args.num_workers: must be an integer >= 0"),
     "seed": ("--seed_everything=-5", "seed_everything: must be in [0, 2^32)"),
     "accumulation": ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: must be a positive integer"),
@@ -389,7 +389,7 @@ def test_tensorboard_logger_without_the_package_says_which_extra(in_tmp, capsys,
 def test_s4_kernel_shorter_than_the_data_grows_instead_of_crashing(in_tmp):
     """S4 with l_max 16 on seq_len 64 used to crash at the first step; the kernel now doubles to
     the data's length (with a warning, since l_max was set by hand) and trains."""
-    spec = "--model.init_args.mixers={S: {class_path: hybrids.mixers.S4, init_args: {d_state: 8, l_max: 16}}}"
+    spec = "--model.init_args.stack.mixers={S: {class_path: hybrids.mixers.S4, init_args: {d_state: 8, l_max: 16}}}"
     with pytest.warns(UserWarning, match="l_max"):
         cli = build_cli(run_args("--trainer.max_steps=2", spec, config=ROOT / "configs" / "s4.yaml"))
     assert cli.trainer.global_step == 2
@@ -404,7 +404,7 @@ def test_identity_names_classes_and_defaults_canonically_and_counts_training_set
 
     base = identity()
     assert identity("--data=hybrids.data.datamodule.MQAR") == base
-    spelled = "--model.init_args.mixers={A: {class_path: hybrids.mixers.attention.Attention, init_args: {heads: 2, rotary: true}}}"
+    spelled = "--model.init_args.stack.mixers={A: {class_path: hybrids.mixers.attention.Attention, init_args: {heads: 2, rotary: true}}}"
     assert identity(spelled) == base
     assert identity("--trainer.max_epochs=50") == base  # a run-time key: extending a run keeps it
     for other in ("--trainer.accumulate_grad_batches=2", "--trainer.gradient_clip_val=1.0",
@@ -424,7 +424,7 @@ def test_a_checkpoint_from_before_a_new_argument_is_still_this_run():
                                        if k != "min_lr_ratio"}  # as if min_lr_ratio were new
     old = {"hash": identity_hash(old_config), "config": old_config}
     assert old["hash"] != current["hash"] and same_run(old, current["hash"])
-    other = build_cli(["-c", str(TRANSFORMER), "--model.init_args.min_lr_ratio=0.5"], run=False).run_identity
+    other = build_cli(["-c", str(TRANSFORMER), "--model.init_args.optim.min_lr_ratio=0.5"], run=False).run_identity
     assert not same_run(old, other["hash"])
     assert not same_run({"hash": "0" * 16}, current["hash"]), "no stored config: the hash decides"
 
@@ -453,7 +453,7 @@ def test_last_searches_the_checkpoint_folder_too_and_warm_starts_carry_no_metric
     assert Path(resumed.trainer.ckpt_path).resolve() == (in_tmp / "elsewhere" / "last.ckpt").resolve()
     # A warm start takes the weights, not the other run's running epoch sums.
     source = torch.load(in_tmp / "elsewhere" / "last.ckpt", weights_only=False)
-    warm = build_cli(run_args("--trainer.max_steps=1", "--model.init_args.lr=0.01", "--load_weights_only=true",
+    warm = build_cli(run_args("--trainer.max_steps=1", "--model.init_args.optim.lr=0.01", "--load_weights_only=true",
                               "--ckpt_path=elsewhere/last.ckpt", "--trainer.enable_checkpointing=false"))
     for name, value in warm.model.state_dict().items():
         if not name.startswith("metrics."):

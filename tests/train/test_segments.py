@@ -67,8 +67,7 @@ def test_byte_text_segments_cover_the_split(tmp_path):
 def model(pattern, carry_state=True, **kwargs):
     torch.manual_seed(0)
     mixers = {k: v for k, v in MIXERS.items() if k in pattern}
-    return LanguageModel(vocab_size=257, d_model=16, n_layers=len(pattern), pattern=pattern, mixers=mixers,
-                         carry_state=carry_state, **kwargs).double()
+    return LanguageModel(stack=dict(vocab_size=257, d_model=16, n_layers=len(pattern), pattern=pattern, mixers=mixers), carry_state=carry_state, **kwargs).double()
 
 
 @pytest.mark.parametrize("pattern", ["MX", "X"])

@@ -23,8 +23,7 @@ def test_attention_learns_selective_copying(in_tmp):
     L.seed_everything(0)
     data = SelectiveCopying(seq_len=24, num_tokens=4, vocab_size=8, num_train_examples=8192,
                             num_val_examples=256, num_test_examples=500, batch_size=64)
-    model = LanguageModel(vocab_size=8, d_model=32, n_layers=2, pattern="A", mixers=ATTENTION, mlp_expand=0,
-                          lr=3e-3, warmup_steps=32)
+    model = LanguageModel(stack=dict(vocab_size=8, d_model=32, n_layers=2, pattern="A", mixers=ATTENTION, mlp_expand=0), optim=dict(lr=3e-3, warmup_steps=32))
     trainer = _trainer(max_epochs=3)
     trainer.fit(model, data)
     result = trainer.test(model, data, verbose=False)[0]
@@ -39,8 +38,7 @@ def test_attention_learns_induction_heads_and_is_tested_at_longer_lengths(in_tmp
     data = InductionHeads(seq_len=32, vocab_size=8, eval_lengths=[64], num_train_examples=8192,
                           num_val_examples=256, num_test_examples=500, num_eval_examples=128,
                           batch_size=64, eval_chunk=32)
-    model = LanguageModel(vocab_size=8, d_model=32, n_layers=2, pattern="A", mixers=ATTENTION, mlp_expand=0,
-                          lr=3e-3, warmup_steps=32)
+    model = LanguageModel(stack=dict(vocab_size=8, d_model=32, n_layers=2, pattern="A", mixers=ATTENTION, mlp_expand=0), optim=dict(lr=3e-3, warmup_steps=32))
     trainer = _trainer(max_epochs=3)
     trainer.fit(model, data)
     result = {k: v for r in trainer.test(model, data, verbose=False) for k, v in r.items()}
@@ -54,8 +52,7 @@ def test_attention_learns_induction_heads_and_is_tested_at_longer_lengths(in_tmp
 def test_bytes_beat_the_unigram_model_and_generate_text(in_tmp):
     L.seed_everything(0)
     data = ByteText(seq_len=64, batch_size=32)
-    model = LanguageModel(vocab_size=data.vocab_size, d_model=64, n_layers=2, pattern="A", mixers=ATTENTION,
-                          lr=3e-3, warmup_steps=30)
+    model = LanguageModel(stack=dict(vocab_size=data.vocab_size, d_model=64, n_layers=2, pattern="A", mixers=ATTENTION), optim=dict(lr=3e-3, warmup_steps=30))
     trainer = _trainer(max_steps=300, limit_val_batches=0, limit_test_batches=40)
     trainer.fit(model, data)
     bpb = trainer.test(model, data, verbose=False)[0]["test/bpb"]

@@ -8,12 +8,14 @@ module as the CLI does. No data is generated and nothing is trained.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hybrids.errors import StateSizeUnknown
+from hybrids.train.model_args import nest, unnest
 
 
 class BuildError(ValueError):
@@ -59,7 +61,9 @@ def _shape_key(config: Mapping[str, Any]) -> str:
     sections = {}
     for name, skip in _NOT_SHAPES.items():
         section = dict(config.get(name) or {})
-        section["init_args"] = {k: v for k, v in (section.get("init_args") or {}).items() if k not in skip}
+        init_args = section.get("init_args") or {}
+        init_args = unnest(init_args) if name == "model" else init_args
+        section["init_args"] = {k: v for k, v in init_args.items() if k not in skip}
         sections[name] = section
     return json.dumps(sections, sort_keys=True, default=str)
 
@@ -80,7 +84,11 @@ def _measure(config: Mapping[str, Any]) -> Figures:
     except (TypeError, ValueError) as err:
         raise BuildError(f"data: {data_class.__name__}({_args(data_args)}) failed: {err}") from err
     vocab_size = getattr(data, "vocab_size", None)
-    if vocab_size is not None:
+    if "stack" in inspect.signature(model_class).parameters:  # LanguageModel: its nested spelling
+        model_args, _ = nest(model_args)
+        model_args["stack"] = {**({"vocab_size": vocab_size} if vocab_size is not None else {}),
+                               **dict(model_args.get("stack") or {})}
+    elif vocab_size is not None:
         model_args.setdefault("vocab_size", vocab_size)
     try:
         model = model_class(**model_args)
@@ -97,7 +105,7 @@ def _measure(config: Mapping[str, Any]) -> Figures:
         params=int(model.num_parameters()),
         state_size=state_size,
         seq_len=seq_len,
-        d_model=model_args.get("d_model", getattr(getattr(model, "config", None), "d_model", None)),
+        d_model=getattr(getattr(model, "config", None), "d_model", unnest(model_args).get("d_model")),
         vocab_size=vocab_size,
         num_kv_pairs=getattr(data, "num_kv_pairs", None),
     )

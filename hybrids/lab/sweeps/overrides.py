@@ -1,8 +1,11 @@
-"""Dotted-key overrides of a config as plain nested dicts (``model.init_args.d_model: 128``).
+"""Dotted-key overrides of a config as plain nested dicts (``model.init_args.stack.d_model: 128``).
+
+Keys in the flat spelling of older sweep files (``model.init_args.d_model``) address the same
+place (:func:`hybrids.train.model_args.nest_key`).
 
 An override sets a value; a dict value replaces what was there (a family's ``mixers`` dict is
 the whole set of mixers, not a patch of the base's). Deeper keys patch into whatever is in place
-at the time, so ``model.init_args.mixers.M.init_args.d_state`` after a family's ``mixers``
+at the time, so ``model.init_args.stack.mixers.M.init_args.d_state`` after a family's ``mixers``
 patches that family's Mamba.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from typing import Any
+
+from hybrids.train.model_args import nest_key
 
 # The top-level sections of a CLI config that an override may address.
 SECTIONS = ("model", "data", "trainer", "checkpoint", "seed_everything", "ckpt_path")
@@ -30,7 +35,7 @@ def check_key(key: str) -> str | None:
 
 def get_dotted(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
     node: Any = config
-    for part in key.split("."):
+    for part in nest_key(key).split("."):
         if not isinstance(node, Mapping) or part not in node:
             return default
         node = node[part]
@@ -40,6 +45,7 @@ def get_dotted(config: Mapping[str, Any], key: str, default: Any = None) -> Any:
 def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     """Set ``key`` in ``config`` (in place), creating the dicts on the way; the value is copied
     so that runs never share mutable parts."""
+    key = nest_key(key)
     parts = key.split(".")
     node = config
     for i, part in enumerate(parts[:-1]):

@@ -9,27 +9,27 @@ A sweep file (YAML)::
       trainer.max_epochs: 4
     choices:                            # named override sets; a grid names them by label
       family:
-        attention: {model.init_args.pattern: A, model.init_args.mixers: {A: {...}}}
-        mamba: {model.init_args.pattern: M, model.init_args.mixers: {M: {...}}}
+        attention: {model.init_args.stack.pattern: A, model.init_args.stack.mixers: {A: {...}}}
+        mamba: {model.init_args.stack.pattern: M, model.init_args.stack.mixers: {M: {...}}}
       task:
         mqar64x4: {data.init_args.seq_len: 64, data.init_args.num_kv_pairs: 4}
     grid:                               # a list of blocks; each expands to the product of
       - family: [attention, mamba]      # its axes, and the sweep is their union
         task: [mqar64x4]
-        model.init_args.d_model: [64, 128, 256]
+        model.init_args.stack.d_model: [64, 128, 256]
       - family: [attention, mamba]      # a block may bring its own learning rates,
         task: [mqar128x8]               # which replace the sweep's lr list for its runs
         lr: [3.0e-3]
-    lr: [1.0e-3, 3.0e-3]                # model.init_args.lr, one axis
+    lr: [1.0e-3, 3.0e-3]                # model.init_args.optim.lr, one axis
     seeds: [0, 1]                       # one axis; each seed is written to every seed_keys key
     seed_keys: [seed_everything]
     tune: [lr]                          # axes selected on validation (default: [lr])
     match:                              # optional: solve a width per run to meet a size
       quantity: params                  # or state_size
       targets: [50000, 100000]          # one axis, "target"
-      key: model.init_args.d_model      # the integer solved for; per label of a choice:
+      key: model.init_args.stack.d_model  # the integer solved for; per label of a choice:
       keys:                             # per label: a key, or a key with its own grid
-        mamba: {key: model.init_args.mixers.M.init_args.d_state, multiple_of: 1, range: [1, 256]}
+        mamba: {key: model.init_args.stack.mixers.M.init_args.d_state, multiple_of: 1, range: [1, 256]}
       multiple_of: 8
       range: [8, 2048]
       tolerance: 0.05
@@ -58,7 +58,7 @@ from hybrids.lab.sweeps.naming import run_name
 TOP_LEVEL = ("name", "base", "settings", "choices", "grid", "lr", "seeds", "seed_keys", "tune", "match")
 MATCH_KEYS = ("quantity", "targets", "key", "keys", "multiple_of", "range", "tolerance")
 QUANTITIES = ("params", "state_size")
-LR_KEY = "model.init_args.lr"
+LR_KEY = "model.init_args.optim.lr"
 _SCALARS = (int, float, str, bool, type(None))
 
 
@@ -76,7 +76,7 @@ class Match:
 
     quantity: str
     targets: tuple[float, ...]
-    key: str = "model.init_args.d_model"
+    key: str = "model.init_args.stack.d_model"
     # choice label -> (key solved instead, its multiple_of, low, high)
     keys: Mapping[str, tuple[str, int, int, int]] = field(default_factory=dict)
     multiple_of: int = 8
