@@ -73,3 +73,22 @@ def test_every_package_is_installed():
     assert folders == found, f"not found: {folders - found}; extra: {found - folders}"
     kernel_packages = {p.parent.relative_to(KERNELS).parts for p in KERNELS.rglob("__init__.py")}
     assert {".".join(("hybrids", "kernels", *parts)) for parts in kernel_packages} <= found
+
+
+def test_training_installs_only_what_training_needs():
+    """`make demo` installs the base dependencies alone: none of the test, notebook, cluster or
+    GPU packages (Triton alone is a 1 GB install that CPU training never uses)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pip's copy of the same parser
+        from pip._vendor import tomli as tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = {dep.split(";")[0].split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip().lower()
+            for dep in project["dependencies"]}
+    assert {"torch", "lightning", "jsonargparse", "einops"} <= base
+    extras_only = {"pytest", "pytest-xdist", "ray", "faiss-cpu", "jupyterlab", "nbclient", "ipykernel", "triton",
+                   "mamba-ssm", "causal-conv1d", "mkdocs", "import-linter"}
+    assert not base & extras_only, base & extras_only
+    makefile = (ROOT / "Makefile").read_text()
+    assert "bootstrap.sh \"\"" in makefile.split("setup:")[1].split("\n\n")[0], "make demo's setup installs extras"
