@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import traceback
 
 import pytest
 import torch
@@ -267,18 +266,7 @@ def error_checks(device) -> dict:
     return messages
 
 
-def worker(ids: list[str]) -> dict:
-    results = {}
-    for case in CASES:
-        if ids and case.id not in ids:
-            continue
-        torch.manual_seed(0)
-        try:
-            results[case.id] = run_case(case, "cpu")
-        except Exception:
-            results[case.id] = {"traceback": traceback.format_exc()}
-    results["error_checks"] = error_checks("cpu")
-    return results
+worker = triton_interpreter.worker_for(CASES, run_case, error_checks)
 
 
 @pytest.fixture(scope="module")
@@ -293,18 +281,11 @@ def interpreter_results(request, tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_against_reference(case, request):
-    if torch.cuda.is_available():
-        errors = run_case(case, "cuda")
-    else:
-        errors = request.getfixturevalue("interpreter_results")[case.id]
-    check_errors(case, errors)
+    check_errors(case, triton_interpreter.outcome(request, case.id, lambda: run_case(case, "cuda")))
 
 
 def test_errors(request):
-    if torch.cuda.is_available():
-        messages = error_checks("cuda")
-    else:
-        messages = request.getfixturevalue("interpreter_results")["error_checks"]
+    messages = triton_interpreter.outcome(request, "error_checks", lambda: error_checks("cuda"))
     assert "float64" in messages.get("float64", "") and "backend='chunk'" in messages["float64"], messages
     assert messages.get("chunk_size", "").startswith("chunk_size: expected a power of two"), messages
     if not torch.cuda.is_available():

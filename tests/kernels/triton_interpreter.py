@@ -17,11 +17,17 @@ The worker also fixes two things in Triton 3.9's interpreter (:func:`prepare_int
   multiplies those patterns as integers; they are decoded to float32 first, which is what a GPU
   computes (bfloat16 operands, float32 accumulation).
 
-A Triton test module defines its cases, a ``worker(ids) -> dict`` that runs them on the CPU, and::
+A Triton test module defines its cases (objects with an ``id``), ``run_case(case, device)`` and
+``error_checks(device)``, and::
+
+    worker = triton_interpreter.worker_for(CASES, run_case, error_checks)
 
     @pytest.fixture(scope="module")
     def interpreter_results(request, tmp_path_factory):
         return triton_interpreter.results(request, tmp_path_factory, __file__)
+
+    def test_against_reference(case, request):
+        errors = triton_interpreter.outcome(request, case.id, lambda: run_case(case, "cuda"))
 
     if __name__ == "__main__":
         triton_interpreter.main(worker, __file__)
@@ -33,10 +39,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 TESTS = Path(__file__).resolve().parents[1]  # on the worker's path: helpers, mixer_cases, ...
 
@@ -70,6 +79,35 @@ def results(request, tmp_path_factory, module_file: str, test_name: str = "test_
             pytest.fail(f"the interpreter worker failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
         cache.write_text(proc.stdout.strip().splitlines()[-1])
         return json.loads(cache.read_text())
+
+
+def worker_for(cases: Sequence, run_case: Callable[[Any, str], dict],
+               error_checks: Callable[[str], dict]) -> Callable[[list[str]], dict]:  # fmt: skip
+    """The worker of a test module: its cases ``ids`` (all if none) run on the CPU, each from seed
+    0, a case that raises recorded as its traceback; plus ``"error_checks"``."""
+
+    def worker(ids: list[str]) -> dict:
+        out: dict[str, Any] = {}
+        for case in cases:
+            if ids and case.id not in ids:
+                continue
+            torch.manual_seed(0)
+            try:
+                out[case.id] = run_case(case, "cpu")
+            except Exception:  # noqa: BLE001 (reported by the test of that case)
+                out[case.id] = {"traceback": traceback.format_exc()}
+        out["error_checks"] = error_checks("cpu")
+        return out
+
+    return worker
+
+
+def outcome(request, key: str, on_cuda: Callable[[], Any]) -> Any:
+    """A result computed now on CUDA where there is a GPU, else the interpreter's (the module's
+    ``interpreter_results`` fixture) under ``key``."""
+    if torch.cuda.is_available():
+        return on_cuda()
+    return request.getfixturevalue("interpreter_results")[key]
 
 
 def main(worker: Callable[[list[str]], dict], module_file: str) -> None:
