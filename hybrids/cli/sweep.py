@@ -209,12 +209,30 @@ def write_run_folder(out: Path, plan: RunPlan, problem: str | None) -> Path:
     trainer["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
                          "init_args": {"save_dir": str(run_dir), "name": "logs"}}
     trainer.setdefault("enable_progress_bar", False)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     record = run_record(plan)
+    _adopt_equivalent_status(run_dir, config, record["config_hash"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_json(run_dir / "run.json", record)
     if problem is not None:
         write_json(run_dir / "status.json", {**record, "status": "failed", "error": problem, "metrics": {}, "attempts": 0})
     return run_dir
+
+
+def _adopt_equivalent_status(run_dir: Path, config: dict[str, Any], new_hash: str) -> None:
+    """A run recorded under an older hash of the same config keeps its status.
+
+    The hash has changed meaning twice (model arguments compared flat, the base logger left out):
+    a run whose written config is the same run under today's comparison is not run again."""
+    status = read_json(run_dir / "status.json")
+    old_config = run_dir / "config.yaml"
+    if not status or status.get("config_hash") in (None, new_hash) or not old_config.exists():
+        return
+    try:
+        written = yaml.safe_load(old_config.read_text())
+    except (OSError, yaml.YAMLError):
+        return
+    if isinstance(written, dict) and config_hash(written) == config_hash(config):
+        write_json(run_dir / "status.json", {**status, "config_hash": new_hash})
 
 
 def print_dry_run(plans: list[RunPlan], problems: dict[str, str]) -> None:

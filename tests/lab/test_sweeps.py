@@ -522,3 +522,27 @@ def test_a_run_whose_interpreter_cannot_start_fails_and_the_next_attempt_runs_it
     status = execute_run(RunTask(str(run)))
     assert status["status"] == "done" and status["attempts"] == 2 and status["returncode"] == 0, status
     assert "test/acc" in status["metrics"] and status["logged_params"] == status["params"]
+
+
+def test_a_run_finished_under_the_older_flat_spelling_is_not_run_again(tmp_path):
+    """A run folder written before the model's arguments were nested (and while the hash covered
+    the base config's logger) keeps its status when the same run is written again; a real change
+    (another learning rate) does not."""
+    from hybrids.cli.sweep import prepare, write_run_folder
+    from hybrids.lab.sweeps.execute import is_finished, read_json, write_json
+    from hybrids.train.model_args import unnest
+
+    (plan,) = expand(load_sweep(write_sweep(tmp_path, name="old", settings=TINY)))
+    assert not prepare([plan], None)
+    run = write_run_folder(tmp_path / "runs", plan, None)
+    for lr, adopted in ((None, True), (0.5, False)):
+        written = yaml.safe_load((run / "config.yaml").read_text())
+        flat = unnest(written["model"]["init_args"])
+        if lr is not None:
+            flat["lr"] = lr
+        written["model"]["init_args"] = flat
+        (run / "config.yaml").write_text(yaml.safe_dump(written))
+        write_json(run / "status.json", {"name": "old", "status": "done", "config_hash": "0123456789abcdef"})
+        write_run_folder(tmp_path / "runs", plan, None)
+        assert is_finished(run) is adopted
+        assert (read_json(run / "status.json")["config_hash"] == read_json(run / "run.json")["config_hash"]) is adopted
