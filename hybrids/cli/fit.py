@@ -10,9 +10,11 @@ puts them under ``DIR/<name>/version_N`` unless the logger's ``save_dir`` is giv
 bar, a checkpoint per epoch with ``last.ckpt`` (``--checkpoint.*`` configures it), seed 0. A run
 stopped by ``--trainer.max_steps`` is validated at its last step, so it always ends with a figure.
 
-validate, test and predict log nothing of their own: they write into the run they evaluate (its
-``version_N`` folder, when the checkpoint is one of its ``checkpoints/``), never a new empty
-version: the figures as one line of ``evaluations.jsonl``, the predictions as ``predictions.pt``.
+validate, test and predict log nothing of their own and never make a new, empty version: they
+write into the run they evaluate (its ``version_N`` folder, when the checkpoint is one of its
+``checkpoints/``): the figures as one line of ``evaluations.jsonl``, the predictions as
+``predictions.pt``. An untrained model or a checkpoint kept elsewhere has its figures printed
+only, and its predictions written to ``--trainer.default_root_dir`` (the working folder).
 
 Runs have an identity (:mod:`hybrids.train.identity`): a checkpoint is resumed or evaluated only under
 the config that wrote it. Exit status: 0 done; 2 a bad config or checkpoint (before anything
@@ -21,9 +23,11 @@ runs); 3 training diverged; 130 / 143 stopped by SIGINT / SIGTERM after saving `
 
 from __future__ import annotations
 
+import atexit
 import json
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -268,28 +272,30 @@ class HybridsCLI(LightningCLI):
         print(f"hybrids: predictions of {stacked.shape[0]:,} examples, shape {tuple(stacked.shape)}, written to {target}", flush=True)
 
 
-CONFIG_FLAGS = ("-c", "--config")
-
-
 def migrate_arguments(args: list[str]) -> tuple[list[str], list[str]]:
     """(``args`` in the current spelling, notes on what was moved): flat model keys on the command
-    line (``--model.init_args.d_model=32``) and in config files given with ``-c``. A config file
-    that needs no change is passed on as its path; one that does, as its migrated text."""
+    line (``--model.init_args.d_model=32``, ``--model.d_model=32``) and in config files or YAML
+    strings given with ``-c`` / ``--config`` in any of argparse's forms. A config that needs no
+    change is passed on as it was given."""
     out, notes = [], []
     moved_flags: list[str] = []
     i = 0
     while i < len(args):
         item = args[i]
-        if item.startswith("--model.init_args."):
+        if item.startswith("--model."):
             flag, eq, value = item.partition("=")
             new = "--" + nest_key(flag[2:])
             if new != flag:
-                moved_flags.append(flag[2:].split(".")[2])
+                moved_flags.append(flag[2:].split(".")[-1])
             out.append(new + eq + value)
-        elif item in CONFIG_FLAGS and i + 1 < len(args) or item.startswith("--config="):
-            path = item.partition("=")[2] if item.startswith("--config=") else args[i + 1]
-            out += [CONFIG_FLAGS[0], _migrated_config(path, notes)]
-            i += 0 if item.startswith("--config=") else 1
+        elif item in ("-c", "--config") and i + 1 < len(args):
+            out += [item, _migrated_config(args[i + 1], notes)]
+            i += 1
+        elif item.startswith("--config="):
+            out.append("--config=" + _migrated_config(item[len("--config="):], notes))
+        elif item.startswith("-c") and not item.startswith("--") and len(item) > 2:  # -cPATH, -c=PATH
+            value = item[3:] if item[2] == "=" else item[2:]
+            out += ["-c", _migrated_config(value, notes)]
         else:
             out.append(item)
         i += 1
@@ -298,19 +304,38 @@ def migrate_arguments(args: list[str]) -> tuple[list[str], list[str]]:
     return out, notes
 
 
-def _migrated_config(path: str, notes: list[str]) -> str:
+def _migrated_config(value: str, notes: list[str]) -> str:
+    """A ``-c`` value in the current spelling: a file that needs migrating becomes a migrated copy
+    beside it (so that paths inside it still resolve against its folder; removed at exit), or YAML
+    text where that folder cannot be written; a YAML string is migrated as a string."""
+    path = Path(value)
     try:
-        text = Path(path).read_text()
+        is_file = path.is_file()
+    except (OSError, ValueError):  # a YAML string too long or odd to be a path
+        is_file = False
+    try:
+        text = path.read_text() if is_file else value
         config = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return path  # not a readable YAML file: jsonargparse says why
+        return value  # not readable YAML: jsonargparse says why
     if not isinstance(config, dict):
-        return path
+        return value
     migrated, moved = nest_config(config)
     if not moved:
-        return path
-    notes.append(moved_note(moved, path))
-    return yaml.safe_dump(migrated, sort_keys=False)
+        return value
+    notes.append(moved_note(moved, value if is_file else "the -c string"))
+    text = yaml.safe_dump(migrated, sort_keys=False)
+    if not is_file:
+        return text
+    try:
+        handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix=f".{path.stem}.migrated-",
+                                             dir=path.resolve().parent, delete=False)
+    except OSError:
+        return text
+    with handle:
+        handle.write(text)
+    atexit.register(Path(handle.name).unlink, missing_ok=True)
+    return handle.name
 
 
 def _default_save_dir(config) -> None:

@@ -28,7 +28,9 @@ _EXPECTED = re.compile(r"Expected a <class '(?P<type>\w+)'>")
 _GIVEN = re.compile(r"Given value: (?P<value>.*)")
 _NO_ATTRIBUTE = re.compile(r"module '(?P<module>[\w.]+)' has no attribute '(?P<name>\w+)'")
 _UNRECOGNISED = re.compile(r"unrecognized arguments: (?P<args>.*)")
-_NOT_ACCEPT_OPTION = re.compile(r"does not accept option '(?P<key>[^']+)'")
+_NOT_ACCEPT_OPTION = re.compile(r"(?:Group '(?P<group>[^']+)' )?does not accept option '(?P<key>[^']+)'")
+# A nested key's own report: its header, then the first line saying what is wrong.
+_KEY_AND_WHY = re.compile(r'Parser key "(?P<name>[^"]+)":\s*\n\s*(?P<why>\S.*)')
 # A nested parser's report, already keyed by KeyedErrorParser (the key relative to init_args).
 _KEYED = re.compile(r"^(?P<line>[\w.]+: (unknown argument|expected)\b.*)$")
 
@@ -91,7 +93,7 @@ def keyed_line(message: str, option_keys: Iterable[str] = ()) -> str | None:
         key = first.lstrip("-").split("=", 1)[0]
         return f"{key}: unknown argument{_suggest(key, option_keys)}"
     if match := _NOT_ACCEPT_OPTION.search(message):
-        key = match["key"]
+        key = f"{match['group']}.{match['key']}" if match["group"] else match["key"]
         return f"{key}: unknown argument{_suggest(key, option_keys)}"
     section = _SECTION.search(message)
     if section is None:
@@ -114,6 +116,8 @@ def keyed_line(message: str, option_keys: Iterable[str] = ()) -> str | None:
         first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
         if match := _KEYED.match(first):
             return f"{key}.init_args.{match['line']}"
+        if match := _KEY_AND_WHY.search(reason):
+            return f"{key}.init_args.{match['name']}: {match['why'].strip()}"
         return f"{key}: {class_path}: {first}" if first else None
     # A plain value of the wrong type: the types tried, and the value given.
     types = [t for t in _EXPECTED.findall(message) if t != "NoneType"]

@@ -8,8 +8,10 @@ by the docs site's hook), and the tests compare the evaluated figure with the el
 state ``step`` actually allocates. So the formula a reader sees is the code that counts, and a
 count that drifts from the allocation fails a test.
 
-Formulas are Python expressions restricted to arithmetic, ``min``, ``max``, ``L`` and attribute
-names of the mixer (no builtins, no calls other than those two, no attribute access).
+Formulas are Python expressions restricted to arithmetic, comparisons, ``min``, ``max``, ``L``
+and attribute names of the mixer (no builtins, no calls other than those two, no attribute access
+or subscripts). The restriction guards against mistakes in a rule a mixer's author writes; it is
+not a sandbox for untrusted text (``9 ** 9 ** 9`` would still run for ever).
 """
 
 from __future__ import annotations

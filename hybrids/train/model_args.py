@@ -43,7 +43,8 @@ def defaults(cls: type) -> dict[str, Any]:
 def nest(init_args: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(``init_args`` with its flat stack and optimiser keys moved under ``stack`` / ``optim``,
     the keys moved). Keys already nested are kept; a key given both ways keeps the nested value."""
-    nested = {k: v for k, v in init_args.items() if k not in FLAT_KEYS}
+    nested = {k: (dataclasses.asdict(v) if k in GROUPS and dataclasses.is_dataclass(v) else v)
+              for k, v in init_args.items() if k not in FLAT_KEYS}
     moved = []
     for key, value in init_args.items():
         if key in FLAT_KEYS:
@@ -76,33 +77,59 @@ def moved_note(moved: list[str], where: str) -> str:
 
 def unnest(init_args: Mapping[str, Any]) -> dict[str, Any]:
     """The nested spelling as the flat one, as given (no defaults filled in): how a config was
-    compared before, so that comparisons of configs written either way agree."""
-    flat = {k: v for k, v in init_args.items() if k not in GROUPS or not isinstance(v, Mapping)}
+    compared before, so that comparisons of configs written either way agree. A key given both
+    ways keeps the nested value, as in :func:`nest`."""
+    nested, _ = nest(init_args)
+    flat = {k: v for k, v in nested.items() if k not in GROUPS or not isinstance(v, Mapping)}
     for group in GROUPS:
-        value = init_args.get(group)
+        value = nested.get(group)
         if isinstance(value, Mapping):
             flat.update(value)
     return flat
 
 
-MODEL_PREFIX = "model.init_args."
+# jsonargparse takes a subclass's arguments as model.init_args.X and, for short, model.X.
+MODEL_PREFIXES = ("model.init_args.", "model.")
 
 
 def nest_key(key: str) -> str:
     """A dotted config key in the nested spelling: ``model.init_args.lr`` ->
-    ``model.init_args.optim.lr``; any other key is returned as it is."""
-    if key.startswith(MODEL_PREFIX):
-        head = key[len(MODEL_PREFIX):].split(".", 1)[0]
-        if head in FLAT_KEYS:
-            return f"{MODEL_PREFIX}{FLAT_KEYS[head]}.{key[len(MODEL_PREFIX):]}"
+    ``model.init_args.optim.lr`` (``model.lr`` -> ``model.optim.lr``); any other key is returned
+    as it is."""
+    for prefix in MODEL_PREFIXES:
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            head = rest.split(".", 1)[0]
+            return f"{prefix}{FLAT_KEYS[head]}.{rest}" if head in FLAT_KEYS else key
     return key
 
 
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
 def nest_config(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A whole CLI config (``{model: {class_path, init_args}, data: ..., ...}``) with its model
-    arguments nested; the keys moved."""
-    model = config.get("model")
-    if not isinstance(model, Mapping) or not isinstance(model.get("init_args"), Mapping):
-        return dict(config), []
-    init_args, moved = nest(model["init_args"])
-    return {**config, "model": {**model, "init_args": init_args}}, moved
+    """A whole CLI config (``{model: {class_path, init_args}, data: ..., ...}``, or one keyed by
+    subcommand, ``{fit: {model: ...}}``) with its model arguments nested; the keys moved."""
+    out, moved = dict(config), []
+    for name in SUBCOMMANDS:
+        if isinstance(out.get(name), Mapping):
+            out[name], inner = nest_config(out[name])
+            moved += inner
+    model = out.get("model")
+    if isinstance(model, Mapping) and isinstance(model.get("init_args"), Mapping):
+        init_args, inner = nest(model["init_args"])
+        out["model"] = {**model, "init_args": init_args}
+        moved += inner
+    return out, moved
+
+
+def merged_arguments(saved: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved arguments (either spelling) with ``overrides`` applied (flat keys, or ``stack`` /
+    ``optim`` as mappings or dataclasses, merged field by field), in the nested spelling."""
+    flat = unnest(saved)
+    for key, value in overrides.items():
+        if key in GROUPS and (isinstance(value, Mapping) or dataclasses.is_dataclass(value)):
+            flat.update(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        else:
+            flat[key] = value
+    return nest(flat)[0]

@@ -8,6 +8,7 @@ mode (:mod:`.segment_carry`) and long sequences read in chunks (:mod:`.long_cont
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -25,7 +26,7 @@ from hybrids.train.checkpoints import IDENTITY_KEY
 from hybrids.train.divergence import NEVER, DivergenceError
 from hybrids.train.long_context import LengthTooLong, labelled_logits_chunked
 from hybrids.train.metrics import EXTRA_METRICS, WeightedMean, exact_fraction, length_key
-from hybrids.train.model_args import GROUPS, nest
+from hybrids.train.model_args import merged_arguments
 from hybrids.train.optim import OptimConfig, adamw_warmup_cosine, check_max_loss
 from hybrids.train.resume import RNG_KEY, epoch_finished, rng_states, set_rng_states, zero_epoch_means
 from hybrids.train.segment_carry import SegmentCarry
@@ -125,15 +126,24 @@ class LanguageModel(L.LightningModule):
             self.model = HybridLM(self.config)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
-        """Lightning's, for checkpoints whose hyper-parameters are recorded flat (all of them:
-        see ``__init__``): they are nested into ``stack`` and ``optim`` first."""
-        if hparams_file is None and not set(kwargs) & set(GROUPS):
-            saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
-            nested, _ = nest(saved)
-            kwargs = {**{k: v for k, v in nested.items() if k in GROUPS}, **kwargs}
-        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                            strict=strict, **kwargs)
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only=None, **overrides):  # fmt: skip
+        """Lightning's, for checkpoints whose hyper-parameters are recorded flat (all of them: see
+        ``__init__``). Overrides may be flat (``lr=1e-3``) or nested (``optim={"lr": 1e-3}``, merged
+        into the saved settings); ``hparams_file`` (YAML) replaces the saved hyper-parameters."""
+        from lightning.fabric.utilities.cloud_io import _load as load_checkpoint
+        from lightning.pytorch.core.saving import load_hparams_from_yaml
+
+        checkpoint = load_checkpoint(checkpoint_path, map_location=map_location, weights_only=weights_only)
+        saved = checkpoint.get("hyper_parameters") or {}
+        if hparams_file is not None:
+            saved = load_hparams_from_yaml(hparams_file) or {}
+        checkpoint["hyper_parameters"] = merged_arguments(saved, overrides)
+        # Lightning reads a path or a file once; the migrated checkpoint goes to it in memory.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        buffer.seek(0)
+        return super().load_from_checkpoint(buffer, map_location=map_location, strict=strict, weights_only=weights_only)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)

@@ -21,6 +21,8 @@ CASES = {
     "trainer key": (["--trainer.acclerator=cpu"], "trainer.acclerator: unknown argument; did you mean 'trainer.accelerator'?"),
     "model type": (["--model.init_args.stack.d_model=abc"], "model.init_args.stack.d_model: expected int, got 'abc'"),
     "trainer type": (["--trainer.max_epochs=abc"], "trainer.max_epochs: expected int or null, got 'abc'"),
+    "tuple length": (["--model.init_args.optim.betas=[0.9]"],
+                     "model.init_args.optim.betas: Expected a tuple with 2 elements. Got value: [0.9]"),
     "class path": (["--data.class_path=hybrids.data.MQARR"],
                    "data.class_path: there is no class hybrids.data.MQARR; did you mean hybrids.data.MQAR?"),
 }
@@ -43,6 +45,14 @@ def test_a_typo_in_a_config_file_is_keyed_too(in_tmp, capsys):
         build_cli(["fit", "-c", CONFIG, "-c", str(in_tmp / "bad.yaml")])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == "error: trainer.max_stepz: unknown argument; did you mean 'trainer.max_steps'?"
+
+
+def test_a_typo_inside_the_stack_group_of_a_config_file_names_the_group(in_tmp, capsys):
+    (in_tmp / "bad.yaml").write_text("model:\n  init_args:\n    stack:\n      d_modle: 3\n")
+    with pytest.raises(SystemExit) as info:
+        build_cli(["fit", "-c", CONFIG, "-c", str(in_tmp / "bad.yaml")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: model.init_args.stack.d_modle: unknown argument; did you mean 'stack.d_model'?"
 
 
 def test_an_unrecognised_report_is_left_whole():

@@ -84,3 +84,28 @@ def test_a_legacy_run_folder_is_read_by_the_analysis():
 
     runs = load_runs(FIXTURE)
     assert len(runs) == 1 and runs[0].params == 3792
+
+
+def test_load_from_checkpoint_takes_flat_hyper_parameters_and_either_spelling_of_overrides():
+    """Checkpoints record LanguageModel's arguments flat (this one from before the stack and the
+    optimiser were dataclasses, as every later one does): load_from_checkpoint nests them, and
+    merges overrides given flat or nested; hparams_file and file objects work too."""
+    from hybrids import LanguageModel, OptimConfig
+
+    path = RUN / "checkpoints" / "last.ckpt"
+    saved = torch.load(path, map_location="cpu", weights_only=False)["hyper_parameters"]
+    plain = LanguageModel.load_from_checkpoint(path)
+    assert plain.config.d_model == saved["d_model"] and plain.optim.lr == saved["lr"]
+    assert plain.config.mixers["M"]["class_path"] == saved["mixers"]["M"]["class_path"]
+    reference = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.equal(plain.state_dict()[k], reference[k]) for k in reference if not k.startswith("metrics."))
+
+    flat = LanguageModel.load_from_checkpoint(path, lr=5e-4, dropout=0.2)
+    assert flat.optim.lr == 5e-4 and flat.config.dropout == 0.2 and flat.config.d_model == saved["d_model"]
+    nested = LanguageModel.load_from_checkpoint(path, optim={"lr": 5e-4}, stack={"dropout": 0.2})
+    assert nested.optim == OptimConfig(**{**plain.optim.__dict__, "lr": 5e-4}) and nested.config.dropout == 0.2
+    assert nested.config.vocab_size == saved["vocab_size"]
+    from_yaml = LanguageModel.load_from_checkpoint(path, hparams_file=RUN / "hparams.yaml")
+    assert from_yaml.config == plain.config
+    with path.open("rb") as handle:
+        assert LanguageModel.load_from_checkpoint(handle).config == plain.config

@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from hybrids.lab.sweeps import overrides
+from hybrids.train.model_args import nest_config
 from hybrids.lab.sweeps.naming import run_name
 
 TOP_LEVEL = ("name", "base", "settings", "choices", "grid", "lr", "seeds", "seed_keys", "tune", "match")
@@ -153,6 +154,9 @@ def _load_base(path_text: Any, sweep_path: Path, key: str) -> tuple[str, dict[st
     config = yaml.safe_load(path.read_text()) or {}
     if not isinstance(config, dict):
         raise SweepError(key, f"{path_text} does not hold a config mapping")
+    # A base in the flat spelling of older configs is nested first, so that overrides (nested by
+    # overrides.nest_key) patch into the same place instead of beside it.
+    config, _ = nest_config(config)
     return path.stem, config
 
 
