@@ -18,12 +18,15 @@ in nats, divided by ln 2.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from hybrids.data.corpus import Corpus, Document, load_corpus
+from hybrids.data.corpus import HELD_OUT_FRACTION, Corpus, CorpusShape, Document, corpus_shape, load_corpus
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.data.loading import ResumableOrder
 from hybrids.data.segments import SegmentBatches, SegmentOrder
@@ -63,6 +66,81 @@ class ByteChunks(Dataset):
         return window[:-1], labels
 
 
+# Whether ByteText checks its corpus at construction (see without_corpus_check).
+_check_at_init = True
+
+
+@contextlib.contextmanager
+def without_corpus_check():
+    """Build ByteText modules without checking their corpus, inside the ``with`` block: for
+    callers that never read it and may run where it is absent (``hybrids generate`` wants only the
+    byte encoding; a sweep planner only the vocabulary). setup() still refuses a bad corpus."""
+    global _check_at_init
+    before, _check_at_init = _check_at_init, False
+    try:
+        yield
+    finally:
+        _check_at_init = before
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _s(names: list[str]) -> str:
+    return "s" if len(names) > 1 else ""
+
+
+def check_corpus(path: str | None, seq_len: int, segments: bool) -> CorpusShape:
+    """The shape of the corpus at ``path`` (:func:`~hybrids.data.corpus.corpus_shape`: the files
+    are stat-ed, not read), or a ConfigError keyed ``path`` or ``seq_len`` where some split would
+    give no training example: missing, empty, hidden-only, or too short.
+
+    A chunk needs ``seq_len + 1`` tokens of one split's stream (its documents' bytes plus one
+    boundary token each); a segment needs one non-empty document (it is padded), so in segment
+    mode only an empty split is refused. Checked here, at construction, so that the CLI reports it
+    as one keyed line before training; setup() would find it only after the trainer started.
+    """
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise ConfigError("path", f"must be a file or folder path, or null for the default corpus; got {path!r}")
+    try:
+        shape = corpus_shape(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError("path", str(err)) from err
+    except OSError as err:  # unreadable folder or file: listing or stat-ing it failed
+        raise ConfigError("path", f"cannot read {err.filename or path}: {err.strerror or err}") from err
+    per_split = round(1 / HELD_OUT_FRACTION)  # a single file gives each held-out split 1/20 of it
+    how = ("a single file is cut 90% / 5% / 5% by bytes" if shape.single_file else
+           "too few documents to split by document: each is cut 90% / 5% / 5% by bytes" if shape.by_bytes else
+           "documents go wholly to one split, by a hash of their names")
+    held = {split: (sum(sizes), len(sizes)) for split, sizes in shape.sizes.items()}
+    file_needs = (f"about {per_split} bytes" if segments else
+                  f"about {per_split * seq_len:,} bytes at seq_len {seq_len}")
+    empty = [split for split, (nbytes, _) in held.items() if nbytes == 0]
+    if empty:
+        need = f"a single file needs {file_needs}" if shape.single_file else "give more text or more files"
+        raise ConfigError(
+            "path", f"{shape.name} ({shape.size:,} bytes) is too small: its {_and(empty)} split{_s(empty)} "
+            f"get{'' if len(empty) > 1 else 's'} no text ({how}); every split needs text: {need}"
+        )
+    if segments:  # a segment is padded: any text will do
+        return shape
+    # Stream tokens per split: the bytes and one boundary per document; a chunk takes seq_len + 1.
+    tokens = {split: nbytes + docs for split, (nbytes, docs) in held.items()}
+    limit = min(tokens.values()) - 1  # the longest seq_len that gives every split a chunk
+    short = [split for split, n in tokens.items() if n < seq_len + 1]
+    if short:
+        counts = ", ".join(f"{split} {tokens[split]:,}" for split in short)
+        hint = f"; a single file needs {file_needs}" if shape.single_file else ""
+        raise ConfigError(
+            "seq_len", f"{seq_len:,} is too long for {shape.name} ({shape.size:,} bytes; {how}): its {_and(short)} "
+            f"split{_s(short)} hold{'' if len(short) > 1 else 's'} fewer tokens ({counts}: bytes plus one boundary "
+            f"per document) than one chunk of seq_len + 1 = {seq_len + 1:,}; use seq_len <= {limit:,} or a larger "
+            f"corpus{hint}"
+        )
+    return shape
+
+
 class ByteText(ResumableOrder, L.LightningDataModule):
     """Byte-level text for language modelling (module docstring); logs ``val/bpb``, ``test/bpb``.
 
@@ -70,7 +148,8 @@ class ByteText(ResumableOrder, L.LightningDataModule):
         path: a text file or a folder of text files; None = the default corpus, the Python
             standard library's source (see :mod:`hybrids.data.corpus`: name, size, license,
             and how the splits are made).
-        seq_len: tokens per training chunk.
+        seq_len: tokens per training chunk. Every split must hold one chunk (``seq_len + 1``
+            tokens; in segment mode, some text): checked at construction, from the files' sizes.
         batch_size: chunks per batch.
         seed: seed of the training order (the corpus and its split do not depend on it).
         order_seed: seed of the training order, overriding ``seed`` (sweeps vary it per run).
@@ -102,6 +181,10 @@ class ByteText(ResumableOrder, L.LightningDataModule):
             check_loading(order_seed, num_workers)
             if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
                 raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}")
+            if not isinstance(segments, bool):
+                raise ConfigError("segments", f"must be true or false, got {segments!r}")
+            if _check_at_init:
+                check_corpus(path, seq_len, segments)
         self.save_hyperparameters()
         self.path, self.seq_len, self.batch_size = path, seq_len, batch_size
         self.vocab_size = VOCAB_SIZE

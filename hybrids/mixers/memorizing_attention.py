@@ -43,9 +43,10 @@ class MemorizingAttention(Mixer):
         heads: attention heads.
         head_dim: width of a head; defaults to ``d_model // heads``.
         segment_length: tokens per segment (the local attention span, and the unit in which the
-            memory is written).
+            memory is written). In segment mode the data's ``seq_len`` must be a multiple of it
+            (:meth:`check_sequence_length`).
         memory_size: (key, value) pairs held per sequence and head; 0 turns retrieval off.
-        top_k: keys retrieved per query and head (the paper: 32).
+        top_k: keys retrieved per query and head (the paper: 32); at most ``memory_size``.
         index: ``"exact"``, ``"hnsw"`` or ``"ivf"`` (approximate ones need faiss).
         search: ``"torch"`` (exact top-k by matrix product) or ``"faiss"``; ``None`` takes faiss
             for approximate indexes and torch for ``"exact"``.
@@ -78,10 +79,20 @@ class MemorizingAttention(Mixer):
     ) -> None:
         super().__init__(d_model)
         for name, value, least in (("heads", heads, 1), ("segment_length", segment_length, 1),
-                                   ("memory_size", memory_size, 0), ("top_k", top_k, 1)):
+                                   ("memory_size", memory_size, 0), ("top_k", top_k, 1), ("hnsw_m", hnsw_m, 1),
+                                   ("ivf_lists", ivf_lists, 1), ("ivf_probe", ivf_probe, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name}: must be an int >= {least}, got {value!r}")
-        search = check_search(index, search)  # here too, so that a config fails before training
+        if memory_size and top_k > memory_size:
+            # The memory would hand back at most memory_size keys per query: the rest of top_k
+            # would be silently dropped (KNNMemory.search clamps it), not retrieved.
+            raise ValueError(
+                f"top_k: {top_k} exceeds memory_size ({memory_size}), the most keys a query can retrieve; "
+                f"use top_k <= {memory_size} or a larger memory_size"
+            )
+        # Here as well as in KNNMemory (built at the first forward), so that a config fails before
+        # training, with the argument's key.
+        search = check_search(index, search)
         head_dim = resolve_head_dim(d_model, heads, head_dim, rotary)
         self.heads, self.head_dim = heads, head_dim
         self.segment_length, self.memory_size, self.top_k = segment_length, memory_size, top_k
@@ -111,6 +122,30 @@ class MemorizingAttention(Mixer):
     # In the segment mode of training (hybrids.model.state_carry), this mixer's state always travels
     # from one segment to the next.
     carries_memory = True
+
+    def check_sequence_length(self, seq_len: int) -> None:
+        """Raise ValueError (``"segment_length: ..."``) unless the data's segments of ``seq_len``
+        tokens can carry this mixer's memory from one to the next: ``seq_len`` must be a multiple
+        of ``segment_length``, so that every document boundary (where the memory is cleared) falls
+        on a boundary of this mixer's own segments (see :meth:`reset_state`).
+
+        The mixer never sees the data at construction; whoever holds both (the CLI after
+        instantiating model and data, or the Lightning module's setup) calls this before
+        training, rather than letting the first segment batch fail (the validation sanity check).
+        Only segment mode needs it: ordinary batches start from an empty state every time."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+            raise ValueError(f"segment_length: cannot be checked against the data's seq_len {seq_len!r}")
+        if seq_len % self.segment_length == 0:
+            return
+        # The largest segment_length that fits, for the message (1 always divides).
+        divisors = {d for i in range(1, math.isqrt(seq_len) + 1) if seq_len % i == 0 for d in (i, seq_len // i)}
+        fits = max(d for d in divisors if d <= self.segment_length)
+        raise ValueError(
+            f"segment_length: {self.segment_length} does not divide the data's seq_len ({seq_len}); in segment mode a "
+            "document boundary must fall on a segment boundary, so seq_len must be a multiple of segment_length: use "
+            f"segment_length {fits} (the largest divisor of {seq_len} up to {self.segment_length}) or a seq_len that "
+            f"is a multiple of {self.segment_length}"
+        )
 
     @staticmethod
     def clear_memory(state: State, slots: torch.Tensor | None = None) -> None:

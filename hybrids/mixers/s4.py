@@ -275,7 +275,8 @@ class S4(_SSMMixer):
         d_state: state size N per channel (N/2 complex modes).
         measure: HiPPO measure of the initialisation: "legs", "legt", "lagt", "fout" or
             "fourier2" (see :mod:`hybrids.kernels.ssm.hippo` for their conventions).
-        rank: rank of the low-rank term; default: the least the measure needs (legt 2, others 1).
+        rank: rank of the low-rank term; default: the least the measure needs (legt 2, others 1);
+            at most ``d_state`` (the rank the correction can reach on d_state states).
         l_max: initial kernel length; None (default) takes it from the first input.
         dt_min, dt_max: range of the log-uniform initial step.
         dropout: after the activation.
@@ -302,8 +303,19 @@ class S4(_SSMMixer):
         if l_max is not None and (not isinstance(l_max, int) or l_max <= 0):
             raise ValueError(f"l_max: must be a positive int or None (taken from the first input), got {l_max!r}")
         rank = required_rank(measure) if rank is None else rank
+        if isinstance(rank, bool) or not isinstance(rank, int):
+            raise ValueError(f"rank: must be an int (or None for the least the measure needs), got {rank!r}")
         if rank < required_rank(measure):
             raise ValueError(f"rank: measure {measure!r} needs rank >= {required_rank(measure)}, got {rank}")
+        if rank > d_state:
+            # Each row of P is a real N-vector (P and conj(P) in the full basis), so the correction
+            # P P^* on the N-dimensional state has rank <= N = d_state. Rows beyond add parameters
+            # and a larger Woodbury solve per frequency, and nothing the model could express.
+            # Ranks between d_state / 2 and d_state do add: a row carries N real degrees of freedom.
+            raise ValueError(
+                f"rank: must be <= d_state ({d_state}): the low-rank term acts on d_state states, so a larger rank "
+                f"adds parameters and cost but no expressiveness; got {rank}"
+            )
         self.measure, self.rank = measure, rank
         system = nplr(measure, d_state, rank=rank, B_clip=B_clip)
         self._init_modes(system.Lambda, system.B)

@@ -44,17 +44,32 @@ def faiss_or_none():
 
 def check_search(index: str, search: str | None) -> str:
     """The search for ``index`` (None: faiss for approximate indexes, torch for "exact"),
-    checked: known names, approximate indexes on faiss, faiss installed."""
+    checked: known names, approximate indexes on faiss, faiss installed.
+
+    Raises ValueError starting with the argument at fault (``"search: ..."``), as mixers do, so
+    that a model config names its key (:func:`hybrids.model.mixer_specs.build_mixer` maps
+    ValueErrors to keyed config errors; an ImportError would pass through as a traceback)."""
     if index not in INDEXES:
         raise ValueError(f"index: unknown {index!r}; use one of {INDEXES}")
-    search = search if search is not None else ("torch" if index == "exact" else "faiss")
-    if search not in SEARCHES:
+    if search is not None and search not in SEARCHES:
         raise ValueError(f"search: unknown {search!r}; use one of {SEARCHES} or None")
-    if index != "exact" and search != "faiss":
-        raise ValueError(f"index={index!r} is approximate and needs search='faiss' (pip install faiss-cpu)")
-    if search == "faiss" and faiss_or_none() is None:
-        raise ImportError(f"index={index!r}, search='faiss' needs faiss: pip install faiss-cpu (or hybrids[faiss])")
-    return search
+    if index != "exact" and search == "torch":
+        raise ValueError(
+            f"search: 'torch' is exact only; index={index!r} is approximate and needs search='faiss' (or None), "
+            "or use index='exact'"
+        )
+    chosen = search if search is not None else ("torch" if index == "exact" else "faiss")
+    if chosen == "faiss" and faiss_or_none() is None:
+        install = "pip install -e '.[faiss]' (faiss-cpu)"
+        if search is None:  # implied by the index: the index is what was asked for
+            raise ValueError(
+                f"index: {index!r} is approximate and searches with faiss, which is not installed: {install}; "
+                "or use index='exact'"
+            )
+        raise ValueError(
+            f"search: 'faiss' needs the faiss package, which is not installed: {install}; or use search='torch'"
+        )
+    return chosen
 
 
 class KNNMemory:

@@ -5,6 +5,7 @@ and state counting run in the shared mixer-interface tests (cases ``memorizing*`
 """
 
 import math
+import sys
 
 import pytest
 import torch
@@ -119,7 +120,9 @@ def reference(mixer, x):
 @pytest.mark.parametrize("memory_size", [0, 6, 100])
 def test_mixer_matches_its_dense_definition(memory_size):
     torch.manual_seed(0)
-    mixer = MemorizingAttention(16, heads=2, segment_length=4, memory_size=memory_size, top_k=100, rotary=False).double()
+    # top_k = memory_size: every held key is retrieved (a larger top_k is refused).
+    mixer = MemorizingAttention(16, heads=2, segment_length=4, memory_size=memory_size, top_k=max(memory_size, 1),
+                                rotary=False).double()
     with torch.no_grad():
         mixer.gate.copy_(torch.tensor([0.7, -1.2]))
     x = torch.randn(2, 19, 16, dtype=torch.float64)
@@ -183,7 +186,7 @@ def test_memory_carries_across_prefill_calls_and_clears_per_sequence():
 
 
 def test_state_size_counts_the_memory():
-    mixer = MemorizingAttention(16, heads=2, segment_length=4, memory_size=6)
+    mixer = MemorizingAttention(16, heads=2, segment_length=4, memory_size=6, top_k=6)
     per_token = 2 * 16
     assert mixer.state_size(3) == 3 * per_token  # the current segment only
     assert mixer.state_size(9) == (6 + 1) * per_token  # 8 done, 6 kept; 1 in the segment
@@ -193,6 +196,55 @@ def test_state_size_counts_the_memory():
 def test_bad_arguments_are_named():
     for kwargs, name in (({"segment_length": 0}, "segment_length"), ({"memory_size": -1}, "memory_size"),
                          ({"top_k": 0}, "top_k"), ({"index": "lsh"}, "index"), ({"search": "annoy"}, "search"),
-                         ({"index": "hnsw", "search": "torch"}, "needs search='faiss'")):
+                         ({"index": "hnsw", "search": "torch"}, "needs search='faiss'"), ({"hnsw_m": 0}, "hnsw_m"),
+                         ({"ivf_lists": 0}, "ivf_lists"), ({"ivf_probe": 0}, "ivf_probe")):
         with pytest.raises(ValueError, match=name):
             MemorizingAttention(16, **kwargs)
+
+
+def test_top_k_beyond_the_memory_is_refused():
+    # The memory hands back at most memory_size keys: a larger top_k used to be cut silently.
+    with pytest.raises(ValueError, match=r"^top_k: 64 exceeds memory_size \(32\).*top_k <= 32"):
+        MemorizingAttention(16, heads=2, memory_size=32, top_k=64)
+    MemorizingAttention(16, heads=2, memory_size=32, top_k=32)
+    MemorizingAttention(16, heads=2, memory_size=0, top_k=64)  # retrieval off: top_k unused
+
+
+def test_segment_length_is_checked_against_the_data_sequence_length():
+    """Segment mode feeds seq_len tokens per batch and clears memories at document boundaries:
+    check_sequence_length refuses up front what reset_state would refuse at the first boundary
+    (before: a ValueError at the validation sanity check), and names a segment_length that fits."""
+    mixer = MemorizingAttention(16, heads=2, segment_length=96)
+    with pytest.raises(ValueError, match=r"^segment_length: 96 does not divide the data's seq_len \(128\).*"
+                                         r"use segment_length 64 .* a multiple of 96$"):
+        mixer.check_sequence_length(128)
+    for seq_len in (96, 192):
+        mixer.check_sequence_length(seq_len)
+    # The check agrees with what training does: a boundary after one batch of seq_len tokens.
+    first = torch.tensor([True, False])
+    for segment_length, seq_len in ((4, 8), (4, 6), (3, 9), (5, 7)):
+        mixer = MemorizingAttention(16, heads=2, segment_length=segment_length)
+        _, state = mixer.prefill(torch.randn(2, seq_len, 16))
+        try:
+            mixer.check_sequence_length(seq_len)
+            fits = True
+        except ValueError:
+            fits = False
+        if fits:
+            mixer.reset_state(state, first)
+        else:
+            with pytest.raises(ValueError, match="multiple of it"):
+                mixer.reset_state(state, first)
+
+
+def test_faiss_missing_is_a_keyed_value_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    assert faiss_or_none() is None
+    with pytest.raises(ValueError, match=r"^search: 'faiss' needs the faiss package.*pip install -e '\.\[faiss\]'"):
+        MemorizingAttention(16, heads=2, search="faiss")
+    # An approximate index implies faiss: the index is what asked for it.
+    with pytest.raises(ValueError, match=r"^index: 'hnsw' is approximate and searches with faiss, which is not"):
+        MemorizingAttention(16, heads=2, index="hnsw")
+    with pytest.raises(ValueError, match=r"^search: 'faiss' needs the faiss package"):
+        KNNMemory(1, 1, 4, 8, search="faiss")
+    MemorizingAttention(16, heads=2)  # the exact torch search needs nothing

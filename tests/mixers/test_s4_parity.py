@@ -133,6 +133,8 @@ def test_initial_B_is_clipped_as_in_s4(cls):
     (S4, {"d_state": 7}, "d_state"),
     (S4, {"measure": "legx"}, "measure"),
     (S4, {"measure": "legt", "rank": 1}, "rank"),
+    (S4, {"d_state": 8, "rank": 9}, "rank"),  # more than d_state: accepted silently before (issue 26)
+    (S4, {"rank": 1.5}, "rank"),
     (S4, {"l_max": 0}, "l_max"),
     (S4, {"B_clip": 0.0}, "B_clip"),
     (S4D, {"B_clip": -1.0}, "B_clip"),
@@ -143,6 +145,21 @@ def test_initial_B_is_clipped_as_in_s4(cls):
 def test_bad_arguments_name_themselves(cls, kwargs, argument):
     with pytest.raises(ValueError, match=f"^{argument}:"):
         cls(4, **kwargs)
+
+
+def test_rank_is_bounded_by_d_state_not_by_the_modes():
+    """Each row of P is a real d_state-vector (P and conj P in the full basis), so the correction
+    reaches rank d_state, not d_state / 2: every rank up to d_state is accepted, beyond refused."""
+    from hybrids.kernels.ssm.dplr import conjugate_full
+
+    N = 8
+    P = torch.randn(N, 1, N // 2, dtype=torch.complex128)
+    full = conjugate_full(P)
+    correction = torch.einsum("rhn,rhm->hnm", full, full.conj())[0]
+    assert torch.linalg.matrix_rank(correction) == N  # a rank above N / 2 adds something
+    S4(2, d_state=N, rank=N)
+    with pytest.raises(ValueError, match=rf"^rank: must be <= d_state \({N}\).*got {N + 1}$"):
+        S4(2, d_state=N, rank=N + 1)
 
 
 def test_ssm_parameters_skip_weight_decay_and_dt_is_in_range():
