@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from lightning.pytorch.callbacks import Callback
 
@@ -57,3 +58,19 @@ class PauseOnceAtStep(Callback):
             self.armed = False
             open(self.marker, "w").close()
             signal.pause()  # returns once a handled signal (the CLI's SIGINT handler) arrives
+
+
+class TwoSignalsAtStep(Callback):
+    """Send ``signum`` twice, ``gap_s`` apart, at the start of the training batch of ``step``: a
+    user pressing Ctrl-C twice in quick succession, the second arriving while the run still
+    trains."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGINT), gap_s: float = 0.05) -> None:
+        self.step, self.signum, self.gap_s, self.sent = step, signum, gap_s, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self.sent and trainer.global_step >= self.step and not trainer.sanity_checking:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+            time.sleep(self.gap_s)
+            os.kill(os.getpid(), self.signum)

@@ -39,11 +39,13 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hybrids.cli.parse_errors import KeyedErrorParser
 from hybrids.data.loading import ResumableOrder
+from hybrids.train.atomic_checkpoint import AtomicCheckpointIO
 from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted, ValidateAtMaxSteps
 from hybrids.train.checkpoints import (
     EVALUATIONS, CheckpointRequestError, checkpoint_roots, evaluated_run_folder, resolve_checkpoint,
@@ -51,6 +53,7 @@ from hybrids.train.checkpoints import (
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.train.identity import identity_config, identity_hash
 from hybrids.train.divergence import DivergenceError
+from hybrids.train.folders import unwritable
 from hybrids.train.model_args import moved_note, nest_config, nest_key
 from hybrids.train.module import LanguageModel
 
@@ -143,6 +146,7 @@ class HybridsCLI(LightningCLI):
             )
         if isinstance(self.model, LanguageModel):
             self.model.run_identity = self.run_identity
+            _check_segment_lengths(self.parser, self.model, self.datamodule)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> L.Trainer:
         # The checkpoint callback is always configured (--checkpoint.*); leave it out when the
@@ -153,6 +157,8 @@ class HybridsCLI(LightningCLI):
         if self.subcommand == "fit":
             callbacks = [*callbacks, GracefulInterrupt(), ValidateAtMaxSteps()]
         trainer = super()._instantiate_trainer(config, callbacks)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: not a user's own
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand in EVALUATIONS:
             # An evaluation saves no config of its own (it would land in a new, otherwise empty
             # version folder, or in the working folder once the logger is detached).
@@ -160,6 +166,7 @@ class HybridsCLI(LightningCLI):
         return trainer
 
     def before_fit(self) -> None:
+        self._check_output_folders("fit")
         if isinstance(self.datamodule, ResumableOrder):
             # Lightning warns that a mid-epoch resumption is unreliable unless the DataLoader itself
             # is stateful; these data modules checkpoint their position (hybrids.data.loading),
@@ -173,6 +180,25 @@ class HybridsCLI(LightningCLI):
         if "ckpt_path" in kwargs:
             kwargs["ckpt_path"] = self._resolve_checkpoint(subcommand, kwargs.get("ckpt_path"))
         return kwargs
+
+    def _check_output_folders(self, subcommand: str) -> None:
+        """A keyed error (exit 2) before training when the logs or the checkpoints could not be
+        written: a folder under a file, a read-only filesystem or folder."""
+        config = self.config[subcommand]
+        trainer = config.get("trainer") or {}
+        logger = self.trainer.logger
+        if logger is not None and getattr(logger, "root_dir", None):
+            given = trainer.get("default_root_dir")
+            save_dir = getattr(logger, "save_dir", None)
+            key = "trainer.default_root_dir" if given and save_dir == str(given) else "trainer.logger.init_args.save_dir"
+            problem = unwritable(logger.root_dir)
+            if problem:
+                self.parser.error(f"{key}: the run's logs go to {logger.root_dir}, but {problem}")
+        dirpath = (config.get("checkpoint") or {}).get("dirpath")
+        if dirpath and self.trainer.checkpoint_callbacks:
+            problem = unwritable(dirpath)
+            if problem:
+                self.parser.error(f"checkpoint.dirpath: {dirpath} cannot hold checkpoints: {problem}")
 
     def _resolve_checkpoint(self, subcommand: str, ckpt_path: str | None) -> str | None:
         """:func:`~hybrids.train.checkpoints.resolve_checkpoint` for this run: a keyed error
@@ -336,6 +362,24 @@ def _migrated_config(value: str, notes: list[str]) -> str:
         handle.write(text)
     atexit.register(Path(handle.name).unlink, missing_ok=True)
     return handle.name
+
+
+def _check_segment_lengths(parser, model: LanguageModel, datamodule) -> None:
+    """In segment mode every mixer that works in segments (MemorizingAttention) must divide the
+    data's seq_len, or a document boundary would fall inside a segment: checked here, where the
+    model and the data first meet, instead of failing at the first validation batch."""
+    seq_len = getattr(datamodule, "seq_len", None)
+    if not (getattr(datamodule, "segments", False) and seq_len):
+        return
+    stack = model.model
+    for letter, block in zip(stack.layer_letters, stack.blocks):
+        check = getattr(block.mixer, "check_sequence_length", None)
+        if check is None:
+            continue
+        try:
+            check(seq_len)
+        except ValueError as err:
+            parser.error(f"model.init_args.stack.mixers.{letter}.init_args.{err}")
 
 
 def _default_save_dir(config) -> None:

@@ -18,9 +18,9 @@ EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.
 class Interrupted(Exception):
     """Training was stopped by a signal after saving a checkpoint (``checkpoint``, or None)."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, why_unsaved: str = "checkpointing is off") -> None:
         name = signal.Signals(signum).name
-        saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved (checkpointing is off)"
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint else f"no checkpoint saved ({why_unsaved})"
         super().__init__(f"{name} at step {step}: {saved}")
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
@@ -51,14 +51,20 @@ class GracefulInterrupt(Callback):
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
+        self._trainer: L.Trainer | None = None
 
     def _handle(self, signum, frame) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+            # The second Ctrl-C: stop now, wherever the run is. Not KeyboardInterrupt, which
+            # Lightning turns into exit status 1: the run was stopped by SIGINT, so 130. The last
+            # checkpoint written stays whole (checkpoints are replaced atomically).
+            step = self._trainer.global_step if self._trainer is not None else -1
+            raise Interrupted(signal.SIGINT, step, None, why_unsaved="a second Ctrl-C stopped it at once")
         self.received = self.received or signum
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.received = None
+        self._trainer = trainer
         for signum in EXIT_CODES:
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -177,6 +177,18 @@ def test_sigint_saves_and_exits_130(tmp_path):
     assert torch.load(tmp_path / "runs/transformer/version_0/checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
 
 
+def test_two_ctrl_c_in_quick_succession_stop_at_once_with_130(tmp_path):
+    """The second SIGINT, 50 ms after the first and while the step still runs, stops the run at
+    once: exit 130 (stopped by SIGINT), not Lightning's KeyboardInterrupt exit 1; the checkpoint
+    of epoch 0 is left whole."""
+    callback = '{"class_path": "fault_injection.TwoSignalsAtStep", "init_args": {"step": 13, "gap_s": 0.05}}'
+    result = hybrids(*run_args("--trainer.max_epochs=2"), f"--trainer.callbacks+={callback}", cwd=tmp_path)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert "Detected KeyboardInterrupt" not in result.stderr
+    assert "stopped by SIGINT at step 13: no checkpoint saved (a second Ctrl-C stopped it at once)" in result.stderr
+    assert torch.load(tmp_path / "runs/transformer/version_0/checkpoints/last.ckpt", weights_only=False)["global_step"] == 10
+
+
 def test_sigkill_then_resume_from_the_last_checkpoint(tmp_path):
     """Killed outright at step 13, after epoch 0's checkpoint (step 10), the run resumes from that
     checkpoint and then logs exactly what the uninterrupted run logs after step 10 (the next
@@ -366,6 +378,23 @@ def test_a_run_stopped_by_max_steps_ends_with_a_validation_figure(in_tmp, capsys
     build_cli(run_args("--trainer.max_steps=10", "--trainer.logger.init_args.name=epoch"))
     rows = [row for row in csv.DictReader((in_tmp / "runs/epoch/version_0/metrics.csv").open()) if row.get("val/acc")]
     assert len(rows) == 1
+
+
+def test_output_folders_that_cannot_be_written_are_refused_before_training(in_tmp, capsys):
+    """A run folder under a file, or on a filesystem that refuses writes even to root (/sys), and
+    a checkpoint folder there: one keyed line and exit 2 before anything is trained or made."""
+    (in_tmp / "afile").write_text("")
+    cases = {
+        "--trainer.default_root_dir=afile/runs": "trainer.default_root_dir: the run's logs go to afile/runs/transformer, but",
+        "--trainer.logger.init_args.save_dir=afile": "trainer.logger.init_args.save_dir: the run's logs go to afile/transformer",
+        "--trainer.default_root_dir=/sys/hybrids-runs": "cannot write in /sys",
+        "--checkpoint.dirpath=/sys/hybrids-checkpoints": "checkpoint.dirpath: /sys/hybrids-checkpoints cannot hold checkpoints: cannot write in /sys",
+    }
+    for argument, expected in cases.items():
+        err = error_of(run_args(argument, "--trainer.max_steps=1"), capsys)
+        assert expected in err, (argument, err)
+        assert "is a file, not a folder" in err or "cannot write in" in err
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["afile"], "something was made before the refusal"
 
 
 def test_fast_dev_run_writes_nothing_in_the_current_folder(in_tmp):
