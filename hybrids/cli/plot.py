@@ -6,6 +6,10 @@ Writes into ``--out`` (default ``SWEEP_DIR/plots``; required with several folder
 ``points.csv`` (one row per selected point) and ``points.md`` (the same as Markdown),
 ``accuracy_vs_width.png/.pdf`` and
 ``accuracy_vs_state_size.png/.pdf``, and prints the points table.
+
+Exit status 0, or 2 with one ``error: <folder or option>: ...`` line and nothing written when there
+is nothing to plot: a folder that is missing, a file or holds no runs, or runs none of which
+finished (all failed, say), which would give empty figures.
 """
 
 from __future__ import annotations
@@ -32,6 +36,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Files a sweep writes, and how far below the sweep's folder each lies (its own, or a run's): one
+# given in place of the folder most likely meant that folder, which the error names.
+_FILES_OF_A_SWEEP = {"manifest.json": 0, "sweep.yaml": 0, "status.json": 1, "run.json": 1, "config.yaml": 1}
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` is not a folder to read runs from (missing, a file), or None."""
+    if path.is_dir():
+        return None
+    if not path.exists():
+        return "no such folder; give a sweep's folder (hybrids sweep writes runs/sweeps/<name>)"
+    if path.name in _FILES_OF_A_SWEEP:
+        folder = path.parent if _FILES_OF_A_SWEEP[path.name] == 0 else path.parent.parent
+        return f"a file, not a folder; the sweep's folder would be {folder}"
+    hint = ""
+    if path.suffix in (".yaml", ".yml"):
+        hint = " (a sweep file? its runs are in runs/sweeps/<name>, or where --out put them)"
+    return f"a file, not a folder; give a sweep's folder{hint}"
+
+
+def _status_counts(statuses) -> str:
+    """"3 failed, 1 interrupted": each status and how many runs have it, most common first."""
+    counts: dict[str, int] = {}
+    for status in statuses:
+        key = str(status) if isinstance(status, str) else "no status"
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _error(key: str, message: str) -> int:
+    print(f"error: {key}: {message}", file=sys.stderr)
+    return 2
+
+
 def plot_main(argv: list[str]) -> int:
     """Run ``hybrids plot`` with ``argv`` (the arguments after "plot"); returns the exit status."""
     parser = _parser()
@@ -39,28 +77,59 @@ def plot_main(argv: list[str]) -> int:
     if len(args.sweep_dirs) > 1 and args.out is None:
         parser.error("--out is required with several sweep folders")
     # pandas and matplotlib load here, so that a typo in the arguments answers at once.
+    import math
+
+    import pandas as pd
     from matplotlib.figure import Figure
 
     from hybrids.lab.analysis.lengths import accuracy_by_length, length_columns, plot_accuracy_vs_length
     from hybrids.lab.analysis.plots import plot_accuracy_vs_state_size, plot_accuracy_vs_width
-    from hybrids.lab.analysis.sweeps import column_name, select_points, sweep_tables, tuned_axes
+    from hybrids.lab.analysis.sweeps import axis_names, column_name, select_points, sweep_table, tuned_axes
     from hybrids.lab.analysis.tables import points_markdown, points_text
 
-    missing = [str(d) for d in args.sweep_dirs if not d.is_dir()]
+    for folder in args.sweep_dirs:
+        problem = folder_problem(folder)
+        if problem:
+            return _error(str(folder), problem)
+    # Each folder on its own: one with no runs among several is a wrong path, not an empty part.
+    tables = []
+    for folder in args.sweep_dirs:
+        table = sweep_table(folder)
+        if table.empty:
+            found = len(list(folder.glob("*/status.json")))
+            return _error(str(folder), f"none of its {found} <run>/status.json is a readable run of the sweep (see the "
+                          "warnings above)" if found else "no runs in it (no <run>/status.json); is it a sweep's "
+                          "folder? hybrids sweep FILE writes runs/sweeps/<name>")
+        tables.append(table)
+    table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    where = ", ".join(map(str, args.sweep_dirs))
+    known = [c for c in table.columns if c.startswith(("train_", "val_", "test_"))]
+    for flag, metric in (("--metric", args.metric), ("--report", args.report)):
+        if column_name(metric) not in table:
+            return _error(flag, f"no metric {metric!r} in the runs of {where}; they log "
+                          f"{', '.join(k.replace('_', '/', 1) for k in known)}")
+    missing = [t for t in args.tuned or [] if t not in axis_names(table)]
     if missing:
-        print(f"hybrids plot: no folder {', '.join(missing)}", file=sys.stderr)
-        return 2
-    table = sweep_tables(args.sweep_dirs)
-    if table.empty:
-        print(f"hybrids plot: no runs (*/status.json) in {', '.join(map(str, args.sweep_dirs))}", file=sys.stderr)
-        return 1
+        return _error("--tuned", f"{', '.join(missing)}: not an axis of the runs of {where}; their axes are "
+                      f"{', '.join(a for a in axis_names(table) if a != 'seed')}")
+    # Figures from runs that finished with a finite --metric, or none: empty figures and a
+    # table of dashes would pass for a result.
+    done = table["status"] == "done"
+    finite = done & pd.to_numeric(table[column_name(args.metric)], errors="coerce").map(math.isfinite)
+    if not finite.any():
+        statuses = ["done without a finite " + args.metric if d else s for d, s in zip(done, table["status"])]
+        return _error(where, f"no finished run among {len(table)} ({_status_counts(statuses)}); nothing to plot: "
+                      "see each run's status.json and output.log, or run the sweep (again) to finish them")
     try:
         points = select_points(table, metric=args.metric, mode=args.mode, report=args.report, tuned=args.tuned)
-    except ValueError as err:
-        print(f"hybrids plot: {err}", file=sys.stderr)
-        return 2
+    except ValueError as err:  # the runs' own axis lists disagree with their columns (hand-edited files)
+        return _error(where, str(err))
     out = args.out if args.out is not None else args.sweep_dirs[0] / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, a read-only folder
+        why = "a file is in the way" if out.exists() and not out.is_dir() else err.strerror or str(err)
+        return _error("--out" if args.out is not None else str(out), f"cannot write the plots to {out}: {why}")
     table.to_csv(out / "runs.csv", index=False)
     points.to_csv(out / "points.csv", index=False)
     # The frontier's direction follows the reported metric (a loss or bits per byte: lower is

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from hybrids.lab.sweeps.execute import RunTask, execute_run, is_finished, read_json, write_json
+from hybrids.lab.sweeps.execute import RunTask, execute_run, is_finished, mark_orphaned, read_json, write_json
 from hybrids.lab.sweeps.local import SweepInterrupted, run_locally
 from hybrids.lab.sweeps.matching import Unmatched, solve_plan
 from hybrids.lab.sweeps.measure import BuildError, measure
@@ -61,20 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1 or args.threads < 1 or args.gpus < 0:
-        print("error: --workers and --threads must be at least 1, --gpus at least 0", file=sys.stderr)
-        return EXIT_BAD_SWEEP
+    for flag, value, least in (("--workers", args.workers, 1), ("--threads", args.threads, 1), ("--gpus", args.gpus, 0)):
+        if value < least:
+            print(f"error: {flag}: must be at least {least}, got {value:g}", file=sys.stderr)
+            return EXIT_BAD_SWEEP
     try:
         spec = load_sweep(args.file)
         plans = expand(spec)
     except SweepError as err:
-        print(f"error: {args.file}: {err}", file=sys.stderr)
+        # One line: the file, then the key at fault (or, for the file as a whole, just the file).
+        print(f"error: {args.file}: {err.reason if err.key == 'FILE' else err}", file=sys.stderr)
         return EXIT_BAD_SWEEP
     all_names = [plan.name for plan in plans]
     if args.only:
         plans = [p for p in plans if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in args.only)]
         if not plans:
-            print(f"error: no run matches --only {args.only}", file=sys.stderr)
+            print(f"error: --only: no run matches {' or '.join(args.only)}; the runs are "
+                  f"{', '.join(all_names[:8])}{' ...' if len(all_names) > 8 else ''}", file=sys.stderr)
             return EXIT_BAD_SWEEP
     problems = prepare(plans, spec.match)
     if args.dry_run:
@@ -89,6 +92,7 @@ def sweep_main(argv: list[str]) -> int:
     write_json(out / "manifest.json", {"sweep": spec.name, "runs": all_names})
     run_dirs = [write_run_folder(out, plan, problems.get(plan.name)) for plan in plans]
     warn_stale(out, set(all_names))
+    mark_orphans(out, all_names)
     todo = [d for d, plan in zip(run_dirs, plans) if plan.name not in problems and not is_finished(d)]
     skipped = len(plans) - len(todo) - len(problems)
     print(f"hybrids sweep {spec.name}: {len(plans)} runs in {out}; {skipped} finished before, "
@@ -132,6 +136,21 @@ def sweep_main(argv: list[str]) -> int:
         print(f"hybrids sweep: stopped by {SweepInterrupted(interrupted)}; run the same command again to resume", file=sys.stderr)
         return 128 + interrupted
     return 0 if all(s.get("status") == "done" for s in statuses) else EXIT_FAILED
+
+
+def mark_orphans(out: Path, names: list[str]) -> list[str]:
+    """Runs of the sweep whose status.json says "running" though no process runs them (a sweep
+    killed outright cannot record how its runs ended): marked interrupted, so that the summary
+    and hybrids plot say so, and resumed below like any interrupted run. A run another live
+    sweep is running holds its lock and is left alone. Every run of the file is checked, --only
+    or not: the status of each should be true."""
+    marked = [name for name in names if (out / name).is_dir() and mark_orphaned(out / name) is not None]
+    if marked:
+        print(f"warning: {len(marked)} run(s) were recorded as running, but no process was running them "
+              f"(a sweep killed before it could record how they ended): marked interrupted; they resume from "
+              f"their last checkpoint: {', '.join(marked[:8])}" + (" ..." if len(marked) > 8 else ""),
+              file=sys.stderr, flush=True)
+    return marked
 
 
 def warn_stale(out: Path, names: set[str]) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hybrids.lab.run_status import as_seen
+
 SEED_AXIS = "seed"
 
 # Figures every run has, whatever its axes: an axis of one of these names holds the same value
@@ -141,9 +143,10 @@ def sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
     "/" written "_" (val_acc, val_loss, test_acc, test_loss always; any others as logged), wall_s,
     attempts, returncode, error, log_dir, run_dir, and axis_names / tuned_axes (comma-separated
     column names, which :func:`select_points` reads). Missing keys give empty cells; an unreadable
-    ``status.json`` is skipped with a warning. Where the sweep wrote ``manifest.json`` (the runs
-    its file expands to now), folders not listed there, left by an edited-out setting, are left
-    out with a warning, so that they never enter a selection.
+    ``status.json`` is skipped with a warning; a run recorded as running on this host whose lock
+    no process holds is shown as interrupted (:mod:`hybrids.lab.run_status`). Where the sweep
+    wrote ``manifest.json`` (the runs its file expands to now), folders not listed there, left by
+    an edited-out setting, are left out with a warning, so that they never enter a selection.
     """
     sweep_dir = Path(sweep_dir)
     listed = _manifest(sweep_dir)
@@ -154,6 +157,8 @@ def sweep_table(sweep_dir: str | Path) -> pd.DataFrame:
             continue
         status = read_status(path)
         if status is not None:
+            # A "running" run that no process runs (its sweep was killed) is shown interrupted.
+            status = as_seen(path.parent, status)
             rows.append(_run_row(status, path.parent))
             logged += _metrics(status)
     if unlisted:

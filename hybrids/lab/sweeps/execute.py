@@ -31,6 +31,19 @@ OpenBLAS after they have loaded, too late; (3) its children are multiprocessing'
 (stdin replaced, joined at the sweep's exit, another ``__main__``), not ``python -m hybrids
 fit``, and the lock and output file would still have to be handed over by hand. A subprocess
 has all of it for free.
+
+A run outlives its sweep only as long as it takes to save its checkpoint. On Linux each attempt
+starts as a few lines of Python (``_PARENT_DEATH``: some 10 ms) that ask the kernel for SIGTERM
+when the thread that started it dies (``prctl(PR_SET_PDEATHSIG)``) and then ``exec`` the run, so
+a sweep killed outright (SIGKILL, the OOM killer) still stops its runs as SIGTERM would: they
+save ``last.ckpt`` and exit. The request is made in the new process rather than in a
+``preexec_fn``: that runs Python between ``fork`` and ``exec`` in a copy of a process with other
+threads (the local pool's workers, torch's, a Ray worker's gRPC threads), which Python documents
+as unsafe, and it rules out ``vfork``. The starting thread is the one that waits for the run
+(``execute_run`` returns only when the run has ended), so the signal comes only when the sweep
+dies. A run whose sweep died anyway leaves "running" in ``status.json`` and its lock free: the
+next sweep marks it interrupted and resumes it (:func:`mark_orphaned`), and readers show it so
+(:mod:`hybrids.lab.run_status`).
 """
 
 from __future__ import annotations
@@ -49,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.lab.metrics_log import newest_version, run_values
+from hybrids.lab.run_status import LOCK_NAME, ORPHAN_ERROR, is_orphaned, this_host
 
 # Exit statuses of `hybrids fit` (hybrids.cli.fit): 130 / 143 stopped by SIGINT / SIGTERM after
 # saving last.ckpt, so the run resumes on the next attempt.
@@ -112,19 +126,54 @@ def execute_run(task: RunTask) -> dict[str, Any]:
         return {"name": run_dir.name, "status": "failed", "error": f"{run_dir}/run.json missing or unreadable"}
     # One process per run: the lock is held by this function and shared with the training
     # process (pass_fds: the same open file, and flock locks belong to the open file), so it
-    # stays taken while either lives, with no moment in which it is free (a run orphaned by a
-    # killed sweep keeps it), and a second sweep over the same folder passes the run by instead
-    # of training it twice.
-    lock = (run_dir / ".lock").open("a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # stays taken while either lives, with no moment in which it is free (a run whose sweep was
+    # killed keeps it while it saves its checkpoint and exits), and a second sweep over the same
+    # folder passes the run by instead of training it twice.
+    lock = (run_dir / LOCK_NAME).open("a")
+    if not _take(lock):
         lock.close()
         current = read_json(run_dir / "status.json") or {}
         return {**current, "name": plan.get("name", run_dir.name), "status": "busy",
                 "error": "another process is running it (its lock is taken); not started twice"}
     with lock:
         return _execute_locked(task, run_dir, plan, lock.fileno())
+
+
+def _take(lock, patience_s: float = 1.0) -> bool:
+    """The run's lock, exclusively, or False if another process holds it. Tried again for
+    ``patience_s``: a reader (``hybrids plot``, a sweep looking for orphaned runs) holds it for
+    a moment to see whether anyone runs the run, and must not make the run look busy."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def mark_orphaned(run_dir: Path) -> dict[str, Any] | None:
+    """Mark interrupted a run whose status.json says "running" though no process holds its lock
+    (its sweep was killed); the new status, or None if the run is not such a run. Decided and
+    written under the lock, so that a sweep starting the run at the same moment is not
+    overwritten."""
+    if not is_orphaned(run_dir, read_json(run_dir / "status.json")):
+        return None
+    with (run_dir / LOCK_NAME).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # taken since: someone runs it now
+            return None
+        status = read_json(run_dir / "status.json") or {}
+        if status.get("status") != "running":
+            return None
+        status.update(status="interrupted", error=ORPHAN_ERROR,
+                      note=f"marked interrupted at {time.strftime('%Y-%m-%d %H:%M:%S')} by a sweep on {this_host()}: "
+                      f"status.json said running (pid {status.get('pid')}), but no process held the run's lock")
+        write_json(run_dir / "status.json", status)
+        return status
 
 
 def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd: int) -> dict[str, Any]:
@@ -147,7 +196,8 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
         "wall_s": previous.get("wall_s", 0.0) if same_config else 0.0,
         "error": None,
         "returncode": None,
-        "host": os.uname().nodename,
+        "host": this_host(),
+        "pid": None,
     }
     write_json(run_dir / "status.json", status)
 
@@ -165,6 +215,9 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
             status.update(status="failed", error=f"cannot start {task.python} in {task.cwd}: {err}")
             write_json(run_dir / "status.json", status)
             return status
+        # Written again with the run's pid: who runs it, for a person (or a test) to ask or stop.
+        status["pid"] = process.pid
+        write_json(run_dir / "status.json", status)
         try:
             returncode = process.wait()
         except BaseException:
@@ -198,15 +251,43 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
     return status
 
 
+# Run by each attempt's interpreter before it becomes the run (Linux): SIGTERM when the thread
+# that started it dies (PR_SET_PDEATHSIG is 1; it survives exec), unless that thread is already
+# gone (the parent's pid is not the sweep's any more: exit as a run stopped by SIGTERM would);
+# then exec the run, same pid, same session, same inherited lock. Any failure to ask is no reason
+# not to run: the next sweep still finds an orphan by its lock.
+_PARENT_DEATH = """\
+import os, signal, sys
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except Exception:
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(128 + signal.SIGTERM)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def _with_parent_death(task: RunTask, command: list[str]) -> list[str]:
+    """``command`` started through ``_PARENT_DEATH`` where the kernel offers it (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return command
+    # -I -S: the few lines need only the standard library, not the environment's paths or site
+    # (the run, exec'd with the same environment, reads them itself).
+    return [task.python, "-I", "-S", "-c", _PARENT_DEATH, str(os.getpid()), *command]
+
+
 def _start(task: RunTask, command: list[str], env: dict[str, str], log, lock_fd: int) -> subprocess.Popen:
     """Start the attempt in a session of its own, registered in ``_LIVE``: a Ctrl-C at the
     terminal reaches only the sweep, which passes one signal on (two SIGINTs would make the run
-    stop without its checkpoint)."""
+    stop without its checkpoint). Its own session keeps it out of the sweep's signals; the
+    parent-death signal (``_with_parent_death``) keeps it from outliving the sweep."""
     # Started under the lock that signal_live_runs takes, so that a stop signal arriving while
     # the process starts waits for it to be registered instead of missing it.
     with _LIVE_LOCK:
-        process = subprocess.Popen(command, cwd=task.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True, pass_fds=(lock_fd,))
+        process = subprocess.Popen(_with_parent_death(task, command), cwd=task.cwd, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_fd,))
         _LIVE.add(process)
     return process
 

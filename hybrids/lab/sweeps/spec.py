@@ -68,7 +68,7 @@ class SweepError(ValueError):
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
-        self.key = key
+        self.key, self.reason = key, message
 
 
 @dataclass(frozen=True)
@@ -130,10 +130,35 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _list(value: Any, key: str) -> list[Any]:
+def _list(value: Any, key: str, example: str = "") -> list[Any]:
     if not isinstance(value, list) or not value:
-        raise SweepError(key, f"must be a non-empty list, got {value!r}")
+        raise SweepError(key, f"must be a non-empty list{f' ({example})' if example else ''}, got {value!r}")
     return value
+
+
+def _where(mark: Any) -> str:
+    """A YAML mark as people count: lines and columns from 1 (PyYAML counts from 0)."""
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def read_yaml(path: Path, key: str, shown: str = "") -> Any:
+    """The YAML document in ``path``. A file that is not YAML (an unclosed bracket, a tab in the
+    indentation) or cannot be read is a SweepError naming ``key`` and the place the parser
+    stopped, so that the CLI prints one line instead of the parser's traceback."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if "'\\t'" in problem:  # PyYAML writes the tab it stopped at as repr() does
+            problem += " (YAML indents with spaces, never tabs)"
+        context, context_mark = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and context_mark is not None:
+            problem += f" ({context} from {_where(context_mark)})"
+        place = " ".join(p for p in (shown, _where(mark) if mark is not None else "") if p)
+        raise SweepError(key, f"{place + ': ' if place else ''}not valid YAML: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SweepError(key, f"cannot read {shown or 'it'}: {err}") from None
 
 
 def _check_overrides(mapping: Mapping[str, Any], key: str) -> dict[str, Any]:
@@ -151,7 +176,7 @@ def _load_base(path_text: Any, sweep_path: Path, key: str) -> tuple[str, dict[st
     path = (sweep_path.parent / path_text).resolve()
     if not path.is_file():
         raise SweepError(key, f"{path_text} not found (looked at {path}; paths are relative to the sweep file)")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_yaml(path, key, path_text) or {}
     if not isinstance(config, dict):
         raise SweepError(key, f"{path_text} does not hold a config mapping")
     # A base in the flat spelling of older configs is nested first, so that overrides (nested by
@@ -163,11 +188,14 @@ def _load_base(path_text: Any, sweep_path: Path, key: str) -> tuple[str, dict[st
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and check a sweep file; SweepError names what is wrong."""
     path = Path(path)
+    # Key "FILE": the file as a whole; the CLI names the file itself instead of the key.
+    if path.is_dir():
+        raise SweepError("FILE", "is a folder; give the sweep's YAML file (e.g. configs/sweeps/mqar_cpu.yaml)")
     if not path.is_file():
-        raise SweepError("FILE", f"{path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
+        raise SweepError("FILE", "not found")
+    raw = read_yaml(path, "FILE") or {}
     if not isinstance(raw, Mapping):
-        raise SweepError("FILE", f"{path} does not hold a mapping")
+        raise SweepError("FILE", "does not hold a mapping of sweep keys (name, base, grid, ...)")
     for key in raw:
         if key not in TOP_LEVEL:
             close = difflib.get_close_matches(str(key), TOP_LEVEL, n=1)
@@ -181,6 +209,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if base_value is None:
         raise SweepError("base", "missing: name the config every run starts from (e.g. ../transformer.yaml)")
     base_list = base_value if isinstance(base_value, list) else [base_value]
+    if not base_list:
+        # An empty list of bases is an axis with no values: the sweep would have no runs at all.
+        raise SweepError("base", "empty list; name the config every run starts from (base: ../transformer.yaml), "
+                         "or several to make the base an axis")
     bases: dict[str, dict[str, Any]] = {}
     for i, item in enumerate(base_list):
         label, config = _load_base(item, path, f"base[{i}]" if isinstance(base_value, list) else "base")
@@ -200,13 +232,14 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
     grid = _check_grid(raw.get("grid"), choices)
     lrs = _check_lrs(raw["lr"], "lr") if "lr" in raw else None
-    seeds = _list(raw.get("seeds", [0]), "seeds")
+    seeds = _list(raw.get("seeds", [0]), "seeds", "e.g. seeds: [0, 1]; leave it out for seed 0 alone")
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise SweepError("seeds", f"seeds must be integers >= 0, got {seed!r}")
     if len(set(seeds)) != len(seeds):
         raise SweepError("seeds", f"repeated seed in {seeds}")
-    seed_keys = _list(raw.get("seed_keys", ["seed_everything"]), "seed_keys")
+    seed_keys = _list(raw.get("seed_keys", ["seed_everything"]), "seed_keys",
+                      "the config keys each seed is written to; leave it out for [seed_everything]")
     for key in seed_keys:
         problem = overrides.check_key(key)
         if problem:
@@ -240,6 +273,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
 def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[Any]]]:
     if value is None:
         return [{}]
+    if isinstance(value, list) and not value:
+        # The union of no blocks is no runs: a sweep that would exit 0 having trained nothing.
+        raise SweepError("grid", "empty; write at least one block of axes (grid: [{family: [attention, mamba]}]), "
+                         "or leave grid out for one run of the base config per lr and seed")
     blocks = value if isinstance(value, list) else [value]
     checked = []
     for i, block in enumerate(blocks):
@@ -275,7 +312,7 @@ def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[A
 
 
 def _check_lrs(value: Any, where: str) -> list[float]:
-    lrs = _list(value, where)
+    lrs = _list(value, where, "e.g. [1.0e-3, 3.0e-3]; leave it out to keep the base config's")
     for lr in lrs:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise SweepError(where, f"learning rates must be positive numbers, got {lr!r}")
@@ -294,7 +331,7 @@ def _check_match(value: Any, choices: Mapping[str, Any]) -> Match | None:
     quantity = value.get("quantity")
     if quantity not in QUANTITIES:
         raise SweepError("match.quantity", f"must be one of {QUANTITIES}, got {quantity!r}")
-    targets = _list(value.get("targets"), "match.targets")
+    targets = _list(value.get("targets"), "match.targets", "the sizes to match, e.g. [50000, 100000]")
     for target in targets:
         if isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0:
             raise SweepError("match.targets", f"targets must be positive numbers, got {target!r}")
@@ -376,6 +413,8 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
             for combination in itertools.product(*block.values()):
                 for target, lr, seed in itertools.product(targets, block_lrs, spec.seeds):
                     plans.append(_plan(spec, base_label, base, block, short, combination, target, lr, seed))
+    if not plans:  # every axis is checked non-empty above; this keeps "no runs" from ever passing as success
+        raise SweepError("grid", "expands to no runs")
     names: dict[str, int] = {}
     for plan in plans:
         names[plan.name] = names.get(plan.name, 0) + 1
