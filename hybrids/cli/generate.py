@@ -7,14 +7,24 @@ The model is built from the config exactly as ``fit`` builds it, and the checkpo
 that run (the identity rules of ``hybrids fit``; ``--ckpt_path last`` finds the newest). The prompt
 is prefilled in parallel, then each new token is one recurrent step. Prints the continuation
 (as text where the data module can decode tokens, token ids otherwise) and the prefill and decode
-rates.
+rates, each phase timed on its own ("n/a" where a phase is too short for the clock).
+
+A bad value is one line, ``error: <argument>: <what is wrong, what is valid>``, and exit status
+2, before the checkpoint is read or any decode state allocated; that includes a
+``--max_new_tokens`` whose decode state (a KV cache grows with prompt + new tokens) would not fit
+in the memory available. A ``--prompt`` whose bytes are not valid in the locale's encoding is
+taken byte for byte by a byte-level model.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -26,22 +36,72 @@ from hybrids.train.checkpoints import (
     resolve_checkpoint,
 )
 
+# torch.Generator.manual_seed takes [-2**63, 2**64); the command keeps to the non-negative part.
+SEED_LIMIT = 2**64
+
+# A phase shorter than this many ticks of the clock gets no rate: its time is mostly clock error
+# (a few ticks of a 1 ns clock would print billions of tokens/s).
+_TIMER_TICKS = 1000
+
+
+class _KeyedParser(argparse.ArgumentParser):
+    """argparse, but an error is the CLI's one keyed line (``error: <argument>: ...``), exit 2:
+    argparse's usage block and its "argument --top_k:" prefix would bury the key."""
+
+    def error(self, message: str):  # type: ignore[override]
+        match = re.match(r"argument (?:-\w+/)?--(\w+): (.*)", message, re.S)
+        if match:
+            message = f"{match[1]}: {match[2]}"
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _in_range(convert, valid: str, accept):
+    """An argparse ``type`` that converts with ``convert`` and refuses a value ``accept`` rejects,
+    saying what is ``valid``: the check runs while parsing, before any model is built."""
+    def check(text: str):
+        value = convert(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {valid}, got {text!r}")
+        return value
+    return check
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybrids generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _KeyedParser(prog="hybrids generate", description=__doc__,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, action="append", help="the run's config (repeatable)")
     parser.add_argument("--ckpt_path", required=True, help="'last' (this run's newest) or a checkpoint file")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text, for data modules that encode text")
     prompt.add_argument("--prompt_tokens", help="comma-separated token ids, e.g. 5,9,2")
-    parser.add_argument("--max_new_tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=None)
-    parser.add_argument("--top_p", type=float, default=None)
-    parser.add_argument("--eos_token", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=1, help="copies of the prompt decoded side by side")
+    parser.add_argument("--max_new_tokens", type=_in_range(_integer, "an integer >= 0", lambda n: n >= 0), default=32,
+                        help="at most this many tokens per sequence (0: none); refused if the decode state "
+                        "it needs exceeds the memory available")
+    parser.add_argument("--temperature", default=0.0, help="0 = greedy",
+                        type=_in_range(_number, "a finite number >= 0 (0 = greedy)", lambda t: 0 <= t < float("inf")))
+    # top_k and eos_token are checked against the vocabulary once the model is built.
+    parser.add_argument("--top_k", type=_integer, default=None)
+    parser.add_argument("--top_p", type=_in_range(_number, "in (0, 1]", lambda p: 0 < p <= 1), default=None)
+    parser.add_argument("--eos_token", type=_integer, default=None)
+    parser.add_argument("--seed", type=_in_range(_integer, "an integer in [0, 2**64)", lambda s: 0 <= s < SEED_LIMIT),
+                        default=0)
+    parser.add_argument("--batch", type=_in_range(_integer, "a positive integer", lambda b: b >= 1), default=1,
+                        help="copies of the prompt decoded side by side")
     return parser
 
 
@@ -59,19 +119,203 @@ def _tokens(args, datamodule, parser) -> list[int]:
     encode = getattr(datamodule, "encode", None)
     if encode is None:
         parser.error(f"prompt: {type(datamodule).__name__} has no text encoding; give --prompt_tokens instead")
-    return list(encode(args.prompt))
+    try:
+        return list(encode(args.prompt))
+    except UnicodeEncodeError:
+        # Python decodes argv bytes that are not valid in the locale's encoding to lone
+        # surrogates (surrogateescape), which no text encoding takes. os.fsencode undoes that:
+        # the bytes the user typed. For a byte-level model those bytes are the tokens.
+        from hybrids.data.byte_text import ByteText  # noqa: PLC0415
+
+        if isinstance(datamodule, ByteText):
+            return list(os.fsencode(args.prompt))
+        parser.error(f"prompt: holds bytes that are not valid text ({args.prompt!r}); {type(datamodule).__name__} "
+                     "encodes text only; give valid text, or --prompt_tokens")
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``, or None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    available = None
+    try:  # Linux: the kernel's own estimate (free memory plus reclaimable caches)
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:  # elsewhere (psutil is not a dependency)
+        for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+            try:
+                available = os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
+                break
+            except (ValueError, OSError, AttributeError):
+                continue
+    room = _cgroup_room()
+    if room is not None:
+        available = room if available is None else min(available, room)
+    return available
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup memory limit (a container's limit can be far below
+    the host's free memory, and exceeding it kills the process without a word), or None."""
+    try:
+        groups = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    unified = next((line[3:] for line in groups if line.startswith("0::")), None)
+    candidates = [("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")]  # v1
+    if unified is not None:  # v2
+        folder = Path("/sys/fs/cgroup", unified.lstrip("/"))
+        candidates.insert(0, (folder / "memory.max", folder / "memory.current"))
+    for limit_file, usage_file in candidates:
+        try:
+            limit = Path(limit_file).read_text().strip()
+            if limit == "max":
+                continue
+            return max(int(limit) - int(Path(usage_file).read_text()), 0)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _decode_memory(stack, batch: int, length: int) -> int:
+    """Bytes that ``generate`` holds for ``batch`` sequences of ``length`` tokens (prompt and new
+    tokens): every layer's state, which it allocates up front (a KV cache for all ``length``
+    tokens), and the tokens themselves. A layer whose state size is unknown counts as 0, so this
+    is a lower bound then."""
+    from hybrids.errors import StateSizeUnknown  # noqa: PLC0415
+
+    elements = 0
+    for block in stack.blocks:
+        size = getattr(block.mixer, "state_size", None)
+        if size is None:
+            continue
+        try:
+            elements += size(length)
+        except (StateSizeUnknown, NotImplementedError):
+            continue
+    element_bytes = next(stack.parameters()).element_size()  # states take the parameters' dtype
+    # int64 tokens, twice: the list of steps, then the joined output.
+    return batch * (elements * element_bytes + 2 * 8 * length)
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
+
+
+def _check_memory(stack, batch: int, prompt_len: int, max_new_tokens: int, parser) -> None:
+    """Refuse, before anything is allocated, a decode whose state would not fit in memory."""
+    available = _available_memory(next(stack.parameters()).device)
+    if available is None:
+        return
+    need = _decode_memory(stack, batch, prompt_len + max_new_tokens)
+    if need <= available:
+        return
+    if _decode_memory(stack, batch, prompt_len) > available:
+        key = "batch" if batch > 1 else "prompt"
+        parser.error(f"{key}: a prompt of {prompt_len:,} tokens x batch {batch} needs about "
+                     f"{_gigabytes(_decode_memory(stack, batch, prompt_len))} of decode state, more than the "
+                     f"{_gigabytes(available)} of memory available; use a shorter prompt or a smaller batch")
+    # The most new tokens that fit: the need grows with the length, so bisect.
+    low, high = 0, max_new_tokens  # fits at low, not at high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if _decode_memory(stack, batch, prompt_len + middle) <= available else (low, middle)
+    parser.error(f"max_new_tokens: {max_new_tokens:,} new tokens x batch {batch} need about {_gigabytes(need)} of "
+                 f"decode state, more than the {_gigabytes(available)} of memory available; at most {low:,} fit")
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+
+def _rate(tokens: int, seconds: float | None) -> str:
+    """``"1,234 tokens/s"``, or why there is no honest rate."""
+    if tokens == 0:
+        return "n/a (no tokens)"
+    if seconds is None or seconds < _TIMER_TICKS * time.get_clock_info("perf_counter").resolution:
+        return "n/a (too short to time)"
+    return f"{tokens / seconds:,.0f} tokens/s"
+
+
+def _print_text(text: str) -> None:
+    """Print ``text`` whatever stdout's encoding: a character it cannot encode (the U+FFFD that
+    stands for bytes that are not UTF-8, on an ASCII terminal) becomes an escape, not a crash."""
+    try:
+        print(text)
+    except UnicodeEncodeError:
+        encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        sys.stdout.flush()
+        sys.stdout.buffer.write(text.encode(encoding, errors="backslashreplace") + b"\n")
+        sys.stdout.buffer.flush()
+
+
+def _timed_generate(stack, prompt: torch.Tensor, args) -> tuple[torch.Tensor, float, float]:
+    """``stack.generate`` and the seconds of its two phases, each timed on its own: the prefill
+    (up to when ``prefill`` returns inside ``generate``) and the decode loop after it. Subtracting
+    a separately timed prefill from the total, as before, left noise that could be ~0 s."""
+    marks: list[float] = []
+    prefill = stack.prefill
+
+    def timed_prefill(*a, **k):
+        result = prefill(*a, **k)
+        marks.append(time.perf_counter())
+        return result
+
+    stack.prefill = timed_prefill  # an instance attribute shadows the method for this call only
+    try:
+        start = time.perf_counter()
+        out = stack.generate(prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                             args.eos_token, args.seed)
+        end = time.perf_counter()
+    finally:
+        del stack.prefill
+    prefilled = marks[0] if marks else start
+    return out, prefilled - start, end - prefilled
 
 
 def generate_main(argv: list[str]) -> None:
     from hybrids.cli.fit import build_cli  # noqa: PLC0415  (Lightning loads only when generating)
+    from hybrids.data.byte_text import without_corpus_check  # noqa: PLC0415
 
     parser = _parser()
     # Anything argparse does not know is a config override (--model.init_args.stack.d_model=32, ...).
     args, overrides = parser.parse_known_args(argv)
     cli_args = [item for path in args.config for item in ("-c", path)]
-    cli = build_cli([*cli_args, "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
-                     *overrides], run=False)
+    # Building the trainer logs "Seed set", "GPU available", a tip...: nothing generate uses, and it
+    # would stand before a refusal's one keyed line. Warnings still show.
+    quieted = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in quieted]
+    for logger in quieted:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        # generate wants the data module's encoding only: it may run where the corpus is absent.
+        with without_corpus_check():
+            cli = build_cli([*cli_args, "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
+                             *overrides], run=False)
+    finally:
+        for logger, level in zip(quieted, levels):
+            logger.setLevel(level)
     model, datamodule = cli.model, cli.datamodule
+    stack = model.model
+
+    # Everything that can be refused is refused here, before the checkpoint is read or a state allocated.
+    vocab = stack.config.vocab_size
+    if args.eos_token is not None and not 0 <= args.eos_token < vocab:
+        parser.error(f"eos_token: must be a token id in [0, {vocab}), got {args.eos_token}")
+    if args.top_k is not None and not 1 <= args.top_k <= vocab:
+        parser.error(f"top_k: must be in [1, {vocab}] (at most the vocabulary size), got {args.top_k}")
+    tokens = _tokens(args, datamodule, parser)
+    if not tokens:
+        parser.error("prompt: empty")
+    _check_memory(stack, args.batch, len(tokens), args.max_new_tokens, parser)
+
     # The identity rules of fit/validate: 'last' is this run's newest, a file must be this run's.
     try:
         resolution = resolve_checkpoint(args.ckpt_path, "generate", cli.run_identity, checkpoint_roots(cli.trainer))
@@ -87,32 +331,20 @@ def generate_main(argv: list[str]) -> None:
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
 
-    tokens = _tokens(args, datamodule, parser)
-    if not tokens:
-        parser.error("prompt: empty")
     prompt = torch.tensor([tokens] * args.batch, dtype=torch.long)
-    stack = model.model
     try:
         with torch.no_grad():
             stack.prefill(prompt[:, :1])  # warm-up: thread pools, caches, libraries built on first use
-            start = time.perf_counter()
-            logits, states = stack.prefill(prompt)
-            prefill_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            out = stack.generate(prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                                 args.eos_token, args.seed)
-            total_seconds = time.perf_counter() - start
+            out, prefill_seconds, decode_seconds = _timed_generate(stack, prompt, args)
     except ValueError as err:
         parser.error(str(err))
     new = out[:, prompt.shape[1]:]
-    # generate prefills again: its decode time is the total less one prefill.
-    decode_seconds = max(total_seconds - prefill_seconds, 1e-9)
     decode = getattr(datamodule, "decode", None)
     for row in new.tolist():
-        print(decode(row) if decode is not None else ",".join(map(str, row)))
+        _print_text(decode(row) if decode is not None else ",".join(map(str, row)))
     print(
         f"hybrids: checkpoint {path} | prompt {prompt.shape[1]} tokens x {args.batch}: prefill "
-        f"{prompt.numel() / max(prefill_seconds, 1e-9):,.0f} tokens/s | decode {new.numel() / decode_seconds:,.0f} "
-        f"tokens/s ({new.shape[1]} new tokens per sequence)",
+        f"{_rate(prompt.numel(), prefill_seconds)} | decode {_rate(new.numel(), decode_seconds)} "
+        f"({new.shape[1]} new tokens per sequence)",
         file=sys.stderr,
     )

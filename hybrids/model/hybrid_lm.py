@@ -178,12 +178,21 @@ class HybridLM(nn.Module):
         when every sequence is finished. Returns (B, L0 + n), n <= max_new_tokens.
         """
         check_sampling(temperature, top_k, top_p)
-        if prompt.ndim != 2 or prompt.shape[1] == 0:
-            raise ValueError(f"prompt: must be (batch, L0) with L0 >= 1, got shape {tuple(prompt.shape)}")
+        if prompt.ndim != 2 or prompt.shape[0] == 0 or prompt.shape[1] == 0:
+            raise ValueError(f"prompt: must be (batch, L0) with batch >= 1 and L0 >= 1, "
+                             f"got shape {tuple(prompt.shape)}")
         if prompt.is_floating_point() or prompt.is_complex():
             raise TypeError(f"prompt: expected integer token ids, got {prompt.dtype}")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: must be an integer >= 0, got {max_new_tokens!r}")
+        vocab = self.config.vocab_size
+        # An id the head never produces would never end a sequence: refused rather than ignored.
+        if eos_token is not None and (isinstance(eos_token, bool) or not isinstance(eos_token, int)
+                                      or not 0 <= eos_token < vocab):
+            raise ValueError(f"eos_token: must be a token id in [0, {vocab}) (or None), got {eos_token!r}")
+        # The range torch.Generator.manual_seed takes; beyond it torch's own report names no argument.
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
+            raise ValueError(f"seed: must be an integer in [-2**63, 2**64) (or None), got {seed!r}")
         generator = None
         if seed is not None:
             generator = torch.Generator(device=prompt.device).manual_seed(seed)

@@ -33,6 +33,17 @@ def next_token(
     if temperature == 0:
         return logits.argmax(dim=-1)
     scores = logits.float() / temperature
+    # A tiny temperature overflows float32 (|logit| / 1e-40 > 3.4e38), and softmax of inf (or of
+    # 0 / 0 = nan) scores is nan. For such rows, shift the best logit to 0 first, so that it stays
+    # exactly 0 whatever the temperature and every other score is <= 0, and divide in float64:
+    # a score that still overflows becomes -inf, probability 0, which is the T -> 0 limit (greedy,
+    # ties shared). Rows that did not overflow keep the plain float32 scores, so ordinary
+    # temperatures sample exactly as before; torch.where instead of an `if` keeps a GPU decode
+    # free of a host sync per token.
+    overflowed = (~scores.isfinite() & logits.isfinite()).any(dim=-1, keepdim=True)
+    wide = logits.double()
+    shifted = ((wide - wide.max(dim=-1, keepdim=True).values) / temperature).float()
+    scores = torch.where(overflowed, shifted, scores)
     if top_k is not None and top_k < scores.shape[-1]:
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, -math.inf)

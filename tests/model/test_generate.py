@@ -95,10 +95,34 @@ def test_top_k_and_top_p_restrict_the_candidates():
     assert torch.equal(next_token(logits[:2], 0.0), torch.zeros(2, dtype=torch.long))
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40, 1e-46, 1e-300, 5e-324])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_tiny_temperature_samples_the_argmax(temperature, dtype):
+    """Logits / 1e-40 overflow float32 (softmax of inf is nan, and multinomial refused it): the
+    limit T -> 0 is greedy, and that is what such a temperature gives, filters or not."""
+    logits = (torch.randn(64, VOCAB) * 5).to(dtype)
+    logits[:, 0] = 0.0  # 0 / a temperature float32 rounds to 0 is nan
+    g = torch.Generator().manual_seed(0)
+    for kwargs in ({}, {"top_k": 3}, {"top_p": 0.5}):
+        assert torch.equal(next_token(logits, temperature, generator=g, **kwargs), logits.argmax(-1))
+
+
+def test_ordinary_temperatures_sample_as_before():
+    """The overflow guard leaves a temperature whose scores are finite on the float32 path: the
+    same seed gives the same tokens as softmax(logits.float() / T)."""
+    logits = torch.randn(500, VOCAB) * 3
+    for temperature in (0.05, 0.7, 1.0, 3.0):
+        expected = torch.multinomial((logits.float() / temperature).softmax(-1), 1,
+                                     generator=torch.Generator().manual_seed(1))[:, 0]
+        got = next_token(logits, temperature, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 1.5}, "top_p"),
-     ({"max_new_tokens": -1}, "max_new_tokens")],
+     ({"max_new_tokens": -1}, "max_new_tokens"), ({"eos_token": VOCAB}, "eos_token"),
+     ({"eos_token": -1}, "eos_token"), ({"seed": 2**64}, "seed"), ({"seed": 1.5}, "seed")],
 )
 def test_bad_generation_arguments_are_named(kwargs, match):
     model = stack({"A": "attention"}, "A", torch.float32)
@@ -107,6 +131,8 @@ def test_bad_generation_arguments_are_named(kwargs, match):
         model.generate(torch.randint(VOCAB, (1, 3)), **args)
     with pytest.raises(TypeError, match="^prompt:"):
         model.generate(torch.randn(1, 3), 2)
+    with pytest.raises(ValueError, match="^prompt:.*batch >= 1"):
+        model.generate(torch.randint(VOCAB, (0, 3)), 2)
 
 
 def test_generate_command_on_a_tiny_checkpoint(tmp_path):
