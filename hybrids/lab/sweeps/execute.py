@@ -265,7 +265,7 @@ except Exception:
     pass
 if os.getppid() != int(sys.argv[1]):
     sys.exit(128 + signal.SIGTERM)
-os.execv(sys.argv[2], sys.argv[2:])
+os.execvp(sys.argv[2], sys.argv[2:])  # a bare "python" is looked up on PATH
 """
 
 
