@@ -51,7 +51,7 @@ from hybrids.train.checkpoints import (
     EVALUATIONS, CheckpointRequestError, checkpoint_roots, evaluated_run_folder, resolve_checkpoint,
 )
 from hybrids.errors import ConfigError, StateSizeUnknown
-from hybrids.train.identity import identity_config, identity_hash
+from hybrids.train.identity import identity_config, identity_hash, plain
 from hybrids.train.divergence import DivergenceError
 from hybrids.train.folders import unwritable
 from hybrids.train.model_args import moved_note, nest_config, nest_key
@@ -276,7 +276,7 @@ class HybridsCLI(LightningCLI):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "subcommand": subcommand,
             "ckpt_path": str(self.trainer.ckpt_path),
-            "data": _plain(config.get("data")),
+            "data": plain(config.get("data")),
             "metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items() if "/" in k},
         }
         with (self.evaluated_run / "evaluations.jsonl").open("a") as f:
@@ -394,17 +394,6 @@ def _default_save_dir(config) -> None:
         init_args = spec.get("init_args") if hasattr(spec, "get") else None
         if init_args is not None and init_args.get("save_dir") == DEFAULT_SAVE_DIR:
             init_args["save_dir"] = str(root)
-
-
-def _plain(value: Any) -> Any:
-    """A jsonargparse Namespace (or what it holds) as plain dicts and lists, for JSON."""
-    if hasattr(value, "as_dict"):
-        value = value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _check_precision(parser, config) -> None:

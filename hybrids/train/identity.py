@@ -29,14 +29,14 @@ from hybrids.train.model_args import GROUPS, flatten, nest_key
 NEUTRAL_DATA_KEYS = frozenset({"num_workers", "eval_lengths", "num_eval_examples", "eval_batch_size", "eval_chunk"})
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """Namespaces, tuples and other containers as plain JSON-able values."""
     if hasattr(value, "as_dict"):  # jsonargparse Namespace
         value = value.as_dict()
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
@@ -66,19 +66,19 @@ def _normalised(spec: Mapping[str, Any], skip: tuple[str, ...] = ()) -> dict[str
         if param.name in ("self", *skip) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if param.name not in init_args and param.default is not param.empty:
-            init_args[param.name] = _plain(param.default)
+            init_args[param.name] = plain(param.default)
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
 
 
 def _section(config: Mapping[str, Any], name: str, drop: frozenset[str] = frozenset()) -> dict[str, Any]:
-    section = _plain(config.get(name) or {})
+    section = plain(config.get(name) or {})
     if not isinstance(section, dict):
         return {"class_path": repr(section)}
     if name == "model" and isinstance(section.get("init_args") or {}, dict):
         # The stack and optimiser settings, flat with their defaults (train.model_args): the
         # spelling identities were computed in before they became dataclasses, so a run keeps
         # its identity (and its checkpoints) across the change.
-        section = {**section, "init_args": _plain(flatten(section.get("init_args") or {}))}
+        section = {**section, "init_args": plain(flatten(section.get("init_args") or {}))}
         section = _normalised(section, skip=tuple(GROUPS))
     else:
         section = _normalised(section)
@@ -96,18 +96,18 @@ def _section(config: Mapping[str, Any], name: str, drop: frozenset[str] = frozen
 
 def identity_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a resolved CLI config (one subcommand's) that defines what a run computes."""
-    trainer = _plain(config.get("trainer") or {})
+    trainer = plain(config.get("trainer") or {})
     return {
         "model": _section(config, "model"),
         "data": _section(config, "data", NEUTRAL_DATA_KEYS),
-        "seed_everything": _plain(config.get("seed_everything")),
+        "seed_everything": plain(config.get("seed_everything")),
         "trainer": {key: trainer.get(key) for key in TRAINER_KEYS} if isinstance(trainer, dict) else {},
     }
 
 
 def identity_hash(identity: Mapping[str, Any]) -> str:
     """A short, stable hash of an identity config (16 hex digits)."""
-    text = json.dumps(_plain(identity), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(plain(identity), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -139,7 +139,7 @@ _MISSING = "<absent>"
 def identity_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """One line per dotted key whose value differs: ``key: <saved> (checkpoint) vs <current> (this run)``,
     the key spelt as on the command line (``model.init_args.stack.d_model``)."""
-    a, b = _flatten(_plain(saved)), _flatten(_plain(current))
+    a, b = _flatten(plain(saved)), _flatten(plain(current))
     lines = []
     for key in sorted(set(a) | set(b)):
         if a.get(key, _MISSING) != b.get(key, _MISSING):

@@ -38,10 +38,14 @@ class OptimConfig:
         object.__setattr__(self, "betas", tuple(self.betas))
 
 
+def _finite_number(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+
+
 def check_max_loss(max_loss) -> None:
     """Raise ConfigError unless ``max_loss`` (the divergence limit) is a finite number > 0."""
-    if isinstance(max_loss, bool) or not isinstance(max_loss, (int, float)) or not math.isfinite(max_loss):
-        raise ConfigError("max_loss", f"must be a finite number, got {max_loss!r}")
+    _finite_number("max_loss", max_loss)
     if max_loss <= 0:
         raise ConfigError("max_loss", f"must be > 0, got {max_loss}")
 
@@ -49,25 +53,21 @@ def check_max_loss(max_loss) -> None:
 def check_optimisation(lr, weight_decay, betas, warmup_steps, min_lr_ratio) -> None:
     """Raise ConfigError naming the optimisation argument out of range (before any training)."""
 
-    def number(name, value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(name, f"must be a finite number, got {value!r}")
-
-    number("lr", lr)
+    _finite_number("lr", lr)
     if lr <= 0:
         raise ConfigError("lr", f"must be > 0, got {lr}")
-    number("weight_decay", weight_decay)
+    _finite_number("weight_decay", weight_decay)
     if weight_decay < 0:
         raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
     if not isinstance(betas, (list, tuple)) or len(betas) != 2:
         raise ConfigError("betas", f"must be two numbers (beta1, beta2), got {betas!r}")
     for beta in betas:
-        number("betas", beta)
+        _finite_number("betas", beta)
         if not 0 <= beta < 1:
             raise ConfigError("betas", f"each must be in [0, 1), got {list(betas)}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ConfigError("warmup_steps", f"must be an integer >= 0, got {warmup_steps!r}")
-    number("min_lr_ratio", min_lr_ratio)
+    _finite_number("min_lr_ratio", min_lr_ratio)
     if not 0 <= min_lr_ratio <= 1:
         raise ConfigError("min_lr_ratio", f"must be in [0, 1] (a fraction of lr), got {min_lr_ratio}")
 

@@ -18,7 +18,6 @@ results the parametrised tests read from a module fixture.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -162,15 +161,16 @@ def run_case(case: Case, device, backend: str = "direct") -> dict:
     options = dict(chunk_size=case.chunk, block_v=case.block_v, block_k=case.block_k)
     if case.capability is not None:
         options = dict(capability=case.capability)
-    if backend == "dispatch":
-        linear_attention_triton, options = linear_attention, {}  # noqa: F811 - the dispatcher's choice
+    kernel = linear_attention_triton
+    if backend == "dispatch":  # the dispatcher's choice of backend and launch
+        kernel, options = linear_attention, {}
 
     def run(fn, cast, **kw):
         leaves = {n: (cast(x).detach().requires_grad_() if x is not None else None) for n, x in inputs.items()}
         o, state = fn(**leaves, output_final_state=True, **kw)
         return o, state, leaves
 
-    o, state, leaves = run(linear_attention_triton, lambda x: x, **options)
+    o, state, leaves = run(kernel, lambda x: x, **options)
     ref_o, ref_state, ref_leaves = run(linear_attention_reference, lambda x: x.float())
     gen = torch.Generator().manual_seed(1)
     dout = torch.randn(o.shape, generator=gen).to(device)
@@ -197,7 +197,7 @@ def run_case(case: Case, device, backend: str = "direct") -> dict:
                                     floor=float(terms.pow(2).mean().sqrt()))
     if case.check_nograd:
         with torch.no_grad():  # inputs that require grad, but no backward can follow: no states saved
-            o2, state2 = linear_attention_triton(**leaves, output_final_state=True, **options)
+            o2, state2 = kernel(**leaves, output_final_state=True, **options)
         errors["nograd_max_diff"] = max((o2 - o).abs().max().item(), (state2 - state).abs().max().item())
     if case.chunked:
         with torch.no_grad():
@@ -206,7 +206,7 @@ def run_case(case: Case, device, backend: str = "direct") -> dict:
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 piece = {n: leaves[n][:, :, start:stop] for n in ("q", "k", "v")}
                 g = leaves["g"][:, :, start:stop] if leaves["g"] is not None else None
-                out, s = linear_attention_triton(**piece, g=g, initial_state=s, output_final_state=True, **options)
+                out, s = kernel(**piece, g=g, initial_state=s, output_final_state=True, **options)
                 outs.append(out)
         errors["chunked_o"] = rel_rms(torch.cat(outs, dim=2), o)
         errors["chunked_state"] = rel_rms(s, state)
@@ -252,17 +252,9 @@ def error_checks(device) -> dict:
     except ValueError as e:
         messages["chunk_size"] = str(e)
     if device == "cpu":
-        saved = os.environ.pop("TRITON_INTERPRET", None)
-        try:
-            for name, fn in (("dispatcher", lambda: linear_attention(x["q"], x["k"], x["v"], backend="triton")),
-                             ("direct", lambda: linear_attention_triton(x["q"], x["k"], x["v"]))):  # fmt: skip
-                try:
-                    fn()
-                except BackendUnavailable as e:
-                    messages[name] = str(e)
-        finally:
-            if saved is not None:
-                os.environ["TRITON_INTERPRET"] = saved
+        messages.update(triton_interpreter.unavailable_without_interpreter(
+            {"dispatcher": lambda: linear_attention(x["q"], x["k"], x["v"], backend="triton"),
+             "direct": lambda: linear_attention_triton(x["q"], x["k"], x["v"])}, BackendUnavailable))
     return messages
 
 

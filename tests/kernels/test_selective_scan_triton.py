@@ -13,7 +13,6 @@ results the parametrised tests read from a module fixture.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -262,17 +261,9 @@ def error_checks(device) -> dict:
     except ValueError as e:
         messages["float64"] = str(e)
     if device == "cpu":
-        saved = os.environ.pop("TRITON_INTERPRET", None)
-        try:
-            for name, fn in (("dispatcher", lambda: selective_scan(*x.values(), backend="triton")),
-                             ("direct", lambda: selective_scan_triton(*x.values()))):  # fmt: skip
-                try:
-                    fn()
-                except BackendUnavailable as e:
-                    messages[name] = str(e)
-        finally:
-            if saved is not None:
-                os.environ["TRITON_INTERPRET"] = saved
+        messages.update(triton_interpreter.unavailable_without_interpreter(
+            {"dispatcher": lambda: selective_scan(*x.values(), backend="triton"),
+             "direct": lambda: selective_scan_triton(*x.values())}, BackendUnavailable))
     return messages
 
 

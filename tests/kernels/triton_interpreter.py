@@ -102,6 +102,23 @@ def worker_for(cases: Sequence, run_case: Callable[[Any, str], dict],
     return worker
 
 
+def unavailable_without_interpreter(calls: dict[str, Callable[[], Any]], error: type[Exception]) -> dict[str, str]:
+    """Each call's ``error`` message when made with ``TRITON_INTERPRET`` unset (on a CPU, where a
+    Triton backend must then refuse): name -> message, for the calls that refused."""
+    messages = {}
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        for name, call in calls.items():
+            try:
+                call()
+            except error as e:
+                messages[name] = str(e)
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+    return messages
+
+
 def outcome(request, key: str, on_cuda: Callable[[], Any]) -> Any:
     """A result computed now on CUDA where there is a GPU, else the interpreter's (the module's
     ``interpreter_results`` fixture) under ``key``."""
