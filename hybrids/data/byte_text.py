@@ -103,6 +103,8 @@ def check_corpus(path: str | None, seq_len: int, segments: bool) -> CorpusShape:
     """
     if path is not None and not isinstance(path, (str, os.PathLike)):
         raise ConfigError("path", f"must be a file or folder path, or null for the default corpus; got {path!r}")
+    if path is not None and not str(path):
+        raise ConfigError("path", "empty; give a file or folder, or leave it out (null) for the default corpus")
     try:
         shape = corpus_shape(path)
     except (FileNotFoundError, ValueError) as err:

@@ -9,7 +9,7 @@ from hybrids.data.induction_heads import check_induction_arguments, induction_he
 from hybrids.data.loading import EpochShuffle  # noqa: F401  (re-exported)
 from hybrids.data.mqar import check_mqar_arguments, multiquery_ar
 from hybrids.data.selective_copying import check_selective_copying_arguments, selective_copying
-from hybrids.data.synthetic import SyntheticTask, check_positive, derive_seed
+from hybrids.data.synthetic import SyntheticTask, check_examples_fit, check_positive, derive_seed
 from hybrids.errors import ConfigError, config_section
 
 
@@ -54,6 +54,8 @@ class MQAR(SyntheticTask):
             check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
             check_positive(power_a=power_a)
         super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
+        with config_section("data"):
+            check_examples_fit(type(self), seq_len, self._set_sizes())
         self.save_hyperparameters()
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
 
@@ -100,6 +102,8 @@ class SelectiveCopying(SyntheticTask):
             if not isinstance(selective, bool):
                 raise ConfigError("selective", f"must be true or false, got {selective!r}")
         super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
+        with config_section("data"):
+            check_examples_fit(type(self), seq_len, self._set_sizes())
         self.save_hyperparameters()
         self.seq_len, self.num_tokens, self.vocab_size = seq_len, num_tokens, vocab_size
 
@@ -183,6 +187,14 @@ class InductionHeads(SyntheticTask):
                 if isinstance(length, bool) or not isinstance(length, int) or length < 3:
                     raise ConfigError("eval_lengths", f"each must be an integer >= 3, got {length!r}")
         super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
+        with config_section("data"):
+            # The longer test sets are generated a batch at a time: one batch of the longest.
+            longer = [length for length in lengths if length > seq_len]
+            batch = batch_size if eval_batch_size is None else eval_batch_size
+            batch_key = ("num_eval_examples" if num_eval_examples <= batch else
+                         "batch_size" if eval_batch_size is None else "eval_batch_size")
+            longest_batch = (batch_key, min(batch, num_eval_examples) * max(longer) * 16) if longer else None
+            check_examples_fit(type(self), seq_len, self._set_sizes(), longest_batch)
         self.save_hyperparameters()
         self.seq_len, self.vocab_size = seq_len, vocab_size
         self.num_eval_examples = num_eval_examples

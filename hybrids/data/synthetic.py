@@ -9,6 +9,8 @@ reported, untouched by the choice. A task subclass says how to draw ``n`` exampl
 from __future__ import annotations
 
 import hashlib
+import math
+import inspect
 
 import lightning as L
 import torch
@@ -16,20 +18,55 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from hybrids.data.loading import ResumableOrder
 from hybrids.errors import ConfigError, config_section
+from hybrids.memory import available_memory, format_bytes
 
 
 def check_positive(**values: int | float) -> None:
-    """ConfigError naming the first argument that is not a positive number."""
+    """ConfigError naming the first argument that is not a positive, finite number."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(name, f"must be positive, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ConfigError(name, f"must be a positive, finite number, got {value!r}")
 
 
 def check_loading(order_seed: int | None, num_workers: int) -> None:
     if order_seed is not None and (isinstance(order_seed, bool) or not isinstance(order_seed, int) or order_seed < 0):
         raise ConfigError("order_seed", f"must be an integer >= 0 (or null for the data seed), got {order_seed!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ConfigError("num_workers", f"must be an integer >= 0, got {num_workers!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or not 0 <= num_workers <= MAX_WORKERS:
+        raise ConfigError("num_workers", f"must be an integer in [0, {MAX_WORKERS}], got {num_workers!r}")
+
+
+def check_seed(name: str, seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(name, f"must be an integer >= 0, got {seed!r}")
+
+
+# More worker processes than any machine this runs on could use; a config asking for more is a
+# typo (the order of the batches does not depend on it, so a smaller number changes no result).
+MAX_WORKERS = 256
+
+
+def check_examples_fit(task: type, seq_len: int, counts: dict[str, int], extra: tuple[str, int] | None = None) -> None:
+    """ConfigError when the examples of the three sets, (inputs, labels) int64 of ``seq_len``
+    tokens each, would not fit in the memory available (they are generated whole at setup);
+    ``extra``: (argument, bytes) of a further allocation (a test batch of the longest length).
+    Keyed at that argument where its bytes are most of the need, else at the argument furthest
+    above ``task``'s default."""
+    available = available_memory("cpu")
+    if available is None:
+        return
+    examples = sum(counts.values())
+    sets = examples * seq_len * 2 * 8
+    need = sets + (extra[1] if extra else 0)
+    if need <= available:
+        return
+    if extra and extra[1] > sets:
+        raise ConfigError(extra[0], f"one evaluation batch takes {format_bytes(extra[1])} (with the examples, "
+                          f"{format_bytes(need)}), more than the {format_bytes(available)} of memory available")
+    defaults = {name: p.default for name, p in inspect.signature(task.__init__).parameters.items()}
+    given = {"seq_len": seq_len, **counts}
+    key = max(given, key=lambda name: given[name] / max(defaults.get(name) or 1, 1))
+    raise ConfigError(key, f"{examples:,} examples of {seq_len:,} tokens (inputs and labels, int64) take "
+                      f"{format_bytes(need)}, more than the {format_bytes(available)} of memory available")
 
 
 def derive_seed(*parts: object) -> int:
@@ -56,6 +93,7 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
             check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
                            num_test_examples=num_test_examples, batch_size=batch_size)
             check_loading(order_seed, num_workers)
+            check_seed("seed", seed)
         super().__init__()
         self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
         self.num_test_examples = num_test_examples
@@ -64,6 +102,11 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+
+    def _set_sizes(self) -> dict[str, int]:
+        """The three sets' sizes, by argument name (for :func:`check_examples_fit`)."""
+        return {"num_train_examples": self.num_train_examples, "num_val_examples": self.num_val_examples,
+                "num_test_examples": self.num_test_examples}
 
     def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``num_examples`` examples drawn from ``seed``: (inputs, labels), (n, seq_len) int64."""

@@ -63,8 +63,8 @@ class StackConfig:
             raise ConfigError("mixers", f"must map pattern letters to mixer specs, got {self.mixers!r}")
         if self.mlp not in MLP_KINDS:
             raise ConfigError("mlp", f"unknown MLP {self.mlp!r}; use one of {MLP_KINDS}")
-        if not _is_number(self.mlp_expand) or self.mlp_expand < 0:
-            raise ConfigError("mlp_expand", f"must be a number >= 0 (0 leaves the MLP out), got {self.mlp_expand!r}")
+        if not _is_number(self.mlp_expand) or not 0 <= self.mlp_expand < float("inf"):
+            raise ConfigError("mlp_expand", f"must be a finite number >= 0 (0 leaves the MLP out), got {self.mlp_expand!r}")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ConfigError("dropout", f"must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.tie_embeddings, bool):

@@ -15,6 +15,7 @@ from hybrids.model.reversible import ReversibleBlock, reversible_stack
 from hybrids.model.sampling import check_sampling, next_token
 from hybrids.model.state_carry import detach_state
 from hybrids.model.mixer_specs import build_mixer, expand_pattern
+from hybrids.model.size_check import check_stack_fits
 
 class HybridLM(nn.Module):
     """A stack of residual blocks whose mixers follow a layer pattern.
@@ -32,6 +33,7 @@ class HybridLM(nn.Module):
             config = StackConfig(*args, **kwargs)
         self.config = config
         mixers = config.mixer_specs
+        check_stack_fits(config)  # before any weight is allocated
         self.layer_letters = expand_pattern(config.pattern, config.n_layers, mixers)
         d_model = config.d_model
         hidden = int(round(config.mlp_expand * d_model))

@@ -22,6 +22,7 @@ from torch import nn
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.errors import ConfigError, StateSizeUnknown, config_section
 from hybrids.model import HybridLM, StackConfig
+from hybrids.model.size_check import check_stack_fits
 from hybrids.train.checkpoints import IDENTITY_KEY
 from hybrids.train.divergence import NEVER, DivergenceError
 from hybrids.train.long_context import LengthTooLong, labelled_logits_chunked
@@ -123,6 +124,9 @@ class LanguageModel(L.LightningModule):
         self.run_identity: dict[str, Any] | None = None
         self.config = stack
         with config_section("model", "stack"):
+            # Training holds four float32 copies of the weights: the weights, their gradients and
+            # AdamW's two moments (activations come on top, and grow with the batch).
+            check_stack_fits(self.config, copies=4, what="training's weights, gradients and AdamW moments")
             self.model = HybridLM(self.config)
 
     @classmethod

@@ -298,7 +298,7 @@ BAD_VALUES = {
     "weight-decay": ("--model.init_args.optim.weight_decay=-0.1", "model.init_args.optim.weight_decay: must be >= 0"),
     "min-lr-ratio": ("--model.init_args.optim.min_lr_ratio=-1", "model.init_args.optim.min_lr_ratio: must be in [0, 1]"),
     "vocab-size": ("--model.init_args.stack.vocab_size=99", "model.init_args.stack.vocab_size: 99 disagrees with the data's vocabulary (128)"),
-    "num-workers": ("--data.init_args.num_workers=-1", "data.init_args.num_workers: must be an integer >= 0"),
+    "num-workers": ("--data.init_args.num_workers=-1", "data.init_args.num_workers: must be an integer in [0, 256]"),
     "seed": ("--seed_everything=-5", "seed_everything: must be in [0, 2^32)"),
     "accumulation": ("--trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: must be a positive integer"),
     "clipping": ("--trainer.gradient_clip_val=-1", "trainer.gradient_clip_val: must be >= 0"),
