@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybrids.mixers.arguments import check_arguments
 from hybrids.mixers.state_size import StateSize, evaluate
 
 State = dict[str, Any]
@@ -53,6 +54,8 @@ class Mixer(nn.Module, abc.ABC):
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:  # every argument in its range first (hybrids.mixers.arguments)
+            cls.__init__ = _checked_init(cls.__dict__["__init__"])
         if "step" in cls.__dict__:  # and so does every step, and every prefill
             cls.step = _checked_step(cls.__dict__["step"])
         if "prefill" in cls.__dict__:
@@ -104,6 +107,14 @@ def check_input(name: str, x: Any, d_model: int, shape: str) -> None:
 def _check_forward_input(module: Mixer, args: tuple) -> None:
     if args:
         check_input("x", args[0], module.d_model, "(batch, L, d_model)")
+
+
+def _checked_init(init):
+    @functools.wraps(init)
+    def checked(self, *args, **kwargs):
+        check_arguments(init, args, kwargs)
+        init(self, *args, **kwargs)
+    return checked
 
 
 def _checked_step(step):

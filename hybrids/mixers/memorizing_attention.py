@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
+from hybrids.memory import available_memory, format_bytes
 from hybrids.mixers.attention import resolve_head_dim
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.state_size import StateSize
@@ -94,6 +95,15 @@ class MemorizingAttention(Mixer):
         # training, with the argument's key.
         search = check_search(index, search)
         head_dim = resolve_head_dim(d_model, heads, head_dim, rotary)
+        # The memory is allocated whole at its first write: refuse one that cannot be, for even
+        # one sequence (keys and values, float32), here rather than at the first training step.
+        one_sequence = 2 * heads * head_dim * memory_size * 4
+        available = available_memory("cpu")
+        if available is not None and one_sequence > available:
+            key = "head_dim" if head_dim > d_model else "memory_size"
+            raise ValueError(f"{key}: memory_size {memory_size:,} x heads {heads} x head_dim {head_dim:,} take "
+                             f"{format_bytes(one_sequence)} per sequence (keys and values), more than the "
+                             f"{format_bytes(available)} of memory available")
         self.heads, self.head_dim = heads, head_dim
         self.segment_length, self.memory_size, self.top_k = segment_length, memory_size, top_k
         self.index, self.search = index, search

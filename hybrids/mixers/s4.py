@@ -42,6 +42,7 @@ from hybrids.kernels.ssm import (
     dplr_precompute,
     dplr_ssm,
 )
+from hybrids.memory import available_memory, format_bytes
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.state_size import StateSize
 from hybrids.kernels.ssm.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, nplr, required_rank
@@ -302,6 +303,12 @@ class S4(_SSMMixer):
             raise ValueError(f"measure: unknown HiPPO measure {measure!r}; use one of {MEASURES}")
         if l_max is not None and (not isinstance(l_max, int) or l_max <= 0):
             raise ValueError(f"l_max: must be a positive int or None (taken from the first input), got {l_max!r}")
+        # The kernel is computed at l_max taps (complex, at l_max frequencies) at the first
+        # forward: refuse a length whose kernel cannot be held, before training starts.
+        available = available_memory("cpu")
+        if l_max is not None and available is not None and d_model * l_max * 8 > available:
+            raise ValueError(f"l_max: a kernel of {l_max:,} taps x {d_model:,} channels takes at least "
+                             f"{format_bytes(d_model * l_max * 8)}, more than the {format_bytes(available)} of memory available")
         rank = required_rank(measure) if rank is None else rank
         if isinstance(rank, bool) or not isinstance(rank, int):
             raise ValueError(f"rank: must be an int (or None for the least the measure needs), got {rank!r}")

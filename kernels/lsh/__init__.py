@@ -84,6 +84,10 @@ def lsh_attention(
     if q.numel() == 0:
         return q.clone()
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    # A chunk longer than the sequence is the whole sequence: every rank is below L, so the rule
+    # (rank(i) // c - 1) * c <= rank(j) holds for c = L as for any c >= L; capping it keeps the
+    # chunked backend from padding to chunk_size.
+    chunk_size = min(chunk_size, max(length, 1))
     return LSH_ATTENTION.function(backend)(q, k, v, buckets, chunk_size, scale)
 
 

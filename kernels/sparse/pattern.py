@@ -64,7 +64,8 @@ class SparsePattern:
             raise ValueError(f"causal: must be a bool, got {self.causal!r}")
 
     def random_key_blocks(self, L: int) -> torch.Tensor:
-        """The random key blocks of each query block: int64 (ceil(L / block_size), random_blocks).
+        """The random key blocks of each query block: int64 (n_blocks, min(random_blocks, n_blocks)),
+        n_blocks = ceil(L / block_size).
 
         Row ``b`` lists, in increasing order, the distinct key blocks drawn uniformly for query
         block ``b`` (among blocks ``0..b`` if causal, all blocks otherwise); when fewer blocks
@@ -132,7 +133,9 @@ def outside_inference_mode(build):
 def _random_key_blocks(pattern: SparsePattern, L: int) -> torch.Tensor:
     """Cached draw behind :meth:`SparsePattern.random_key_blocks` (callers must not modify it)."""
     n_blocks = -(-L // pattern.block_size)
-    table = torch.full((n_blocks, pattern.random_blocks), -1, dtype=torch.long)
+    # More random blocks than there are blocks draws them all: the columns beyond n_blocks could
+    # only ever hold -1, so the table is no wider than n_blocks.
+    table = torch.full((n_blocks, min(pattern.random_blocks, n_blocks)), -1, dtype=torch.long)
     generator = torch.Generator().manual_seed(pattern.seed)
     for block in range(n_blocks):
         # One draw per query block, in order: a causal block's draw depends only on the draws

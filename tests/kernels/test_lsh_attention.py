@@ -205,3 +205,16 @@ def test_mixer_backends_agree_and_state_counts_keys_and_values():
     assert mixer.state_size(33) == 2 * 16 * 33
     _, state = mixer.prefill(x)
     assert state.buckets.shape == (2, 2, 3, 33) and int(state.counts.sum()) == 2 * 2 * 3 * 33
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_a_chunk_longer_than_the_sequence_is_the_rule_with_that_chunk(backend):
+    """chunk_size beyond L is capped at L inside lsh_attention (no padding to 10^12 tokens): by
+    the rule, any chunk >= L puts every earlier key of a bucket in reach, so the output is the
+    rule's with the huge chunk."""
+    q, v, buckets = inputs(1, 2, 19, 4, 2, 4)
+    k = F.normalize(q, dim=-1)
+    with torch.no_grad():
+        ours = lsh_attention(q, k, v, buckets, 10**12, backend=backend)
+        rule = brute_force(q, k, v, buckets, 10**12, 0.5)
+    torch.testing.assert_close(ours, rule, rtol=1e-10, atol=1e-10)

@@ -344,3 +344,18 @@ def test_bad_shapes_name_the_argument(shapes, argument):
     q, k, v = (torch.zeros(s) for s in shapes)
     with pytest.raises(ValueError, match=f"^{argument}: "):
         sparse_attention(q, k, v, SparsePattern(4))
+
+
+@pytest.mark.parametrize("backend", ["reference", "banded", "masked_sdpa"])
+def test_more_random_blocks_than_exist_is_all_of_them(backend):
+    """random_blocks beyond the number of blocks draws every block: the table is no wider than
+    the blocks (random_blocks 10^12 allocated nothing of that size) and the output is the same as
+    with random_blocks equal to the number of blocks."""
+    L = 70  # 5 blocks of 16
+    huge, exact = (SparsePattern(4, random_blocks=r, block_size=BLOCK, seed=3) for r in (10**12, 5))
+    assert huge.random_key_blocks(L).shape == (5, 5)
+    assert torch.equal(huge.random_key_blocks(L), exact.random_key_blocks(L))
+    q, k, v = random_qkv(L, HEADS)
+    with torch.no_grad():
+        assert rel_err(sparse_attention(q, k, v, huge, backend=backend),
+                       sparse_attention(q, k, v, exact, backend=backend)) == 0

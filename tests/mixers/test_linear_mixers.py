@@ -154,7 +154,7 @@ def test_normalisation_defaults_follow_positivity_and_identity_refuses_it():
         LinearAttention(D, decay="mamba")
     with pytest.raises(ValueError, match="gate_rank: must be a positive int"):
         LinearAttention(D, decay="gla", gate_rank=0)
-    with pytest.raises(ValueError, match="gate_temperature: must be > 0"):
+    with pytest.raises(ValueError, match="gate_temperature: must be a finite number > 0"):
         LinearAttention(D, decay="gla", gate_temperature=0.0)
 
 

@@ -347,7 +347,7 @@ BAD = {
     "rglru-heads": (RGLRU, {"d_rnn": 20, "heads": 3}, "heads"),
     "rglru-c": (RGLRU, {"c": 0.0}, "c"),
     "rglru-a_min": (RGLRU, {"a_min": 0.99, "a_max": 0.9}, "a_min"),
-    "rglru-a_max-1": (RGLRU, {"a_max": 1.0}, "a_min"),
+    "rglru-a_max-1": (RGLRU, {"a_max": 1.0}, "a_max"),
     "rglru-scan_backend": (RGLRU, {"scan_backend": "fast"}, "scan_backend"),
 }
 
