@@ -41,8 +41,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+from hybrids.cli.fit_checks import culprit, defaults_of, first_line, text_problem, value_problem
 from hybrids.cli.parse_errors import KeyedErrorParser
 from hybrids.data.loading import ResumableOrder
 from hybrids.train.atomic_checkpoint import AtomicCheckpointIO
@@ -100,6 +101,9 @@ class HybridsCLI(LightningCLI):
             self.config = parser.parse_object(args)
             return
         given = sys.argv[1:] if args is None else list(args)
+        problem = text_problem(given)
+        if problem:
+            parser.error(problem)
         migrated, notes = migrate_arguments(given)
         for note in notes:
             print(note, file=sys.stderr, flush=True)
@@ -123,6 +127,9 @@ class HybridsCLI(LightningCLI):
         _default_save_dir(config)
         _check_precision(self.parser, config)
         _check_run_values(self.parser, config)
+        problem = value_problem(config)
+        if problem:
+            self.parser.error(problem)
         identity = identity_config(config)
         self.run_identity = {"hash": identity_hash(identity), "config": identity}
 
@@ -130,10 +137,22 @@ class HybridsCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except Exception as err:  # jsonargparse wraps what the classes raise; find our own error
-            located = locate_config_error(err) or _missing_logger_package(err)
+            located = locate_config_error(err) or _missing_logger_package(err) or self._checkpoint_problem(err)
             if located is None:
                 raise
             self.parser.error(located)
+
+    def _checkpoint_problem(self, err: BaseException) -> str | None:
+        """The keyed line for ModelCheckpoint refusing its settings (--checkpoint.*), or None
+        where the checkpoint settings are not what failed."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        settings = dict((config.get("checkpoint") or {}).items())
+        try:
+            ModelCheckpoint(**settings)
+        except Exception as refused:  # noqa: BLE001 (what Lightning raises for a bad setting)
+            name = culprit(lambda kwargs: ModelCheckpoint(**kwargs), settings, defaults_of(ModelCheckpoint))
+            return f"checkpoint.{name or '*'}: {first_line(refused)}"
+        return None
 
     def after_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -156,7 +175,14 @@ class HybridsCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if self.subcommand == "fit":
             callbacks = [*callbacks, GracefulInterrupt(), ValidateAtMaxSteps()]
-        trainer = super()._instantiate_trainer(config, callbacks)
+        given = dict(config)
+        try:
+            trainer = super()._instantiate_trainer(config, callbacks)
+        except (ValueError, TypeError, OverflowError, MemoryError, MisconfigurationException) as err:
+            # Lightning checks the trainer's settings as it builds: name the one at fault.
+            trial = {**given, "callbacks": [], "logger": False}
+            name = culprit(lambda kwargs: self.trainer_class(**kwargs), trial, defaults_of(self.trainer_class))
+            self.parser.error(f"trainer.{name or '*'}: {first_line(err)}")
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: not a user's own
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if self.subcommand in EVALUATIONS:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from hybrids.cli.keyed_argparse import KeyedArgumentParser, in_range, integer, number
+from hybrids.memory import available_memory, format_bytes
 from hybrids.train.checkpoints import (
     CheckpointError,
     CheckpointRequestError,
@@ -44,63 +44,26 @@ SEED_LIMIT = 2**64
 _TIMER_TICKS = 1000
 
 
-class _KeyedParser(argparse.ArgumentParser):
-    """argparse, but an error is the CLI's one keyed line (``error: <argument>: ...``), exit 2:
-    argparse's usage block and its "argument --top_k:" prefix would bury the key."""
-
-    def error(self, message: str):  # type: ignore[override]
-        match = re.match(r"argument (?:-\w+/)?--(\w+): (.*)", message, re.S)
-        if match:
-            message = f"{match[1]}: {match[2]}"
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-def _in_range(convert, valid: str, accept):
-    """An argparse ``type`` that converts with ``convert`` and refuses a value ``accept`` rejects,
-    saying what is ``valid``: the check runs while parsing, before any model is built."""
-    def check(text: str):
-        value = convert(text)
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"must be {valid}, got {text!r}")
-        return value
-    return check
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _KeyedParser(prog="hybrids generate", description=__doc__,
+    parser = KeyedArgumentParser(prog="hybrids generate", description=__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, action="append", help="the run's config (repeatable)")
     parser.add_argument("--ckpt_path", required=True, help="'last' (this run's newest) or a checkpoint file")
     prompt = parser.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="text, for data modules that encode text")
     prompt.add_argument("--prompt_tokens", help="comma-separated token ids, e.g. 5,9,2")
-    parser.add_argument("--max_new_tokens", type=_in_range(_integer, "an integer >= 0", lambda n: n >= 0), default=32,
+    parser.add_argument("--max_new_tokens", type=in_range(integer, "an integer >= 0", lambda n: n >= 0), default=32,
                         help="at most this many tokens per sequence (0: none); refused if the decode state "
                         "it needs exceeds the memory available")
     parser.add_argument("--temperature", default=0.0, help="0 = greedy",
-                        type=_in_range(_number, "a finite number >= 0 (0 = greedy)", lambda t: 0 <= t < float("inf")))
+                        type=in_range(number, "a finite number >= 0 (0 = greedy)", lambda t: 0 <= t < float("inf")))
     # top_k and eos_token are checked against the vocabulary once the model is built.
-    parser.add_argument("--top_k", type=_integer, default=None)
-    parser.add_argument("--top_p", type=_in_range(_number, "in (0, 1]", lambda p: 0 < p <= 1), default=None)
-    parser.add_argument("--eos_token", type=_integer, default=None)
-    parser.add_argument("--seed", type=_in_range(_integer, "an integer in [0, 2**64)", lambda s: 0 <= s < SEED_LIMIT),
+    parser.add_argument("--top_k", type=integer, default=None)
+    parser.add_argument("--top_p", type=in_range(number, "in (0, 1]", lambda p: 0 < p <= 1), default=None)
+    parser.add_argument("--eos_token", type=integer, default=None)
+    parser.add_argument("--seed", type=in_range(integer, "an integer in [0, 2**64)", lambda s: 0 <= s < SEED_LIMIT),
                         default=0)
-    parser.add_argument("--batch", type=_in_range(_integer, "a positive integer", lambda b: b >= 1), default=1,
+    parser.add_argument("--batch", type=in_range(integer, "a positive integer", lambda b: b >= 1), default=1,
                         help="copies of the prompt decoded side by side")
     return parser
 
@@ -136,55 +99,6 @@ def _tokens(args, datamodule, parser) -> list[int]:
 # -- memory ---------------------------------------------------------------------------------------
 
 
-def _available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on ``device``, or None where it cannot be told."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type != "cpu":
-        return None
-    available = None
-    try:  # Linux: the kernel's own estimate (free memory plus reclaimable caches)
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    if available is None:  # elsewhere (psutil is not a dependency)
-        for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
-            try:
-                available = os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
-                break
-            except (ValueError, OSError, AttributeError):
-                continue
-    room = _cgroup_room()
-    if room is not None:
-        available = room if available is None else min(available, room)
-    return available
-
-
-def _cgroup_room() -> int | None:
-    """Bytes left under this process's cgroup memory limit (a container's limit can be far below
-    the host's free memory, and exceeding it kills the process without a word), or None."""
-    try:
-        groups = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    unified = next((line[3:] for line in groups if line.startswith("0::")), None)
-    candidates = [("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")]  # v1
-    if unified is not None:  # v2
-        folder = Path("/sys/fs/cgroup", unified.lstrip("/"))
-        candidates.insert(0, (folder / "memory.max", folder / "memory.current"))
-    for limit_file, usage_file in candidates:
-        try:
-            limit = Path(limit_file).read_text().strip()
-            if limit == "max":
-                continue
-            return max(int(limit) - int(Path(usage_file).read_text()), 0)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def _decode_memory(stack, batch: int, length: int) -> int:
     """Bytes that ``generate`` holds for ``batch`` sequences of ``length`` tokens (prompt and new
     tokens): every layer's state, which it allocates up front (a KV cache for all ``length``
@@ -206,13 +120,9 @@ def _decode_memory(stack, batch: int, length: int) -> int:
     return batch * (elements * element_bytes + 2 * 8 * length)
 
 
-def _gigabytes(n: int) -> str:
-    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
-
-
 def _check_memory(stack, batch: int, prompt_len: int, max_new_tokens: int, parser) -> None:
     """Refuse, before anything is allocated, a decode whose state would not fit in memory."""
-    available = _available_memory(next(stack.parameters()).device)
+    available = available_memory(next(stack.parameters()).device)
     if available is None:
         return
     need = _decode_memory(stack, batch, prompt_len + max_new_tokens)
@@ -221,15 +131,15 @@ def _check_memory(stack, batch: int, prompt_len: int, max_new_tokens: int, parse
     if _decode_memory(stack, batch, prompt_len) > available:
         key = "batch" if batch > 1 else "prompt"
         parser.error(f"{key}: a prompt of {prompt_len:,} tokens x batch {batch} needs about "
-                     f"{_gigabytes(_decode_memory(stack, batch, prompt_len))} of decode state, more than the "
-                     f"{_gigabytes(available)} of memory available; use a shorter prompt or a smaller batch")
+                     f"{format_bytes(_decode_memory(stack, batch, prompt_len))} of decode state, more than the "
+                     f"{format_bytes(available)} of memory available; use a shorter prompt or a smaller batch")
     # The most new tokens that fit: the need grows with the length, so bisect.
     low, high = 0, max_new_tokens  # fits at low, not at high
     while high - low > 1:
         middle = (low + high) // 2
         low, high = (middle, high) if _decode_memory(stack, batch, prompt_len + middle) <= available else (low, middle)
-    parser.error(f"max_new_tokens: {max_new_tokens:,} new tokens x batch {batch} need about {_gigabytes(need)} of "
-                 f"decode state, more than the {_gigabytes(available)} of memory available; at most {low:,} fit")
+    parser.error(f"max_new_tokens: {max_new_tokens:,} new tokens x batch {batch} need about {format_bytes(need)} of "
+                 f"decode state, more than the {format_bytes(available)} of memory available; at most {low:,} fit")
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -313,7 +223,7 @@ def generate_main(argv: list[str]) -> None:
         parser.error(f"top_k: must be in [1, {vocab}] (at most the vocabulary size), got {args.top_k}")
     tokens = _tokens(args, datamodule, parser)
     if not tokens:
-        parser.error("prompt: empty")
+        parser.error(f"{'prompt' if args.prompt_tokens is None else 'prompt_tokens'}: empty; give at least one token")
     _check_memory(stack, args.batch, len(tokens), args.max_new_tokens, parser)
 
     # The identity rules of fit/validate: 'last' is this run's newest, a file must be this run's.

@@ -31,8 +31,17 @@ _UNRECOGNISED = re.compile(r"unrecognized arguments: (?P<args>.*)")
 _NOT_ACCEPT_OPTION = re.compile(r"(?:Group '(?P<group>[^']+)' )?does not accept option '(?P<key>[^']+)'")
 # A nested key's own report: its header, then the first line saying what is wrong.
 _KEY_AND_WHY = re.compile(r'Parser key "(?P<name>[^"]+)":\s*\n\s*(?P<why>\S.*)')
+# A class_path that is not an import path, or names a class of the wrong kind.
+_BAD_CLASS_PATH = re.compile(r"- (?:Expected (?:a )?dot import path string: .*|"
+                             r"Import path (?:\S+ )?(?P<kind>does not correspond to a subclass of \w+))")
+# The first of a union report's errors that is not "Expected a <class 'NoneType'>".
+_FIRST_ERROR = re.compile(r"^\s*- (?!Expected a <class 'NoneType'>|Does not validate)(?P<why>\S.*)$", re.M)
+_GIVEN_CLASS_PATH = re.compile(r"NestedArg\(key='class_path', val='(?P<value>[^']*)'\)")
+_TYPE_AND_VALUE = re.compile(r"Expected a <class '(?P<type>\w+)'>\. Got value: (?P<value>.*)")
+# A message of the CLI's own checks ("trainer.devices: ..."), as opposed to a jsonargparse report.
+_ALREADY_KEYED = re.compile(r"^[\w.*-]+: (?!\s*$)")
 # A nested parser's report, already keyed by KeyedErrorParser (the key relative to init_args).
-_KEYED = re.compile(r"^(?P<line>[\w.]+: (unknown argument|expected)\b.*)$")
+_KEYED = re.compile(r"^(?P<line>[\w.]+: \S.*)$")
 
 
 def _suggest(name: str, candidates: Iterable[str]) -> str:
@@ -114,17 +123,32 @@ def keyed_line(message: str, option_keys: Iterable[str] = ()) -> str | None:
             close = _suggest(name, _public_names(module)).replace("'", "").replace("mean ", f"mean {module}.")
             return f"{key}.class_path: there is no class {module}.{name}{close}"
         first = next((line.strip() for line in reason.splitlines() if line.strip()), "")
+        if first.startswith("No module named"):
+            return f"{key}.class_path: cannot import {class_path} ({first})"
         if match := _KEYED.match(first):
             return f"{key}.init_args.{match['line']}"
         if match := _KEY_AND_WHY.search(reason):
             return f"{key}.init_args.{match['name']}: {match['why'].strip()}"
         return f"{key}: {class_path}: {first}" if first else None
+    if match := _BAD_CLASS_PATH.search(message):
+        given = _GIVEN_CLASS_PATH.search(message) or _GIVEN.search(message)
+        shown = repr(given["value"].strip()) if given else "the value"
+        why = match["kind"] or "is not a dot import path (package.module.Class)"
+        return f"{key}.class_path: {shown} {why}"
     # A plain value of the wrong type: the types tried, and the value given.
     types = [t for t in _EXPECTED.findall(message) if t != "NoneType"]
     given = _GIVEN.search(message)
     if types and given:
         allowed = " or ".join(dict.fromkeys(types)) + (" or null" if "NoneType" in _EXPECTED.findall(message) else "")
         return f"{key}: expected {allowed}, got {given['value'].strip()!r}"
+    if match := _FIRST_ERROR.search(message):
+        return f"{key}: {match['why'].strip()}"
+    # A one-line report after the key ('Parser key "config": File does not exist: ...').
+    rest = message[section.end():].strip()
+    if rest and "\n" not in rest:
+        if match := _TYPE_AND_VALUE.fullmatch(rest):
+            return f"{key}: expected {match['type']}, got {match['value'].strip()!r}"
+        return f"{key}: {rest}"
     return None
 
 
@@ -133,6 +157,8 @@ class KeyedErrorParser(LightningArgumentParser):
 
     def error(self, message: str, ex: Exception | None = None):
         line = keyed_line(message, self._dotted_keys())
+        if line is None and _ALREADY_KEYED.match(message):
+            line = message  # the CLI's own checks: keyed already
         if line is None or not self.exit_on_error:
             return super().error(line or message, ex)
         sys.stderr.write(f"error: {line}\n")

@@ -18,20 +18,28 @@ import argparse
 import sys
 from pathlib import Path
 
+from hybrids.cli.keyed_argparse import KeyedArgumentParser, text
+
+
+def _folder(value: str) -> Path:
+    return Path(text("a folder", any_bytes=True)(value))
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = KeyedArgumentParser(
         prog="hybrids plot",
         description="Tables and figures of a sweep: tuned axes selected on validation, test figures reported.",
     )
-    parser.add_argument("sweep_dirs", type=Path, nargs="+", metavar="SWEEP_DIR",
+    parser.add_argument("sweep_dirs", type=_folder, nargs="+", metavar="SWEEP_DIR",
                         help="a sweep's folder (one sub-folder with a status.json per run); several are read as one")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=_folder, default=None,
                         help="where to write (default: SWEEP_DIR/plots; required with several folders)")
-    parser.add_argument("--metric", default="val/acc", help="validation metric that selects the tuned axes")
+    parser.add_argument("--metric", type=text("a metric, e.g. val/acc"), default="val/acc",
+                        help="validation metric that selects the tuned axes")
     parser.add_argument("--mode", choices=("max", "min"), default="max", help="whether --metric is maximised")
-    parser.add_argument("--report", default="test/acc", help="metric reported for the selected setting")
-    parser.add_argument("--tuned", nargs="*", default=None,
+    parser.add_argument("--report", type=text("a metric, e.g. test/acc"), default="test/acc",
+                        help="metric reported for the selected setting")
+    parser.add_argument("--tuned", type=text("an axis name, e.g. lr"), nargs="*", default=None,
                         help="tuned axes (default: those the runs list as tuned, e.g. lr)")
     return parser
 
@@ -75,7 +83,7 @@ def plot_main(argv: list[str]) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if len(args.sweep_dirs) > 1 and args.out is None:
-        parser.error("--out is required with several sweep folders")
+        parser.error("out: required with several sweep folders (where the plots of all of them go)")
     # pandas and matplotlib load here, so that a typo in the arguments answers at once.
     import math
 
@@ -104,13 +112,13 @@ def plot_main(argv: list[str]) -> int:
     table = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
     where = ", ".join(map(str, args.sweep_dirs))
     known = [c for c in table.columns if c.startswith(("train_", "val_", "test_"))]
-    for flag, metric in (("--metric", args.metric), ("--report", args.report)):
+    for flag, metric in (("metric", args.metric), ("report", args.report)):
         if column_name(metric) not in table:
             return _error(flag, f"no metric {metric!r} in the runs of {where}; they log "
                           f"{', '.join(k.replace('_', '/', 1) for k in known)}")
     missing = [t for t in args.tuned or [] if t not in axis_names(table)]
     if missing:
-        return _error("--tuned", f"{', '.join(missing)}: not an axis of the runs of {where}; their axes are "
+        return _error("tuned", f"{', '.join(missing)}: not an axis of the runs of {where}; their axes are "
                       f"{', '.join(a for a in axis_names(table) if a != 'seed')}")
     # Figures from runs that finished with a finite --metric, or none: empty figures and a
     # table of dashes would pass for a result.
@@ -129,7 +137,7 @@ def plot_main(argv: list[str]) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file in the way, a read-only folder
         why = "a file is in the way" if out.exists() and not out.is_dir() else err.strerror or str(err)
-        return _error("--out" if args.out is not None else str(out), f"cannot write the plots to {out}: {why}")
+        return _error("out" if args.out is not None else str(out), f"cannot write the plots to {out}: {why}")
     table.to_csv(out / "runs.csv", index=False)
     points.to_csv(out / "points.csv", index=False)
     # The frontier's direction follows the reported metric (a loss or bits per byte: lower is

@@ -28,43 +28,46 @@ from typing import Any
 
 import yaml
 
+from hybrids.cli.keyed_argparse import KeyedArgumentParser, in_range, integer, number, text
 from hybrids.lab.sweeps.execute import RunTask, execute_run, is_finished, mark_orphaned, read_json, write_json
 from hybrids.lab.sweeps.local import SweepInterrupted, run_locally
 from hybrids.lab.sweeps.matching import Unmatched, solve_plan
 from hybrids.lab.sweeps.measure import BuildError, measure
 from hybrids.lab.sweeps.spec import RunPlan, SweepError, expand, load_sweep
+from hybrids.train.folders import unwritable
 from hybrids.train.model_args import unnest
 
 EXIT_FAILED, EXIT_BAD_SWEEP = 1, 2
 
 
+# More concurrent runs, or threads per run, than any machine this runs on has cores for: a typo.
+MAX_PARALLEL = 1024
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = KeyedArgumentParser(
         prog="hybrids sweep", description="Expand a sweep file into runs and run them (resumable).",
     )
-    parser.add_argument("file", help="the sweep YAML (see hybrids.lab.sweeps.spec)")
+    count = in_range(integer, f"an integer in [1, {MAX_PARALLEL}]", lambda n: 1 <= n <= MAX_PARALLEL)
+    parser.add_argument("file", type=text("a sweep file", any_bytes=True), help="the sweep YAML (see hybrids.lab.sweeps.spec)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs with parameters and state size; train nothing")
-    parser.add_argument("--workers", type=int, default=1, help="runs at once (local launcher; default 1)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--workers", type=count, default=1, help="runs at once (local launcher; default 1)")
+    parser.add_argument("--threads", type=count, default=1,
                         help="OpenMP/torch threads per run (default 1: concurrent runs with several threads each slow each other down)")
     parser.add_argument("--launcher", choices=("local", "ray"), default="local")
-    parser.add_argument("--gpus", type=float, default=0.0,
+    parser.add_argument("--gpus", type=in_range(number, "a finite number >= 0", lambda g: 0 <= g < float("inf")), default=0.0,
                         help="GPUs each run reserves under --launcher ray (Ray hides the GPUs from a task that asks for none); "
                         "locally, runs see the machine's GPUs as they are")
-    parser.add_argument("--ray-address", default=None,
+    parser.add_argument("--ray-address", type=text("an address: 'auto', 'host:port' or 'ray://...'"), default=None,
                         help="Ray cluster to submit to ('auto', 'host:port', 'ray://...'); default: $RAY_ADDRESS, else a local Ray instance")
-    parser.add_argument("--out", default=None, help="the sweep folder (default runs/sweeps/<name>)")
-    parser.add_argument("--only", action="append", default=[], metavar="GLOB",
+    parser.add_argument("--out", type=text("a folder"), default=None, help="the sweep folder (default runs/sweeps/<name>)")
+    parser.add_argument("--only", type=text("a glob of run names"), action="append", default=[], metavar="GLOB",
                         help="run only the runs whose name matches (repeatable), e.g. 'attention-*'")
     return parser
 
 
 def sweep_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    for flag, value, least in (("--workers", args.workers, 1), ("--threads", args.threads, 1), ("--gpus", args.gpus, 0)):
-        if value < least:
-            print(f"error: {flag}: must be at least {least}, got {value:g}", file=sys.stderr)
-            return EXIT_BAD_SWEEP
     try:
         spec = load_sweep(args.file)
         plans = expand(spec)
@@ -76,7 +79,7 @@ def sweep_main(argv: list[str]) -> int:
     if args.only:
         plans = [p for p in plans if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in args.only)]
         if not plans:
-            print(f"error: --only: no run matches {' or '.join(args.only)}; the runs are "
+            print(f"error: only: no run matches {' or '.join(args.only)}; the runs are "
                   f"{', '.join(all_names[:8])}{' ...' if len(all_names) > 8 else ''}", file=sys.stderr)
             return EXIT_BAD_SWEEP
     problems = prepare(plans, spec.match)
@@ -85,6 +88,10 @@ def sweep_main(argv: list[str]) -> int:
         return EXIT_BAD_SWEEP if problems else 0
 
     out = Path(args.out or Path("runs") / "sweeps" / spec.name).resolve()
+    problem = unwritable(out)
+    if problem:
+        print(f"error: {'out' if args.out else 'file'}: the sweep folder {out} cannot be written: {problem}", file=sys.stderr)
+        return EXIT_BAD_SWEEP
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(spec.path, out / "sweep.yaml")
     # The runs of the sweep as the file stands (all of them, --only or not): hybrids.lab.analysis

@@ -91,14 +91,14 @@ def test_a_decode_state_larger_than_memory_is_refused_before_allocating(generate
     code, _, err = generate("--prompt", "abc", "--max_new_tokens", str(10**12))
     assert code == 2
     # 10**12 tokens x (32 elements x 4 bytes + 16 bytes of token ids) = 144 TB: more than any machine's memory.
-    assert re.fullmatch(r"error: max_new_tokens: 1,000,000,000,000 new tokens x batch 1 need about 144,000\.0 GB "
+    assert re.fullmatch(r"error: max_new_tokens: 1,000,000,000,000 new tokens x batch 1 need about 144\.0 TB "
                         r"of decode state, more than the [\d,.]+ [GM]B of memory available; at most [\d,]+ fit",
                         keyed(err)), err
 
 
 def test_the_memory_refusal_says_how_many_tokens_fit(generate, nothing_allocated, monkeypatch):
     # 144 bytes per token (above): 144,000 bytes hold 1,000 tokens, the 3 of the prompt and 997 new.
-    monkeypatch.setattr(generate_cli, "_available_memory", lambda device: 144_000)
+    monkeypatch.setattr(generate_cli, "available_memory", lambda device: 144_000)
     code, _, err = generate("--prompt", "abc", "--max_new_tokens", "5000")
     assert code == 2
     assert keyed(err) == ("error: max_new_tokens: 5,000 new tokens x batch 1 need about 0.7 MB of decode state, more "

@@ -136,9 +136,9 @@ def test_plot_refuses_folders_without_runs_files_and_missing_paths(tmp_path, cap
     assert refused(capsys, plot_main([str(tmp_path / "sweep"), str(empty), "--out", str(tmp_path / "o")])).startswith(
         f"error: {empty}: no runs in it")
     assert refused(capsys, plot_main([str(tmp_path / "sweep"), "--metric", "val/bpb"])).startswith(
-        "error: --metric: no metric 'val/bpb' in the runs of")
+        "error: metric: no metric 'val/bpb' in the runs of")
     assert refused(capsys, plot_main([str(tmp_path / "sweep"), "--out", str(file)])) == (
-        f"error: --out: cannot write the plots to {file}: a file is in the way")
+        f"error: out: cannot write the plots to {file}: a file is in the way")
 
 
 # -- runs whose sweep died ---------------------------------------------------------------------------
