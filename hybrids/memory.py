@@ -42,27 +42,48 @@ def available_memory(device: torch.device | str = "cpu") -> int | None:
     return available
 
 
-def cgroup_room() -> int | None:
+def cgroup_room(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")) -> int | None:
     """Bytes left under this process's cgroup memory limit (a container's limit can be far below
-    the host's free memory, and exceeding it kills the process without a word), or None."""
+    the host's free memory, and exceeding it kills the process without a word), or None.
+
+    The usage counted is the cgroup's less its inactive page cache, as ``docker stats`` counts it:
+    the raw usage includes cached files the kernel reclaims before it kills anything, and can
+    sit near the limit in a container that has plenty of room."""
     try:
-        groups = Path("/proc/self/cgroup").read_text().splitlines()
+        groups = (proc / "self" / "cgroup").read_text().splitlines()
     except OSError:
         return None
     unified = next((line[3:] for line in groups if line.startswith("0::")), None)
-    candidates = [("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")]  # v1
+    own = next((line.split(":", 2)[2] for line in groups if line.split(":")[1:2] == ["memory"]), "")
+    v1 = cgroups / "memory" / own.lstrip("/")
+    if not v1.is_dir():  # a cgroup namespace shows its own root here
+        v1 = cgroups / "memory"
+    candidates = [(v1 / "memory.limit_in_bytes", v1 / "memory.usage_in_bytes", v1 / "memory.stat", "total_inactive_file")]
     if unified is not None:  # v2
-        folder = Path("/sys/fs/cgroup", unified.lstrip("/"))
-        candidates.insert(0, (folder / "memory.max", folder / "memory.current"))
-    for limit_file, usage_file in candidates:
+        folder = cgroups / unified.lstrip("/")
+        candidates.insert(0, (folder / "memory.max", folder / "memory.current", folder / "memory.stat", "inactive_file"))
+    for limit_file, usage_file, stat_file, cache_field in candidates:
         try:
-            limit = Path(limit_file).read_text().strip()
+            limit = limit_file.read_text().strip()
             if limit == "max":
                 continue
-            return max(int(limit) - int(Path(usage_file).read_text()), 0)
+            usage = int(usage_file.read_text())
         except (OSError, ValueError):
             continue
+        return max(int(limit) - usage + _stat_field(stat_file, cache_field), 0)
     return None
+
+
+def _stat_field(path: Path, field: str) -> int:
+    """A field of a cgroup ``memory.stat`` file, in bytes (0 where it cannot be read)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == field:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def format_bytes(n: float) -> str:

@@ -6,23 +6,28 @@ mixer that takes it (``heads``, ``d_state``, ``rotary_base``...), so its range i
 ``ValueError("<argument>: <what is wrong>")``, which the CLI keys
 (``model.init_args.stack.mixers.A.init_args.heads: ...``). Checks that relate arguments to each
 other (``heads`` dividing ``d_model``, ``top_k <= memory_size``) stay in the mixers. An argument
-of a user's mixer that is not listed here is not checked.
+of a user's mixer is not checked (the same name may mean something else there).
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
 
 def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def integer(value: Any) -> bool:
+    return _integer(value)
 
 
 def positive_int(value: Any) -> bool:
@@ -37,6 +42,10 @@ def positive_number(value: Any) -> bool:
     return _number(value) and value > 0
 
 
+def non_negative_number(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
 def fraction(value: Any) -> bool:  # [0, 1)
     return _number(value) and 0 <= value < 1
 
@@ -46,7 +55,9 @@ def open_unit(value: Any) -> bool:  # (0, 1)
 
 
 _RULES: dict[Callable[[Any], bool], str] = {
+    integer: "an integer",
     positive_int: "a positive integer",
+    non_negative_number: "a finite number >= 0",
     non_negative_int: "an integer >= 0",
     positive_number: "a finite number > 0",
     fraction: "in [0, 1)",
@@ -61,10 +72,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], bool]] = {
     **{name: (positive_int, True) for name in (
         "kv_heads", "head_dim", "d_rnn", "window", "l_max", "rank", "num_features", "feature_dim")},
     **{name: (non_negative_int, False) for name in ("global_tokens", "random_blocks", "memory_size")},
-    "seed": (non_negative_int, True),
+    "seed": (integer, True),  # torch.Generator.manual_seed takes any 64-bit integer
     **{name: (positive_number, False) for name in (
-        "rotary_base", "expand", "dt_min", "dt_max", "dt_init_floor", "dt_scale", "norm_eps", "eps",
-        "gate_temperature", "c")},
+        "rotary_base", "expand", "dt_min", "dt_max", "dt_scale", "norm_eps", "gate_temperature", "c")},
+    **{name: (non_negative_number, False) for name in ("dt_init_floor", "eps")},
     "B_clip": (positive_number, True),
     "dropout": (fraction, False),
     "a_min": (open_unit, False),
@@ -74,16 +85,22 @@ RANGES: dict[str, tuple[Callable[[Any], bool], bool]] = {
 
 def check_arguments(init: Callable[..., None], args: tuple, kwargs: dict[str, Any]) -> None:
     """Raise ``ValueError("<argument>: must be ..., got ...")`` for the first argument given to
-    the constructor ``init`` (after ``self``) that is out of its range in :data:`RANGES`."""
+    the constructor ``init`` (after ``self``) that is out of its range in :data:`RANGES`. Only the
+    zoo's own mixers are checked: a user's mixer may mean something else by the same name."""
+    if not getattr(init, "__module__", "").startswith("hybrids."):
+        return
+    signature = inspect.signature(init)
     try:
-        bound = inspect.signature(init).bind_partial(None, *args, **kwargs)
+        bound = signature.bind_partial(None, *args, **kwargs)
     except TypeError:
         return  # a wrong call: Python's own error says what
     for name, value in bound.arguments.items():
         rule = RANGES.get(name)
-        if rule is None or (value is None and rule[1]):
+        if rule is None:
             continue
         check, none_ok = rule
-        if check(value):
+        parameter = signature.parameters[name]
+        takes_none = none_ok and (parameter.default is None or "None" in str(parameter.annotation))
+        if (value is None and takes_none) or check(value):
             continue
-        raise ValueError(f"{name}: must be {_RULES[check]}{' (or null)' if none_ok else ''}, got {value!r}")
+        raise ValueError(f"{name}: must be {_RULES[check]}{' (or null)' if takes_none else ''}, got {value!r}")

@@ -16,29 +16,44 @@ from hybrids.errors import ConfigError
 from hybrids.memory import available_memory, format_bytes
 from hybrids.model.blocks import MLP, Block
 from hybrids.model.config import StackConfig
-from hybrids.model.mixer_specs import build_mixer
+from hybrids.model.mixer_specs import import_class
 
 
 def layers_per_letter(pattern: str, n_layers: int | None) -> dict[str, int]:
-    """How many layers each letter of ``pattern`` gets, ``pattern`` repeated (and cut) to
-    ``n_layers``: arithmetic, so that a huge ``n_layers`` costs nothing to count."""
+    """How many layers each letter of ``pattern`` gets (letters that get none left out),
+    ``pattern`` repeated (and cut) to ``n_layers``: arithmetic, so that a huge ``n_layers``
+    costs nothing to count."""
     n_layers = len(pattern) if n_layers is None else n_layers
     whole, rest = divmod(n_layers, len(pattern))
-    return {letter: whole * pattern.count(letter) + pattern[:rest].count(letter) for letter in dict.fromkeys(pattern)}
+    counts = {letter: whole * pattern.count(letter) + pattern[:rest].count(letter) for letter in dict.fromkeys(pattern)}
+    return {letter: n for letter, n in counts.items() if n}  # a letter cut off by n_layers is not built
 
 
 def _block_parameters(config: StackConfig, letter: str) -> int | None:
-    """Parameters of one block with ``letter``'s mixer (None where it cannot be built on meta:
-    a mixer whose constructor computes on real tensors)."""
+    """Parameters of one block with ``letter``'s mixer, or None where it cannot be built on meta
+    (a mixer whose constructor computes on real tensors, or a spec the real build will refuse
+    with its own keyed error)."""
+    spec = config.mixer_specs[letter]
     hidden = int(round(config.mlp_expand * config.d_model))
+    key = (repr(spec), config.d_model, hidden, config.mlp)
+    if key not in _BLOCK_PARAMETERS:
+        _BLOCK_PARAMETERS[key] = _count_on_meta(spec, config.d_model, hidden, config.mlp)
+    return _BLOCK_PARAMETERS[key]
+
+
+# (spec, d_model, MLP width, MLP kind) -> parameters of one block: the same stack is built over
+# and over (tests, sweeps, each CLI command), and a mixer that fails on meta fails slowly.
+_BLOCK_PARAMETERS: dict[tuple, int | None] = {}
+
+
+def _count_on_meta(spec, d_model: int, hidden: int, mlp: str) -> int | None:
     try:
+        cls = import_class(spec["class_path"], "class_path")
         with torch.device("meta"):
-            mixer = build_mixer(config.mixer_specs[letter], config.d_model, key=f"mixers.{letter}")
-            channel = MLP(config.d_model, hidden, config.mlp) if hidden > 0 else None
-            block = Block(config.d_model, mixer, channel)
-    except ConfigError:
-        raise
-    except Exception:  # noqa: BLE001 (not countable this way: the real build says what is wrong)
+            mixer = cls(d_model, **dict(spec.get("init_args") or {}))
+            channel = MLP(d_model, hidden, mlp) if hidden > 0 else None
+            block = Block(d_model, mixer, channel)
+    except Exception:  # noqa: BLE001 (not countable this way; the real build reports a bad spec)
         return None
     return sum(p.numel() for p in block.parameters())
 

@@ -22,7 +22,6 @@ from torch import nn
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.errors import ConfigError, StateSizeUnknown, config_section
 from hybrids.model import HybridLM, StackConfig
-from hybrids.model.size_check import check_stack_fits
 from hybrids.train.checkpoints import IDENTITY_KEY
 from hybrids.train.divergence import NEVER, DivergenceError
 from hybrids.train.long_context import LengthTooLong, labelled_logits_chunked
@@ -124,10 +123,7 @@ class LanguageModel(L.LightningModule):
         self.run_identity: dict[str, Any] | None = None
         self.config = stack
         with config_section("model", "stack"):
-            # Training holds four float32 copies of the weights: the weights, their gradients and
-            # AdamW's two moments (activations come on top, and grow with the batch).
-            check_stack_fits(self.config, copies=4, what="training's weights, gradients and AdamW moments")
-            self.model = HybridLM(self.config)
+            self.model = HybridLM(self.config)  # refused first if its weights cannot fit (size_check)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,

@@ -107,7 +107,7 @@ def sparse_attention(
     if q.numel() == 0 or k.numel() == 0:
         return q.clone()  # nothing to attend to; the backends' tilings assume non-empty inputs
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return SPARSE_ATTENTION.function(backend)(q, k, v, pattern, scale)
+    return SPARSE_ATTENTION.function(backend)(q, k, v, pattern.within(q.shape[-2]), scale)
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

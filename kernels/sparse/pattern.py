@@ -3,6 +3,7 @@ BigBird random key blocks) and its dense rule, shared by every sparse-attention 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -62,6 +63,16 @@ class SparsePattern:
             raise ValueError(f"block_size: must be positive, got {self.block_size}")
         if not isinstance(self.causal, bool):
             raise ValueError(f"causal: must be a bool, got {self.causal!r}")
+
+    def within(self, L: int) -> "SparsePattern":
+        """The same rule over ``L`` positions with every length capped at ``L`` (a window,
+        dilation, global span or block longer than the sequence acts as one exactly ``L`` long:
+        a dilation >= L keeps only the diagonal, a block >= L is the one block), so that no
+        backend sizes a tensor by a value beyond the sequence. ``self`` where nothing exceeds L."""
+        L = max(L, 1)
+        capped = {name: L for name in ("window", "dilation", "global_tokens", "block_size")
+                  if getattr(self, name) is not None and getattr(self, name) > L}
+        return dataclasses.replace(self, **capped) if capped else self
 
     def random_key_blocks(self, L: int) -> torch.Tensor:
         """The random key blocks of each query block: int64 (n_blocks, min(random_blocks, n_blocks)),

@@ -220,6 +220,9 @@ def fit_cases(paths: Paths, corpus: Path) -> Iterator[Case]:
                 yield Case("fit", key, f"{name} {label}", (*base, f"--{key}={value}"))
 
 
+YAML_FLOATS = {"nan": ".nan", "1e400": ".inf"}
+
+
 def mixer_cases() -> Iterator[Case]:
     """Every argument of every mixer class, given through the stack's ``mixers`` (one letter,
     ``A``, whose spec is replaced whole: the way the CLI overrides a mixer)."""
@@ -238,6 +241,8 @@ def mixer_cases() -> Iterator[Case]:
             if len(values) > 2:
                 # "" is the wrong type as "1.5" or "abc" is, to the same check: one of them is enough here.
                 values.pop("empty", None)
+            # Inside YAML, NaN and infinity are spelled .nan and .inf ("nan" would be a string).
+            values = {label: YAML_FLOATS.get(value, value) for label, value in values.items()}
             for label, value in values.items():
                 spec = "{A: {class_path: %s.%s, init_args: {%s: %s}}}" % (
                     cls.__module__, cls.__qualname__, parameter.name, _yaml_scalar(value))

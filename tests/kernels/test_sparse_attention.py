@@ -359,3 +359,23 @@ def test_more_random_blocks_than_exist_is_all_of_them(backend):
     with torch.no_grad():
         assert rel_err(sparse_attention(q, k, v, huge, backend=backend),
                        sparse_attention(q, k, v, exact, backend=backend)) == 0
+
+
+@pytest.mark.parametrize("huge, capped", [
+    ({"window": 4, "dilation": 10**12}, {"window": 4, "dilation": 300}),
+    ({"window": 10**12}, {"window": 300}),
+    ({"window": 4, "global_tokens": 10**12}, {"window": 4, "global_tokens": 300}),
+    ({"window": 4, "random_blocks": 2, "block_size": 10**12}, {"window": 4, "random_blocks": 2, "block_size": 300}),
+], ids=["dilation", "window", "global", "block"])
+@pytest.mark.parametrize("backend", ["reference", "banded", "masked_sdpa"])
+def test_lengths_beyond_the_sequence_act_as_the_sequence(huge, capped, backend):
+    """A window, dilation, global span or block longer than L is capped at L before a backend
+    sizes anything by it (SparsePattern.within): the rule is the same (dense masks equal), and
+    so are the outputs, at L = 300 where the CPU default is the banded backend."""
+    L = 300
+    assert torch.equal(SparsePattern(**huge).dense_mask(L), SparsePattern(**capped).dense_mask(L))
+    assert SparsePattern(**huge).within(L) == SparsePattern(**capped)
+    q, k, v = random_qkv(L, HEADS, batch=1)
+    with torch.no_grad():
+        assert rel_err(sparse_attention(q, k, v, SparsePattern(**huge), backend=backend),
+                       sparse_attention(q, k, v, SparsePattern(**capped), backend=backend)) == 0

@@ -4,6 +4,7 @@ allocates whole is checked at construction."""
 
 import inspect
 
+import numpy as np
 import pytest
 
 import hybrids.mixers as mixers
@@ -17,7 +18,7 @@ from hybrids.model.mixer_specs import build_mixer
 @pytest.mark.parametrize("cls, name, value", [
     (Attention, "heads", 0), (Attention, "rotary_base", -1.0), (Attention, "dropout", 1.0),
     (Attention, "head_dim", 0), (Mamba, "d_state", -3), (Mamba, "dt_scale", float("nan")),
-    (LinearAttention, "seed", -1), (SparseAttention, "global_tokens", -1), (RGLRU, "a_max", 1.0),
+    (LinearAttention, "seed", 1.5), (SparseAttention, "global_tokens", -1), (RGLRU, "a_max", 1.0),
     (MemorizingAttention, "memory_size", -1), (S4, "B_clip", 0.0),
 ])
 def test_an_argument_out_of_range_is_named(cls, name, value):
@@ -25,9 +26,33 @@ def test_an_argument_out_of_range_is_named(cls, name, value):
         cls(16, **{name: value})
 
 
-def test_null_where_the_argument_allows_it():
-    Attention(16, kv_heads=None, head_dim=None)
+def test_values_that_were_valid_stay_valid():
+    Attention(16, kv_heads=None, head_dim=None, heads=np.int64(2))  # numpy integers are integers
     S4(16, d_state=4, B_clip=None)
+    LinearAttention(16, heads=2, eps=0.0, seed=-1)  # manual_seed takes negative seeds
+    SparseAttention(16, heads=2, seed=-5)
+    Mamba(16, d_state=4, dt_init_floor=0.0)
+    with pytest.raises(ValueError, match=r"^seed: must be an integer, got None"):  # no "(or null)": 0 is its default
+        SparseAttention(16, heads=2, seed=None)
+
+
+def test_a_users_mixer_is_not_held_to_the_zoos_names():
+    class Chunky(Mixer):  # chunk_size None means something else here
+        def __init__(self, d_model, chunk_size=None):
+            super().__init__(d_model)
+            self.chunk_size = chunk_size
+
+        def forward(self, x):
+            return x
+
+        def init_state(self, batch_size):
+            return {}
+
+        def step(self, x, state):
+            return x, state
+
+    Chunky(8, chunk_size=None)
+    Chunky(8, chunk_size=-3)
 
 
 def test_every_ranged_name_is_an_argument_of_some_mixer():
