@@ -46,8 +46,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from hybrids.cli.fit_checks import culprit, defaults_of, first_line, text_problem, value_problem
 from hybrids.cli.parse_errors import KeyedErrorParser
 from hybrids.data.loading import ResumableOrder
+from hybrids.learning_status import Criterion
 from hybrids.train.atomic_checkpoint import AtomicCheckpointIO
-from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted, ValidateAtMaxSteps
+from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted, StopWhenSolved, ValidateAtMaxSteps
 from hybrids.train.checkpoints import (
     EVALUATIONS, CheckpointRequestError, checkpoint_roots, evaluated_run_folder, resolve_checkpoint,
 )
@@ -85,6 +86,11 @@ class HybridsCLI(LightningCLI):
             "--test_after_fit", type=bool, default=False,
             help="After fit, evaluate the final weights on the test set in the same process and log "
             "test/loss and test/acc beside the run's validation figures (sweeps use it).",
+        )
+        parser.add_argument(
+            "--stop_when_solved", type=bool, default=True,
+            help="End fit at the first validation where the task is solved (the data module's criterion, "
+            "e.g. val/acc >= 0.99 on the synthetic tasks); false trains the whole budget.",
         )
         parser.add_argument(
             "--load_weights_only", type=bool, default=False,
@@ -175,6 +181,10 @@ class HybridsCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if self.subcommand == "fit":
             callbacks = [*callbacks, GracefulInterrupt(), ValidateAtMaxSteps()]
+            criterion = getattr(self.datamodule, "criterion", None)
+            solvable = isinstance(criterion, Criterion) and criterion.threshold is not None
+            if solvable and self.config["fit"].get("stop_when_solved"):
+                callbacks.append(StopWhenSolved(criterion))
         given = dict(config)
         try:
             trainer = super()._instantiate_trainer(config, callbacks)

@@ -308,8 +308,10 @@ def record_launcher_failure(run_dir: Path, result: dict[str, Any]) -> None:
 def _outcome(status: dict[str, Any]) -> str:
     metrics = status.get("metrics") or {}
     if status.get("status") == "done":
+        learning = _learning(status)
         return (f"done, val acc {metrics.get('val/acc', float('nan')):.4f}, test acc "
-                f"{metrics.get('test/acc', float('nan')):.4f} ({status.get('wall_s', 0):.0f} s)")
+                f"{metrics.get('test/acc', float('nan')):.4f}{', ' + learning if learning else ''} "
+                f"({status.get('wall_s', 0):.0f} s)")
     return f"{status.get('status')}: {status.get('error')}"
 
 
@@ -318,13 +320,15 @@ def print_summary(statuses: list[dict[str, Any]], out: Path, wall: float) -> Non
     for s in statuses:
         counts[s.get("status", "?")] = counts.get(s.get("status", "?"), 0) + 1
     width = max((len(str(s.get("name"))) for s in statuses), default=10)
-    print(f"\n{'run':<{width}}  {'status':<11} {'val acc':>8} {'test acc':>8} {'params':>10} {'state':>10} {'wall s':>7}")
+    print(f"\n{'run':<{width}}  {'status':<11} {'val acc':>8} {'test acc':>8} {'params':>10} {'state':>10} {'wall s':>7}"
+          "  learning")
     for s in statuses:
         m = s.get("metrics") or {}
         val, test = m.get("val/acc"), m.get("test/acc")
         print(f"{str(s.get('name')):<{width}}  {str(s.get('status')):<11} "
               f"{'' if val is None else f'{val:.4f}':>8} {'' if test is None else f'{test:.4f}':>8} "
-              f"{_count(s.get('params')):>10} {_count(s.get('state_size')):>10} {s.get('wall_s') or 0:>7.0f}")
+              f"{_count(s.get('params')):>10} {_count(s.get('state_size')):>10} {s.get('wall_s') or 0:>7.0f}"
+              f"  {_learning(s)}")
     failed = [s for s in statuses if s.get("status") not in ("done", "pending")]
     if failed:
         print("\nnot done:")
@@ -332,6 +336,16 @@ def print_summary(statuses: list[dict[str, Any]], out: Path, wall: float) -> Non
             print(f"  {s.get('name')}: {s.get('status')}: {s.get('error')}")
     print(f"\n{', '.join(f'{n} {k}' for k, n in sorted(counts.items()))}; this invocation took {wall:.0f} s; "
           f"tables and figures: hybrids plot {out}")
+
+
+def _learning(status: dict[str, Any]) -> str:
+    """"solved at step 400", "plateaued", "still improving" (hybrids.learning_status); "" if unknown."""
+    learning = status.get("learning")
+    if not isinstance(learning, dict) or not learning.get("status"):
+        return ""
+    if learning["status"] == "solved" and learning.get("solved_step") is not None:
+        return f"solved at step {learning['solved_step']:,}"
+    return str(learning["status"])
 
 
 def _count(value: Any) -> str:

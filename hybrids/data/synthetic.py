@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from hybrids.data.loading import ResumableOrder
 from hybrids.errors import ConfigError, config_section
+from hybrids.learning_status import Criterion
 from hybrids.memory import available_memory, format_bytes
 
 
@@ -86,6 +87,9 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
     """
 
     extra_metrics: tuple[str, ...] = ()
+    #: When a run of the task has finished learning (hybrids.learning_status): solved at
+    #: val/acc >= 0.99, plateaued when the last quarter of the budget gains less than 0.01.
+    criterion: Criterion = Criterion()
 
     def __init__(self, num_train_examples: int, num_val_examples: int, num_test_examples: int,
                  batch_size: int, seed: int, order_seed: int | None, num_workers: int) -> None:

@@ -80,4 +80,18 @@ def run_values(logs: str | Path) -> dict[str, float]:
     return merged
 
 
-__all__ = ["COUNTERS", "METRICS_FILE", "last_values", "newest_version", "read_log", "run_values", "versions"]
+def run_curve(logs: str | Path, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged ``metric`` of a run's ``logs`` folder, over all its versions,
+    by step (a step logged again by a resumed version takes the newer value); a logged NaN stays."""
+    by_step: dict[int, float] = {}
+    for version in reversed(versions(logs)):  # oldest first, so that newer values overwrite
+        values, filled = _cells(version)
+        if metric not in values or "step" not in values:
+            continue
+        rows = filled[metric] & values["step"].notna()
+        for step, value in zip(values["step"][rows], values[metric][rows]):
+            by_step[int(step)] = float(value)
+    return sorted(by_step.items())
+
+
+__all__ = ["COUNTERS", "METRICS_FILE", "last_values", "newest_version", "read_log", "run_curve", "run_values", "versions"]

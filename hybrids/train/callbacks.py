@@ -1,5 +1,5 @@
-"""Callbacks the CLI adds to every ``fit``: stopping cleanly on SIGTERM / SIGINT, and a validation
-at the last step of a run stopped by ``max_steps``."""
+"""Callbacks the CLI adds to every ``fit``: stopping cleanly on SIGTERM / SIGINT, a validation at
+the last step of a run stopped by ``max_steps``, and stopping once the task is solved."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+
+from hybrids.learning_status import Criterion
 
 # Exit status of a run stopped by a signal: the shell's convention, 128 + the signal's number.
 EXIT_CODES = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT}
@@ -143,3 +145,25 @@ class ValidateAtMaxSteps(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
         if trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True
+
+
+class StopWhenSolved(Callback):
+    """End ``fit`` at the first validation where the task is solved (its
+    :class:`~hybrids.learning_status.Criterion`: ``val/acc >= 0.99`` on the synthetic tasks), so
+    that a solved run frees its core for the slow learners. The run ends as one stopped by
+    ``max_steps`` does: its checkpoints written, its figures those of that validation."""
+
+    def __init__(self, criterion: Criterion) -> None:
+        self.criterion = criterion
+        self.solved_step: int | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.solved_step is not None:
+            return
+        value = trainer.callback_metrics.get(self.criterion.metric)
+        if value is None or not self.criterion.reached(float(value)):
+            return
+        self.solved_step = trainer.global_step
+        trainer.should_stop = True
+        rank_zero_info(f"hybrids: solved at step {trainer.global_step}: {self.criterion.metric} {float(value):.4f} "
+                       f"reached {self.criterion.threshold}; stopping (--stop_when_solved false trains the whole budget)")

@@ -247,7 +247,7 @@ def test_plot_command_writes_figures_and_tables(tmp_path, capsys):
     printed = capsys.readouterr().out
     row = next(line.split() for line in printed.splitlines() if line.startswith("attn") and " 32 " in line)
     assert row[:6] == ["attn", "64", "4", "32", f"{40 * 32:,}", f"{1000 * 32:,}"]
-    assert row[6] == "0.001" and row[7] == f"{0.2 + 32 / 200 + 0.005:.4f}" and row[-3:] == ["2", "(1", "failed)"]
+    assert row[6] == "0.001" and row[7] == f"{0.2 + 32 / 200 + 0.005:.4f}" and row[-4:] == ["2", "(1", "failed)", "-"]  # no logs: nothing to tell learning from
     # The default folder, and a missing one.
     markdown = (out / "points.md").read_text().splitlines()
     assert markdown[0].startswith("| family | seq_len | kv | width |") and len(markdown) == 2 + 12

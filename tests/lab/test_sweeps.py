@@ -305,6 +305,10 @@ def test_real_sweep_runs_skips_on_rerun_and_logs_the_dry_run_figures(tmp_path):
     for name, status in found.items():
         assert status["status"] == "done" and status["attempts"] == 1
         assert 0 <= status["metrics"]["val/acc"] <= 1 and 0 <= status["metrics"]["test/acc"] <= 1
+        # Whether it finished learning, from its validation curve (one epoch, validated once:
+        # too short to tell), against the task's criterion.
+        assert status["learning"]["metric"] == "val/acc"
+        assert status["learning"]["status"] == "too short to tell" and status["learning"]["budget"] >= 1
         # The dry run's figures are those of the real build, as the run logged them.
         assert int(printed[name][2].replace(",", "")) == status["params"] == status["logged_params"]
         assert int(printed[name][3].replace(",", "")) == status["state_size"] == status["logged_state_size"]

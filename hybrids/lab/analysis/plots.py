@@ -2,7 +2,8 @@
 
 Both figures have one panel per task shape (seq_len, num_kv_pairs), as in zoology's Fig. 2, and
 one colour per family, the same in every panel and figure. Error bars span the seeds' min to max
-of the reported metric. Pass ``fig`` (a ``matplotlib.figure.Figure``) to draw without pyplot,
+of the reported metric. A point whose runs had not finished learning (``learning``: still
+improving, or too short to tell) is drawn hollow: its figure is about the budget. Pass ``fig`` (a ``matplotlib.figure.Figure``) to draw without pyplot,
 e.g. headless in ``hybrids plot``; without it a pyplot figure is made, which a notebook shows.
 """
 
@@ -108,7 +109,23 @@ def _spread(rows: pd.DataFrame, report_col: str) -> tuple[np.ndarray, np.ndarray
     return mean, np.vstack([low, high])
 
 
-def _finish(fig, axes, report: str, xlabel: str, colours: dict[str, Any], title: str | None):
+def _unfinished(rows: pd.DataFrame) -> np.ndarray:
+    """Which points come from runs that had not finished learning (some seed still improving, or
+    validated too rarely to tell): drawn hollow, since their figure is about the budget."""
+    if "learning" not in rows:
+        return np.zeros(len(rows), dtype=bool)
+    text = rows["learning"].astype(str)
+    return (text.str.contains("still improving") | text.str.contains("too short")).to_numpy()
+
+
+def _mark_unfinished(ax, x: np.ndarray, y: np.ndarray, unfinished: np.ndarray, colour) -> None:
+    if unfinished.any():
+        ax.scatter(x[unfinished], y[unfinished], s=36, facecolors="white", edgecolors=[colour], linewidths=1.5,
+                   zorder=3)
+
+
+def _finish(fig, axes, report: str, xlabel: str, colours: dict[str, Any], title: str | None,
+            any_unfinished: bool = False):
     for ax in axes:
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
@@ -122,6 +139,11 @@ def _finish(fig, axes, report: str, xlabel: str, colours: dict[str, Any], title:
                 if label in colours and label not in labels:
                     handles.append(handle)
                     labels.append(label)
+        if any_unfinished:
+            from matplotlib.lines import Line2D
+
+            handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="grey"))
+            labels.append("open: still improving")
         axes[-1].legend(handles, labels, loc="best", fontsize="small")
     if title:
         fig.suptitle(title)
@@ -159,8 +181,9 @@ def plot_accuracy_vs_width(
         if members.empty:
             continue
         mean, yerr = _spread(members, report_col)
-        ax.errorbar(members["d_model"].to_numpy(dtype=float), mean, yerr=yerr, fmt="o-", capsize=3,
-                    color=colour, label=family)
+        widths = members["d_model"].to_numpy(dtype=float)
+        ax.errorbar(widths, mean, yerr=yerr, fmt="o-", capsize=3, color=colour, label=family)
+        _mark_unfinished(ax, widths, mean, _unfinished(members), colour)
     for ax, panel in zip(axes, panels):
         rows = _panel_rows(points, panel)
         widths = sorted({int(w) for w in rows["d_model"].dropna()}) if "d_model" in rows else []
@@ -169,7 +192,7 @@ def plot_accuracy_vs_width(
             ax.set_xticks(widths, [str(w) for w in widths])
             ax.minorticks_off()
         ax.set_title(_panel_title(panel))
-    _finish(fig, axes, report, "model width (d_model)", _colours(points), title)
+    _finish(fig, axes, report, "model width (d_model)", _colours(points), title, _unfinished(points).any())
     return fig
 
 
@@ -193,10 +216,12 @@ def plot_accuracy_vs_state_size(
             continue
         ax.errorbar(state[shown], mean[shown], yerr=yerr[:, shown], fmt="o", capsize=3, color=colour,
                     label=family, alpha=0.8)
+        _mark_unfinished(ax, state[shown], mean[shown], _unfinished(members)[shown], colour)
         front = pareto_frontier(state[shown], mean[shown], higher_is_better)
         ax.step(state[shown][front], mean[shown][front], where="post", color=colour, linewidth=1.5)
     for ax, panel in zip(axes, panels):
         _log_state_axis(ax)
         ax.set_title(_panel_title(panel))
-    _finish(fig, axes, report, "recurrent state size (elements per sequence)", _colours(points), title)
+    _finish(fig, axes, report, "recurrent state size (elements per sequence)", _colours(points), title,
+            _unfinished(points).any())
     return fig

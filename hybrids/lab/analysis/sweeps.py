@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hybrids.lab.learning import learning_record, summary
 from hybrids.lab.run_status import as_seen
 
 SEED_AXIS = "seed"
@@ -104,6 +105,13 @@ def _run_row(status: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         row.update(target_quantity=target.get("quantity"), target_value=target.get("value"),
                    achieved=target.get("achieved"))
     row["status"] = status.get("status")
+    # Solved, plateaued or still improving: from status.json, or worked out from the run's files
+    # for a run whose status.json predates it.
+    learning = status.get("learning")
+    if not isinstance(learning, dict):
+        learning = learning_record(run_dir) or {}
+    row["learning"] = learning.get("status")
+    row["solved_step"] = learning.get("solved_step")
     row.update(metrics)
     row.update({key: status.get(key) for key in ("wall_s", "attempts", "returncode", "error", "log_dir")})
     row["run_dir"] = str(run_dir)
@@ -370,4 +378,8 @@ def _point_row(
     row["n_failed"] = int((point["status"] == "failed").sum())
     row["n_diverged"] = int(done.sum()) - len(finished)
     row["n_pending"] = len(point) - int(done.sum()) - row["n_failed"]
+    # Whether the chosen setting's seeds finished learning: a figure from runs still improving
+    # says more about the budget than about the architecture.
+    chosen_runs = runs if chosen else point.iloc[0:0]
+    row["learning"] = summary(chosen_runs.get("learning", []), chosen_runs.get("solved_step", []))
     return row

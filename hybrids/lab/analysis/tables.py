@@ -35,7 +35,7 @@ def _rows(points: pd.DataFrame, report: str, tuned: Sequence[str]) -> list[list[
     col = column_name(report)
     tuned = [t for t in tuned if t in points]
     header = ["family", "seq_len", "kv", "width", "state size", "params", *tuned,
-              f"{report} mean ± sem", "[min, max]", "seeds"]
+              f"{report} mean ± sem", "[min, max]", "seeds", "learning"]
     rows = [header]
     for _, p in points.iterrows():
         seeds = str(p.get("n_seeds", "-"))
@@ -50,14 +50,16 @@ def _rows(points: pd.DataFrame, report: str, tuned: Sequence[str]) -> list[list[
             f"{_cell(p.get(f'{col}_mean'), '.4f')} ± {_cell(p.get(f'{col}_sem'), '.4f')}",
             f"[{_cell(p.get(f'{col}_min'), '.4f')}, {_cell(p.get(f'{col}_max'), '.4f')}]",
             seeds,
+            _cell(p.get("learning")),
         ])
     return rows
 
 
 def points_text(points: pd.DataFrame, report: str = "test/acc", tuned: Sequence[str] = ("lr",)) -> str:
     """One line per point: family, seq_len, kv pairs, width, state size, params, the chosen tuned
-    values, the reported metric's mean ± sem and [min, max] over seeds, and the seeds counted
-    (with the point's failed and pending runs, when any: a selection that may still change).
+    values, the reported metric's mean ± sem and [min, max] over seeds, the seeds counted
+    (with the point's failed and pending runs, when any: a selection that may still change), and
+    whether the chosen runs finished learning (solved, plateaued, still improving).
     Columns are separated by two spaces or more, so each line splits back into its cells on runs
     of spaces."""
     lines = _rows(points, report, tuned)

@@ -4,7 +4,8 @@ A run's folder (written by :mod:`hybrids.cli.sweep`) holds::
 
     config.yaml    the resolved config; its logger writes to logs/version_N/
     run.json       the plan: name, axes, tuned axes, size target, figures of the built model
-    status.json    written here: status, final metrics, wall time, attempts, error
+    status.json    written here: status, final metrics, whether it finished learning, wall time,
+                   attempts, error
     output.log     what the run printed, every attempt appended
 
 Each attempt runs ``python -m hybrids fit -c config.yaml --ckpt_path last --test_after_fit
@@ -61,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybrids.lab.learning import learning_record
 from hybrids.lab.metrics_log import newest_version, run_values
 from hybrids.lab.run_status import LOCK_NAME, ORPHAN_ERROR, is_orphaned, this_host
 
@@ -238,6 +240,8 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
     for figure in ("params", "state_size"):
         if figure in metrics and metrics[figure] == metrics[figure]:
             status[f"logged_{figure}"] = int(metrics[figure])
+    # Whether it finished learning: solved, plateaued or still improving (hybrids.lab.learning).
+    status["learning"] = learning_record(run_dir)
     signalled = -returncode if returncode < 0 else returncode - 128 if returncode in INTERRUPTED_CODES else None
     if returncode == 0 and "test/acc" in metrics:
         status["status"] = "done"
