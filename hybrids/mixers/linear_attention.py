@@ -8,8 +8,10 @@ factorises, run as a linear recurrence over a (features, V) state per head on
 - the linear half of Based (Arora et al. 2024): ``feature_map="taylor"`` with q/k projected to
   ``feature_dim=16``, normalised (configs/based.yaml adds the sliding window and short conv);
 - RetNet's retention (Sun et al. 2023): ``feature_map="identity", decay="retnet"``: a fixed
-  decay per head, ``gamma_h = 1 - 2^(-5 - h)``, no normaliser, a per-head RMS norm on the output
-  and a swish output gate;
+  decay per head, ``gamma_h = 1 - 2^(-5 - h)``, queries and keys rotated by their position
+  (``rotary``, on by default for RetNet: the paper's ``Q_n = X_n W_Q e^{i n theta}``,
+  ``K_m = X_m W_K e^{-i m theta}``, so a score depends on ``n - m``), no normaliser, a per-head RMS
+  norm on the output and a swish output gate;
 - gated linear attention, GLA (Yang et al. 2024): ``feature_map="identity", decay="gla"``: a
   data-dependent decay per key dimension, ``log alpha_t = logsigmoid(x_t W_1 W_2 + b) / tau``
   through a low-rank projection (rank ``gate_rank`` = 16, ``tau = gate_temperature`` = 16), so
@@ -20,6 +22,7 @@ For x (batch, L, d_model), heads H, q/k width f = feature_dim, feature width F =
 out_dim, value width P = d_model / H::
 
     q, k = phi(q_proj(x)), phi(k_proj(x))          # (batch, H, L, F)
+    q, k = rotate(q, t), rotate(k, t)              # with rotary: by the position t (RoPE pairs)
     v    = v_proj(x)                               # (batch, H, L, P)
     S_t  = gamma * S_{t-1} + k_t v_t^T              # (F, P) per head; gamma = 1 without decay,
                                                    # diag(alpha_t) (F values) for GLA
@@ -43,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrids.kernels import at_least_float32, linear_attention, linear_attention_step
+from hybrids.kernels import apply_rotary, at_least_float32, linear_attention, linear_attention_step, rotary_cos_sin
 from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.state_size import StateSize
@@ -95,6 +98,13 @@ class LinearAttention(Mixer):
         bias: biases in the projections.
         kernel_backend: force a ``linear_attention`` backend; None lets the dispatcher choose.
         seed: seed of FAVOR+'s first projection (None: torch's global generator).
+        rotary: rotate q and k by their position (rotary embeddings, ``hybrids.kernels.rotary``),
+            RetNet's relative position; default: on for RetNet (``decay="retnet"`` with the
+            identity map), off otherwise. Only
+            with the identity map (a rotation would break a positive map's normaliser). The
+            state then carries the position reached. Runs of RetNet made before this option
+            (no rotation) are reproduced with ``rotary: false``.
+        rotary_base: the rotation's base frequency.
     """
 
     def __init__(
@@ -115,6 +125,8 @@ class LinearAttention(Mixer):
         bias: bool = False,
         kernel_backend: str | None = None,
         seed: int | None = None,
+        rotary: bool | None = None,
+        rotary_base: float = 10000.0,
     ) -> None:
         super().__init__(d_model)
         if isinstance(heads, bool) or not isinstance(heads, int) or heads <= 0 or d_model % heads:
@@ -144,6 +156,15 @@ class LinearAttention(Mixer):
             )
         self.normalize = normalize
         self.decay, self.eps, self.kernel_backend = decay, float(eps), kernel_backend
+        rotary = (decay == "retnet" and feature_map == "identity") if rotary is None else rotary
+        if not isinstance(rotary, bool):
+            raise ValueError(f"rotary: must be true, false or null (on for decay='retnet'), got {rotary!r}")
+        if rotary and feature_map != "identity":
+            raise ValueError(f"rotary: rotates q and k, which only the identity map allows (a rotated {feature_map!r} "
+                             "feature is no longer positive); use feature_map='identity' or rotary=false")
+        if rotary and self.feature_dim % 2:
+            raise ValueError(f"rotary: needs an even feature_dim (pairs rotate together), got {self.feature_dim}")
+        self.rotary, self.rotary_base = rotary, float(rotary_base)
 
         self.q_proj = nn.Linear(d_model, heads * feature_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, heads * feature_dim, bias=bias)
@@ -167,15 +188,21 @@ class LinearAttention(Mixer):
 
     # -- pieces shared by the parallel and the recurrent paths -----------------------------------
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, L, d_model) -> phi(q), phi(k) (B, H, L, F) and v (B, H, L, P [+ 1 ones column])."""
+    def _qkv(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, L, d_model) at positions ``start ..`` -> phi(q), phi(k) (B, H, L, F), rotated
+        with ``rotary``, and v (B, H, L, P [+ 1 ones column])."""
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         if self.normalize:  # the normaliser's column: its output is q_t . z_t
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-        return self.feature_map(q), self.feature_map(k), v
+        q, k = self.feature_map(q), self.feature_map(k)
+        if self.rotary:
+            positions = torch.arange(start, start + length, device=x.device)
+            cos, sin = rotary_cos_sin(positions, self.feature_dim, self.rotary_base, dtype=q.dtype)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k, v
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Kernel output o (B, H, L, P [+ 1]) and the input x (B, L, d_model) -> (B, L, d_model)."""
@@ -214,7 +241,8 @@ class LinearAttention(Mixer):
         return self._parallel(x, state, final_state=True)
 
     def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False):
-        q, k, v = self._qkv(x)
+        start = 0 if state is None else state.get("position", 0)
+        q, k, v = self._qkv(x, start)
         g = self._log_decay(x)
         kwargs = {} if self.kernel_backend is None else {"backend": self.kernel_backend}
         s0 = None if state is None else state["S"]
@@ -222,23 +250,31 @@ class LinearAttention(Mixer):
         if not final_state:
             return self._output(out, x)
         o, s = out
-        return self._output(o, x), {"S": s.to(at_least_float32(self._factory()["dtype"]))}
+        new_state = {"S": s.to(at_least_float32(self._factory()["dtype"]))}
+        if self.rotary:
+            new_state["position"] = start + x.shape[1]
+        return self._output(o, x), new_state
 
     # -- recurrent -----------------------------------------------------------------------------
 
     def init_state(self, batch_size: int) -> State:
         factory = self._factory()
         width = self.head_dim + int(self.normalize)
-        return {"S": torch.zeros(batch_size, self.heads, self.features, width, device=factory["device"],
-                                 dtype=at_least_float32(factory["dtype"]))}
+        state = {"S": torch.zeros(batch_size, self.heads, self.features, width, device=factory["device"],
+                                  dtype=at_least_float32(factory["dtype"]))}
+        if self.rotary:
+            state["position"] = 0  # tokens seen: the next token's rotation
+        return state
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         s = state["S"].clone()  # updated in place by the step kernel; the caller's stays valid
-        q, k, v = self._qkv(x[:, None])  # (B, H, 1, .)
+        position = state.get("position", 0)
+        q, k, v = self._qkv(x[:, None], position)  # (B, H, 1, .)
         g = self._log_decay(x[:, None])
         g = None if g is None else g[:, :, 0]  # (B, H) or (B, H, F)
         o = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], g, s, scale=1.0)  # (B, H, P [+ 1])
-        return self._output(o[:, :, None], x[:, None])[:, 0], {"S": s}
+        new_state = {"S": s, "position": position + 1} if self.rotary else {"S": s}
+        return self._output(o[:, :, None], x[:, None])[:, 0], new_state
 
     state_size_rules = (
         StateSize("heads * features * (head_dim + 1)",

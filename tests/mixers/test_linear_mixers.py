@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hybrids.kernels import apply_rotary, rotary_cos_sin
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
 from hybrids.parts.feature_maps import FavorPlus, TaylorExp, build_feature_map, orthogonal_gaussian_rows
 
@@ -103,6 +104,9 @@ def quadratic_linear_attention(mixer: LinearAttention, x: torch.Tensor) -> torch
     q = mixer.feature_map(mixer.q_proj(x).view(batch, length, h, f).transpose(1, 2))
     k = mixer.feature_map(mixer.k_proj(x).view(batch, length, h, f).transpose(1, 2))
     v = mixer.v_proj(x).view(batch, length, h, p).transpose(1, 2)
+    if mixer.rotary:  # RetNet: q and k rotated by their positions
+        cos, sin = rotary_cos_sin(torch.arange(length), f, mixer.rotary_base, dtype=x.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     if mixer.gk_proj is not None:  # GLA: weights sum_f q_if k_jf prod_{j < s <= i} alpha_sf
         log_alpha = F.logsigmoid(mixer.gk_proj(x)).view(batch, length, h, -1).transpose(1, 2) / mixer.gate_temperature
         b = log_alpha.cumsum(2)  # (B, H, L, F)
