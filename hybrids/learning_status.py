@@ -45,8 +45,8 @@ class Criterion:
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
             raise ValueError(f"mode: 'max' or 'min', got {self.mode!r}")
-        if not (isinstance(self.margin, (int, float)) and self.margin >= 0):
-            raise ValueError(f"margin: must be a number >= 0, got {self.margin!r}")
+        if not (isinstance(self.margin, (int, float)) and self.margin > 0):
+            raise ValueError(f"margin: must be a number > 0, got {self.margin!r}")
         if not (isinstance(self.window, (int, float)) and 0 < self.window < 1):
             raise ValueError(f"window: must be in (0, 1), got {self.window!r}")
 
@@ -95,4 +95,5 @@ def learning_status(curve: Iterable[tuple[int, float]], budget: int, criterion: 
         gain = math.inf if math.isfinite(best) else 0.0
     else:
         gain = (best - earlier) if criterion.mode == "max" else (earlier - best)
+    # Improved by at least the margin: still improving; by less (or not at all): plateaued.
     return LearningStatus(IMPROVING if gain >= criterion.margin else PLATEAUED, None, best, gain)

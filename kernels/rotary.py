@@ -17,12 +17,14 @@ def rotary_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables for integer ``positions`` of shape (L,): each (L, rotary_dim // 2).
 
-    Angles are computed in float32 (float64 if asked for) so that large positions stay exact
-    enough, and only then cast to ``dtype``.
+    Angles are computed in float64 (float32 on MPS, which has no float64) so that large positions
+    stay exact, and only then cast to ``dtype``.
     """
     if rotary_dim % 2:
         raise ValueError(f"rotary_dim must be even, got {rotary_dim}")
-    work = at_least_float32(dtype)
+    # float64 where the device has it: a float32 angle pos * theta loses the position's low bits
+    # beyond 2^24 tokens and the phase visibly before that (a stream carried across segments).
+    work = at_least_float32(dtype) if positions.device.type == "mps" else torch.float64
     inv_freq = base ** (-torch.arange(0, rotary_dim, 2, device=positions.device, dtype=work) / rotary_dim)
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # (L, rotary_dim/2)
     return angles.cos().to(dtype), angles.sin().to(dtype)

@@ -64,3 +64,5 @@ def test_the_criterion_checks_its_own_settings():
         Criterion(mode="up")
     with pytest.raises(ValueError, match="window"):
         Criterion(window=1.0)
+    with pytest.raises(ValueError, match="margin"):  # 0 would call a flat curve still improving
+        Criterion(margin=0)

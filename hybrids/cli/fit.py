@@ -572,6 +572,9 @@ def fit_main() -> None:
     except DivergenceError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(DivergenceError.exit_code)
+    except ConfigError as err:  # found as training started: a checkpoint that does not fit the config
+        print(f"error: {err.full_key}: {err.message}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except SIGTERMException:
         # Lightning's own stop (a SIGTERM before training began, where no checkpoint is due).
         print("hybrids: stopped by SIGTERM before training; nothing to resume", file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ import time
 import torch
 
 from hybrids.cli.keyed_argparse import KeyedArgumentParser, in_range, integer, number
+from hybrids.errors import ConfigError
 from hybrids.memory import available_memory, format_bytes
 from hybrids.train.checkpoints import (
     CheckpointError,
@@ -238,6 +239,10 @@ def generate_main(argv: list[str]) -> None:
         checkpoint = read_checkpoint(path, weights=True)
     except CheckpointError as err:
         parser.error(f"ckpt_path: {err}")
+    try:
+        model.check_checkpoint_weights(checkpoint["state_dict"])
+    except ConfigError as err:
+        parser.error(f"{err.key}: {err.message}")
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
 

@@ -165,6 +165,10 @@ class LinearAttention(Mixer):
         if rotary and self.feature_dim % 2:
             raise ValueError(f"rotary: needs an even feature_dim (pairs rotate together), got {self.feature_dim}")
         self.rotary, self.rotary_base = rotary, float(rotary_base)
+        if rotary:
+            # Saved with the weights, so that a checkpoint says it was trained with the rotation:
+            # one written before it existed lacks this key and is refused, not silently rotated.
+            self.register_buffer("rotation_base", torch.tensor(self.rotary_base, dtype=torch.float64))
 
         self.q_proj = nn.Linear(d_model, heads * feature_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, heads * feature_dim, bias=bias)
@@ -265,6 +269,15 @@ class LinearAttention(Mixer):
         if self.rotary:
             state["position"] = 0  # tokens seen: the next token's rotation
         return state
+
+    def reset_state(self, state: State, first: torch.Tensor) -> State:
+        """``state`` with the sequences where ``first`` (batch,) is True emptied (a document
+        boundary in segment mode). The position is shared and left as it is: with an empty state,
+        retention depends only on distances between positions, so a document may start anywhere."""
+        if not bool(first.any()):
+            return state
+        where = first.to(state["S"].device).view(-1, 1, 1, 1)
+        return {**state, "S": torch.where(where, torch.zeros_like(state["S"]), state["S"])}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         s = state["S"].clone()  # updated in place by the step kernel; the caller's stays valid

@@ -157,6 +157,20 @@ class StopWhenSolved(Callback):
         self.criterion = criterion
         self.solved_step: int | None = None
 
+    # The solved step is saved in checkpoints: a solved run resumed (a retry, or a run stopped by a
+    # signal during the validation that solved it) stops at once instead of training on.
+    def state_dict(self) -> dict[str, int | None]:
+        return {"solved_step": self.solved_step}
+
+    def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
+        self.solved_step = state_dict.get("solved_step")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.solved_step is not None:
+            trainer.should_stop = True
+            rank_zero_info(f"hybrids: this run was solved at step {self.solved_step}; not training further "
+                           "(--stop_when_solved false trains on)")
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.solved_step is not None:
             return

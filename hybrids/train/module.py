@@ -364,7 +364,19 @@ class LanguageModel(L.LightningModule):
             # the uninterrupted run's means; not those of a finished epoch.
             zero_epoch_means(checkpoint, ("train_loss", "train_acc"))
 
+    def check_checkpoint_weights(self, state_dict: Mapping[str, Any]) -> None:
+        """ConfigError (keyed ``ckpt_path``) for a checkpoint trained without a rotation this
+        model applies: RetNet before its rotation existed. Its weights would load (the rotation
+        adds none) and silently compute something else."""
+        missing = [key for key in self.state_dict() if key.endswith(".rotation_base") and key not in state_dict]
+        if missing:
+            layers = sorted({key.split(".mixer.")[0] for key in missing})
+            raise ConfigError("ckpt_path", f"its {', '.join(layers)} were trained without the rotation this config's "
+                              "LinearAttention applies (RetNet before it had one); add rotary: false to that mixer's "
+                              "init_args to use it as it was trained")
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint_weights(checkpoint.get("state_dict") or {})
         states = checkpoint.get(RNG_KEY)
         if states and self._trainer is not None and self.trainer.state.fn == "fit":
             self._pending_rng = states

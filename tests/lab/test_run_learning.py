@@ -36,9 +36,13 @@ def test_the_criterion_is_the_data_modules():
     assert criterion_for({"data": {"class_path": "no.such.Task"}}) == Criterion()
 
 
-def test_the_budget_is_max_steps_else_the_last_step():
+def test_the_budget_is_max_steps_else_epochs_of_batches_else_the_last_step():
     assert budget_of({"trainer": {"max_steps": 640}}, [(99, 0.1)]) == 640
-    assert budget_of({"trainer": {"max_steps": -1}}, [(99, 0.1), (199, 0.2)]) == 199
+    epochs = {"trainer": {"max_steps": -1, "max_epochs": 4, "accumulate_grad_batches": 2},
+              "data": {"init_args": {"num_train_examples": 1000, "batch_size": 64}}}
+    assert budget_of(epochs, [(99, 0.1)]) == 4 * 8  # 16 batches an epoch, 2 per optimiser step
+    assert budget_of({"trainer": {"max_steps": -1}}, [(99, 0.1), (199, 0.2)]) == 199  # finished: all of it
+    assert budget_of({"trainer": {"max_steps": -1}}, [(99, 0.1)], finished=False) is None  # stopped early
     assert budget_of({}, []) is None
 
 
@@ -48,7 +52,8 @@ def test_a_run_folder_gives_its_record(tmp_path):
     write_log(tmp_path / "logs" / "version_0",
               [{"step": s, "val/acc": a} for s, a in ((99, 0.3), (199, 0.6), (299, 0.995), (399, 1.0))])
     record = learning_record(tmp_path)
-    assert record == {"status": "solved", "solved_step": 299, "best": 1.0, "gain": None, "metric": "val/acc",
+    # The log's steps are one below the optimiser steps done (Lightning logs step N - 1).
+    assert record == {"status": "solved", "solved_step": 300, "best": 1.0, "gain": None, "metric": "val/acc",
                       "budget": 400}
     assert learning_record(tmp_path / "missing") is None
 
@@ -59,6 +64,7 @@ def test_a_points_runs_in_one_cell():
     assert summary(["solved", "still improving", "plateaued"], [300, None, None]) == \
         "solved 1/3, plateaued 1/3, still improving 1/3"
     assert summary([None, float("nan")]) == "-"
+    assert summary(["solved", "solved", None], [300, 500, None]) == "solved 2/3, unknown 1/3"  # not "solved (2/2)"
 
 
 def test_points_still_improving_are_drawn_hollow():
@@ -77,4 +83,4 @@ def test_points_still_improving_are_drawn_hollow():
         ax = plot(points, fig=Figure()).axes[0]
         hollow = [c for c in ax.collections if isinstance(c, PathCollection) and (c.get_facecolors()[:, :3] == 1).all()]
         assert len(hollow) == 1 and hollow[0].get_offsets().shape[0] == 1  # only the still-improving point
-        assert "open: still improving" in [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "open: not finished learning" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -47,3 +47,14 @@ def test_a_task_that_is_never_solved_gets_no_stop(in_tmp, monkeypatch):
     cli = build_cli(["fit", *TINY])
     assert not any(isinstance(c, StopWhenSolved) for c in cli.trainer.callbacks)
     assert cli.trainer.global_step == 12
+
+
+def test_a_solved_run_resumed_stops_at_once(in_tmp, monkeypatch, caplog):
+    """The solved step travels in the checkpoint: resuming a solved run (a sweep's retry) does not
+    train past the validation that solved it."""
+    monkeypatch.setattr(MQAR, "criterion", Criterion(threshold=0.0))
+    first = build_cli(["fit", *TINY])
+    assert first.trainer.global_step == 4
+    again = build_cli(["fit", *TINY, "--ckpt_path=last"])
+    assert again.trainer.global_step == 4
+    assert "this run was solved at step 4; not training further" in caplog.text

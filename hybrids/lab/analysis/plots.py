@@ -143,7 +143,7 @@ def _finish(fig, axes, report: str, xlabel: str, colours: dict[str, Any], title:
             from matplotlib.lines import Line2D
 
             handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="grey"))
-            labels.append("open: still improving")
+            labels.append("open: not finished learning")
         axes[-1].legend(handles, labels, loc="best", fontsize="small")
     if title:
         fig.suptitle(title)

@@ -109,7 +109,7 @@ def _run_row(status: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     # for a run whose status.json predates it.
     learning = status.get("learning")
     if not isinstance(learning, dict):
-        learning = learning_record(run_dir) or {}
+        learning = learning_record(run_dir, finished=status.get("status") == "done") or {}
     row["learning"] = learning.get("status")
     row["solved_step"] = learning.get("solved_step")
     row.update(metrics)

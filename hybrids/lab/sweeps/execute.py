@@ -241,7 +241,7 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
         if figure in metrics and metrics[figure] == metrics[figure]:
             status[f"logged_{figure}"] = int(metrics[figure])
     # Whether it finished learning: solved, plateaued or still improving (hybrids.lab.learning).
-    status["learning"] = learning_record(run_dir)
+    status["learning"] = learning_record(run_dir, finished=returncode == 0)
     signalled = -returncode if returncode < 0 else returncode - 128 if returncode in INTERRUPTED_CODES else None
     if returncode == 0 and "test/acc" in metrics:
         status["status"] = "done"
