@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -54,3 +57,40 @@ class config_section(contextlib.ContextDecorator):
 class StateSizeUnknown(Exception):
     """A mixer of the stack has no ``state_size(seq_len)``, so the stack's state cannot be counted
     (user mixers need only ``forward`` to train)."""
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    """The constructor arguments of ``cls`` that have defaults, and the defaults."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def argument_at_fault(build: Callable[[dict[str, Any]], Any], kwargs: Mapping[str, Any], defaults: Mapping[str, Any],
+                      known_to_fail: bool = False) -> str | None:
+    """The argument of ``kwargs`` whose reset to its default lets ``build(kwargs)`` succeed (the
+    first in order), or None where no single argument does, or where ``build(kwargs)`` succeeds
+    (what failed is not among them; not tried again if ``known_to_fail``). For constructors that
+    refuse a value without naming it: Lightning's Trainer, a mixer that cannot allocate."""
+    if not known_to_fail:
+        try:
+            build(dict(kwargs))
+        except Exception:  # noqa: BLE001 (refused, as expected: look for the argument)
+            pass
+        else:
+            return None
+    for name, value in kwargs.items():
+        if name not in defaults or _same(value, defaults[name]):
+            continue
+        try:
+            build({**kwargs, name: defaults[name]})
+        except Exception:  # noqa: BLE001 (still refused: not this argument alone)
+            continue
+        return name
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 (objects without a usable ==)
+        return a is b

@@ -43,7 +43,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from hybrids.cli.fit_checks import culprit, defaults_of, first_line, text_problem, value_problem
+from hybrids.cli.fit_checks import first_line, text_problem, value_problem
 from hybrids.cli.parse_errors import KeyedErrorParser
 from hybrids.data.loading import ResumableOrder
 from hybrids.learning_status import Criterion
@@ -52,7 +52,7 @@ from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted, 
 from hybrids.train.checkpoints import (
     EVALUATIONS, CheckpointRequestError, checkpoint_roots, evaluated_run_folder, resolve_checkpoint,
 )
-from hybrids.errors import ConfigError, StateSizeUnknown
+from hybrids.errors import ConfigError, StateSizeUnknown, argument_at_fault, defaults_of
 from hybrids.train.identity import identity_config, identity_hash, plain
 from hybrids.train.divergence import DivergenceError
 from hybrids.train.folders import unwritable
@@ -132,7 +132,6 @@ class HybridsCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         _default_save_dir(config)
         _check_precision(self.parser, config)
-        _check_run_values(self.parser, config)
         problem = value_problem(config)
         if problem:
             self.parser.error(problem)
@@ -156,7 +155,7 @@ class HybridsCLI(LightningCLI):
         try:
             ModelCheckpoint(**settings)
         except Exception as refused:  # noqa: BLE001 (what Lightning raises for a bad setting)
-            name = culprit(lambda kwargs: ModelCheckpoint(**kwargs), settings, defaults_of(ModelCheckpoint))
+            name = argument_at_fault(lambda kwargs: ModelCheckpoint(**kwargs), settings, defaults_of(ModelCheckpoint))
             return f"checkpoint.{name or '*'}: {first_line(refused)}"
         return None
 
@@ -191,7 +190,7 @@ class HybridsCLI(LightningCLI):
         except (ValueError, TypeError, OverflowError, MemoryError, MisconfigurationException) as err:
             # Lightning checks the trainer's settings as it builds: name the one at fault.
             trial = {**given, "callbacks": [], "logger": False}
-            name = culprit(lambda kwargs: self.trainer_class(**kwargs), trial, defaults_of(self.trainer_class))
+            name = argument_at_fault(lambda kwargs: self.trainer_class(**kwargs), trial, defaults_of(self.trainer_class))
             self.parser.error(f"trainer.{name or '*'}: {first_line(err)}")
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: not a user's own
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -442,21 +441,6 @@ def _check_precision(parser, config) -> None:
             f"trainer.precision: {precision} on CPU computes in float16, which overflows within a few steps "
             "here (NaN losses); use 32-true, bf16-mixed or bf16-true on CPU"
         )
-
-
-def _check_run_values(parser, config) -> None:
-    """Keyed errors for trainer and run values that Lightning would take and fail on later (or,
-    for a negative clipping value, silently use)."""
-    trainer = config.get("trainer") or {}
-    accumulate = trainer.get("accumulate_grad_batches")
-    if accumulate is not None and (isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1):
-        parser.error(f"trainer.accumulate_grad_batches: must be a positive integer, got {accumulate!r}")
-    clip = trainer.get("gradient_clip_val")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
-        parser.error(f"trainer.gradient_clip_val: must be >= 0 (or null for no clipping), got {clip!r}")
-    every = trainer.get("log_every_n_steps")
-    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
-        parser.error(f"trainer.log_every_n_steps: must be a positive integer, got {every!r}")
 
 
 def _missing_logger_package(err: BaseException) -> str | None:

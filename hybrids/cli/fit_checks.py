@@ -5,19 +5,17 @@ one keyed line (``error: <key>: ...``, exit 2) before anything is built or train
   and ``-c`` files that are not UTF-8 text. A config, a run's ``config.yaml`` and its identity are
   UTF-8 text; jsonargparse would fail on such a value with an encoder's traceback.
 - :func:`value_problem`: numbers no setting can take (an integer beyond 64 bits), empty strings
-  for the trainer's and the checkpoint's settings, and ranges Lightning itself checks only once
-  training runs (or never: a zero ``check_val_every_n_epoch`` divides by zero at the first epoch).
-- :func:`culprit`: for a class whose constructor refused its arguments (Lightning's Trainer and
-  ModelCheckpoint raise ValueError, TypeError or MisconfigurationException with messages that do
-  not always name the argument), the argument at fault, found by resetting each given argument to
-  its default until the constructor accepts them.
+  for the trainer's and the checkpoint's settings, and the trainer's ranges that Lightning checks
+  only once training runs, or never (a zero ``check_val_every_n_epoch`` divides by zero at the
+  first epoch; a negative clipping value is silently used).
+For a class whose constructor refused its arguments without naming the one at fault (Lightning's
+Trainer and ModelCheckpoint), the CLI uses :func:`hybrids.errors.argument_at_fault`.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,11 @@ INT64_MAX = 2**63 - 1
 _NO_EMPTY_STRINGS = ("trainer.", "checkpoint.")
 # Lightning's counts and their least valid values (-1 = no limit where Lightning allows it).
 _LEAST = {
-    "trainer.max_epochs": -1, "trainer.max_steps": -1, "trainer.min_epochs": 0, "trainer.min_steps": 0,
-    "trainer.check_val_every_n_epoch": 1, "trainer.num_sanity_val_steps": -1,
+    "trainer.max_epochs": -1, "trainer.max_steps": -1, "trainer.num_sanity_val_steps": -1,
+    "trainer.min_epochs": 0, "trainer.min_steps": 0,
+    "trainer.check_val_every_n_epoch": 1, "trainer.accumulate_grad_batches": 1, "trainer.log_every_n_steps": 1,
 }
+_RANGE_WORDS = {-1: "an integer >= -1 (-1: no limit)", 0: "an integer >= 0", 1: "a positive integer"}
 
 
 def _non_utf8(text: str) -> bool:
@@ -148,46 +148,15 @@ def value_problem(config: Mapping[str, Any]) -> str | None:
     trainer = config.get("trainer") or {}
     for key, least in _LEAST.items():
         value = trainer.get(key.partition(".")[2])
-        if isinstance(value, int) and not isinstance(value, bool) and value < least:
-            meaning = {-1: " (-1: no limit)", 0: "", 1: ""}[least]
-            return f"{key}: must be at least {least}{meaning}, got {value}"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            return f"{key}: must be {_RANGE_WORDS[least]}, got {value!r}"
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip < 0):
+        return f"trainer.gradient_clip_val: must be >= 0 (or null for no clipping), got {clip!r}"
     interval = trainer.get("val_check_interval")
     if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
         return f"trainer.val_check_interval: must be positive (batches, or a fraction of the epoch), got {interval}"
     return None
-
-
-def culprit(build: Callable[[dict[str, Any]], Any], kwargs: Mapping[str, Any], defaults: Mapping[str, Any]) -> str | None:
-    """The argument of ``kwargs`` whose reset to its default lets ``build(kwargs)`` succeed (the
-    first in order), or None where no single argument does (or ``build(kwargs)`` succeeds: what
-    failed is not among them)."""
-    try:
-        build(dict(kwargs))
-    except Exception:  # noqa: BLE001 (refused, as expected: look for the argument)
-        pass
-    else:
-        return None
-    for name, value in kwargs.items():
-        if name not in defaults or _same(value, defaults[name]):
-            continue
-        try:
-            build({**kwargs, name: defaults[name]})
-        except Exception:  # noqa: BLE001 (still refused: not this argument alone)
-            continue
-        return name
-    return None
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 (objects without a usable ==)
-        return a is b
-
-
-def defaults_of(cls: type) -> dict[str, Any]:
-    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty}
 
 
 def first_line(err: BaseException) -> str:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import inspect
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from hybrids.data.loading import ResumableOrder
-from hybrids.errors import ConfigError, config_section
+from hybrids.errors import ConfigError, config_section, defaults_of
 from hybrids.learning_status import Criterion
 from hybrids.memory import available_memory, format_bytes
 
@@ -63,7 +62,7 @@ def check_examples_fit(task: type, seq_len: int, counts: dict[str, int], extra: 
     if extra and extra[1] > sets:
         raise ConfigError(extra[0], f"one evaluation batch takes {format_bytes(extra[1])} (with the examples, "
                           f"{format_bytes(need)}), more than the {format_bytes(available)} of memory available")
-    defaults = {name: p.default for name, p in inspect.signature(task.__init__).parameters.items()}
+    defaults = defaults_of(task)
     given = {"seq_len": seq_len, **counts}
     key = max(given, key=lambda name: given[name] / max(defaults.get(name) or 1, 1))
     raise ConfigError(key, f"{examples:,} examples of {seq_len:,} tokens (inputs and labels, int64) take "

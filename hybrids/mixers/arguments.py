@@ -11,6 +11,7 @@ of a user's mixer is not checked (the same name may mean something else there).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -83,13 +84,18 @@ RANGES: dict[str, tuple[Callable[[Any], bool], bool]] = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def _signature(init: Callable[..., None]) -> inspect.Signature:
+    return inspect.signature(init)  # once per constructor: every mixer built passes here
+
+
 def check_arguments(init: Callable[..., None], args: tuple, kwargs: dict[str, Any]) -> None:
     """Raise ``ValueError("<argument>: must be ..., got ...")`` for the first argument given to
     the constructor ``init`` (after ``self``) that is out of its range in :data:`RANGES`. Only the
     zoo's own mixers are checked: a user's mixer may mean something else by the same name."""
     if not getattr(init, "__module__", "").startswith("hybrids."):
         return
-    signature = inspect.signature(init)
+    signature = _signature(init)
     try:
         bound = signature.bind_partial(None, *args, **kwargs)
     except TypeError:

@@ -98,7 +98,7 @@ class MemorizingAttention(Mixer):
         # The memory is allocated whole at its first write: refuse one that cannot be, for even
         # one sequence (keys and values, float32), here rather than at the first training step.
         one_sequence = 2 * heads * head_dim * memory_size * 4
-        available = available_memory("cpu")
+        available = available_memory("cpu") if memory_size else None
         if available is not None and one_sequence > available:
             key = "head_dim" if head_dim > d_model else "memory_size"
             raise ValueError(f"{key}: memory_size {memory_size:,} x heads {heads} x head_dim {head_dim:,} take "

@@ -305,8 +305,8 @@ class S4(_SSMMixer):
             raise ValueError(f"l_max: must be a positive int or None (taken from the first input), got {l_max!r}")
         # The kernel is computed at l_max taps (complex, at l_max frequencies) at the first
         # forward: refuse a length whose kernel cannot be held, before training starts.
-        available = available_memory("cpu")
-        if l_max is not None and available is not None and d_model * l_max * 8 > available:
+        available = available_memory("cpu") if l_max is not None else None
+        if available is not None and d_model * l_max * 8 > available:
             raise ValueError(f"l_max: a kernel of {l_max:,} taps x {d_model:,} channels takes at least "
                              f"{format_bytes(d_model * l_max * 8)}, more than the {format_bytes(available)} of memory available")
         rank = required_rank(measure) if rank is None else rank

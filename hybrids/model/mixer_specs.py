@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from hybrids.errors import ConfigError
+from hybrids.errors import ConfigError, argument_at_fault, defaults_of
 
 
 def import_class(path: str, key: str) -> type:
@@ -129,27 +129,12 @@ def build_mixer(spec: Mapping[str, Any], d_model: int, key: str) -> nn.Module:
     except (MemoryError, OverflowError, RuntimeError) as err:
         # An argument so large that its tensors cannot be allocated (or sized): keyed at the
         # argument whose default lets the mixer build. Anything else is a bug: its traceback stays.
-        name = _too_large(cls, d_model, init_args)
+        name = argument_at_fault(lambda kwargs: cls(d_model, **kwargs), init_args, defaults_of(cls), known_to_fail=True)
         if name is None:
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"{key}.init_args.{name}", f"{init_args[name]!r} is too large: {cls.__name__}(d_model={d_model}, "
                           f"{name}={init_args[name]!r}) cannot be allocated ({first})") from err
-
-
-def _too_large(cls: type, d_model: int, init_args: Mapping[str, Any]) -> str | None:
-    """The argument of ``init_args`` whose default lets ``cls`` build, or None."""
-    defaults = {n: p.default for n, p in inspect.signature(cls.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    for name in init_args:
-        if name not in defaults:
-            continue
-        try:
-            cls(d_model, **{**init_args, name: defaults[name]})
-        except Exception:  # noqa: BLE001 (still failing: not this argument alone)
-            continue
-        return name
-    return None
 
 
 def expand_pattern(pattern: str, n_layers: int | None, letters: Mapping[str, Any]) -> str:

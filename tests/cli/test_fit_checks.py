@@ -3,7 +3,8 @@ tests/cli/test_cli_fuzz.py runs them through the CLI."""
 
 from jsonargparse import Namespace
 
-from hybrids.cli.fit_checks import culprit, text_problem, value_problem
+from hybrids.cli.fit_checks import text_problem, value_problem
+from hybrids.errors import argument_at_fault
 from hybrids.cli.parse_errors import keyed_line
 from cli_fuzz import NON_UTF8
 
@@ -39,22 +40,26 @@ def test_values_no_setting_can_take():
     assert problem(data={"init_args": Namespace(seed=-(2**64))}).startswith("data.init_args.seed:")
     assert problem(trainer={"default_root_dir": ""}).startswith("trainer.default_root_dir: empty")
     assert problem(trainer={"gradient_clip_val": float("inf")}) == "trainer.gradient_clip_val: must be finite, got inf"
-    assert problem(trainer={"check_val_every_n_epoch": 0}).startswith("trainer.check_val_every_n_epoch: must be at least 1")
-    assert problem(trainer={"min_steps": -1}).startswith("trainer.min_steps: must be at least 0")
+    assert problem(trainer={"check_val_every_n_epoch": 0}).startswith("trainer.check_val_every_n_epoch: must be a positive integer")
+    assert problem(trainer={"min_steps": -1}).startswith("trainer.min_steps: must be an integer >= 0")
     assert problem(trainer={"max_epochs": -1}) is None  # -1: no limit
-    assert problem(trainer={"max_epochs": -2}) == "trainer.max_epochs: must be at least -1 (-1: no limit), got -2"
+    assert problem(trainer={"max_epochs": -2}) == "trainer.max_epochs: must be an integer >= -1 (-1: no limit), got -2"
+    assert problem(trainer={"accumulate_grad_batches": 0}) == "trainer.accumulate_grad_batches: must be a positive integer, got 0"
+    assert problem(trainer={"gradient_clip_val": -1}).startswith("trainer.gradient_clip_val: must be >= 0")
     assert problem(trainer={"val_check_interval": 0}).startswith("trainer.val_check_interval: must be positive")
     # The classes inside the trainer keep their own empty defaults (CSVLogger's prefix is "").
     assert problem(trainer={"logger": Namespace(init_args=Namespace(prefix=""))}) is None
 
 
-def test_the_culprit_is_the_argument_whose_default_is_accepted():
+def test_the_argument_at_fault_is_the_one_whose_default_is_accepted():
     def build(kwargs):
         if kwargs["b"] < 0:
             raise ValueError("something is negative")
 
-    assert culprit(build, {"a": 1, "b": -1, "c": 3}, {"a": 0, "b": 0, "c": 0}) == "b"
-    assert culprit(build, {"a": 1, "b": 1}, {"a": 0, "b": 0}) is None  # nothing fails: no culprit
+    assert argument_at_fault(build, {"a": 1, "b": -1, "c": 3}, {"a": 0, "b": 0, "c": 0}) == "b"
+    assert argument_at_fault(build, {"a": 1, "b": 1}, {"a": 0, "b": 0}) is None  # nothing fails: none at fault
+    # Known to fail: the full call is not tried again, and the search is the same.
+    assert argument_at_fault(build, {"b": -1}, {"b": 0}, known_to_fail=True) == "b"
 
 
 def test_class_path_reports_become_one_line():

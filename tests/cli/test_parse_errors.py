@@ -39,20 +39,18 @@ def test_a_bad_key_is_one_keyed_line(case, in_tmp, capsys):
     assert not (in_tmp / "runs").exists()
 
 
-def test_a_typo_in_a_config_file_is_keyed_too(in_tmp, capsys):
-    (in_tmp / "bad.yaml").write_text("trainer:\n  max_stepz: 3\n")
+@pytest.mark.parametrize("text, line", [
+    ("trainer:\n  max_stepz: 3\n", "trainer.max_stepz: unknown argument; did you mean 'trainer.max_steps'?"),
+    # Inside the stack's group of the model: the key names the group.
+    ("model:\n  init_args:\n    stack:\n      d_modle: 3\n",
+     "model.init_args.stack.d_modle: unknown argument; did you mean 'stack.d_model'?"),
+], ids=["trainer", "stack group"])
+def test_a_typo_in_a_config_file_is_keyed_too(in_tmp, capsys, text, line):
+    (in_tmp / "bad.yaml").write_text(text)
     with pytest.raises(SystemExit) as info:
         build_cli(["fit", "-c", CONFIG, "-c", str(in_tmp / "bad.yaml")])
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: trainer.max_stepz: unknown argument; did you mean 'trainer.max_steps'?"
-
-
-def test_a_typo_inside_the_stack_group_of_a_config_file_names_the_group(in_tmp, capsys):
-    (in_tmp / "bad.yaml").write_text("model:\n  init_args:\n    stack:\n      d_modle: 3\n")
-    with pytest.raises(SystemExit) as info:
-        build_cli(["fit", "-c", CONFIG, "-c", str(in_tmp / "bad.yaml")])
-    assert info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: model.init_args.stack.d_modle: unknown argument; did you mean 'stack.d_model'?"
+    assert capsys.readouterr().err.strip() == f"error: {line}"
 
 
 def test_an_unrecognised_report_is_left_whole():
