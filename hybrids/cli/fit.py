@@ -18,7 +18,8 @@ only, and its predictions written to ``--trainer.default_root_dir`` (the working
 
 Runs have an identity (:mod:`hybrids.train.identity`): a checkpoint is resumed or evaluated only under
 the config that wrote it. Exit status: 0 done; 2 a bad config or checkpoint (before anything
-runs); 3 training diverged; 130 / 143 stopped by SIGINT / SIGTERM after saving ``last.ckpt``.
+runs); 3 training diverged; 75 paused by ``--pause_at_step`` after saving ``last.ckpt``; 130 / 143 stopped by
+SIGINT / SIGTERM after saving ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -48,7 +49,7 @@ from hybrids.cli.parse_errors import KeyedErrorParser
 from hybrids.data.loading import ResumableOrder
 from hybrids.learning_status import Criterion
 from hybrids.train.atomic_checkpoint import AtomicCheckpointIO
-from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted, StopWhenSolved, ValidateAtMaxSteps
+from hybrids.train.callbacks import EXIT_CODES, GracefulInterrupt, Interrupted, Paused, StopWhenSolved, ValidateAtMaxSteps
 from hybrids.train.checkpoints import (
     EVALUATIONS, CheckpointRequestError, checkpoint_roots, evaluated_run_folder, resolve_checkpoint,
 )
@@ -91,6 +92,11 @@ class HybridsCLI(LightningCLI):
             "--stop_when_solved", type=bool, default=True,
             help="End fit at the first validation where the task is solved (the data module's criterion, "
             "e.g. val/acc >= 0.99 on the synthetic tasks); false trains the whole budget.",
+        )
+        parser.add_argument(
+            "--pause_at_step", type=Optional[int], default=None,
+            help="Pause after the first validation at or after this optimiser step: save the checkpoint "
+            "and exit with status 75; --ckpt_path last resumes exactly (successive halving's rungs).",
         )
         parser.add_argument(
             "--load_weights_only", type=bool, default=False,
@@ -179,7 +185,7 @@ class HybridsCLI(LightningCLI):
         if config.get("enable_checkpointing") is False or config.get("fast_dev_run"):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if self.subcommand == "fit":
-            callbacks = [*callbacks, GracefulInterrupt(), ValidateAtMaxSteps()]
+            callbacks = [*callbacks, GracefulInterrupt(self.config["fit"].get("pause_at_step")), ValidateAtMaxSteps()]
             criterion = getattr(self.datamodule, "criterion", None)
             solvable = isinstance(criterion, Criterion) and criterion.threshold is not None
             if solvable and self.config["fit"].get("stop_when_solved"):
@@ -553,6 +559,9 @@ def fit_main() -> None:
     except Interrupted as stop:
         print(f"hybrids: stopped by {stop}; resume with --ckpt_path last", file=sys.stderr, flush=True)
         sys.exit(stop.exit_code)
+    except Paused as pause:
+        print(f"hybrids: {pause}; resume with --ckpt_path last", file=sys.stderr, flush=True)
+        sys.exit(pause.exit_code)
     except DivergenceError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(DivergenceError.exit_code)

@@ -156,6 +156,9 @@ def value_problem(config: Mapping[str, Any]) -> str | None:
     interval = trainer.get("val_check_interval")
     if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
         return f"trainer.val_check_interval: must be positive (batches, or a fraction of the epoch), got {interval}"
+    pause = config.get("pause_at_step")
+    if pause is not None and (isinstance(pause, bool) or not isinstance(pause, int) or pause < 1):
+        return f"pause_at_step: must be an optimiser step >= 1 (or null: no pause), got {pause!r}"
     return None
 
 

@@ -29,10 +29,13 @@ from typing import Any
 import yaml
 
 from hybrids.cli.keyed_argparse import KeyedArgumentParser, in_range, integer, number, text
+from hybrids.lab.learning import budget_of, criterion_for, run_curve_of
 from hybrids.lab.sweeps.execute import RunTask, execute_run, is_finished, mark_orphaned, read_json, write_json
+from hybrids.lab.sweeps.halving import HalvingRun, run_halving
 from hybrids.lab.sweeps.local import SweepInterrupted, run_locally
 from hybrids.lab.sweeps.matching import Unmatched, solve_plan
 from hybrids.lab.sweeps.measure import BuildError, measure
+from hybrids.lab.sweeps.ray_launcher import LauncherUnavailable
 from hybrids.lab.sweeps.spec import RunPlan, SweepError, expand, load_sweep
 from hybrids.train.folders import unwritable
 from hybrids.train.model_args import unnest
@@ -83,8 +86,17 @@ def sweep_main(argv: list[str]) -> int:
                   f"{', '.join(all_names[:8])}{' ...' if len(all_names) > 8 else ''}", file=sys.stderr)
             return EXIT_BAD_SWEEP
     problems = prepare(plans, spec.match)
+    if spec.halving is not None:
+        unbounded = [p.name for p in plans if budget_of(p.config, [], finished=False) is None]
+        if unbounded:
+            print(f"error: {args.file}: halving: the runs' budget in steps is unknown ({unbounded[0]}"
+                  f"{' and others' if len(unbounded) > 1 else ''}): set trainer.max_steps, or max_epochs with the data's "
+                  "num_train_examples and batch_size", file=sys.stderr)
+            return EXIT_BAD_SWEEP
     if args.dry_run:
         print_dry_run(plans, problems)
+        if spec.halving is not None:
+            print(halving_plan(spec, [p for p in plans if p.name not in problems]))
         return EXIT_BAD_SWEEP if problems else 0
 
     out = Path(args.out or Path("runs") / "sweeps" / spec.name).resolve()
@@ -100,49 +112,107 @@ def sweep_main(argv: list[str]) -> int:
     run_dirs = [write_run_folder(out, plan, problems.get(plan.name)) for plan in plans]
     warn_stale(out, set(all_names))
     mark_orphans(out, all_names)
-    todo = [d for d, plan in zip(run_dirs, plans) if plan.name not in problems and not is_finished(d)]
+    todo = [d for d, plan in zip(run_dirs, plans) if plan.name not in problems and not is_finished(d)
+            and not (spec.halving is not None and (current_status(d) or {}).get("status") == "pruned")]
     skipped = len(plans) - len(todo) - len(problems)
     print(f"hybrids sweep {spec.name}: {len(plans)} runs in {out}; {skipped} finished before, "
           f"{len(problems)} cannot be built, {len(todo)} to run ({args.launcher}, "
           f"{args.workers if args.launcher == 'local' else 'cluster'} at once, {args.threads} thread(s) each)", flush=True)
 
-    tasks = [RunTask(str(d), threads=args.threads) for d in todo]
-    progress = Progress(len(tasks))
+    progress = Progress(len(todo))
     start = time.monotonic()
     interrupted = None
     try:
-        if args.launcher == "ray":
-            from hybrids.lab.sweeps.ray_launcher import LauncherUnavailable, run_on_ray
-
-            received: list[int] = []
-
-            def stop_driver(signum, frame):  # SIGTERM / SIGHUP end the driver as Ctrl-C does:
-                received.append(signum)      # run_on_ray cancels its tasks, which stop their runs
-                raise KeyboardInterrupt
-
-            previous = {signum: signal.signal(signum, stop_driver) for signum in (signal.SIGTERM, signal.SIGHUP)}
-            try:
-                run_on_ray(tasks, execute_run, address=args.ray_address, cpus_per_task=args.threads,
-                           gpus_per_task=args.gpus, on_result=progress)
-            except LauncherUnavailable as err:
-                print(f"error: {err}", file=sys.stderr)
-                return EXIT_BAD_SWEEP
-            except KeyboardInterrupt:
-                interrupted = received[0] if received else signal.SIGINT
-            finally:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
+        if spec.halving is None:
+            launch([RunTask(str(d), threads=args.threads) for d in todo], args, progress)
         else:
-            run_locally(tasks, execute_run, workers=args.workers, on_result=progress)
+            halve(spec, [(p, d) for p, d in zip(plans, run_dirs) if p.name not in problems], out, args, progress)
     except SweepInterrupted as stop:
         interrupted = stop.signum
+    except LauncherUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_SWEEP
     wall = time.monotonic() - start
     statuses = [read_json(d / "status.json") or {"name": d.name, "status": "pending"} for d in run_dirs]
     print_summary(statuses, out, wall)
     if interrupted is not None:
         print(f"hybrids sweep: stopped by {SweepInterrupted(interrupted)}; run the same command again to resume", file=sys.stderr)
         return 128 + interrupted
-    return 0 if all(s.get("status") == "done" for s in statuses) else EXIT_FAILED
+    return 0 if all(s.get("status") in ("done", "pruned") for s in statuses) else EXIT_FAILED
+
+
+def launch(tasks: list[RunTask], args: argparse.Namespace, progress: Progress) -> None:
+    """Run ``tasks`` with the chosen launcher; SweepInterrupted when a signal stopped them."""
+    if args.launcher != "ray":
+        run_locally(tasks, execute_run, workers=args.workers, on_result=progress)
+        return
+    from hybrids.lab.sweeps.ray_launcher import run_on_ray
+
+    received: list[int] = []
+
+    def stop_driver(signum, frame):  # SIGTERM / SIGHUP end the driver as Ctrl-C does:
+        received.append(signum)      # run_on_ray cancels its tasks, which stop their runs
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, stop_driver) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        run_on_ray(tasks, execute_run, address=args.ray_address, cpus_per_task=args.threads,
+                   gpus_per_task=args.gpus, on_result=progress)
+    except KeyboardInterrupt:
+        raise SweepInterrupted(received[0] if received else signal.SIGINT) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def halve(spec, plans_and_dirs: list[tuple[RunPlan, Path]], out: Path, args: argparse.Namespace, progress: Progress) -> None:
+    """The sweep's runs through successive halving (hybrids.lab.sweeps.halving)."""
+    runs = []
+    for plan, run_dir in plans_and_dirs:
+        criterion = criterion_for(plan.config)
+        metric = spec.halving.metric or criterion.metric
+        mode = spec.halving.mode or criterion.mode
+        runs.append(HalvingRun(plan.name, run_dir, plan.axes, budget_of(plan.config, [], finished=False), metric, mode))
+
+    def batch(items: list[tuple[HalvingRun, int | None]]) -> None:
+        progress.total = progress.count + len(items)
+        launch([RunTask(str(run.run_dir), threads=args.threads, pause_at=pause) for run, pause in items], args, progress)
+
+    run_halving(runs, list(spec.tune), spec.halving, out, batch, current_status,
+                lambda run_dir, status: write_json(run_dir / "status.json", status),
+                lambda run: run_curve_of(run.run_dir, run.metric), log=lambda line: print(line, flush=True))
+
+
+def halving_plan(spec, plans: list[RunPlan]) -> str:
+    """The dry run's account of successive halving: pause steps, settings kept, and the cost in
+    whole budgets against training every setting to the end (solved runs stop earlier still)."""
+    from hybrids.lab.sweeps.halving import kept_count, point_label, rung_steps, setting_of
+
+    points: dict[str, set] = {}
+    budgets: dict[str, int] = {}
+    for plan in plans:
+        point = point_label(plan.axes, spec.tune)
+        points.setdefault(point, set()).add(setting_of(plan.axes, spec.tune))
+        budgets[point] = max(budgets.get(point, 0), budget_of(plan.config, [], finished=False) or 0)
+    seeds, full, halved, lines = len(spec.seeds), 0.0, 0.0, set()
+    for point, settings in points.items():
+        steps, budget, n = rung_steps(budgets[point], spec.halving.rungs), budgets[point], len(settings)
+        ends, previous = [*steps, budget], 0
+        for end in ends:
+            halved += n * seeds * (end - previous) / budget
+            previous, n = end, kept_count(n, spec.halving.keep)
+        full += len(settings) * seeds
+        lines.add(f"pauses at steps {steps} of {budget}")
+    return (f"halving: {'; '.join(sorted(lines))}; keep {spec.halving.keep:g} of the settings at each: "
+            f"at most {halved:,.1f} run-budgets instead of {full:,.0f} ({halved / full:.0%})")
+
+
+def current_status(run_dir: Path) -> dict[str, Any] | None:
+    """The run's status.json, or None where it belongs to an older config of the run."""
+    status, plan = read_json(run_dir / "status.json"), read_json(run_dir / "run.json")
+    if status and plan and status.get("config_hash") not in (None, plan.get("config_hash")):
+        return None
+    return status
 
 
 def mark_orphans(out: Path, names: list[str]) -> list[str]:
@@ -312,6 +382,9 @@ def _outcome(status: dict[str, Any]) -> str:
         return (f"done, val acc {metrics.get('val/acc', float('nan')):.4f}, test acc "
                 f"{metrics.get('test/acc', float('nan')):.4f}{', ' + learning if learning else ''} "
                 f"({status.get('wall_s', 0):.0f} s)")
+    if status.get("status") == "paused":
+        return (f"paused after the validation at step {status.get('paused_at')}, val acc "
+                f"{metrics.get('val/acc', float('nan')):.4f} ({status.get('wall_s', 0):.0f} s)")
     return f"{status.get('status')}: {status.get('error')}"
 
 
@@ -329,7 +402,11 @@ def print_summary(statuses: list[dict[str, Any]], out: Path, wall: float) -> Non
               f"{'' if val is None else f'{val:.4f}':>8} {'' if test is None else f'{test:.4f}':>8} "
               f"{_count(s.get('params')):>10} {_count(s.get('state_size')):>10} {s.get('wall_s') or 0:>7.0f}"
               f"  {_learning(s)}")
-    failed = [s for s in statuses if s.get("status") not in ("done", "pending")]
+    failed = [s for s in statuses if s.get("status") not in ("done", "pending", "pruned")]
+    pruned = [s for s in statuses if s.get("status") == "pruned"]
+    if pruned:
+        print(f"\npruned by successive halving (never selected; the decisions: {out / 'halving.json'}): "
+              + ", ".join(str(s.get("name")) for s in pruned[:6]) + (" ..." if len(pruned) > 6 else ""))
     if failed:
         print("\nnot done:")
         for s in failed:

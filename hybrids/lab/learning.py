@@ -74,6 +74,27 @@ def _steps_per_epoch(config: Mapping[str, Any], trainer: Mapping[str, Any]) -> i
     return -(-batches // accumulate) if _count(accumulate) else batches
 
 
+def _config(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def run_curve_of(run_dir: str | Path, metric: str | None = None) -> list[tuple[int, float]]:
+    """(optimiser steps done, value) of every validation of the run in ``run_dir`` (a sweep's run
+    folder), for ``metric`` (default: its task's criterion's); [] without a readable config."""
+    run_dir = Path(run_dir)
+    if metric is None:
+        config = _config(run_dir)
+        if config is None:
+            return []
+        metric = criterion_for(config).metric
+    # Lightning logs a validation run after N steps at step N - 1 (learning_record below).
+    return [(step + 1, value) for step, value in run_curve(run_dir / "logs", metric)]
+
+
 def learning_record(run_dir: str | Path, finished: bool = True) -> dict[str, Any] | None:
     """``{"status", "solved_step", "best", "gain", "metric", "budget"}`` for the run in ``run_dir``
     (a sweep's run folder: ``config.yaml`` and ``logs/``), or None without a readable config.
@@ -82,14 +103,11 @@ def learning_record(run_dir: str | Path, finished: bool = True) -> dict[str, Any
     Steps count optimiser steps done: Lightning logs a validation run after N steps at step
     N - 1, so the log's steps are shifted by one, as the CLI's "solved at step N" reads."""
     run_dir = Path(run_dir)
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(config, dict):
+    config = _config(run_dir)
+    if config is None:
         return None
     criterion = criterion_for(config)
-    curve = [(step + 1, value) for step, value in run_curve(run_dir / "logs", criterion.metric)]
+    curve = run_curve_of(run_dir, criterion.metric)
     budget = budget_of(config, curve, finished)
     status = learning_status(curve, budget or 0, criterion)
     finite = lambda value: value if isinstance(value, float) and math.isfinite(value) else None  # noqa: E731

@@ -31,6 +31,18 @@ class Interrupted(Exception):
         return EXIT_CODES[self.signum]
 
 
+class Paused(Exception):
+    """Training was paused at the first validation at or after ``--pause_at_step`` (successive
+    halving's rungs, hybrids.lab.sweeps.halving), after saving a checkpoint to resume from."""
+
+    exit_code = 75  # sysexits' EX_TEMPFAIL: not finished, run it again to go on
+
+    def __init__(self, step: int, validated_at: int, checkpoint: Path | None) -> None:
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved (checkpointing is off)"
+        super().__init__(f"paused after the validation at step {validated_at} (--pause_at_step): {saved}")
+        self.step, self.validated_at, self.checkpoint = step, validated_at, checkpoint
+
+
 class GracefulInterrupt(Callback):
     """On SIGTERM or SIGINT during ``fit``: stop at the next point where the training state is
     whole, save ``last.ckpt`` there, and raise :class:`Interrupted`, which the CLI turns into exit
@@ -48,9 +60,15 @@ class GracefulInterrupt(Callback):
     is written. Under distributed training the processes agree (any process that received the
     signal stops them all at the same step). Lightning's own SIGTERM handling, which would exit
     with status 0 and no checkpoint, is held back while this callback acts.
+
+    ``pause_at``: after the first validation at or after this optimiser step, stop the same way
+    (the checkpoint where the training state is whole, so the run resumes exactly) and raise
+    :class:`Paused`, unless the run is ending there anyway (solved, or its budget reached).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pause_at: int | None = None) -> None:
+        self.pause_at = pause_at
+        self._validated_at: int | None = None  # the validation that triggered the pause
         self.received: int | None = None
         self._previous: dict[int, object] = {}
         self._trainer: L.Trainer | None = None
@@ -84,13 +102,22 @@ class GracefulInterrupt(Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pause_at is not None and not trainer.sanity_checking and trainer.global_step >= self.pause_at:
+            if self._validated_at is None:
+                self._validated_at = trainer.global_step
+
     def _pending(self, trainer: L.Trainer) -> int | None:
-        """The signal to act on, agreed by every process (None: carry on)."""
+        """The signal to act on, agreed by every process (None: carry on); 0 for a due pause."""
         self._hold_back_lightning(trainer)
         received = self.received
         if trainer.world_size > 1:
             code = torch.tensor(int(received or 0), device=trainer.strategy.root_device)
             received = int(trainer.strategy.reduce(code, reduce_op="max")) or None
+        if received is None and self._validated_at is not None and not trainer.should_stop:
+            # A pause: every process validated at the same step, so every process agrees. Not when
+            # the run ends here anyway (solved, or its budget reached: should_stop is set).
+            received = 0
         return received
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
@@ -110,6 +137,8 @@ class GracefulInterrupt(Callback):
         signum = self._pending(trainer)
         if signum is None:
             return
+        if signum == 0 and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
+            return  # a pause due at the end of the last epoch: the run is over, nothing to resume
         # The epoch is complete. The checkpoint callback (which runs after this one) has either
         # saved at the end of validation already or would save now: save here either way.
         self._stop(trainer, signum, save=True)
@@ -129,7 +158,10 @@ class GracefulInterrupt(Callback):
         if save and callback is not None and callback.dirpath:
             checkpoint = Path(callback.dirpath) / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
             trainer.save_checkpoint(checkpoint)
-            rank_zero_info(f"hybrids: {signal.Signals(signum).name}: saved {checkpoint} at step {trainer.global_step}")
+            why = signal.Signals(signum).name if signum else "paused"
+            rank_zero_info(f"hybrids: {why}: saved {checkpoint} at step {trainer.global_step}")
+        if not signum:
+            raise Paused(trainer.global_step, self._validated_at, checkpoint)
         raise Interrupted(signum, trainer.global_step, checkpoint)
 
 

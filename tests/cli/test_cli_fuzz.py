@@ -42,6 +42,8 @@ ACCEPTED: dict[str, set[str]] = {
     "checkpoint.every_n_train_steps": set(_COUNTS),
     "checkpoint.save_top_k": {"negative", "zero"},
     "seed_everything": {"zero"},
+    # A pause step beyond the budget never pauses: the run trains to its end.
+    "pause_at_step": {"very large"},
     "model.init_args.optim.warmup_steps": set(_COUNTS),
     # Seeds: any value in [0, 2^63).
     **{f"data.init_args.{name}": {f"{module} {label}" for module in ("MQAR", "ByteText") for label in _COUNTS}

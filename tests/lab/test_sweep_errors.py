@@ -66,9 +66,12 @@ def test_a_base_config_that_is_not_yaml_is_keyed_base(tmp_path, capsys):
     ("base: []", "base: empty list; name the config every run starts from (base: ../transformer.yaml), or several "
                  "to make the base an axis"),
     ("seeds: []", "seeds: must be a non-empty list (e.g. seeds: [0, 1]; leave it out for seed 0 alone), got []"),
-    ("lr: []", "lr: must be a non-empty list (e.g. [1.0e-3, 3.0e-3]; leave it out to keep the base config's), got []"),
-    ("grid: [{lr: []}]", "grid[0].lr: must be a non-empty list (e.g. [1.0e-3, 3.0e-3]; leave it out to keep the "
-                         "base config's), got []"),
+    ("lr: []", "lr: must be a non-empty list (e.g. [1.0e-3, 3.0e-3], or default; leave it out to keep the base "
+               "config's), got []"),
+    ("grid: [{lr: []}]", "grid[0].lr: must be a non-empty list (e.g. [1.0e-3, 3.0e-3], or default; leave it out to "
+                         "keep the base config's), got []"),
+    ("weight_decay: []", "weight_decay: must be a non-empty list (e.g. [0.0, 0.1], or default; leave it out to keep "
+                         "the base config's), got []"),
     ("choices: {family: {}}", "choices.family: has no labels"),
     ("choices: {family: {a: {}}}\ngrid: [{family: []}]", "grid[0].family: must be a non-empty list, got []"),
     ("match: {quantity: params, targets: []}",

@@ -337,8 +337,10 @@ def select_points(
     axes), family, mixers, d_model, seq_len, num_kv_pairs, vocab_size, params, state_size (and
     the target columns when present) of the chosen runs, ``<metric>_mean`` of the chosen
     setting, ``n_settings`` (settings with a score), and the point's ``n_runs``, ``n_failed``
-    (status "failed"), ``n_diverged`` (done but with a non-finite ``metric``) and ``n_pending``
-    (neither done nor failed: running, interrupted). A point where nothing finished is kept with NaN figures.
+    (status "failed"), ``n_diverged`` (done but with a non-finite ``metric``), ``n_pruned``
+    (dropped by successive halving: only runs that are done are ever chosen from) and
+    ``n_pending`` (none of those: running, paused, interrupted). A point where nothing finished
+    is kept with NaN figures.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
@@ -377,7 +379,9 @@ def _point_row(
     row["n_runs"] = len(point)
     row["n_failed"] = int((point["status"] == "failed").sum())
     row["n_diverged"] = int(done.sum()) - len(finished)
-    row["n_pending"] = len(point) - int(done.sum()) - row["n_failed"]
+    # Dropped by successive halving (hybrids.lab.sweeps.halving): never selected, as not done.
+    row["n_pruned"] = int((point["status"] == "pruned").sum())
+    row["n_pending"] = len(point) - int(done.sum()) - row["n_failed"] - row["n_pruned"]
     # Whether the chosen setting's seeds finished learning: a figure from runs still improving
     # says more about the budget than about the architecture.
     chosen_runs = runs if chosen else point.iloc[0:0]

@@ -62,8 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybrids.lab.learning import learning_record
+from hybrids.lab.learning import learning_record, run_curve_of
 from hybrids.lab.metrics_log import newest_version, run_values
+from hybrids.lab.sweeps.halving import EXIT_PAUSED
 from hybrids.lab.run_status import LOCK_NAME, ORPHAN_ERROR, is_orphaned, this_host
 
 # Exit statuses of `hybrids fit` (hybrids.cli.fit): 130 / 143 stopped by SIGINT / SIGTERM after
@@ -80,6 +81,7 @@ class RunTask:
     threads: int = 1  # OpenMP / torch threads of the run
     python: str = field(default_factory=lambda: sys.executable)
     cwd: str = field(default_factory=os.getcwd)  # where relative paths in the config resolve
+    pause_at: int | None = None  # successive halving: pause after the validation at this step
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -205,6 +207,8 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
 
     command = [task.python, "-m", "hybrids", "fit", "-c", str(run_dir / "config.yaml"), "--ckpt_path", "last",
                "--test_after_fit", "true"]
+    if task.pause_at is not None:
+        command += ["--pause_at_step", str(task.pause_at)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **{name: str(task.threads) for name in THREAD_VARIABLES}}
     start = time.monotonic()
     with (run_dir / "output.log").open("a") as log:
@@ -245,6 +249,11 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
     signalled = -returncode if returncode < 0 else returncode - 128 if returncode in INTERRUPTED_CODES else None
     if returncode == 0 and "test/acc" in metrics:
         status["status"] = "done"
+    elif returncode == EXIT_PAUSED:
+        # At a rung of successive halving (hybrids.lab.sweeps.halving): the step of the
+        # validation it paused after, the last of its curve.
+        status["status"] = "paused"
+        status["paused_at"] = last_validated_step(run_dir)
     elif signalled in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         status["status"] = "interrupted"
         status["error"] = f"stopped by {signal.Signals(signalled).name}; rerun the sweep to resume"
@@ -253,6 +262,12 @@ def _execute_locked(task: RunTask, run_dir: Path, plan: dict[str, Any], lock_fd:
         status["error"] = error_line(run_dir / "output.log") if returncode else "finished without test figures"
     write_json(run_dir / "status.json", status)
     return status
+
+
+def last_validated_step(run_dir: Path) -> int | None:
+    """The optimiser step of the run's last validation (of its criterion's metric), or None."""
+    curve = run_curve_of(run_dir)
+    return curve[-1][0] if curve else None
 
 
 # Run by each attempt's interpreter before it becomes the run (Linux): SIGTERM when the thread

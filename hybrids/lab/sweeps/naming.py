@@ -1,9 +1,10 @@
 """Run names that a person can read and that stay the same from one expansion to the next.
 
 A name is built from the run's axis values alone (never from its index), in a fixed order:
-base config, family, width, task, any other axis, size target, learning rate, seed::
+base config, family, width, task, any other axis, size target, learning rate, weight decay, seed::
 
     mamba-d64-mqar64x4-lr1e-3-s0
+    mamba-d64-mqar64x4-lr1e-3-wd0.1-s0      (weight decay tuned too)
     attention-p100k-mqar64x4-lr3e-3-s1      (a parameter-count target of 100,000)
 """
 
@@ -16,8 +17,8 @@ from typing import Any
 # Axes with a place and a prefix of their own; any other axis keeps grid order, after "task".
 LEADING = ("base", "family")
 MIDDLE = ("d_model", "task")
-TRAILING = ("target", "lr", "seed")
-PREFIX = {"d_model": "d", "lr": "lr", "seed": "s"}
+TRAILING = ("target", "lr", "weight_decay", "seed")
+PREFIX = {"d_model": "d", "lr": "lr", "weight_decay": "wd", "seed": "s"}
 QUANTITY_PREFIX = {"params": "p", "state_size": "state"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 

@@ -20,10 +20,17 @@ A sweep file (YAML)::
       - family: [attention, mamba]      # a block may bring its own learning rates,
         task: [mqar128x8]               # which replace the sweep's lr list for its runs
         lr: [3.0e-3]
-    lr: [1.0e-3, 3.0e-3]                # model.init_args.optim.lr, one axis
+    lr: [1.0e-3, 3.0e-3]                # model.init_args.optim.lr, one axis ("default": the
+                                        # protocol's grid, DEFAULT_LRS)
+    weight_decay: default               # model.init_args.optim.weight_decay, one axis
+                                        # ("default": DEFAULT_WEIGHT_DECAYS); a block may bring its own
     seeds: [0, 1]                       # one axis; each seed is written to every seed_keys key
     seed_keys: [seed_everything]
-    tune: [lr]                          # axes selected on validation (default: [lr])
+    tune: [lr, weight_decay]            # axes selected on validation (default: lr and weight_decay,
+                                        # those of them that are axes)
+    halving:                            # optional: successive halving over the tuned settings
+      rungs: [0.125, 0.5]               # pause points, fractions of each run's budget
+      keep: 0.5                         # fraction of a point's settings that go on at each rung
     match:                              # optional: solve a width per run to meet a size
       quantity: params                  # or state_size
       targets: [50000, 100000]          # one axis, "target"
@@ -37,7 +44,9 @@ A sweep file (YAML)::
 A grid axis is either the name of a choice (its values are labels) or a dotted config key (its
 values are scalars: a dict value belongs in ``choices``, where it gets a name). Overrides are
 applied in this order: ``settings``, the choices in grid order, the dotted grid keys, ``lr``,
-the seed, and last the solved size.
+``weight_decay``, the seed, and last the solved size. Leaving ``lr`` and ``weight_decay`` out
+keeps the base config's optimiser settings (one run per point and seed); the tuning protocol of
+docs/sweeps.md writes ``lr: default`` and ``weight_decay: default``.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,13 +63,24 @@ from typing import Any
 import yaml
 
 from hybrids.lab.sweeps import overrides
+from hybrids.lab.sweeps.halving import Halving
 from hybrids.train.model_args import nest_config
 from hybrids.lab.sweeps.naming import run_name
 
-TOP_LEVEL = ("name", "base", "settings", "choices", "grid", "lr", "seeds", "seed_keys", "tune", "match")
+TOP_LEVEL = ("name", "base", "settings", "choices", "grid", "lr", "weight_decay", "seeds", "seed_keys", "tune", "match",
+             "halving")
 MATCH_KEYS = ("quantity", "targets", "key", "keys", "multiple_of", "range", "tolerance")
 QUANTITIES = ("params", "state_size")
 LR_KEY = "model.init_args.optim.lr"
+WD_KEY = "model.init_args.optim.weight_decay"
+# The tuning protocol's grid ("lr: default", "weight_decay: default"): each family's learning rate
+# and weight decay chosen on validation among these six settings (docs/sweeps.md, "Tuning each
+# family"). Three rates a factor ~3 apart around the 1e-3 that most of the zoo's runs learn at,
+# and weight decay off or at AdamW's usual 0.1 (on matrices only, hybrids.train.optim).
+DEFAULT_LRS = (3.0e-4, 1.0e-3, 3.0e-3)
+DEFAULT_WEIGHT_DECAYS = (0.0, 0.1)
+# Axes the sweep itself defines; a choice or a dotted key may not take these names.
+OWN_AXES = ("seed", "lr", "weight_decay", "target", "base")
 _SCALARS = (int, float, str, bool, type(None))
 
 
@@ -120,6 +141,8 @@ class SweepSpec:
     seed_keys: list[str]
     tune: list[str]
     match: Match | None
+    weight_decays: list[float] | None = None
+    halving: Halving | None = None
 
 
 def _mapping(value: Any, key: str) -> dict[str, Any]:
@@ -223,8 +246,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     settings = _check_overrides(raw.get("settings"), "settings")
     choices: dict[str, dict[str, dict[str, Any]]] = {}
     for axis, options in _mapping(raw.get("choices"), "choices").items():
-        if "." in axis or axis in ("lr", "seed", "target", "base"):
-            raise SweepError(f"choices.{axis}", "a choice needs a plain name other than lr, seed, target, base")
+        if "." in axis or axis in OWN_AXES:
+            raise SweepError(f"choices.{axis}", f"a choice needs a plain name other than {', '.join(OWN_AXES)}")
         options = _mapping(options, f"choices.{axis}")
         if not options:
             raise SweepError(f"choices.{axis}", "has no labels")
@@ -232,6 +255,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
     grid = _check_grid(raw.get("grid"), choices)
     lrs = _check_lrs(raw["lr"], "lr") if "lr" in raw else None
+    weight_decays = _check_weight_decays(raw["weight_decay"], "weight_decay") if "weight_decay" in raw else None
     seeds = _list(raw.get("seeds", [0]), "seeds", "e.g. seeds: [0, 1]; leave it out for seed 0 alone")
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -258,8 +282,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
             both = sorted(solved & set(block))
             if both:
                 raise SweepError(f"grid[{i}]", f"{both} are solved by match; they cannot also be grid axes")
-    axes = _all_axis_names(grid, lrs, match, bases)
-    tune = raw.get("tune", ["lr"] if "lr" in axes else [])
+    axes = _all_axis_names(grid, lrs, weight_decays, match, bases)
+    tune = raw.get("tune", [a for a in ("lr", "weight_decay") if a in axes])
     if not isinstance(tune, list):
         raise SweepError("tune", f"must be a list of axis names, got {tune!r}")
     for axis in tune:
@@ -267,7 +291,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
             raise SweepError("tune", f"{axis!r} is not an axis of this sweep (axes: {sorted(axes)})")
         if axis == "seed":
             raise SweepError("tune", "seeds are averaged over, not selected")
-    return SweepSpec(name, path, bases, settings, choices, grid, lrs, seeds, seed_keys, tune, match)
+    halving = check_halving(raw.get("halving"), tune)
+    return SweepSpec(name, path, bases, settings, choices, grid, lrs, seeds, seed_keys, tune, match, weight_decays, halving)
 
 
 def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[Any]]]:
@@ -285,6 +310,9 @@ def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[A
         for axis, values in block.items():
             if axis == "lr":
                 block[axis] = _check_lrs(values, f"{where}.lr")
+                continue
+            if axis == "weight_decay":
+                block[axis] = _check_weight_decays(values, f"{where}.weight_decay")
                 continue
             values = _list(values, f"{where}.{axis}")
             if axis in choices:
@@ -312,13 +340,27 @@ def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[A
 
 
 def _check_lrs(value: Any, where: str) -> list[float]:
-    lrs = _list(value, where, "e.g. [1.0e-3, 3.0e-3]; leave it out to keep the base config's")
+    if value == "default":
+        return list(DEFAULT_LRS)
+    lrs = _list(value, where, "e.g. [1.0e-3, 3.0e-3], or default; leave it out to keep the base config's")
     for lr in lrs:
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
             raise SweepError(where, f"learning rates must be positive numbers, got {lr!r}")
     if len(set(lrs)) != len(lrs):
         raise SweepError(where, f"repeated value in {lrs}")
     return [float(lr) for lr in lrs]
+
+
+def _check_weight_decays(value: Any, where: str) -> list[float]:
+    if value == "default":
+        return list(DEFAULT_WEIGHT_DECAYS)
+    decays = _list(value, where, "e.g. [0.0, 0.1], or default; leave it out to keep the base config's")
+    for decay in decays:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < math.inf:
+            raise SweepError(where, f"weight decays must be finite numbers >= 0, got {decay!r}")
+    if len(set(decays)) != len(decays):
+        raise SweepError(where, f"repeated value in {decays}")
+    return [float(decay) for decay in decays]
 
 
 def _check_match(value: Any, choices: Mapping[str, Any]) -> Match | None:
@@ -377,15 +419,52 @@ def _match_grid(value: Mapping[str, Any], where: str, multiple_of: int, low: int
     return multiple_of, low, high
 
 
+HALVING_KEYS = ("rungs", "keep", "metric", "mode")
+
+
+def check_halving(value: Any, tune: list[str]) -> Halving | None:
+    """The ``halving`` entry: rungs (fractions of the budget in (0, 1), increasing), keep (the
+    fraction of a point's settings that go on, in (0, 1)), and optionally the metric and mode to
+    rank them by (default: the task's criterion, e.g. val/acc maximised)."""
+    if value is None:
+        return None
+    value = _mapping(value, "halving")
+    for key in value:
+        if key not in HALVING_KEYS:
+            raise SweepError(f"halving.{key}", f"unknown key; known: {HALVING_KEYS}")
+    if not tune:
+        raise SweepError("halving", "nothing is tuned: halving drops the worse settings of the tuned axes "
+                         "(lr, weight_decay), so give at least one of them several values")
+    rungs = _list(value.get("rungs"), "halving.rungs", "fractions of each run's budget, e.g. [0.125, 0.5]")
+    for rung in rungs:
+        if isinstance(rung, bool) or not isinstance(rung, (int, float)) or not 0 < rung < 1:
+            raise SweepError("halving.rungs", f"each rung is a fraction of the budget in (0, 1), got {rung!r}")
+    if any(b <= a for a, b in zip(rungs, rungs[1:])):
+        raise SweepError("halving.rungs", f"must increase, got {rungs}")
+    keep = value.get("keep", 0.5)
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
+        raise SweepError("halving.keep", f"must be a fraction in (0, 1), got {keep!r}")
+    metric, mode = value.get("metric"), value.get("mode")
+    if metric is not None and (not isinstance(metric, str) or "/" not in metric):
+        raise SweepError("halving.metric", f"must be a logged validation metric such as val/acc, got {metric!r}")
+    if mode is not None and mode not in ("max", "min"):
+        raise SweepError("halving.mode", f"must be max or min, got {mode!r}")
+    if (metric is None) != (mode is None):
+        raise SweepError("halving", "give metric and mode together (or neither: the task's criterion)")
+    return Halving(tuple(float(r) for r in rungs), float(keep), metric, mode)
+
+
 def axis_name(axis: str) -> str:
     """The short name of a grid axis: a choice's name, or a dotted key's last component."""
     return axis.rsplit(".", 1)[-1]
 
 
-def _all_axis_names(grid, lrs, match, bases) -> set[str]:
-    names = {axis_name(a) for block in grid for a in block if a != "lr"} | {"seed"}
+def _all_axis_names(grid, lrs, weight_decays, match, bases) -> set[str]:
+    names = {axis_name(a) for block in grid for a in block if a not in ("lr", "weight_decay")} | {"seed"}
     if lrs or any("lr" in block for block in grid):
         names.add("lr")
+    if weight_decays or any("weight_decay" in block for block in grid):
+        names.add("weight_decay")
     if match:
         names.add("target")
     if len(bases) > 1:
@@ -397,22 +476,24 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
     """Every run of the sweep, in a stable order, sizes not yet solved (see matching)."""
     plans: list[RunPlan] = []
     lrs = spec.lrs or [None]
+    decays = spec.weight_decays or [None]
     targets = spec.match.targets if spec.match else (None,)
     for block_index, block in enumerate(spec.grid):
         block = dict(block)
         block_lrs = block.pop("lr", None) or lrs
+        block_decays = block.pop("weight_decay", None) or decays
         short = {axis: axis_name(axis) for axis in block}
-        reserved = {"seed", "lr", "target", "base"} & {s for a, s in short.items() if a not in spec.choices}
+        reserved = set(OWN_AXES) & {s for a, s in short.items() if a not in spec.choices}
         if reserved:
             raise SweepError(f"grid[{block_index}]", f"a dotted key ending in {sorted(reserved)} would be named like "
-                             "the sweep's own axis; use seeds / lr / match, or a choice")
+                             "the sweep's own axis; use seeds / lr / weight_decay / match, or a choice")
         clash = {s for s in short.values() if list(short.values()).count(s) > 1}
         if clash:
             raise SweepError(f"grid[{block_index}]", f"axes {sorted(clash)} have the same short name; use choices")
         for base_label, base in spec.bases.items():
             for combination in itertools.product(*block.values()):
-                for target, lr, seed in itertools.product(targets, block_lrs, spec.seeds):
-                    plans.append(_plan(spec, base_label, base, block, short, combination, target, lr, seed))
+                for target, lr, decay, seed in itertools.product(targets, block_lrs, block_decays, spec.seeds):
+                    plans.append(_plan(spec, base_label, base, block, short, combination, target, lr, decay, seed))
     if not plans:  # every axis is checked non-empty above; this keeps "no runs" from ever passing as success
         raise SweepError("grid", "expands to no runs")
     names: dict[str, int] = {}
@@ -424,7 +505,7 @@ def expand(spec: SweepSpec) -> list[RunPlan]:
     return plans
 
 
-def _plan(spec, base_label, base, block, short, combination, target, lr, seed) -> RunPlan:
+def _plan(spec, base_label, base, block, short, combination, target, lr, decay, seed) -> RunPlan:
     config = copy.deepcopy(base)
     axes: dict[str, Any] = {}
     if len(spec.bases) > 1:
@@ -444,6 +525,9 @@ def _plan(spec, base_label, base, block, short, combination, target, lr, seed) -
         if lr is not None:
             overrides.set_dotted(config, LR_KEY, lr)
             axes["lr"] = lr
+        if decay is not None:
+            overrides.set_dotted(config, WD_KEY, decay)
+            axes["weight_decay"] = decay
         for key in spec.seed_keys:
             overrides.set_dotted(config, key, seed)
         axes["seed"] = seed
