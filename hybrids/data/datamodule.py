@@ -49,19 +49,26 @@ class MQAR(SyntheticTask):
         seed: int = 0,
         order_seed: int | None = None,
         num_workers: int = 0,
+        train_lengths: list[int] | None = None,
+        length_steps: list[int] | None = None,
     ) -> None:
         with config_section("data"):
             check_mqar_arguments(seq_len, num_kv_pairs, vocab_size)
             check_positive(power_a=power_a)
-        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
-        with config_section("data"):
-            check_examples_fit(type(self), seq_len, self._set_sizes())
-        self.save_hyperparameters()
+        # Set before the base class checks train_lengths with check_length.
         self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
+        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers,
+                         train_lengths, length_steps)
+        with config_section("data"):
+            check_examples_fit(type(self), max([seq_len, *(train_lengths or [])]), self._set_sizes())
+        self.save_hyperparameters()
 
-    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def check_length(self, seq_len: int) -> None:
+        check_mqar_arguments(seq_len, self.num_kv_pairs, self.vocab_size)
+
+    def generate_at(self, num_examples: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
-        return multiquery_ar(num_examples, hp.seq_len, hp.num_kv_pairs, hp.vocab_size, hp.power_a,
+        return multiquery_ar(num_examples, seq_len, hp.num_kv_pairs, hp.vocab_size, hp.power_a,
                              hp.random_non_queries, seed)
 
 
@@ -96,20 +103,27 @@ class SelectiveCopying(SyntheticTask):
         seed: int = 0,
         order_seed: int | None = None,
         num_workers: int = 0,
+        train_lengths: list[int] | None = None,
+        length_steps: list[int] | None = None,
     ) -> None:
         with config_section("data"):
             check_selective_copying_arguments(seq_len, num_tokens, vocab_size)
             if not isinstance(selective, bool):
                 raise ConfigError("selective", f"must be true or false, got {selective!r}")
-        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
-        with config_section("data"):
-            check_examples_fit(type(self), seq_len, self._set_sizes())
-        self.save_hyperparameters()
+        # Set before the base class checks train_lengths with check_length.
         self.seq_len, self.num_tokens, self.vocab_size = seq_len, num_tokens, vocab_size
+        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers,
+                         train_lengths, length_steps)
+        with config_section("data"):
+            check_examples_fit(type(self), max([seq_len, *(train_lengths or [])]), self._set_sizes())
+        self.save_hyperparameters()
 
-    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def check_length(self, seq_len: int) -> None:
+        check_selective_copying_arguments(seq_len, self.num_tokens, self.vocab_size)
+
+    def generate_at(self, num_examples: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         hp = self.hparams
-        return selective_copying(num_examples, hp.seq_len, hp.num_tokens, hp.vocab_size, seed, hp.selective)
+        return selective_copying(num_examples, seq_len, hp.num_tokens, hp.vocab_size, seed, hp.selective)
 
 
 class GeneratedBlocks(Dataset):
@@ -176,6 +190,8 @@ class InductionHeads(SyntheticTask):
         seed: int = 0,
         order_seed: int | None = None,
         num_workers: int = 0,
+        train_lengths: list[int] | None = None,
+        length_steps: list[int] | None = None,
     ) -> None:
         with config_section("data"):
             check_induction_arguments(seq_len, vocab_size)
@@ -186,7 +202,10 @@ class InductionHeads(SyntheticTask):
             for length in lengths:
                 if isinstance(length, bool) or not isinstance(length, int) or length < 3:
                     raise ConfigError("eval_lengths", f"each must be an integer >= 3, got {length!r}")
-        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers)
+        # Set before the base class checks train_lengths with check_length.
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+        super().__init__(num_train_examples, num_val_examples, num_test_examples, batch_size, seed, order_seed, num_workers,
+                         train_lengths, length_steps)
         with config_section("data"):
             # The longer test sets are generated a batch at a time: one batch of the longest.
             longer = [length for length in lengths if length > seq_len]
@@ -194,26 +213,25 @@ class InductionHeads(SyntheticTask):
             batch_key = ("num_eval_examples" if num_eval_examples <= batch else
                          "batch_size" if eval_batch_size is None else "eval_batch_size")
             longest_batch = (batch_key, min(batch, num_eval_examples) * max(longer) * 16) if longer else None
-            check_examples_fit(type(self), seq_len, self._set_sizes(), longest_batch)
+            check_examples_fit(type(self), max([seq_len, *(train_lengths or [])]), self._set_sizes(), longest_batch)
         self.save_hyperparameters()
-        self.seq_len, self.vocab_size = seq_len, vocab_size
         self.num_eval_examples = num_eval_examples
         self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.eval_chunk = eval_chunk
         self.test_lengths = [seq_len] + sorted(set(lengths) - {seq_len})
         self.test_sets: list[Dataset] | None = None
 
-    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return induction_heads(num_examples, self.seq_len, self.vocab_size, seed)
+    def check_length(self, seq_len: int) -> None:
+        check_induction_arguments(seq_len, self.vocab_size)
 
-    def _generate_at(self, num_examples: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate_at(self, num_examples: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         return induction_heads(num_examples, seq_len, self.vocab_size, seed)
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if stage in (None, "test", "predict") and self.test_sets is None:
             self.test_sets = [self.test_set] + [
-                GeneratedBlocks(self._generate_at, self.num_eval_examples, self.eval_batch_size, length,
+                GeneratedBlocks(self.generate_at, self.num_eval_examples, self.eval_batch_size, length,
                                 self._seed + 1)
                 for length in self.test_lengths[1:]
             ]

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from hybrids.data.curriculum import CurriculumOrder, LengthBatches, check_curriculum, pool_sizes
 from hybrids.data.loading import ResumableOrder
 from hybrids.errors import ConfigError, config_section, defaults_of
 from hybrids.learning_status import Criterion
@@ -79,8 +80,9 @@ def derive_seed(*parts: object) -> int:
 class SyntheticTask(ResumableOrder, L.LightningDataModule):
     """Base of the synthetic tasks: a training, a validation and a test set of generated examples.
 
-    Subclasses pass the set sizes to ``__init__``, set ``self.seq_len`` and ``self.vocab_size``,
-    and implement :meth:`generate`. ``extra_metrics`` names the metrics beyond loss and accuracy that the
+    Subclasses pass the set sizes (and the length curriculum, :mod:`hybrids.data.curriculum`) to
+    ``__init__``, set ``self.seq_len`` and ``self.vocab_size``, and implement
+    :meth:`generate_at` and :meth:`check_length`. ``extra_metrics`` names the metrics beyond loss and accuracy that the
     Lightning module logs for this task (``"exact"``: the fraction of examples whose every
     labelled token is right).
     """
@@ -91,13 +93,25 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
     criterion: Criterion = Criterion()
 
     def __init__(self, num_train_examples: int, num_val_examples: int, num_test_examples: int,
-                 batch_size: int, seed: int, order_seed: int | None, num_workers: int) -> None:
+                 batch_size: int, seed: int, order_seed: int | None, num_workers: int,
+                 train_lengths: list[int] | None = None, length_steps: list[int] | None = None) -> None:
         with config_section("data"):
             check_positive(num_train_examples=num_train_examples, num_val_examples=num_val_examples,
                            num_test_examples=num_test_examples, batch_size=batch_size)
             check_loading(order_seed, num_workers)
             check_seed("seed", seed)
+            check_curriculum(train_lengths, length_steps)
+            for length in train_lengths or []:
+                try:
+                    self.check_length(length)
+                except ConfigError as err:
+                    raise ConfigError("train_lengths", f"{length}: {err.message}") from None
+            if train_lengths and len(train_lengths) > num_train_examples:
+                raise ConfigError("train_lengths", f"{len(train_lengths)} lengths need at least as many training "
+                                  f"examples, got num_train_examples={num_train_examples}")
         super().__init__()
+        self.train_lengths = list(train_lengths) if train_lengths else None
+        self.length_steps = list(length_steps) if length_steps is not None else None
         self.num_train_examples, self.num_val_examples = num_train_examples, num_val_examples
         self.num_test_examples = num_test_examples
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -111,14 +125,36 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
         return {"num_train_examples": self.num_train_examples, "num_val_examples": self.num_val_examples,
                 "num_test_examples": self.num_test_examples}
 
-    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``num_examples`` examples drawn from ``seed``: (inputs, labels), (n, seq_len) int64."""
+    def generate_at(self, num_examples: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num_examples`` examples of ``seq_len`` tokens drawn from ``seed``: (inputs, labels),
+        (n, seq_len) int64."""
         raise NotImplementedError
+
+    def check_length(self, seq_len: int) -> None:
+        """ConfigError (any key) where the task's other arguments give no example of ``seq_len``
+        tokens; each of ``train_lengths`` is checked with it, and the error keyed there."""
+
+    def generate(self, num_examples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``num_examples`` examples of ``seq_len`` tokens drawn from ``seed``."""
+        return self.generate_at(num_examples, self.seq_len, seed)
 
     def _tensor_set(self, num_examples: int, seed: int) -> TensorDataset:
         return TensorDataset(*self.generate(num_examples, seed))
 
+    def _longest_training_length(self) -> int:
+        return max([self.seq_len, *(self.train_lengths or [])])
+
+    def _batches_per_epoch(self) -> int:
+        return -(-self.num_train_examples // self.batch_size)
+
     def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None and self.train_lengths:
+            # A length curriculum: the training examples split between the lengths, each drawn
+            # from a seed of its own (hybrids.data.curriculum).
+            pools = pool_sizes(self.num_train_examples, len(self.train_lengths))
+            sets = [self.generate_at(n, length, derive_seed(self._seed, "train", length))
+                    for n, length in zip(pools, self.train_lengths)]
+            self.train_set = LengthBatches(sets, self._batches_per_epoch())
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._tensor_set(self.num_train_examples, self._seed)
         if stage in (None, "fit", "validate") and self.val_set is None:
@@ -132,6 +168,10 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # The order resumes exactly from a mid-epoch checkpoint (hybrids.data.loading).
         order_seed = self._seed if self._order_seed is None else self._order_seed
+        if self.train_lengths:
+            order = CurriculumOrder(pool_sizes(self.num_train_examples, len(self.train_lengths)), self.batch_size,
+                                    self._batches_per_epoch(), order_seed, self.length_steps)
+            return self.train_loader(self.train_set, None, order_seed, sampler=order, num_workers=self.num_workers)
         return self.train_loader(self.train_set, self.batch_size, order_seed, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
