@@ -2,18 +2,24 @@
 
     python benchmarks/sweep_step_cpu.py                                      # mqar_cpu, one seed and lr
     python benchmarks/sweep_step_cpu.py configs/sweeps/mqar_cpu.yaml --match d64 --steps 10
+    python benchmarks/sweep_step_cpu.py configs/sweeps/mqar_tuned_cpu.yaml --compile   # eager and compiled
 
 For every distinct (family, width, task) of the sweep (seed and learning rate do not change the
 cost: the first run of each is taken), the run's model and data are built from its resolved
 config and one training step (forward, cross-entropy on the labelled positions, backward, AdamW)
 is timed on a fixed batch: median of ``--steps`` steps after ``--warmup``, one thread (each
 sweep worker runs single-threaded). Lightning's loop, validation, and start-up are not included:
-compare this with a run's ``wall_s`` to see those. Rows are printed as a Markdown table.
+compare this with a run's ``wall_s`` to see those. Rows are printed as a Markdown table, with
+each row's time as a multiple of attention's at the same width and task (where the sweep has an
+``attention`` family). ``--compile`` also times the step with the model compiled
+(``nn.Module.compile``, inductor; the compilation itself, on the first steps, is not timed), eager
+and compiled built alike and timed one after the other.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import statistics
 import time
@@ -31,14 +37,19 @@ def build(config: dict):
 
     data = make(config["data"])
     data.setup("fit")
-    model = make(config["model"], vocab_size=data.vocab_size)
+    model_section = copy.deepcopy(config["model"])
+    model_section["init_args"]["stack"]["vocab_size"] = data.vocab_size  # the CLI links it from the data
+    model = make(model_section)
     inputs, labels = next(iter(data.train_dataloader()))[:2]
     return model, inputs, labels
 
 
-def step_seconds(config: dict, steps: int, warmup: int) -> float:
+def step_seconds(config: dict, steps: int, warmup: int, compiled: bool = False) -> float:
     torch.manual_seed(0)
     model, inputs, labels = build(config)
+    if compiled:
+        model(inputs)  # one eager call imports the kernels' modules, which a trace cannot
+        model.compile()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     def step():
@@ -64,18 +75,30 @@ def main() -> None:
     parser.add_argument("--match", default="", help="only run names containing this")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="time the compiled model too")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    seen = set()
+    seen, attention = set(), {}
     print(f"{args.sweep}: one training step, median of {args.steps} after {args.warmup}, 1 thread")
-    print("| run shape | ms / step |")
-    print("| --- | ---: |")
+    compiled_columns = " compiled ms / step | compiled / eager |" if args.compile else ""
+    print(f"| run shape | ms / step | x attention |{compiled_columns}")
+    print("| --- | ---: | ---: |" + (" ---: | ---: |" if args.compile else ""))
     for plan in expand(load_sweep(args.sweep)):
-        shape = "-".join(str(plan.axes[k]) for k in plan.axes if k not in ("lr", "seed"))
+        shape = "-".join(str(plan.axes[k]) for k in plan.axes if k not in ("lr", "weight_decay", "seed"))
         if shape in seen or args.match not in plan.name:
             continue
         seen.add(shape)
-        print(f"| {shape} | {step_seconds(plan.config, args.steps, args.warmup) * 1e3:.1f} |", flush=True)
+        eager = step_seconds(plan.config, args.steps, args.warmup)
+        # Attention's time at the same point but the family: runs of the sweep list it first.
+        point = tuple((k, v) for k, v in plan.axes.items() if k not in ("family", "lr", "weight_decay", "seed"))
+        if plan.axes.get("family") == "attention":
+            attention[point] = eager
+        ratio = f"{eager / attention[point]:.2f}" if point in attention else "-"
+        row = f"| {shape} | {eager * 1e3:.1f} | {ratio} |"
+        if args.compile:
+            compiled = step_seconds(plan.config, args.steps, args.warmup, compiled=True)
+            row += f" {compiled * 1e3:.1f} | {compiled / eager:.2f} |"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -195,10 +196,12 @@ class Op:
         """The implementation of backend ``name``, imported on first use.
 
         Looked up on every call (the import is cached by Python), so a test can replace the
-        function on its module.
+        function on its module. A module already imported is read from ``sys.modules``, which
+        torch.compile can trace, where ``importlib.import_module`` would end its graph.
         """
         module, _, attr = self.backend(name).entry.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        loaded = sys.modules.get(module)
+        return getattr(loaded if loaded is not None else importlib.import_module(module), attr)
 
 
 # Every op registers itself here when its package is imported (hybrids.kernels imports them all).

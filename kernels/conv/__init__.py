@@ -58,6 +58,9 @@ _EXTENSION_WIDTHS = (2, 3, 4)
 _EXTENSION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# A constant to torch.compile: the build is looked for once, not traced (its file checks would
+# end the graph).
+@torch.compiler.assume_constant_result
 def _cpp_available(device: str) -> str | None:
     from hybrids.kernels import cpp_build
 

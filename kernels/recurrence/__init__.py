@@ -34,6 +34,9 @@ from hybrids.kernels.dispatch import Backend, Op
 _PACKAGE = "hybrids.kernels.recurrence"
 
 
+# A constant to torch.compile: the build is looked for once, not traced (its file checks would
+# end the graph).
+@torch.compiler.assume_constant_result
 def _cpp_available(device: str) -> str | None:
     from hybrids.kernels import cpp_build
 

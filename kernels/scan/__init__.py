@@ -53,6 +53,9 @@ _PACKAGE = "hybrids.kernels.scan"
 _LOW_AND_SINGLE = (torch.float32, torch.float16, torch.bfloat16)
 
 
+# A constant to torch.compile: the build is looked for once, not traced (its file checks would
+# end the graph).
+@torch.compiler.assume_constant_result
 def _cpp_available(device: str) -> str | None:
     from hybrids.kernels import cpp_build
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 27's comparisons under the tuning protocol, one family at a time, in an order that completes
+# whole rows early: the quick learners of MQAR, then selective copying and induction heads, then the
+# slow learners of MQAR. Resumable: run it again after an interruption (each sweep skips what is
+# done; successive halving keeps its decisions). Each step prints its wall time.
+#
+#   nohup bash scripts/protocol_sweeps.sh > runs/sweeps/protocol.log 2>&1 &
+#   PYTHON=.venv/bin/python QUEUE="mqar_tuned_cpu:mamba-d*" bash scripts/protocol_sweeps.sh   # one step
+#
+# Stop it with SIGTERM to its process group (kill -- -PGID): running runs save their checkpoints.
+set -u
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+mqar() { for family in "$@"; do echo "mqar_tuned_cpu:$family-d*"; done; }
+DEFAULT_QUEUE="$(mqar attention sliding_window based mamba_attention rglru_local mamba_swa)
+selective_copying_tuned_cpu:*
+induction_tuned_cpu:*
+$(mqar s4d s4 rglru performer retnet gla mamba2 mamba)"
+QUEUE=${QUEUE:-$DEFAULT_QUEUE}
+for step in $QUEUE; do
+    sweep=${step%%:*} only=${step#*:}
+    start=$(date +%s)
+    echo "=== $(date -u +%FT%TZ) $sweep --only '$only'"
+    "$PYTHON" -m hybrids sweep "configs/sweeps/$sweep.yaml" --workers "${WORKERS:-2}" --only "$only"
+    status=$?
+    echo "=== $(date -u +%FT%TZ) $sweep --only '$only': exit $status after $(( $(date +%s) - start )) s"
+    if [ "$status" -ge 128 ]; then exit "$status"; fi  # stopped by a signal: stop here, resume later
+done
