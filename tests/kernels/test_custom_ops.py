@@ -9,6 +9,7 @@ import torch
 
 from hybrids.kernels import cpp_build
 import hybrids.kernels.conv.cpp  # noqa: F401  (registers the operators)
+import hybrids.kernels.linear.cpp  # noqa: F401
 import hybrids.kernels.recurrence.cpp  # noqa: F401
 import hybrids.kernels.scan.cpp  # noqa: F401
 
@@ -48,6 +49,16 @@ def test_opcheck_linear_recurrence(h0):
     x = torch.randn(2, 7, 3, generator=g, dtype=torch.float64).requires_grad_()
     start = torch.randn(2, 3, generator=g, dtype=torch.float64).requires_grad_() if h0 else None
     torch.library.opcheck(torch.ops.hybrids.cpu_linear_recurrence.default, [a, x, start])
+
+
+@pytest.mark.parametrize("decay", [None, 3, 4])
+@pytest.mark.parametrize("h0", [False, True])
+def test_opcheck_linear_attention(decay, h0):
+    g = torch.Generator().manual_seed(3)
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    q, k, v = r(2, 2, 37, 3), r(2, 2, 37, 3), r(2, 2, 37, 4)
+    log_decay = None if decay is None else (-torch.rand((2, 2, 37, 3)[:decay], generator=g, dtype=torch.float64)).requires_grad_()
+    torch.library.opcheck(torch.ops.hybrids.cpu_linear_attention.default, [q, k, v, log_decay, r(2, 2, 3, 4) if h0 else None, 0.5])
 
 
 def test_a_mamba_layer_compiles_without_graph_breaks_and_matches_eager():

@@ -1,4 +1,4 @@
-"""Linear attention: the "chunk" backend against the reference (outputs, final state, every
+"""Linear attention: the "chunk" and "cpu" (C++) backends against the reference (outputs, final state, every
 gradient) for all three forms of the decay, with and without an initial state, at odd lengths
 and chunk sizes that do not divide them; the reference against an independent dense (L, L)
 formulation; the decode step against the reference; very negative decays; float32; argument
@@ -75,6 +75,18 @@ def test_chunk_matches_reference(shape, decay, initial_state):
     *dims, size = shape
     inputs = make_inputs(*dims, decay, initial_state)
     errors = errors_against_reference(inputs, linear_attention_chunk, chunk_size=size)
+    assert max(errors.values()) < 1e-10, errors
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+@pytest.mark.parametrize("decay", DECAYS)
+@pytest.mark.parametrize("initial_state", [False, True], ids=["zero-state", "initial-state"])
+def test_cpu_recurrence_matches_reference(shape, decay, initial_state):
+    from hybrids.kernels.linear.cpp import linear_attention_cpu
+
+    *dims, _ = shape
+    inputs = make_inputs(*dims, decay, initial_state)
+    errors = errors_against_reference(inputs, linear_attention_cpu)
     assert max(errors.values()) < 1e-10, errors
 
 
@@ -162,7 +174,7 @@ def test_float32_agrees_with_float64(decay):
     assert max(errors.values()) < 1e-5, errors
 
 
-@pytest.mark.parametrize("backend", ["chunk", "reference"])
+@pytest.mark.parametrize("backend", ["chunk", "cpu", "reference"])
 def test_split_sequence_with_state_passed_along_equals_whole(backend):
     inputs = {name: x.detach() for name, x in make_inputs(1, 2, 50, 4, 3, "vector", True).items()}
     whole, final = linear_attention(**inputs, output_final_state=True, backend=backend)
@@ -174,7 +186,7 @@ def test_split_sequence_with_state_passed_along_equals_whole(backend):
     assert relative_rms(end, final) < 1e-13
 
 
-@pytest.mark.parametrize("backend", ["chunk", "reference"])
+@pytest.mark.parametrize("backend", ["chunk", "cpu", "reference"])
 @pytest.mark.parametrize("initial_state", [False, True], ids=["zero-state", "initial-state"])
 def test_empty_sequence(backend, initial_state):
     inputs = {name: x.detach() for name, x in make_inputs(2, 3, 0, 4, 5, "vector", initial_state).items()}
@@ -186,7 +198,7 @@ def test_empty_sequence(backend, initial_state):
 
 def test_without_final_state_returns_the_output_alone():
     inputs = {name: x.detach() for name, x in make_inputs(1, 1, 5, 2, 2, "scalar").items()}
-    for backend in ("chunk", "reference"):
+    for backend in ("chunk", "cpu", "reference"):
         o = linear_attention(**inputs, backend=backend)
         assert isinstance(o, torch.Tensor) and o.shape == (1, 1, 5, 2)
 
@@ -258,7 +270,7 @@ def test_chunk_takes_an_empty_batch(decay):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("backend", ["reference", "chunk"])
+@pytest.mark.parametrize("backend", ["reference", "chunk", "cpu"])
 @pytest.mark.parametrize("decay", ["scalar", "vector"])
 def test_a_log_decay_of_minus_infinity_is_a_hard_reset(backend, decay, dtype):
     """g = -inf at step r: the state restarts there, so outputs from r on equal a fresh run on
@@ -333,11 +345,13 @@ def test_step_argument_errors_name_the_argument(changes, message):
         linear_attention_step(**args)
 
 
-def test_dispatch_picks_chunk_on_cpu_and_the_environment_forces_reference(monkeypatch):
+def test_dispatch_picks_the_cpp_recurrence_on_cpu_and_the_environment_forces_reference(monkeypatch):
+    import hybrids.kernels.linear.cpp as cpp_module
+
     monkeypatch.delenv(LINEAR_ATTENTION.env, raising=False)
     assert LINEAR_ATTENTION.env == "HYBRIDS_LINEAR_ATTENTION_BACKEND" == linear.BACKEND_ENV
-    assert linear.BACKENDS == ("reference", "chunk", "triton", "fla")
-    assert LINEAR_ATTENTION.select("cpu", torch.float32) == "chunk"
+    assert linear.BACKENDS == ("reference", "chunk", "cpu", "triton", "fla")
+    assert LINEAR_ATTENTION.select("cpu", torch.float32) == "cpu"
     # CUDA tensors get "triton" where it is installed: see test_linear_attention_triton.py
     calls = []
 
@@ -349,6 +363,7 @@ def test_dispatch_picks_chunk_on_cpu_and_the_environment_forces_reference(monkey
         return wrapped
 
     monkeypatch.setattr(chunk_module, "linear_attention_chunk", spy("chunk", chunk_module.linear_attention_chunk))
+    monkeypatch.setattr(cpp_module, "linear_attention_cpu", spy("cpu", cpp_module.linear_attention_cpu))
     monkeypatch.setattr(
         reference_module, "linear_attention_reference", spy("reference", reference_module.linear_attention_reference)
     )
@@ -357,7 +372,7 @@ def test_dispatch_picks_chunk_on_cpu_and_the_environment_forces_reference(monkey
     monkeypatch.setenv(LINEAR_ATTENTION.env, "reference")
     linear_attention(**inputs)
     linear_attention(**inputs, backend="chunk")  # the argument beats the environment
-    assert calls == ["chunk", "reference", "chunk"]
+    assert calls == ["cpu", "reference", "chunk"]
     monkeypatch.setenv(LINEAR_ATTENTION.env, "no-such-backend")
     with pytest.raises(ValueError, match="^HYBRIDS_LINEAR_ATTENTION_BACKEND: unknown linear_attention backend"):
         linear_attention(**inputs)
@@ -370,3 +385,13 @@ def test_public_names_are_re_exported_and_the_package_is_not_shadowed():
         assert getattr(kernels, name) is getattr(linear, name), name
     assert kernels.linear is linear and "linear" not in kernels.__all__
     assert kernels.REGISTRY["linear_attention"] is LINEAR_ATTENTION
+
+
+def test_on_cpu_the_recurrence_is_chosen_where_it_is_faster(monkeypatch):
+    """The measured rule (kernels/linear/__init__.py): a vector decay, or a small state per head,
+    goes to the C++ recurrence; large feature maps without a vector decay to the chunked form."""
+    monkeypatch.delenv(LINEAR_ATTENTION.env, raising=False)
+    pick = lambda decay, k, v: LINEAR_ATTENTION.select("cpu", torch.float32, decay=decay, key_dim=k, value_dim=v)  # noqa: E731
+    assert pick("vector", 64, 64) == pick("vector", 32, 32) == "cpu"  # GLA
+    assert pick("scalar", 16, 16) == pick("scalar", 32, 32) == "cpu"  # Mamba-2, RetNet
+    assert pick(None, 153, 32) == pick(None, 64, 32) == pick("scalar", 64, 64) == "chunk"  # Based, Performer
