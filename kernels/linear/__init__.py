@@ -57,8 +57,8 @@ dispatcher's choice for the tensors, :mod:`hybrids.kernels.dispatch`):
 Automatic choice: ``"triton"`` on CUDA (``"chunk"`` for float64, which the Triton kernels
 reject, or where Triton is missing); ``"cpu"`` or ``"chunk"`` on CPU (below), where
 Triton runs only in its interpreter and is never chosen by itself. ``"cpu"`` is chosen for a
-vector decay, and for a scalar or no decay where a head's state is small (``K * V <= 16 (K +
-V)``); larger states go to ``"chunk"``, whose matrix products are faster there.
+vector decay, and for a scalar or no decay where a head's state is small (``K * V < 16 (K +
+V)``, strictly); larger states go to ``"chunk"``, whose matrix products are faster there.
 
 The decode step, one token with the state updated in place, is :func:`linear_attention_step`
 (:mod:`.step`).
@@ -84,13 +84,13 @@ def _recurrence_pays(call) -> str | None:
     at BLAS speed, plus, for a vector decay, (C, C, K) elementwise work that the recurrence
     avoids. Measured (batch 64, L = 64, forward and backward, one thread; docs/kernels.md): a
     vector decay 3.5x faster on the recurrence (GLA, K = V = 32); a scalar decay 1.8x faster at
-    8 heads of K = V = 16 (Mamba-2), as fast at 2 heads of K = V = 32 (RetNet), 1.6x slower at one
-    head of 64; no decay with large feature maps (Based, K = 153; Performer, K = 64) 1.7-2x
-    slower."""
+    8 heads of K = V = 16 (Mamba-2), no faster at 2 heads of K = V = 32 (RetNet: its whole
+    training step 20% slower), 1.6x slower at one head of 64; no decay with large feature maps
+    (Based, K = 153; Performer, K = 64) 1.7-2x slower."""
     if call.get("decay") == "vector":
         return None
     key, value = call.get("key_dim"), call.get("value_dim")
-    if key is None or value is None or key * value <= 16 * (key + value):
+    if key is None or value is None or key * value < 16 * (key + value):
         return None
     return f"K * V = {key * value} state elements per head: the chunked form's matrix products are faster"
 
