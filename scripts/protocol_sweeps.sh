@@ -8,7 +8,7 @@
 #   PYTHON=.venv/bin/python QUEUE="mqar_tuned_cpu:mamba-d*" bash scripts/protocol_sweeps.sh   # one step
 #
 # Stop it with SIGTERM to its process group (kill -- -PGID): running runs save their checkpoints.
-set -u
+set -uf  # -f: the --only globs are for the sweep, not for the shell
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 mqar() { for family in "$@"; do echo "mqar_tuned_cpu:$family-d*"; done; }
@@ -25,4 +25,5 @@ for step in $QUEUE; do
     status=$?
     echo "=== $(date -u +%FT%TZ) $sweep --only '$only': exit $status after $(( $(date +%s) - start )) s"
     if [ "$status" -ge 128 ]; then exit "$status"; fi  # stopped by a signal: stop here, resume later
+    if [ "$status" -eq 2 ]; then echo "=== a bad sweep file or selection: fix it and run again" >&2; exit 2; fi
 done

@@ -86,6 +86,18 @@ def sweep_main(argv: list[str]) -> int:
                   f"{', '.join(all_names[:8])}{' ...' if len(all_names) > 8 else ''}", file=sys.stderr)
             return EXIT_BAD_SWEEP
     problems = prepare(plans, spec.match)
+    if spec.halving is not None and args.only:
+        # Halving ranks the settings of a point against one another: a part of a point would be
+        # decided on without the rest, for good.
+        from hybrids.lab.sweeps.halving import point_label
+
+        chosen = {point_label(p.axes, spec.tune) for p in plans}
+        whole = sum(point_label(p.axes, spec.tune) in chosen for p in expand(spec))
+        if whole != len(plans):
+            print(f"error: only: with halving, select whole points (every learning rate, weight decay and seed of a "
+                  f"family and setting, e.g. 'mamba-d64-*'): {len(plans)} runs match, their points have {whole}",
+                  file=sys.stderr)
+            return EXIT_BAD_SWEEP
     if spec.halving is not None:
         unbounded = [p.name for p in plans if budget_of(p.config, [], finished=False) is None]
         if unbounded:
@@ -172,7 +184,8 @@ def halve(spec, plans_and_dirs: list[tuple[RunPlan, Path]], out: Path, args: arg
         criterion = criterion_for(plan.config)
         metric = spec.halving.metric or criterion.metric
         mode = spec.halving.mode or criterion.mode
-        runs.append(HalvingRun(plan.name, run_dir, plan.axes, budget_of(plan.config, [], finished=False), metric, mode))
+        runs.append(HalvingRun(plan.name, run_dir, plan.axes, budget_of(plan.config, [], finished=False), metric, mode,
+                               config_hash(plan.config)))
 
     def batch(items: list[tuple[HalvingRun, int | None]]) -> None:
         progress.total = progress.count + len(items)
@@ -203,6 +216,8 @@ def halving_plan(spec, plans: list[RunPlan]) -> str:
             previous, n = end, kept_count(n, spec.halving.keep)
         full += len(settings) * seeds
         lines.add(f"pauses at steps {steps} of {budget}")
+    if not full:
+        return "halving: no run can be built"
     return (f"halving: {'; '.join(sorted(lines))}; keep {spec.halving.keep:g} of the settings at each: "
             f"at most {halved:,.1f} run-budgets instead of {full:,.0f} ({halved / full:.0%})")
 

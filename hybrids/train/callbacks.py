@@ -61,9 +61,10 @@ class GracefulInterrupt(Callback):
     signal stops them all at the same step). Lightning's own SIGTERM handling, which would exit
     with status 0 and no checkpoint, is held back while this callback acts.
 
-    ``pause_at``: after the first validation at or after this optimiser step, stop the same way
-    (the checkpoint where the training state is whole, so the run resumes exactly) and raise
-    :class:`Paused`, unless the run is ending there anyway (solved, or its budget reached).
+    ``pause_at``: after the first validation at or after this optimiser step, stop at the end of
+    the next training step the same way (the checkpoint where the training state is whole, so the
+    run resumes exactly) and raise :class:`Paused`, unless the run is ending there anyway (solved,
+    or its budget reached).
     """
 
     def __init__(self, pause_at: int | None = None) -> None:
@@ -114,9 +115,11 @@ class GracefulInterrupt(Callback):
         if trainer.world_size > 1:
             code = torch.tensor(int(received or 0), device=trainer.strategy.root_device)
             received = int(trainer.strategy.reduce(code, reduce_op="max")) or None
-        if received is None and self._validated_at is not None and not trainer.should_stop:
+        budget_reached = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+        if received is None and self._validated_at is not None and not trainer.should_stop and not budget_reached:
             # A pause: every process validated at the same step, so every process agrees. Not when
-            # the run ends here anyway (solved, or its budget reached: should_stop is set).
+            # the run ends here anyway (solved: should_stop is set; or its budget of steps reached,
+            # checked here because ValidateAtMaxSteps runs after this callback).
             received = 0
         return received
 
@@ -137,8 +140,14 @@ class GracefulInterrupt(Callback):
         signum = self._pending(trainer)
         if signum is None:
             return
-        if signum == 0 and trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs:
-            return  # a pause due at the end of the last epoch: the run is over, nothing to resume
+        if signum == 0 or not (trainer.max_epochs is not None and trainer.max_epochs > 0):
+            # Wait for the next training step's end, which resumes exactly: a checkpoint taken
+            # here, at an epoch's end, resumes one step off when the run is bounded by max_steps
+            # alone (Lightning's max_epochs -1: the logged steps shifted by one and different
+            # figures; tests/train/test_runs.py). A pause always waits (after the last epoch there
+            # is no next step: the run ends, done, not paused); a signal waits when the run has no
+            # epoch bound, where a next step always exists until max_steps ends the run.
+            return
         # The epoch is complete. The checkpoint callback (which runs after this one) has either
         # saved at the end of validation already or would save now: save here either way.
         self._stop(trainer, signum, save=True)

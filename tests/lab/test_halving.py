@@ -123,6 +123,34 @@ def test_an_interrupted_rung_is_decided_by_the_next_sweep_and_old_decisions_stan
     fake.statuses.clear()
     fake.go(Halving(rungs=(0.25,), keep=0.5))
     assert fake.statuses["lr1-s0"]["status"] == "done" and fake.statuses["lr2-s0"]["status"] == "pruned"
+    # Runs whose config the sweep file changed: the old decision does not apply; decided anew.
+    for run in fake.runs:
+        run.config_hash = "edited"
+    fake.statuses.clear()
+    fake.go(Halving(rungs=(0.25,), keep=0.5))
+    assert fake.statuses["lr2-s0"]["status"] == "done" and fake.statuses["lr1-s0"]["status"] == "pruned"
+
+
+def test_a_point_that_grows_a_seed_is_decided_again_with_the_pruned_runs_scored(tmp_path):
+    """A finished halving sweep given another seed: the point's configs change, so its decision is
+    made again; the runs pruned before count with their rung figures, and a setting that now wins
+    resumes from its pause instead of staying pruned for good."""
+    fake = FakeSweep(tmp_path, lrs=[1, 2], seeds=(0,))
+    fake.go(Halving(rungs=(0.25,), keep=0.5))
+    assert fake.statuses["lr1-s0"]["status"] == "pruned" and fake.statuses["lr2-s0"]["status"] == "done"
+    grown = FakeSweep.__new__(FakeSweep)
+    grown.__dict__.update(fake.__dict__)
+    for lr in (1, 2):
+        run_dir = tmp_path / f"lr{lr}-s1"
+        run_dir.mkdir()
+        grown.runs.append(HalvingRun(f"lr{lr}-s1", run_dir, {"family": "a", "lr": lr, "seed": 1}, 64, "val/acc", "max",
+                                     config_hash="new"))
+    grown.fail = {"lr2-s1"}  # the new seed of the winner fails: lr 1, complete, now ranks first
+    grown.batches = []
+    grown.go(Halving(rungs=(0.25,), keep=0.5))
+    assert grown.batches[0] == [("lr1-s1", 16), ("lr2-s1", 16)], "only the new seeds train to the rung"
+    assert grown.statuses["lr1-s0"]["status"] == "done" and grown.statuses["lr1-s1"]["status"] == "done"
+    assert grown.statuses["lr2-s0"]["status"] == "pruned"
 
 
 def test_decide_waits_for_every_run_of_the_point():
@@ -211,3 +239,27 @@ def test_a_real_halving_sweep_prunes_on_validation_and_selects_only_survivors(tm
     pruned.write_text(json.dumps(doctored))
     (point,) = select_points(sweep_table(out), metric="val/loss", mode="min").to_dict("records")
     assert (point["lr"], point["n_pruned"], point["n_pending"], point["n_seeds"]) == (1e-2, 2, 0, 1)
+
+
+# -- the protocol's sweep files ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, families, budget, data", [
+    ("mqar_tuned_cpu", 14 * 2, 3000, "MQAR"),  # 14 families x 2 widths
+    ("selective_copying_tuned_cpu", 4, 2560, "SelectiveCopying"),
+    ("induction_tuned_cpu", 3, 4000, "InductionHeads"),
+])
+def test_the_protocol_sweeps_tune_every_family_on_the_default_grid_with_three_seeds(name, families, budget, data):
+    spec = load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml")
+    plans = expand(spec)
+    assert len(plans) == families * 6 * 3 and spec.tune == ["lr", "weight_decay"]
+    assert {(p.axes["lr"], p.axes["weight_decay"]) for p in plans} == {
+        (lr, wd) for lr in (3e-4, 1e-3, 3e-3) for wd in (0.0, 0.1)}
+    assert spec.halving is not None and spec.halving.metric == "val/loss"
+    for plan in plans:
+        trainer, data_args = plan.config["trainer"], plan.config["data"]["init_args"]
+        assert trainer["max_steps"] == budget and trainer.get("max_epochs") is None
+        assert plan.config["data"]["class_path"] == f"hybrids.data.{data}"
+        assert data_args["order_seed"] == plan.config["seed_everything"] == plan.axes["seed"]
+    if name == "induction_tuned_cpu":
+        assert all(p.config["data"]["init_args"]["train_lengths"] == [64, 256] for p in plans)

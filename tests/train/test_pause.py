@@ -30,12 +30,17 @@ def logged(folder: Path) -> dict[tuple[int, str], str]:
     return out
 
 
-@pytest.mark.parametrize("pause, validated, stopped, every", [(5, 6, 7, 6), (17, 18, 19, 6), (5, 20, 20, 1.0)])
-def test_a_paused_run_resumes_to_the_uninterrupted_run(in_tmp, pause, validated, stopped, every):
+@pytest.mark.parametrize("pause, validated, stopped, every, budget", [
+    (5, 6, 7, 6, []), (17, 18, 19, 6, []), (5, 20, 21, 1.0, []),
+    # Bounded by steps alone (Lightning's max_epochs -1), as the sweeps' runs are.
+    (5, 20, 21, 1.0, ["--trainer.max_epochs=null", "--trainer.max_steps=40"]),
+])
+def test_a_paused_run_resumes_to_the_uninterrupted_run(in_tmp, pause, validated, stopped, every, budget):
     """Pause at step 5: the validation at step 6 is the rung's, the checkpoint is taken at the
     next step boundary (7), as a stop by a signal is. Validated once an epoch, the rung's
-    validation is the epoch's end (20), where the checkpoint is taken."""
-    args = [*TINY, f"--trainer.val_check_interval={every}"]
+    validation is the epoch's end (20), and the checkpoint is taken after the next epoch's first
+    step (21): a checkpoint at the epoch's end resumed one step off under max_steps alone."""
+    args = [*TINY, f"--trainer.val_check_interval={every}", *budget]
     build_cli(["fit", *args, "--trainer.logger.init_args.name=full"])
     full = logged(Path("runs/full"))
     with pytest.raises(Paused) as info:
@@ -48,10 +53,8 @@ def test_a_paused_run_resumes_to_the_uninterrupted_run(in_tmp, pause, validated,
     resumed = build_cli(["fit", *args, "--trainer.logger.init_args.name=cut", "--ckpt_path=last"])
     assert resumed.trainer.global_step == 40
     # Bit for bit, but for what Lightning logs after the hook that pauses (as for a stop by a
-    # signal): the training loss of the one step trained after a mid-epoch rung's validation, or
-    # the epoch's training means at an epoch's end.
-    unlogged = ({(stopped - 1, "train/loss_step")} if stopped != validated
-                else {(stopped - 1, "train/loss_epoch"), (stopped - 1, "train/acc_epoch")})
+    # signal): the training loss of the one step trained after the rung's validation.
+    unlogged = {(stopped - 1, "train/loss_step")}
     assert set(full) - set(logged(Path("runs/cut"))) == unlogged
     assert {k: full[k] for k in full if k not in unlogged} == logged(Path("runs/cut"))
 
@@ -65,6 +68,13 @@ def test_a_run_ending_at_its_pause_does_not_pause(in_tmp, monkeypatch):
     # The pause falls on the last validation (the budget's end): nothing to resume.
     cli = build_cli(["fit", *TINY, "--pause_at_step=39", "--trainer.logger.init_args.name=last"])
     assert cli.trainer.global_step == 40
+
+
+def test_a_pause_due_at_the_last_step_of_the_budget_does_not_pause(in_tmp):
+    # Validated at 6, the next step boundary is step 7, the budget: the run ends there, validated.
+    cli = build_cli(["fit", *TINY, "--trainer.max_steps=7", "--pause_at_step=5"])
+    assert cli.trainer.global_step == 7
+    assert (6, "val/acc") in logged(Path("runs/hybrids"))
 
 
 def test_the_cli_exits_75_and_says_how_to_resume(in_tmp, monkeypatch, capsys):

@@ -138,6 +138,9 @@ RESUME_CASES = {
     "workers": (["--data.init_args.num_workers=2"], [(15, "train", 16)]),
     # The signal arrives on the first batch of an accumulation pair; the run stops after the pair.
     "accumulation": (["--trainer.accumulate_grad_batches=2"], [(7, "train", 8)]),
+    # Bounded by steps alone, as sweeps' runs are: a signal during the epoch's validation stops the
+    # run after the next epoch's first step (a checkpoint at the epoch's end resumed one step off).
+    "steps only": (["--trainer.max_epochs=null", "--trainer.max_steps=30"], [(3, "validation", 11)]),
 }
 
 
@@ -149,7 +152,7 @@ def test_stop_anywhere_then_resume_gives_the_uninterrupted_metrics(case, tmp_pat
     for bit (batch losses, epoch means, validation), with dropout, DataLoader workers and
     gradient accumulation too."""
     extra, stops = RESUME_CASES[case]
-    args = run_args("--trainer.max_epochs=3", "--trainer.log_every_n_steps=1", *extra)
+    args = run_args("--trainer.max_epochs=3", "--trainer.log_every_n_steps=1", *extra)  # extra may replace the bound
     full = hybrids(*args, "--trainer.logger.init_args.name=full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
     uninterrupted = metrics(tmp_path / "runs/full/version_0")

@@ -26,7 +26,9 @@ What keeps the selection honest:
   same learning-rate schedule: the schedule is set by the budget, not by the pause), so a
   survivor's curve is the curve of an uninterrupted run;
 - decisions are written to ``halving.json`` in the sweep folder and reused when the sweep is
-  run again, so a resumed sweep never re-decides (nor changes its mind) on a point.
+  run again, so a resumed sweep never re-decides (nor changes its mind) on a point; a decision
+  records the configs it was made on (their hashes), and one made on runs the sweep file has
+  since changed is made again.
 
 A run solved before a rung (``--stop_when_solved``) is done; its final figure is its score.
 """
@@ -144,6 +146,7 @@ class HalvingRun:
     budget: int
     metric: str
     mode: str
+    config_hash: str | None = None  # the run's config (run.json); decisions are kept per configs
 
 
 def decide(
@@ -175,7 +178,8 @@ def decide(
 def reached(status: Mapping[str, Any] | None, step: int, curve: Sequence[tuple[int, float]]) -> int | None:
     """How far a run's score counts for the rung at ``step`` (``decide``'s ``reached``): done: its
     last validated step (a run solved early is scored by its final figure); paused at or after
-    the rung: the step it paused at; failed: 0 (scored as the worst); else None (not there yet)."""
+    the rung (or pruned there, by a decision being made again): the step it paused at; failed: 0
+    (scored as the worst); else None (not there yet)."""
     status = status or {}
     state = status.get("status")
     if state == "done":
@@ -183,8 +187,10 @@ def reached(status: Mapping[str, Any] | None, step: int, curve: Sequence[tuple[i
     if state == "failed":
         return 0
     paused_at = status.get("paused_at")
-    if state == "paused" and isinstance(paused_at, int) and paused_at >= step:
+    if state in ("paused", "pruned") and isinstance(paused_at, int) and paused_at >= step:
         return paused_at
+    if state == "pruned" and not isinstance(paused_at, int):
+        return 0  # it failed before it could pause, and was pruned with its setting
     return None
 
 
@@ -214,8 +220,16 @@ def run_halving(
             pause = steps[point][rung] if rung < len(steps[point]) else None
             for run in members:
                 status = read_status(run.run_dir) or {}
-                if status.get("status") in ("done", "pruned"):
-                    continue  # pruned: by a decision kept in halving.json, which the loop below reapplies
+                pruned_at = status.get("pruned_at")
+                if status.get("status") == "pruned" and (pause is None or (isinstance(pruned_at, int) and pruned_at < pause)):
+                    # Alive past the rung that pruned it: the decision that did was made on configs
+                    # the sweep file has changed since, and was made again. Paused where it stopped.
+                    status = {**status, "status": "paused", "note": "pruned by a decision made on older configs"}
+                    write_status(run.run_dir, status)
+                if status.get("status") == "pruned":
+                    continue  # at this rung, by a decision on record
+                if status.get("status") == "done":
+                    continue
                 if pause is not None and reached(status, pause, []) is not None and status.get("status") != "failed":
                     continue  # paused at or past this rung already
                 batch.append((run, pause))
@@ -228,12 +242,16 @@ def run_halving(
         for point, members in alive.items():
             if rung >= len(steps[point]):
                 continue  # trained to the end
+            hashes = sorted(str(r.config_hash) for r in members)
             decision = decisions.get(point, rung)
+            if decision is not None and decision.get("configs", hashes) != hashes:
+                decision = None  # made on runs whose configs the sweep file has changed since
             if decision is None:
                 decision = decide(members, tuned, rung, steps[point][rung], halving.keep,
                                   lambda run: reached(read_status(run.run_dir), steps[point][rung], curve_of(run)), curve_of)
                 if decision is None:
                     continue  # a run did not get there (interrupted, say): decided by a later sweep
+                decision["configs"] = hashes
                 decisions.record(point, rung, decision)
             kept = set(decision["kept"])
             survivors = [r for r in members if setting_label(setting_of(r.axes, tuned), tuned) in kept]

@@ -445,8 +445,9 @@ def check_halving(value: Any, tune: list[str]) -> Halving | None:
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
         raise SweepError("halving.keep", f"must be a fraction in (0, 1), got {keep!r}")
     metric, mode = value.get("metric"), value.get("mode")
-    if metric is not None and (not isinstance(metric, str) or "/" not in metric):
-        raise SweepError("halving.metric", f"must be a logged validation metric such as val/acc, got {metric!r}")
+    if metric is not None and (not isinstance(metric, str) or not metric.startswith("val/")):
+        # Decisions look at validation only: a test metric here would choose on the test set.
+        raise SweepError("halving.metric", f"must be a validation metric (val/...), such as val/loss, got {metric!r}")
     if mode is not None and mode not in ("max", "min"):
         raise SweepError("halving.mode", f"must be max or min, got {mode!r}")
     if (metric is None) != (mode is None):
