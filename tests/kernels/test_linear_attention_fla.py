@@ -142,7 +142,7 @@ def test_adapter_empty_sequence_needs_no_kernel(stand_in):
 
 def test_fla_is_never_chosen_automatically_and_refused_on_cpu():
     assert "fla" in LINEAR_ATTENTION.names
-    assert LINEAR_ATTENTION.select("cpu", torch.float32) == "cpu"
+    assert LINEAR_ATTENTION.select("cpu", torch.float32) in ("cpu", "chunk")  # chunk without a C++ compiler
     why = fla_available("cpu")
     assert why is not None and ("CUDA" in why or "not installed" in why)
     q = torch.randn(1, 1, 4, 2)

@@ -316,7 +316,7 @@ def test_dispatch_prefers_triton_on_cuda_only(monkeypatch):
             monkeypatch.delenv("TRITON_INTERPRET", raising=False)
         assert LINEAR_ATTENTION.select("cuda", torch.bfloat16) == "triton"
         assert LINEAR_ATTENTION.select("cuda", torch.float64) == "chunk"
-        assert LINEAR_ATTENTION.select("cpu", torch.float32) == "cpu"
+        assert LINEAR_ATTENTION.select("cpu", torch.float32) in ("cpu", "chunk")  # chunk without a C++ compiler
 
 
 @pytest.mark.gpu
