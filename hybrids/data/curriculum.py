@@ -114,13 +114,13 @@ class CurriculumOrder(EpochShuffle):
         for earlier in range(epoch):
             for length in self.lengths_of_epoch(earlier):
                 used[length] += self.batch_size
-        batches = []
+        batches, permutations = [], {}  # (length, pass) -> that pass's order, drawn once per epoch
         for length in self.lengths_of_epoch(epoch):
-            batches.append((length, self._take(length, used[length])))
+            batches.append((length, self._take(length, used[length], permutations)))
             used[length] += self.batch_size
         return batches
 
-    def _take(self, length: int, start: int) -> torch.Tensor:
+    def _take(self, length: int, start: int, permutations: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
         """Examples ``start`` to ``start + batch_size`` of length ``length``'s stream: its examples
         in a fresh permutation per pass (a batch larger than the pool takes the whole pool)."""
         pool = self.pools[length]
@@ -129,7 +129,9 @@ class CurriculumOrder(EpochShuffle):
         pieces, position = [], start
         while position < start + count:
             cycle, offset = divmod(position, pool)
-            permutation = self._permutation(length, cycle)
+            if (length, cycle) not in permutations:
+                permutations[length, cycle] = self._permutation(length, cycle)
+            permutation = permutations[length, cycle]
             take = min(pool - offset, start + count - position)
             pieces.append(permutation[offset:offset + take])
             position += take
