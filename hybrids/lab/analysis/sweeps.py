@@ -26,6 +26,7 @@ import pandas as pd
 
 from hybrids.lab.learning import learning_record, summary
 from hybrids.lab.run_status import as_seen
+from hybrids.lab.ordering import order_key
 
 SEED_AXIS = "seed"
 
@@ -207,17 +208,6 @@ def tuned_axes(table: pd.DataFrame) -> list[str]:
     return _names(table, "tuned_axes")
 
 
-def _order_key(value: Any) -> tuple:
-    """A sort key over mixed axis values: numbers by value, then text, then missing values last."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return (2, 0, "")
-    if isinstance(value, (bool, np.bool_)):
-        return (0, int(value), "")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return (0, float(value), "")
-    return (1, 0, str(value))
-
-
 def _groups(frame: pd.DataFrame, by: list[str]):
     """(key tuple, rows) for each distinct value of ``by``, in order of first appearance; missing
     values form their own group (an axis one family lacks is still a point)."""
@@ -281,7 +271,7 @@ def _finished(runs: pd.DataFrame, metric_col: str) -> pd.DataFrame:
 def _settings(runs: pd.DataFrame, tuned: list[str]):
     """(tuned values, runs) for each setting of the tuned axes, lowest values first."""
     groups = list(_groups(runs, tuned))
-    return sorted(groups, key=lambda item: [_order_key(v) for v in item[0]])
+    return sorted(groups, key=lambda item: [order_key(v) for v in item[0]])
 
 
 def _choose(settings: list[tuple[tuple, pd.DataFrame]], metric_col: str, mode: str):
@@ -356,7 +346,7 @@ def select_points(
     if points.empty:
         return points
     order = [c for c in ("family", "seq_len", "num_kv_pairs", "d_model", "state_size", "params") if c in points]
-    return points.sort_values(order, key=lambda column: column.map(_order_key), kind="stable").reset_index(drop=True)
+    return points.sort_values(order, key=lambda column: column.map(order_key), kind="stable").reset_index(drop=True)
 
 
 def _point_row(

@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hybrids.lab.ordering import order_key
+
 # Exit status of `hybrids fit --pause_at_step N` paused at its rung (sysexits' EX_TEMPFAIL: try again).
 EXIT_PAUSED = 75
 DECISIONS_FILE = "halving.json"
@@ -69,12 +71,6 @@ def kept_count(settings: int, keep: float) -> int:
     return max(1, math.ceil(keep * settings - 1e-9))
 
 
-def _order_key(value: Any) -> tuple:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (0, float(value), "")
-    return (1, 0.0, str(value))
-
-
 def rank_settings(scores: Mapping[tuple, Sequence[float | None]], mode: str) -> list[tuple]:
     """The settings best first: most seeds with a finite score, then the better mean score
     (``mode`` "max" or "min"), then the lower tuned values."""
@@ -82,7 +78,7 @@ def rank_settings(scores: Mapping[tuple, Sequence[float | None]], mode: str) -> 
         finite = [s for s in scores[setting] if s is not None and math.isfinite(s)]
         mean = sum(finite) / len(finite) if finite else math.nan
         ordered = -mean if mode == "max" else mean
-        return (-len(finite), ordered if finite else math.inf, [_order_key(v) for v in setting])
+        return (-len(finite), ordered if finite else math.inf, [order_key(v) for v in setting])
 
     return sorted(scores, key=key)
 
