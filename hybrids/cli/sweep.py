@@ -78,7 +78,7 @@ def sweep_main(argv: list[str]) -> int:
         # One line: the file, then the key at fault (or, for the file as a whole, just the file).
         print(f"error: {args.file}: {err.reason if err.key == 'FILE' else err}", file=sys.stderr)
         return EXIT_BAD_SWEEP
-    all_names = [plan.name for plan in plans]
+    all_plans, all_names = plans, [plan.name for plan in plans]
     if args.only:
         plans = [p for p in plans if any(fnmatch.fnmatchcase(p.name, pattern) for pattern in args.only)]
         if not plans:
@@ -92,7 +92,7 @@ def sweep_main(argv: list[str]) -> int:
         from hybrids.lab.sweeps.halving import point_label
 
         chosen = {point_label(p.axes, spec.tune) for p in plans}
-        whole = sum(point_label(p.axes, spec.tune) in chosen for p in expand(spec))
+        whole = sum(point_label(p.axes, spec.tune) in chosen for p in all_plans)
         if whole != len(plans):
             print(f"error: only: with halving, select whole points (every learning rate, weight decay and seed of a "
                   f"family and setting, e.g. 'mamba-d64-*'): {len(plans)} runs match, their points have {whole}",

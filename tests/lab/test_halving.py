@@ -263,3 +263,9 @@ def test_the_protocol_sweeps_tune_every_family_on_the_default_grid_with_three_se
         assert data_args["order_seed"] == plan.config["seed_everything"] == plan.axes["seed"]
     if name == "induction_tuned_cpu":
         assert all(p.config["data"]["init_args"]["train_lengths"] == [64, 256] for p in plans)
+
+
+def test_only_must_select_whole_points_under_halving(tmp_path, capsys):
+    path = write(tmp_path, settings=TINY, lr=[1e-4, 1e-3], weight_decay=[0.0], halving={"rungs": [0.25]})
+    assert sweep_main([str(path), "--dry-run", "--only", "lr1e-3-*"]) == 2
+    assert "error: only: with halving, select whole points" in capsys.readouterr().err

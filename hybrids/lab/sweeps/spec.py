@@ -153,6 +153,15 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _entry(value: Any, name: str, known: tuple[str, ...]) -> dict[str, Any]:
+    """A top-level entry that is a mapping of ``known`` keys (match, halving)."""
+    value = _mapping(value, name)
+    for key in value:
+        if key not in known:
+            raise SweepError(f"{name}.{key}", f"unknown key; known: {known}")
+    return value
+
+
 def _list(value: Any, key: str, example: str = "") -> list[Any]:
     if not isinstance(value, list) or not value:
         raise SweepError(key, f"must be a non-empty list{f' ({example})' if example else ''}, got {value!r}")
@@ -340,36 +349,33 @@ def _check_grid(value: Any, choices: Mapping[str, Any]) -> list[dict[str, list[A
 
 
 def _check_lrs(value: Any, where: str) -> list[float]:
-    if value == "default":
-        return list(DEFAULT_LRS)
-    lrs = _list(value, where, "e.g. [1.0e-3, 3.0e-3], or default; leave it out to keep the base config's")
-    for lr in lrs:
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-            raise SweepError(where, f"learning rates must be positive numbers, got {lr!r}")
-    if len(set(lrs)) != len(lrs):
-        raise SweepError(where, f"repeated value in {lrs}")
-    return [float(lr) for lr in lrs]
+    return _optimiser_values(value, where, DEFAULT_LRS, "[1.0e-3, 3.0e-3]", "learning rates must be positive numbers",
+                             lambda lr: 0 < lr < math.inf)
 
 
 def _check_weight_decays(value: Any, where: str) -> list[float]:
+    return _optimiser_values(value, where, DEFAULT_WEIGHT_DECAYS, "[0.0, 0.1]",
+                             "weight decays must be finite numbers >= 0", lambda decay: 0 <= decay < math.inf)
+
+
+def _optimiser_values(value: Any, where: str, default, example: str, rule: str, ok) -> list[float]:
+    """An optimiser axis (lr, weight_decay): "default" (the protocol's grid) or a list of distinct
+    numbers that ``ok`` accepts."""
     if value == "default":
-        return list(DEFAULT_WEIGHT_DECAYS)
-    decays = _list(value, where, "e.g. [0.0, 0.1], or default; leave it out to keep the base config's")
-    for decay in decays:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < math.inf:
-            raise SweepError(where, f"weight decays must be finite numbers >= 0, got {decay!r}")
-    if len(set(decays)) != len(decays):
-        raise SweepError(where, f"repeated value in {decays}")
-    return [float(decay) for decay in decays]
+        return list(default)
+    values = _list(value, where, f"e.g. {example}, or default; leave it out to keep the base config's")
+    for number in values:
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not ok(number):
+            raise SweepError(where, f"{rule}, got {number!r}")
+    if len(set(values)) != len(values):
+        raise SweepError(where, f"repeated value in {values}")
+    return [float(number) for number in values]
 
 
 def _check_match(value: Any, choices: Mapping[str, Any]) -> Match | None:
     if value is None:
         return None
-    value = _mapping(value, "match")
-    for key in value:
-        if key not in MATCH_KEYS:
-            raise SweepError(f"match.{key}", f"unknown key; known: {MATCH_KEYS}")
+    value = _entry(value, "match", MATCH_KEYS)
     quantity = value.get("quantity")
     if quantity not in QUANTITIES:
         raise SweepError("match.quantity", f"must be one of {QUANTITIES}, got {quantity!r}")
@@ -428,10 +434,7 @@ def check_halving(value: Any, tune: list[str]) -> Halving | None:
     rank them by (default: the task's criterion, e.g. val/acc maximised)."""
     if value is None:
         return None
-    value = _mapping(value, "halving")
-    for key in value:
-        if key not in HALVING_KEYS:
-            raise SweepError(f"halving.{key}", f"unknown key; known: {HALVING_KEYS}")
+    value = _entry(value, "halving", HALVING_KEYS)
     if not tune:
         raise SweepError("halving", "nothing is tuned: halving drops the worse settings of the tuned axes "
                          "(lr, weight_decay), so give at least one of them several values")
