@@ -127,6 +127,11 @@ def _compile(cxx: str, flags: list[str], source: Path, target: Path) -> None:
         os.replace(partial, target)
 
 
+def contiguous(*tensors):
+    """The tensors in C order, as the kernels read them; None (an absent input) stays None."""
+    return tuple(t.contiguous() if t is not None else None for t in tensors)
+
+
 def pointer(tensor) -> ctypes.c_void_p:
     """A tensor's data pointer for a C argument (None: a null pointer, an absent input)."""
     return ctypes.c_void_p(tensor.data_ptr() if tensor is not None else None)

@@ -36,9 +36,7 @@ def _cpu_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
               silu: bool) -> torch.Tensor:
     """x (batch, dim, L), weight (dim, width), bias (dim,) or None, init (batch, dim, width - 1)
     or None -> (batch, dim, L)."""
-    x, weight = x.contiguous(), weight.contiguous()
-    bias = bias.contiguous() if bias is not None else None
-    init = init.contiguous() if init is not None else None
+    x, weight, bias, init = cpp_build.contiguous(x, weight, bias, init)
     batch, dim, length = x.shape
     out = torch.empty_like(x)
     cpp_build.function("causal_conv1d", "conv_forward", x.dtype)(
@@ -58,9 +56,7 @@ def _cpu_conv_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
                        silu: bool, dout: torch.Tensor, need_dinit: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of x, weight, bias and init (empty tensors for an absent bias, or init when not
     ``need_dinit``)."""
-    x, weight, dout = x.contiguous(), weight.contiguous(), dout.contiguous()
-    bias = bias.contiguous() if bias is not None else None
-    init = init.contiguous() if init is not None else None
+    x, weight, bias, init, dout = cpp_build.contiguous(x, weight, bias, init, dout)
     batch, dim, length = x.shape
     width = weight.shape[1]
     dx = torch.empty_like(x)

@@ -46,9 +46,7 @@ def _cpu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: 
     None -> o (B, H, L, V), the last state (B, H, K, V), the states at chunk starts."""
     batch, heads, length, dk = q.shape
     dv = v.shape[-1]
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    g = g.contiguous() if g is not None else None
-    h0 = h0.contiguous() if h0 is not None else None
+    q, k, v, g, h0 = cpp_build.contiguous(q, k, v, g, h0)
     o = q.new_empty(batch, heads, length, dv)
     last = q.new_empty(batch, heads, dk, dv)
     checkpoints = q.new_empty(batch, heads, -(-length // CHUNK), dk, dv)
@@ -76,8 +74,7 @@ def _cpu_linear_attention_backward(
     """Gradients of q, k, v, g and h0 (empty tensors for no decay, or h0 unless ``need_dh0``)."""
     batch, heads, length, dk = q.shape
     dv = v.shape[-1]
-    q, k, v, checkpoints, do, dlast = (t.contiguous() for t in (q, k, v, checkpoints, do, dlast))
-    g = g.contiguous() if g is not None else None
+    q, k, v, g, checkpoints, do, dlast = cpp_build.contiguous(q, k, v, g, checkpoints, do, dlast)
     dq, dk_, dv_ = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dg = torch.empty_like(g) if g is not None else None
     dh0 = q.new_empty(batch, heads, dk, dv) if need_dh0 else None

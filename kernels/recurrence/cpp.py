@@ -27,8 +27,7 @@ def linear_recurrence_cpu(a: torch.Tensor, x: torch.Tensor, initial_state: torch
 @torch.library.custom_op("hybrids::cpu_linear_recurrence", mutates_args=(), device_types="cpu")
 def _cpu_recurrence(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     """(a, x (batch, L, dim), h0 (batch, dim) or None) -> h (batch, L, dim)."""
-    a, x = a.contiguous(), x.contiguous()
-    h0 = h0.contiguous() if h0 is not None else None
+    a, x, h0 = cpp_build.contiguous(a, x, h0)
     batch, length, dim = x.shape
     h = torch.empty_like(x)
     cpp_build.function("linear_recurrence", "recurrence_forward", x.dtype)(
@@ -46,8 +45,7 @@ def _(a, x, h0):
 def _cpu_recurrence_backward(a: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, dh: torch.Tensor,
                              need_dh0: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of a, x and h0 (an empty tensor unless ``need_dh0``), from the states ``h``."""
-    a, h, dh = a.contiguous(), h.contiguous(), dh.contiguous()
-    h0 = h0.contiguous() if h0 is not None else None
+    a, h, h0, dh = cpp_build.contiguous(a, h, h0, dh)
     batch, length, dim = h.shape
     da, dx = torch.empty_like(h), torch.empty_like(h)
     dh0 = torch.empty_like(h0) if h0 is not None and need_dh0 else None

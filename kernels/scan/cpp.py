@@ -52,8 +52,7 @@ def _cpu_scan(
     L / CHUNK, N), which the backward starts from."""
     batch, dim, length = u.shape
     groups, d_state = Bt.shape[1], A.shape[1]
-    u, delta, A, Bt, Ct = (t.contiguous() for t in (u, delta, A, Bt, Ct))
-    h0 = h0.contiguous() if h0 is not None else None
+    u, delta, A, Bt, Ct, h0 = cpp_build.contiguous(u, delta, A, Bt, Ct, h0)
     y = torch.empty_like(u)
     last = u.new_empty(batch, dim, d_state)
     checkpoints = u.new_empty(batch, dim, -(-length // CHUNK), d_state)
@@ -82,8 +81,7 @@ def _cpu_scan_backward(
     batch, dim, length = u.shape
     groups, d_state = Bt.shape[1], A.shape[1]
     threads = torch.get_num_threads()
-    u, delta, A, Bt, Ct, checkpoints, dy, dlast = (
-        t.contiguous() for t in (u, delta, A, Bt, Ct, checkpoints, dy, dlast))
+    u, delta, A, Bt, Ct, checkpoints, dy, dlast = cpp_build.contiguous(u, delta, A, Bt, Ct, checkpoints, dy, dlast)
     du, ddelta = torch.empty_like(u), torch.empty_like(u)
     dA_part = u.new_empty(batch, dim, d_state)
     dh0 = u.new_empty(batch, dim, d_state) if need_dh0 else None
