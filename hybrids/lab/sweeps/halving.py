@@ -43,9 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from hybrids.lab.ordering import order_key
+from hybrids.train.callbacks import Paused
 
-# Exit status of `hybrids fit --pause_at_step N` paused at its rung (sysexits' EX_TEMPFAIL: try again).
-EXIT_PAUSED = 75
+# Exit status of `hybrids fit --pause_at_step N` paused at its rung (the CLI's, one definition).
+EXIT_PAUSED = Paused.exit_code
 DECISIONS_FILE = "halving.json"
 
 
