@@ -43,6 +43,8 @@ from torch import nn
 from hybrids.kernels import at_least_float32, causal_conv1d, causal_conv1d_update, selective_scan, selective_state_update
 from hybrids.kernels import widen as _wide
 from hybrids.kernels.conv import BACKEND_ENV as CONV_BACKEND_ENV
+from hybrids.kernels.mamba_block import cpu_unavailable as cpu_block_unavailable
+from hybrids.kernels.mamba_block import mamba_block_cpu
 from hybrids.kernels.scan import BACKEND_ENV as SCAN_BACKEND_ENV
 from hybrids.kernels.scan import BACKENDS as SCAN_BACKENDS
 from hybrids.mixers.base import Mixer, State
@@ -173,16 +175,29 @@ class Mamba(Mixer):
             return "mamba-ssm and causal-conv1d are not installed (`pip install -e '.[cuda]'`)"
         return None
 
+    def cpu_block_unavailable(self, xz: torch.Tensor, A: torch.Tensor) -> str | None:
+        """None if ``forward`` runs the fused C++ block (hybrids.kernels.mamba_block) on in_proj's
+        output ``xz`` and ``A``, else why not."""
+        if not self.use_fast_path:
+            return "use_fast_path=False"
+        if self.scan_backend is not None or os.environ.get(SCAN_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV):
+            return "a kernel backend is forced (scan_backend or an environment variable)"
+        return cpu_block_unavailable(xz, A, self.conv1d.weight, self.x_proj.weight, self.dt_proj.weight, self.D)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 * d_inner, L)
+        xz = self.in_proj(x)  # (B, L, 2 * d_inner)
         A = -torch.exp(_wide(self.A_log))  # (d_inner, N)
         if self.fused_path_unavailable(x.device.type, x.dtype) is None:
             return _mamba_inner_fn()(
-                xz.contiguous(), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
-                self.out_proj.weight, self.out_proj.bias, A, None, None, _wide(self.D),
+                xz.transpose(1, 2).contiguous(), self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                self.dt_proj.weight, self.out_proj.weight, self.out_proj.bias, A, None, None, _wide(self.D),
                 delta_bias=_wide(self.dt_proj.bias), delta_softplus=True,
             )
-        return self._unfused(xz, A)
+        if self.cpu_block_unavailable(xz, A) is None:
+            y = mamba_block_cpu(xz, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.x_proj.weight,
+                                self.dt_proj.weight, self.dt_proj.bias, A, self.D)  # (B, L, d_inner)
+            return self.out_proj(y)
+        return self._unfused(xz.transpose(1, 2), A)
 
     def _unfused(self, xz: torch.Tensor, A: torch.Tensor, state: State | None = None, final_state: bool = False):
         """The block on our kernels from in_proj's output xz (B, 2 * d_inner, L): the mixer's

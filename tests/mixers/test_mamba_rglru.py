@@ -118,9 +118,43 @@ def test_mamba_calls_the_scan_without_backend_unless_configured(monkeypatch):
 
     monkeypatch.setattr(mamba_module, "selective_scan", spy)
     x = torch.randn(1, 5, 16)
-    Mamba(16, d_state=2)(x)
+    Mamba(16, d_state=2, use_fast_path=False)(x)  # not the fused CPU block, which calls no scan
     Mamba(16, d_state=2, scan_backend="reference")(x)
     assert seen == ["absent", "reference"]
+
+
+@needs_cpp
+def test_mamba_on_cpu_runs_the_fused_block_with_the_plain_path_s_gradients(monkeypatch):
+    """On CPU, forward takes hybrids.kernels.mamba_block (no scan call) unless a backend is
+    forced or the fast path is off; its outputs and every parameter's gradient are the plain
+    path's."""
+    for name in (mamba_module.SCAN_BACKEND_ENV, mamba_module.CONV_BACKEND_ENV):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    m = Mamba(16, d_state=4, bias=True, expand=1.5).double()
+    x = torch.randn(2, 19, 16, dtype=torch.float64)
+    xz, A = m.in_proj(x), -torch.exp(m.A_log)
+    assert m.cpu_block_unavailable(xz, A) is None
+    assert "use_fast_path" in Mamba(16, use_fast_path=False).cpu_block_unavailable(xz.float(), A.float())
+    assert "forced" in Mamba(16, scan_backend="cpu").cpu_block_unavailable(xz.float(), A.float())
+    assert "float32 or float64" in m.cpu_block_unavailable(xz.to(torch.bfloat16), A)
+    monkeypatch.setenv(mamba_module.CONV_BACKEND_ENV, "torch")
+    assert "forced" in m.cpu_block_unavailable(xz, A)
+    monkeypatch.delenv(mamba_module.CONV_BACKEND_ENV)
+
+    calls = []
+    real = mamba_module.mamba_block_cpu
+    monkeypatch.setattr(mamba_module, "mamba_block_cpu", lambda *a: calls.append(1) or real(*a))
+    fused = m(x)
+    assert calls == [1]
+    fused_grads = torch.autograd.grad(fused.square().sum(), list(m.parameters()))
+    m.use_fast_path = False
+    plain = m(x)
+    assert calls == [1]
+    plain_grads = torch.autograd.grad(plain.square().sum(), list(m.parameters()))
+    assert relative_rms(fused, plain) < 1e-12
+    for (name, _), a, b in zip(m.named_parameters(), fused_grads, plain_grads):
+        assert relative_rms(a, b) < 1e-11, name
 
 
 def fake_mamba_inner_fn(xz, conv1d_weight, conv1d_bias, x_proj_weight, delta_proj_weight, out_proj_weight,

@@ -1,0 +1,55 @@
+"""The inside of a Mamba block, fused for the CPU: from in_proj's output to out_proj's input.
+
+For ``xz`` (batch, L, 2 dim), in_proj's output as it comes (no transpose)::
+
+    x, z      = xz[..., :dim], xz[..., dim:]
+    u         = silu(causal depthwise conv1d(x))                     # width W, with bias
+    dt, B, C  = (u @ x_proj_weight.T).split(R, N, N)
+    y         = selective_scan(u, dt @ dt_proj_weight.T, A, B, C, D, z,
+                               delta_bias=dt_bias, delta_softplus=True)   # (batch, L, dim)
+
+which is what ``hybrids.mixers.Mamba`` computes between its two projections (mamba_ssm's
+``mamba_inner_fn`` without out_proj). :mod:`.reference` writes it with the reference kernels
+(the ground truth of the tests); :mod:`.cpp` runs the convolution and the scan in C++
+(``csrc/mamba_inner.cpp``) in the projections' (batch, L, channels) layout, with the step's
+softplus, the skip term and the gate inside the scan, and the two small projections between
+them left to torch. Forward only from a zero state: prefill and decode, which carry states, take
+the mixer's other path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hybrids.kernels import cpp_build
+
+DTYPES = (torch.float32, torch.float64)
+
+
+def cpu_unavailable(*tensors: torch.Tensor | None) -> str | None:
+    """None if :func:`mamba_block_cpu` runs on these tensors here, else why not."""
+    present = [t for t in tensors if t is not None]
+    if any(t.device.type != "cpu" for t in present):
+        return "the fused CPU block runs on CPU tensors"
+    if len({t.dtype for t in present}) != 1 or present[0].dtype not in DTYPES:
+        return f"the fused CPU block takes float32 or float64, all alike; got {sorted({str(t.dtype) for t in present})}"
+    return _build_unavailable()
+
+
+@torch.compiler.assume_constant_result
+def _build_unavailable() -> str | None:
+    return cpp_build.unavailable_reason("mamba_inner")
+
+
+def mamba_block_cpu(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D):
+    """The block's inside (module docstring) on the C++ kernels: y (batch, L, dim).
+
+    Args: xz (batch, L, 2 dim); conv_weight (dim, W); conv_bias (dim,) or None; x_proj_weight
+    (R + 2 N, dim); dt_proj_weight (dim, R); dt_bias (dim,); A (dim, N), negative; D (dim,).
+    """
+    from hybrids.kernels.mamba_block import cpp  # noqa: F401  (registers the operators)
+
+    return torch.ops.hybrids.cpu_mamba_block(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D)[0]
+
+
+__all__ = ["DTYPES", "cpu_unavailable", "mamba_block_cpu"]

@@ -1,0 +1,131 @@
+"""The fused Mamba block inside on the CPU (:mod:`hybrids.kernels.mamba_block`): torch custom
+operators around ``csrc/mamba_inner.cpp``, forward and backward.
+
+Forward: the C++ convolution reads the conv's columns of ``xz`` in place and writes ``u``
+(batch, L, dim); torch computes ``x_dbl = u x_proj^T`` and ``dt = x_dbl[..., :R] dt_proj^T``;
+the C++ scan reads ``u``, ``dt``, B and C (columns of ``x_dbl``) and z (columns of ``xz``) where
+they lie and writes the gated output, keeping the state only every ``CHUNK`` steps.
+
+Backward: the C++ scan's backward writes dz into the z half of ``dxz`` and dB, dC into their
+columns of ``dx_dbl``; torch fills dt's columns and the weight gradients with matrix products;
+the C++ convolution's backward writes the other half of ``dxz``. So ``dxz`` is one allocation,
+filled by the two kernels, with no transposes, slices copied or zero-filled gradients. ``u``,
+``x_dbl`` and ``dt`` are kept from the forward (three (batch, L, ~dim) tensors) rather than
+recomputed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from hybrids.kernels import cpp_build
+
+# Steps between saved states. The backward keeps, per thread, one chunk of states and decays and
+# the chunk's dB and dC accumulators, each CHUNK x d_state x 16 floats (16 KiB at d_state 16): all
+# four stay in the L2 cache.
+CHUNK = 16
+
+
+def _call(symbol: str, dtype, *args) -> None:
+    c_args = [cpp_build.pointer(a) if a is None or isinstance(a, torch.Tensor) else ctypes.c_int64(a) for a in args]
+    cpp_build.function("mamba_inner", symbol, dtype)(*c_args, ctypes.c_int(torch.get_num_threads()))
+
+
+def _sizes(xz, conv_weight, dt_proj_weight, A):
+    batch, length, _ = xz.shape
+    dim, width = conv_weight.shape
+    return batch, length, dim, width, dt_proj_weight.shape[1], A.shape[1]
+
+
+@torch.library.custom_op("hybrids::cpu_mamba_block", mutates_args=(), device_types="cpu")
+def _block(
+    xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None, x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> y (batch, L, dim), and what the backward reads: u (batch, L, dim), x_dbl (batch, L,
+    R + 2N), dt (batch, L, dim) and the states at chunk starts (batch, L / CHUNK, N, dim)."""
+    batch, length, dim, width, rank, d_state = _sizes(xz, conv_weight, dt_proj_weight, A)
+    xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D = cpp_build.contiguous(
+        xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D)
+    conv_wt, At = conv_weight.t().contiguous(), A.t().contiguous()  # (W, dim), (N, dim): a vector per tap / n
+    u = xz.new_empty(batch, length, dim)
+    _call("mamba_conv_forward", xz.dtype, xz, 2 * dim, conv_wt, conv_bias, u, batch, length, dim, width)
+    x_dbl = F.linear(u, x_proj_weight)  # (batch, L, R + 2N)
+    dt = F.linear(x_dbl[..., :rank], dt_proj_weight)  # (batch, L, dim), before its bias
+    y = torch.empty_like(u)
+    checkpoints = u.new_empty(batch, -(-length // CHUNK), d_state, dim)
+    _call("mamba_scan_forward", xz.dtype, u, dt, dt_bias, At, x_dbl, D, xz[..., dim:], y, checkpoints,
+          2 * dim, rank + 2 * d_state, rank, batch, length, dim, d_state, CHUNK)
+    return y, u, x_dbl, dt, checkpoints
+
+
+@_block.register_fake
+def _(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D):
+    batch, length, dim, _, rank, d_state = _sizes(xz, conv_weight, dt_proj_weight, A)
+    return (xz.new_empty(batch, length, dim), xz.new_empty(batch, length, dim),
+            xz.new_empty(batch, length, rank + 2 * d_state), xz.new_empty(batch, length, dim),
+            xz.new_empty(batch, -(-length // CHUNK), d_state, dim))
+
+
+@torch.library.custom_op("hybrids::cpu_mamba_block_backward", mutates_args=(), device_types="cpu")
+def _block_backward(
+    dy: torch.Tensor, xz: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor,
+    D: torch.Tensor, u: torch.Tensor, x_dbl: torch.Tensor, dt: torch.Tensor, checkpoints: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of xz, conv_weight, conv_bias (empty without one), x_proj_weight, dt_proj_weight,
+    dt_bias, A and D."""
+    batch, length, dim, width, rank, d_state = _sizes(xz, conv_weight, dt_proj_weight, A)
+    dy, xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D, u, x_dbl, dt, checkpoints = cpp_build.contiguous(
+        dy, xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D, u, x_dbl, dt, checkpoints)
+    conv_wt, At = conv_weight.t().contiguous(), A.t().contiguous()
+    dxz = torch.empty_like(xz)
+    dx_dbl = torch.empty_like(x_dbl)
+    du, ddt = torch.empty_like(u), torch.empty_like(u)
+    dA_part, dD_part, dbias_part = u.new_empty(batch, d_state, dim), u.new_empty(batch, dim), u.new_empty(batch, dim)
+    _call("mamba_scan_backward", xz.dtype, u, dt, dt_bias, At, x_dbl, D, xz[..., dim:], checkpoints, dy, du, ddt,
+          dxz[..., dim:], dx_dbl[..., rank:], dA_part, dD_part, dbias_part,
+          2 * dim, rank + 2 * d_state, rank, batch, length, dim, d_state, CHUNK)
+    # The products with a side of R (8 or so) are written so that MKL/oneDNN takes its fast path:
+    # (R, M) results transposed, not (M, R) or (dim, R) ones (0.6-0.8 ms against 0.15 at M = 4096).
+    ddt_flat, dx_dbl_flat = ddt.view(-1, dim), dx_dbl.view(-1, rank + 2 * d_state)
+    dx_dbl_flat[:, :rank].t().copy_(dt_proj_weight.t() @ ddt_flat.t())  # d(dt before dt_proj), (M, R)
+    d_dt_proj = (x_dbl.view(-1, rank + 2 * d_state)[:, :rank].t() @ ddt_flat).t().contiguous()  # (dim, R)
+    d_x_proj = dx_dbl_flat.t() @ u.view(-1, dim)  # (R + 2N, dim)
+    du.view(-1, dim).addmm_(dx_dbl_flat, x_proj_weight)  # the scan's du plus x_proj's
+    dw_part = u.new_empty(batch, width, dim)
+    dconv_bias_part = u.new_empty(batch, dim) if conv_bias is not None else None
+    _call("mamba_conv_backward", xz.dtype, xz, 2 * dim, conv_wt, conv_bias, du, dxz, dw_part, dconv_bias_part,
+          batch, length, dim, width)
+    return (dxz, dw_part.sum(0).t().contiguous(),
+            dconv_bias_part.sum(0) if dconv_bias_part is not None else xz.new_empty(0),
+            d_x_proj, d_dt_proj, dbias_part.sum(0), dA_part.sum(0).t().contiguous(), dD_part.sum(0))
+
+
+@_block_backward.register_fake
+def _(dy, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, u, x_dbl, dt, checkpoints):
+    return (xz.new_empty(xz.shape), conv_weight.new_empty(conv_weight.shape),
+            conv_bias.new_empty(conv_bias.shape) if conv_bias is not None else xz.new_empty(0),
+            x_proj_weight.new_empty(x_proj_weight.shape), dt_proj_weight.new_empty(dt_proj_weight.shape),
+            dt_bias.new_empty(dt_bias.shape), A.new_empty(A.shape), D.new_empty(D.shape))
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, *output[1:])
+    ctx.has_conv_bias = inputs[2] is not None
+
+
+def _backward(ctx, dy, du, dx_dbl, ddt, dcheckpoints):
+    # Only y is an output in the block's sense: u, x_dbl, dt and the checkpoints are kept for
+    # this backward and never used by the caller, so their gradients are None.
+    xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, u, x_dbl, dt, checkpoints = ctx.saved_tensors
+    grads = torch.ops.hybrids.cpu_mamba_block_backward(
+        dy, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A, D, u, x_dbl, dt, checkpoints)
+    dxz, dconv_weight, dconv_bias, d_x_proj, d_dt_proj, ddt_bias, dA, dD = grads
+    return dxz, dconv_weight, dconv_bias if ctx.has_conv_bias else None, d_x_proj, d_dt_proj, ddt_bias, dA, dD
+
+
+_block.register_autograd(_backward, setup_context=_setup)

@@ -1,0 +1,104 @@
+"""The fused CPU Mamba block (hybrids.kernels.mamba_block) against the block written with the
+reference kernels: outputs and the gradients of every input, in float64 (to rounding) and float32,
+at shapes that reach each code path of csrc/mamba_inner.cpp: full vector blocks of channels and the
+channels past them, d_state 16 (fixed at compile time) and others, lengths across and inside one
+checkpoint chunk, conv widths 1 to 4, with and without the conv's bias. Also: the operators pass
+torch.library.opcheck, and steps far into softplus's tails stay accurate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import relative_rms
+from hybrids.kernels import cpp_build
+from hybrids.kernels.mamba_block import cpu_unavailable, mamba_block_cpu
+from hybrids.kernels.mamba_block.cpp import CHUNK
+from hybrids.kernels.mamba_block.reference import mamba_block_reference
+
+pytestmark = pytest.mark.skipif(cpp_build.unavailable_reason("mamba_inner") is not None, reason="no C++ compiler here")
+
+
+def block_inputs(batch, length, dim, d_state, rank, width, dtype, bias=True, dt_shift=0.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    A = (-(torch.rand(dim, d_state, generator=g, dtype=dtype) * 2 + 0.1)).requires_grad_()
+    return [
+        r(batch, length, 2 * dim),  # xz
+        r(dim, width, scale=0.5),  # conv weight
+        r(dim) if bias else None,  # conv bias
+        r(rank + 2 * d_state, dim, scale=dim**-0.5),  # x_proj weight
+        r(dim, rank, scale=rank**-0.5),  # dt_proj weight
+        (torch.randn(dim, generator=g, dtype=dtype) * 0.5 + dt_shift).requires_grad_(),  # dt bias
+        A,
+        r(dim),  # D
+    ]
+
+
+def compare(inputs, out_tol, grad_tol):
+    y = mamba_block_cpu(*inputs)
+    ref = mamba_block_reference(*inputs)
+    assert y.shape == ref.shape and y.dtype == ref.dtype
+    assert relative_rms(y, ref) < out_tol
+    dy = torch.randn_like(y)
+    present = [t for t in inputs if t is not None]
+    grads = torch.autograd.grad(y, present, dy)
+    ref_grads = torch.autograd.grad(ref, present, dy)
+    names = ["xz", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_bias", "A", "D"]
+    names = [n for n, t in zip(names, inputs) if t is not None]
+    for name, a, b in zip(names, grads, ref_grads):
+        assert a.shape == b.shape, name
+        assert relative_rms(a, b) < grad_tol, name
+
+
+SHAPES = {
+    # (batch, L, dim, d_state, dt_rank, d_conv)
+    "full-blocks": (2, 40, 32, 16, 4, 4),  # two blocks of 16 float32 lanes / four of 8 float64
+    "tail-channels": (2, 37, 21, 16, 3, 4),  # a full block and channels past it
+    "narrow": (3, 33, 5, 16, 2, 3),  # only channels past the last full block
+    "runtime-d-state": (2, 35, 20, 5, 2, 4),  # d_state not 16: the loops over a run-time N
+    "one-chunk": (2, CHUNK, 16, 16, 2, 4),
+    "inside-a-chunk": (1, 3, 16, 16, 1, 4),  # shorter than the conv's history
+    "one-step": (2, 1, 17, 16, 2, 2),
+    "width-one": (2, 20, 16, 8, 2, 1),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_float64_equals_the_reference(shape, bias):
+    compare(block_inputs(*SHAPES[shape], torch.float64, bias=bias), 1e-12, 1e-11)
+
+
+@pytest.mark.parametrize("shape", ["full-blocks", "tail-channels", "runtime-d-state"])
+def test_float32_equals_the_reference(shape):
+    # The C++ exp, log1p and sigmoid are polynomial approximations accurate to float's rounding.
+    compare(block_inputs(*SHAPES[shape], torch.float32), 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("dt_shift", [-30.0, -8.0, 8.0, 25.0])
+def test_steps_far_into_softplus_s_tails(dt_shift):
+    """Step arguments around -30 (softplus ~ e^x, a relative accuracy test), +8, and past torch's
+    threshold of 20 (softplus(x) = x): float32 stays close to the float64 reference."""
+    inputs = block_inputs(2, 24, 16, 16, 2, 4, torch.float64, dt_shift=dt_shift)
+    ref = mamba_block_reference(*inputs)
+    y = mamba_block_cpu(*[t.detach().float() if t is not None else None for t in inputs])
+    assert relative_rms(y.double(), ref) < 1e-5
+
+
+def test_availability_says_why_not():
+    x = torch.zeros(1, 2, 8)
+    assert cpu_unavailable(x, torch.zeros(4, 2)) is None
+    assert "float32 or float64" in cpu_unavailable(x.half(), torch.zeros(4, 2).half())
+    assert "all alike" in cpu_unavailable(x, torch.zeros(4, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_opcheck(bias):
+    from hybrids.kernels.mamba_block import cpp  # noqa: F401
+
+    inputs = block_inputs(2, 21, 10, 3, 2, 3, torch.float64, bias=bias)
+    torch.library.opcheck(torch.ops.hybrids.cpu_mamba_block.default, inputs)
