@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,11 @@ from torch import nn
 
 from hybrids.kernels import at_least_float32, causal_conv1d, causal_conv1d_update, linear_attention, linear_attention_step
 from hybrids.kernels import widen as _wide
+from hybrids.kernels.conv import BACKEND_ENV as CONV_BACKEND_ENV
+from hybrids.kernels.linear import BACKEND_ENV as LINEAR_BACKEND_ENV
 from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
+from hybrids.kernels.mamba_block import cpu_unavailable as cpu_block_unavailable
+from hybrids.kernels.mamba_block import mamba2_block_cpu
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.state_size import StateSize
 
@@ -68,7 +73,8 @@ class GatedRMSNorm(nn.Module):
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         work = at_least_float32(y.dtype)
         gated = (y.to(work) * F.silu(z.to(work))).unflatten(-1, (-1, self.group_size))
-        normed = gated * torch.rsqrt(gated.pow(2).mean(-1, keepdim=True) + self.eps)
+        # torch's fused RMS norm (one kernel each way) rather than the mean-square written out.
+        normed = F.rms_norm(gated, (self.group_size,), eps=self.eps)
         return (normed.flatten(-2) * self.weight.to(work)).to(y.dtype)
 
 
@@ -183,10 +189,25 @@ class Mamba2(Mixer):
 
     # -- parallel ------------------------------------------------------------------------------
 
+    def cpu_block_unavailable(self, zxbcdt: torch.Tensor, A: torch.Tensor) -> str | None:
+        """None if ``forward`` runs the fused C++ block (hybrids.kernels.mamba_block) on in_proj's
+        output ``zxbcdt`` and ``A``, else why not."""
+        if not self.use_fast_path:
+            return "use_fast_path=False"
+        if self.kernel_backend is not None or os.environ.get(LINEAR_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV):
+            return "a kernel backend is forced (kernel_backend or an environment variable)"
+        return cpu_block_unavailable(zxbcdt, A, self.conv1d.weight, self.dt_bias, self.D)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_path_unavailable(x.device.type, x.dtype) is None:
             return self._fused(x)
-        return self._parallel(x)
+        zxbcdt = self.in_proj(x)
+        A = -torch.exp(_wide(self.A_log))  # (H,)
+        if self.cpu_block_unavailable(zxbcdt, A) is None:
+            y = mamba2_block_cpu(zxbcdt, self.conv1d.weight[:, 0, :], self.conv1d.bias, self.dt_bias, A, self.D,
+                                 self.ngroups)  # (B, L, d_inner), D x included
+            return self.out_proj(self.norm(y, zxbcdt[..., : self.d_inner]))
+        return self._parallel(x, zxbcdt=zxbcdt)
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """A prompt x (B, L, d_model) -> outputs and the state after it, from ``state`` (zero if
@@ -201,8 +222,9 @@ class Mamba2(Mixer):
         out, conv = out if final_state else (out, None)
         return out.transpose(1, 2), conv
 
-    def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False):
-        z, xbc, dt = self._split_in(self.in_proj(x))
+    def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False,
+                  zxbcdt: torch.Tensor | None = None):
+        z, xbc, dt = self._split_in(self.in_proj(x) if zxbcdt is None else zxbcdt)
         xbc, conv = self._conv(xbc, state, final_state)
         q, k, v, g, xh = self._ssd_inputs(xbc, dt)  # (B, L, H, .)
         kwargs = {} if self.kernel_backend is None else {"backend": self.kernel_backend}

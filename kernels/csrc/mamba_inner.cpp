@@ -163,111 +163,147 @@ void conv_backward(const T* x, int64_t xs, const T* wt, const T* bias, const T* 
 
 template <typename T>
 struct ScanArgs {
-  const T *u, *dt, *dt_bias, *At, *bc, *Dskip, *z;
-  int64_t xs, bcs, R;  // z's row stride; bc's row stride; B's column in bc (C's is R + N)
-  int64_t batch, L, dim, N, chunk;
+  const T *u, *dt, *dt_bias, *A, *bc, *Dskip, *z;  // z null: no gate (Mamba-2 gates in its norm)
+  int64_t us;   // row stride of u (and of du)
+  int64_t xs;   // row stride of z (and of dz)
+  int64_t bcs;  // row stride of bc; group g's B at column R + g N, its C at column R + (G + g) N
+  int64_t R, batch, L, dim, N, G, chunk;
 };
 
-// One block of LANES channels [d0, d0 + LANES) of sequence b through all steps. FIXED_N > 0
-// compiles for d_state == FIXED_N (Mamba's 16): the state's n loops unroll.
-template <typename T, int LANES, int FIXED_N>
-void scan_block_forward(const ScanArgs<T>& a, int64_t b, int64_t d0, T* h, T* out, T* ckpt) {
-  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N, dim = a.dim, n_chunks = (a.L + a.chunk - 1) / a.chunk;
-  const T* Bp = a.bc + b * a.L * a.bcs + a.R;
+// Channel range of one block: channels [d0, d0 + lanes) of group g.
+struct Block {
+  int64_t d0, g;
+};
+
+// The blocks of one sequence: per group (dim / G channels, all reading the group's B and C), full
+// blocks of LANES channels, then the group's remaining channels one at a time.
+template <int LANES>
+Block block_of(int64_t j, int64_t dim, int64_t G, bool* full) {
+  const int64_t per_group = dim / G, n_full = per_group / LANES, per_g = n_full + per_group % LANES;
+  const int64_t g = j / per_g, k = j % per_g;
+  *full = k < n_full;
+  return {g * per_group + (k < n_full ? k * LANES : n_full * LANES + (k - n_full)), g};
+}
+
+template <int LANES>
+int64_t blocks_per_sequence(int64_t dim, int64_t G) {
+  const int64_t per_group = dim / G;
+  return G * (per_group / LANES + per_group % LANES);
+}
+
+// One block of LANES channels of sequence b through all steps. FIXED_N > 0 compiles for d_state
+// == FIXED_N (16): the n loops unroll. SCALAR_A: A is one value per channel (Mamba-2's, one per
+// head, repeated over its channels), so the decay is one exp per channel and step instead of N.
+template <typename T, int LANES, int FIXED_N, bool SCALAR_A>
+void scan_block_forward(const ScanArgs<T>& a, int64_t b, Block blk, T* h, T* out, T* ckpt) {
+  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N, dim = a.dim, d0 = blk.d0;
+  const int64_t n_chunks = (a.L + a.chunk - 1) / a.chunk;
+  const T* Bp = a.bc + b * a.L * a.bcs + a.R + blk.g * N;
+  const T* Cp = a.bc + b * a.L * a.bcs + a.R + (a.G + blk.g) * N;
   for (int64_t i = 0; i < N * LANES; ++i) h[i] = T(0);
-  T bias[LANES], Dv[LANES];
-  for (int l = 0; l < LANES; ++l) bias[l] = a.dt_bias[d0 + l], Dv[l] = a.Dskip[d0 + l];
+  T bias[LANES], Dv[LANES], Ad[LANES];
+  for (int l = 0; l < LANES; ++l) bias[l] = a.dt_bias[d0 + l], Dv[l] = a.Dskip[d0 + l], Ad[l] = SCALAR_A ? a.A[d0 + l] : T(0);
   for (int64_t t = 0; t < a.L; ++t) {
     const int64_t row = b * a.L + t;
     if (t % a.chunk == 0) {
       T* c = ckpt + (b * n_chunks + t / a.chunk) * N * dim + d0;
       for (int64_t n = 0; n < N; ++n) std::memcpy(c + n * dim, h + n * LANES, LANES * sizeof(T));
     }
-    const T* ur = a.u + row * dim + d0;
+    const T* ur = a.u + row * a.us + d0;
     const T* dr = a.dt + row * dim + d0;
-    const T* zr = a.z + row * a.xs + d0;
     const T* Bn = Bp + t * a.bcs;
-    const T* Cn = Bn + N;
-    T delta[LANES], x[LANES], y[LANES];
+    const T* Cn = Cp + t * a.bcs;
+    T delta[LANES], x[LANES], y[LANES], dec[LANES];
 #pragma omp simd
     for (int l = 0; l < LANES; ++l) {
       delta[l] = softplus(dr[l] + bias[l]);
       x[l] = delta[l] * ur[l];
       y[l] = Dv[l] * ur[l];
+      dec[l] = SCALAR_A ? exp_approx(delta[l] * Ad[l]) : T(0);
     }
     for (int64_t n = 0; n < N; ++n) {
-      const T* An = a.At + n * dim + d0;
+      const T* An = a.A + n * dim + d0;
       T* hn = h + n * LANES;
       const T bn = Bn[n], cn = Cn[n];
 #pragma omp simd
       for (int l = 0; l < LANES; ++l) {
-        hn[l] = exp_approx(delta[l] * An[l]) * hn[l] + x[l] * bn;
+        hn[l] = (SCALAR_A ? dec[l] : exp_approx(delta[l] * An[l])) * hn[l] + x[l] * bn;
         y[l] += cn * hn[l];
       }
     }
     T* o = out + row * dim + d0;
+    if (a.z) {
+      const T* zr = a.z + row * a.xs + d0;
 #pragma omp simd
-    for (int l = 0; l < LANES; ++l) o[l] = y[l] * zr[l] * sigmoid(zr[l]);
+      for (int l = 0; l < LANES; ++l) o[l] = y[l] * zr[l] * sigmoid(zr[l]);
+    } else {
+      for (int l = 0; l < LANES; ++l) o[l] = y[l];
+    }
   }
 }
 
-template <typename T, int LANES, int FIXED_N>
+template <typename T, int LANES, int FIXED_N, bool SCALAR_A>
 void scan_forward(const ScanArgs<T>& a, T* out, T* ckpt, int threads) {
-  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N;
-  const int64_t full = a.dim / LANES;
+  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N, per_b = blocks_per_sequence<LANES>(a.dim, a.G);
 #pragma omp parallel num_threads(threads_or_one(threads))
   {
   std::vector<T> h(N * LANES);
 #pragma omp for schedule(static)
-  for (int64_t bd = 0; bd < a.batch * (full + (a.dim % LANES)); ++bd) {
-    const int64_t per_b = full + a.dim % LANES, b = bd / per_b, j = bd % per_b;
-    if (j < full)
-      scan_block_forward<T, LANES, FIXED_N>(a, b, j * LANES, h.data(), out, ckpt);
-    else  // the channels past the last full block, one at a time
-      scan_block_forward<T, 1, FIXED_N>(a, b, full * LANES + (j - full), h.data(), out, ckpt);
+  for (int64_t bj = 0; bj < a.batch * per_b; ++bj) {
+    bool full;
+    const Block blk = block_of<LANES>(bj % per_b, a.dim, a.G, &full);
+    if (full)
+      scan_block_forward<T, LANES, FIXED_N, SCALAR_A>(a, bj / per_b, blk, h.data(), out, ckpt);
+    else
+      scan_block_forward<T, 1, FIXED_N, SCALAR_A>(a, bj / per_b, blk, h.data(), out, ckpt);
   }
   }
 }
 
 // Per-thread work space of the backward: for one chunk of one block, the states after each step,
-// the decays, the steps, the sigmoid of the step's argument and the ungated outputs; the dB and dC
-// accumulators of the chunk (VL lanes a row, whatever the block's width).
+// the decays (one per channel and step if SCALAR_A, else N), the steps, softplus' derivative and
+// dL/dy; the chunk's dB and dC accumulators per group (VL lanes a row, whatever the block's width).
 template <typename T>
 struct Work {
   std::vector<T> states, decays, delta, dsig, dy, h_in, dB_acc, dC_acc;
-  Work(int64_t chunk, int64_t N, int VL)
+  Work(int64_t chunk, int64_t N, int64_t G, int VL)
       : states(chunk * N * VL), decays(chunk * N * VL), delta(chunk * VL), dsig(chunk * VL), dy(chunk * VL),
-        h_in(N * VL), dB_acc(chunk * N * VL), dC_acc(chunk * N * VL) {}
+        h_in(N * VL), dB_acc(chunk * G * N * VL), dC_acc(chunk * G * N * VL) {}
 };
 
 // The backward of one chunk [start, stop) of one block. g (N, dim) is the adjoint carried from the
-// step after the chunk (updated to the one entering it); dA (N, dim), dD and dbias (dim) accumulate.
-template <typename T, int LANES, int FIXED_N, int VL>
-void scan_block_backward(const ScanArgs<T>& a, int64_t b, int64_t d0, int64_t c, const T* ckpt, const T* dout, T* du,
+// step after the chunk (updated to the one entering it); dA ((N, dim), or (dim) if SCALAR_A), dD
+// and dbias (dim) accumulate over the chunks.
+template <typename T, int LANES, int FIXED_N, bool SCALAR_A, int VL>
+void scan_block_backward(const ScanArgs<T>& a, int64_t b, Block blk, int64_t c, const T* ckpt, const T* dout, T* du,
                          T* ddt, T* dz, T* g, T* dA, T* dD, T* dbias, Work<T>& w) {
-  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N, dim = a.dim, n_chunks = (a.L + a.chunk - 1) / a.chunk;
+  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N, dim = a.dim, d0 = blk.d0, G = a.G;
+  const int64_t n_chunks = (a.L + a.chunk - 1) / a.chunk;
   const int64_t start = c * a.chunk, stop = std::min(a.L, start + a.chunk);
-  const T* Bp = a.bc + b * a.L * a.bcs + a.R;
-  T bias[LANES], Dv[LANES];
-  for (int l = 0; l < LANES; ++l) bias[l] = a.dt_bias[d0 + l], Dv[l] = a.Dskip[d0 + l];
+  const T* Bp = a.bc + b * a.L * a.bcs + a.R + blk.g * N;
+  const T* Cp = a.bc + b * a.L * a.bcs + a.R + (G + blk.g) * N;
+  const int64_t decay_n = SCALAR_A ? 1 : N;  // decays stored per step
+  T bias[LANES], Dv[LANES], Ad[LANES];
+  for (int l = 0; l < LANES; ++l) bias[l] = a.dt_bias[d0 + l], Dv[l] = a.Dskip[d0 + l], Ad[l] = SCALAR_A ? a.A[d0 + l] : T(0);
   const T* c_in = ckpt + (b * n_chunks + c) * N * dim + d0;
   for (int64_t n = 0; n < N; ++n)
     for (int l = 0; l < LANES; ++l) w.h_in[n * VL + l] = c_in[n * dim + l];
-  T dD_acc[LANES], dbias_acc[LANES];
-  for (int l = 0; l < LANES; ++l) dD_acc[l] = T(0), dbias_acc[l] = T(0);
+  T dD_acc[LANES], dbias_acc[LANES], dAs_acc[LANES];
+  for (int l = 0; l < LANES; ++l) dD_acc[l] = T(0), dbias_acc[l] = T(0), dAs_acc[l] = T(0);
   // Recompute the chunk. What does not need the adjoint is done here, while the state is in
   // registers: the gate's gradient dz (from the output y), dL/dy before the gate, dC and dD.
   for (int64_t t = start; t < stop; ++t) {
     const int64_t i = t - start, row = b * a.L + t;
-    const T* ur = a.u + row * dim + d0;
+    const T* ur = a.u + row * a.us + d0;
     const T* dr = a.dt + row * dim + d0;
-    const T* zr = a.z + row * a.xs + d0;
     const T* gor = dout + row * dim + d0;
+    const T* zr = a.z ? a.z + row * a.xs + d0 : nullptr;
     const T* Bn = Bp + t * a.bcs;
-    const T* Cn = Bn + N;
+    const T* Cn = Cp + t * a.bcs;
     T* delta = w.delta.data() + i * VL;
     T* dsig = w.dsig.data() + i * VL;
     T* dy = w.dy.data() + i * VL;
+    T* dec1 = w.decays.data() + i * VL;  // SCALAR_A: the step's one decay per channel
     T x[LANES], y[LANES];
 #pragma omp simd
     for (int l = 0; l < LANES; ++l) {
@@ -276,49 +312,55 @@ void scan_block_backward(const ScanArgs<T>& a, int64_t b, int64_t d0, int64_t c,
       dsig[l] = sigmoid(arg);  // softplus'(arg)
       x[l] = delta[l] * ur[l];
       y[l] = Dv[l] * ur[l];
-      const T zv = zr[l], s = sigmoid(zv);
-      dy[l] = gor[l] * zv * s;  // dL/dy before the gate
-      dD_acc[l] += dy[l] * ur[l];
+      if (SCALAR_A) dec1[l] = exp_approx(delta[l] * Ad[l]);
     }
+    if (zr) {
+#pragma omp simd
+      for (int l = 0; l < LANES; ++l) dy[l] = gor[l] * zr[l] * sigmoid(zr[l]);  // dL/dy before the gate
+    } else {
+      for (int l = 0; l < LANES; ++l) dy[l] = gor[l];
+    }
+    for (int l = 0; l < LANES; ++l) dD_acc[l] += dy[l] * ur[l];
     for (int64_t n = 0; n < N; ++n) {
-      const T* An = a.At + n * dim + d0;
+      const T* An = a.A + n * dim + d0;
       const T* prev = i == 0 ? w.h_in.data() + n * VL : w.states.data() + ((i - 1) * N + n) * VL;
       T* cur = w.states.data() + (i * N + n) * VL;
-      T* dec = w.decays.data() + (i * N + n) * VL;
-      T* dCa = w.dC_acc.data() + (i * N + n) * VL;
+      T* dec = w.decays.data() + (i * decay_n + (SCALAR_A ? 0 : n)) * VL;
+      T* dCa = w.dC_acc.data() + ((i * G + blk.g) * N + n) * VL;
       const T bn = Bn[n], cn = Cn[n];
 #pragma omp simd
       for (int l = 0; l < LANES; ++l) {
-        dec[l] = exp_approx(delta[l] * An[l]);
+        if (!SCALAR_A) dec[l] = exp_approx(delta[l] * An[l]);
         cur[l] = dec[l] * prev[l] + x[l] * bn;
         y[l] += cn * cur[l];
         dCa[l] += cur[l] * dy[l];
       }
     }
-    T* dzr = dz + row * a.xs + d0;
+    if (zr) {
+      T* dzr = dz + row * a.xs + d0;
 #pragma omp simd
-    for (int l = 0; l < LANES; ++l) {
-      const T zv = zr[l], s = sigmoid(zv);
-      dzr[l] = gor[l] * y[l] * s * (T(1) + zv * (T(1) - s));
+      for (int l = 0; l < LANES; ++l) {
+        const T zv = zr[l], s = sigmoid(zv);
+        dzr[l] = gor[l] * y[l] * s * (T(1) + zv * (T(1) - s));
+      }
     }
   }
   T gv[FIXED_N > 0 ? FIXED_N * LANES : 1];
-  T* gl = FIXED_N > 0 ? gv : g;  // the adjoint: in registers when N is fixed, else in place in g
+  T* gl = FIXED_N > 0 ? gv : g + d0;  // the adjoint: local when N is fixed, else in place in g
   const int64_t gs = FIXED_N > 0 ? LANES : dim;
   if (FIXED_N > 0)
     for (int64_t n = 0; n < N; ++n)
       for (int l = 0; l < LANES; ++l) gv[n * LANES + l] = g[n * dim + d0 + l];
-  T dA_acc[FIXED_N > 0 ? FIXED_N * LANES : 1];
-  T* dAl = FIXED_N > 0 ? dA_acc : dA;
+  T dA_acc[FIXED_N > 0 && !SCALAR_A ? FIXED_N * LANES : 1];
+  T* dAl = FIXED_N > 0 ? dA_acc : dA + d0;
   const int64_t das = FIXED_N > 0 ? LANES : dim;
-  if (FIXED_N > 0)
+  if (FIXED_N > 0 && !SCALAR_A)
     for (int64_t i = 0; i < N * LANES; ++i) dA_acc[i] = T(0);
-  if (FIXED_N == 0) gl += d0, dAl += d0;
   for (int64_t t = stop - 1; t >= start; --t) {  // the adjoint, backwards
     const int64_t i = t - start, row = b * a.L + t;
-    const T* ur = a.u + row * dim + d0;
+    const T* ur = a.u + row * a.us + d0;
     const T* Bn = Bp + t * a.bcs;
-    const T* Cn = Bn + N;
+    const T* Cn = Cp + t * a.bcs;
     const T* delta = w.delta.data() + i * VL;
     const T* dsig = w.dsig.data() + i * VL;
     const T* dy = w.dy.data() + i * VL;
@@ -330,84 +372,103 @@ void scan_block_backward(const ScanArgs<T>& a, int64_t b, int64_t d0, int64_t c,
       dd[l] = T(0);
     }
     for (int64_t n = 0; n < N; ++n) {
-      const T* An = a.At + n * dim + d0;
+      const T* An = a.A + n * dim + d0;
       const T* prev = i == 0 ? w.h_in.data() + n * VL : w.states.data() + ((i - 1) * N + n) * VL;
-      const T* dec = w.decays.data() + (i * N + n) * VL;
-      T* dBa = w.dB_acc.data() + (i * N + n) * VL;
+      const T* dec = w.decays.data() + (i * decay_n + (SCALAR_A ? 0 : n)) * VL;
+      T* dBa = w.dB_acc.data() + ((i * G + blk.g) * N + n) * VL;
       T* gn_ = gl + n * gs;
       T* dAn = dAl + n * das;
       const T bn = Bn[n], cn = Cn[n];
 #pragma omp simd
       for (int l = 0; l < LANES; ++l) {
         const T gn = gn_[l] + cn * dy[l];  // dL/dh[t]
-        const T d_decay = gn * prev[l] * dec[l];  // dL/d(delta A)
-        dd[l] += d_decay * An[l];
-        dAn[l] += d_decay * delta[l];
+        const T d_decay = gn * prev[l] * dec[l];  // dL/d(delta A), A of this n (or the channel's)
+        if (SCALAR_A) {
+          dd[l] += d_decay;
+        } else {
+          dd[l] += d_decay * An[l];
+          dAn[l] += d_decay * delta[l];
+        }
         dx[l] += gn * bn;  // dL/d(delta u)
         dBa[l] += gn * x[l];
         gn_[l] = gn * dec[l];
       }
     }
-    T* dur = du + row * dim + d0;
+    T* dur = du + row * a.us + d0;
     T* ddr = ddt + row * dim + d0;
 #pragma omp simd
     for (int l = 0; l < LANES; ++l) {
+      T d_delta = dx[l] * ur[l];
+      if (SCALAR_A) {
+        dAs_acc[l] += dd[l] * delta[l];
+        d_delta += dd[l] * Ad[l];
+      } else {
+        d_delta += dd[l];
+      }
       dur[l] = dx[l] * delta[l] + dy[l] * Dv[l];
-      const T d_arg = (dd[l] + dx[l] * ur[l]) * dsig[l];
+      const T d_arg = d_delta * dsig[l];
       ddr[l] = d_arg;
       dbias_acc[l] += d_arg;
     }
   }
   if (FIXED_N > 0)
     for (int64_t n = 0; n < N; ++n)
-      for (int l = 0; l < LANES; ++l) {
-        g[n * dim + d0 + l] = gv[n * LANES + l];
-        dA[n * dim + d0 + l] += dA_acc[n * LANES + l];
-      }
+      for (int l = 0; l < LANES; ++l) g[n * dim + d0 + l] = gv[n * LANES + l];
+  if (FIXED_N > 0 && !SCALAR_A)
+    for (int64_t n = 0; n < N; ++n)
+      for (int l = 0; l < LANES; ++l) dA[n * dim + d0 + l] += dA_acc[n * LANES + l];
+  if (SCALAR_A)
+    for (int l = 0; l < LANES; ++l) dA[d0 + l] += dAs_acc[l];
   for (int l = 0; l < LANES; ++l) dD[d0 + l] += dD_acc[l], dbias[d0 + l] += dbias_acc[l];
 }
 
-// Outputs: du, ddt (batch, L, dim) contiguous; dz into columns [dim, 2 dim) of rows of stride xs
-// (dz points at column dim); dB, dC into bc-shaped rows (dbc points at column R); dA_part (batch,
-// N, dim), dD_part and dbias_part (batch, dim), summed over the batch by the caller.
-template <typename T, int LANES, int FIXED_N>
+// Outputs: du in u's layout (row stride us); ddt (batch, L, dim) contiguous; dz (if z) in z's
+// layout; dB, dC into bc-shaped rows (dbc points at column R); dA_part (batch, N, dim), or (batch,
+// dim) if SCALAR_A, dD_part and dbias_part (batch, dim): summed over the batch by the caller.
+template <typename T, int LANES, int FIXED_N, bool SCALAR_A>
 void scan_backward(const ScanArgs<T>& a, const T* ckpt, const T* dout, T* du, T* ddt, T* dz, T* dbc, T* dA_part,
                    T* dD_part, T* dbias_part, int threads) {
-  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N, dim = a.dim, n_chunks = (a.L + a.chunk - 1) / a.chunk;
-  const int64_t full = dim / LANES;
+  const int64_t N = FIXED_N > 0 ? FIXED_N : a.N, dim = a.dim, G = a.G, n_chunks = (a.L + a.chunk - 1) / a.chunk;
+  const int64_t per_b = blocks_per_sequence<LANES>(dim, G), dA_size = SCALAR_A ? dim : N * dim;
 #pragma omp parallel num_threads(threads_or_one(threads))
   {
-  Work<T> w(a.chunk, N, LANES);
+  Work<T> w(a.chunk, N, G, LANES);
   std::vector<T> g(N * dim);
 #pragma omp for schedule(static)
   for (int64_t b = 0; b < a.batch; ++b) {
-    T* dA = dA_part + b * N * dim;
+    T* dA = dA_part + b * dA_size;
     T* dD = dD_part + b * dim;
     T* dbias = dbias_part + b * dim;
     std::fill(g.begin(), g.end(), T(0));
-    std::fill(dA, dA + N * dim, T(0));
+    std::fill(dA, dA + dA_size, T(0));
     std::fill(dD, dD + dim, T(0));
     std::fill(dbias, dbias + dim, T(0));
     for (int64_t c = n_chunks - 1; c >= 0; --c) {
       const int64_t start = c * a.chunk, stop = std::min(a.L, start + a.chunk);
       std::fill(w.dB_acc.begin(), w.dB_acc.end(), T(0));
       std::fill(w.dC_acc.begin(), w.dC_acc.end(), T(0));
-      for (int64_t j = 0; j < full; ++j)
-        scan_block_backward<T, LANES, FIXED_N, LANES>(a, b, j * LANES, c, ckpt, dout, du, ddt, dz, g.data(), dA, dD,
-                                                      dbias, w);
-      for (int64_t d = full * LANES; d < dim; ++d)
-        scan_block_backward<T, 1, FIXED_N, LANES>(a, b, d, c, ckpt, dout, du, ddt, dz, g.data(), dA, dD, dbias, w);
+      for (int64_t j = 0; j < per_b; ++j) {
+        bool full;
+        const Block blk = block_of<LANES>(j, dim, G, &full);
+        if (full)
+          scan_block_backward<T, LANES, FIXED_N, SCALAR_A, LANES>(a, b, blk, c, ckpt, dout, du, ddt, dz, g.data(), dA,
+                                                                  dD, dbias, w);
+        else
+          scan_block_backward<T, 1, FIXED_N, SCALAR_A, LANES>(a, b, blk, c, ckpt, dout, du, ddt, dz, g.data(), dA, dD,
+                                                              dbias, w);
+      }
       for (int64_t t = start; t < stop; ++t) {  // the lanes' sums: dB and dC of the chunk's steps
         const int64_t i = t - start;
         T* dBr = dbc + (b * a.L + t) * a.bcs;
-        for (int64_t n = 0; n < N; ++n) {
-          const T* dBa = w.dB_acc.data() + (i * N + n) * LANES;
-          const T* dCa = w.dC_acc.data() + (i * N + n) * LANES;
-          T sb = 0, sc = 0;
-          for (int l = 0; l < LANES; ++l) sb += dBa[l], sc += dCa[l];
-          dBr[n] = sb;
-          dBr[N + n] = sc;
-        }
+        for (int64_t gi = 0; gi < G; ++gi)
+          for (int64_t n = 0; n < N; ++n) {
+            const T* dBa = w.dB_acc.data() + ((i * G + gi) * N + n) * LANES;
+            const T* dCa = w.dC_acc.data() + ((i * G + gi) * N + n) * LANES;
+            T sb = 0, sc = 0;
+            for (int l = 0; l < LANES; ++l) sb += dBa[l], sc += dCa[l];
+            dBr[gi * N + n] = sb;
+            dBr[(G + gi) * N + n] = sc;
+          }
       }
     }
   }
@@ -415,20 +476,34 @@ void scan_backward(const ScanArgs<T>& a, const T* ckpt, const T* dout, T* du, T*
 }
 
 template <typename T, int LANES>
-void scan_forward_any(const ScanArgs<T>& a, T* out, T* ckpt, int threads) {
-  if (a.N == 16)
-    scan_forward<T, LANES, 16>(a, out, ckpt, threads);
-  else
-    scan_forward<T, LANES, 0>(a, out, ckpt, threads);
+void scan_forward_any(const ScanArgs<T>& a, bool scalar_a, T* out, T* ckpt, int threads) {
+  if (scalar_a) {
+    if (a.N == 16)
+      scan_forward<T, LANES, 16, true>(a, out, ckpt, threads);
+    else
+      scan_forward<T, LANES, 0, true>(a, out, ckpt, threads);
+  } else {
+    if (a.N == 16)
+      scan_forward<T, LANES, 16, false>(a, out, ckpt, threads);
+    else
+      scan_forward<T, LANES, 0, false>(a, out, ckpt, threads);
+  }
 }
 
 template <typename T, int LANES>
-void scan_backward_any(const ScanArgs<T>& a, const T* ckpt, const T* dout, T* du, T* ddt, T* dz, T* dbc, T* dA_part,
-                       T* dD_part, T* dbias_part, int threads) {
-  if (a.N == 16)
-    scan_backward<T, LANES, 16>(a, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part, threads);
-  else
-    scan_backward<T, LANES, 0>(a, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part, threads);
+void scan_backward_any(const ScanArgs<T>& a, bool scalar_a, const T* ckpt, const T* dout, T* du, T* ddt, T* dz,
+                       T* dbc, T* dA_part, T* dD_part, T* dbias_part, int threads) {
+  if (scalar_a) {
+    if (a.N == 16)
+      scan_backward<T, LANES, 16, true>(a, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part, threads);
+    else
+      scan_backward<T, LANES, 0, true>(a, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part, threads);
+  } else {
+    if (a.N == 16)
+      scan_backward<T, LANES, 16, false>(a, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part, threads);
+    else
+      scan_backward<T, LANES, 0, false>(a, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part, threads);
+  }
 }
 
 }  // namespace
@@ -446,21 +521,23 @@ extern "C" {
                                             int64_t dim, int64_t W, int threads) {                             \
     conv_backward<T>(x, xs, wt, bias, du, dx, dw_part, dbias_part, batch, L, dim, W, threads);                 \
   }                                                                                                            \
-  void hybrids_mamba_scan_forward_##SUFFIX(const T* u, const T* dt, const T* dt_bias, const T* At, const T* bc, \
-                                           const T* Dskip, const T* z, T* out, T* ckpt, int64_t xs,            \
-                                           int64_t bcs, int64_t R, int64_t batch, int64_t L, int64_t dim,      \
-                                           int64_t N, int64_t chunk, int threads) {                            \
-    const ScanArgs<T> a{u, dt, dt_bias, At, bc, Dskip, z, xs, bcs, R, batch, L, dim, N, chunk};                \
-    scan_forward_any<T, LANES>(a, out, ckpt, threads);                                                         \
+  void hybrids_mamba_scan_forward_##SUFFIX(const T* u, const T* dt, const T* dt_bias, const T* A, const T* bc,  \
+                                           const T* Dskip, const T* z, T* out, T* ckpt, int64_t us,            \
+                                           int64_t xs, int64_t bcs, int64_t R, int64_t batch, int64_t L,       \
+                                           int64_t dim, int64_t N, int64_t G, int64_t scalar_a,                \
+                                           int64_t chunk, int threads) {                                       \
+    const ScanArgs<T> a{u, dt, dt_bias, A, bc, Dskip, z, us, xs, bcs, R, batch, L, dim, N, G, chunk};          \
+    scan_forward_any<T, LANES>(a, scalar_a != 0, out, ckpt, threads);                                          \
   }                                                                                                            \
-  void hybrids_mamba_scan_backward_##SUFFIX(const T* u, const T* dt, const T* dt_bias, const T* At,            \
+  void hybrids_mamba_scan_backward_##SUFFIX(const T* u, const T* dt, const T* dt_bias, const T* A,             \
                                             const T* bc, const T* Dskip, const T* z, const T* ckpt,            \
                                             const T* dout, T* du, T* ddt, T* dz, T* dbc, T* dA_part,           \
-                                            T* dD_part, T* dbias_part, int64_t xs, int64_t bcs, int64_t R,     \
-                                            int64_t batch, int64_t L, int64_t dim, int64_t N, int64_t chunk,   \
-                                            int threads) {                                                     \
-    const ScanArgs<T> a{u, dt, dt_bias, At, bc, Dskip, z, xs, bcs, R, batch, L, dim, N, chunk};                \
-    scan_backward_any<T, LANES>(a, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part, threads);       \
+                                            T* dD_part, T* dbias_part, int64_t us, int64_t xs, int64_t bcs,    \
+                                            int64_t R, int64_t batch, int64_t L, int64_t dim, int64_t N,       \
+                                            int64_t G, int64_t scalar_a, int64_t chunk, int threads) {         \
+    const ScanArgs<T> a{u, dt, dt_bias, A, bc, Dskip, z, us, xs, bcs, R, batch, L, dim, N, G, chunk};          \
+    scan_backward_any<T, LANES>(a, scalar_a != 0, ckpt, dout, du, ddt, dz, dbc, dA_part, dD_part, dbias_part,  \
+                                threads);                                                                      \
   }
 
 HYBRIDS_MAMBA_INNER_EXPORTS(float, f32, 16)

@@ -58,7 +58,7 @@ def _block(
     y = torch.empty_like(u)
     checkpoints = u.new_empty(batch, -(-length // CHUNK), d_state, dim)
     _call("mamba_scan_forward", xz.dtype, u, dt, dt_bias, At, x_dbl, D, xz[..., dim:], y, checkpoints,
-          2 * dim, rank + 2 * d_state, rank, batch, length, dim, d_state, CHUNK)
+          dim, 2 * dim, rank + 2 * d_state, rank, batch, length, dim, d_state, 1, 0, CHUNK)
     return y, u, x_dbl, dt, checkpoints
 
 
@@ -88,7 +88,7 @@ def _block_backward(
     dA_part, dD_part, dbias_part = u.new_empty(batch, d_state, dim), u.new_empty(batch, dim), u.new_empty(batch, dim)
     _call("mamba_scan_backward", xz.dtype, u, dt, dt_bias, At, x_dbl, D, xz[..., dim:], checkpoints, dy, du, ddt,
           dxz[..., dim:], dx_dbl[..., rank:], dA_part, dD_part, dbias_part,
-          2 * dim, rank + 2 * d_state, rank, batch, length, dim, d_state, CHUNK)
+          dim, 2 * dim, rank + 2 * d_state, rank, batch, length, dim, d_state, 1, 0, CHUNK)
     # The products with a side of R (8 or so) are written so that MKL/oneDNN takes its fast path:
     # (R, M) results transposed, not (M, R) or (dim, R) ones (0.6-0.8 ms against 0.15 at M = 4096).
     ddt_flat, dx_dbl_flat = ddt.view(-1, dim), dx_dbl.view(-1, rank + 2 * d_state)
@@ -115,6 +115,8 @@ def _(dy, xz, conv_weight, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, A,
 
 def _setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs, *output[1:])
+    # The kept tensors get no gradient: None, not four zero-filled tensors of the block's size.
+    ctx.set_materialize_grads(False)
     ctx.has_conv_bias = inputs[2] is not None
 
 
@@ -129,3 +131,105 @@ def _backward(ctx, dy, du, dx_dbl, ddt, dcheckpoints):
 
 
 _block.register_autograd(_backward, setup_context=_setup)
+
+
+# ---- Mamba-2 ---------------------------------------------------------------------------------
+# The same scan with one decay per head (A repeated over the head's channels, so the kernel takes
+# one exp per channel and step), B and C per group, no gate (Mamba-2 gates in its norm). The step
+# per head is repeated over the head's channels in torch ((batch, L, d_inner), summed back in the
+# backward): the kernel reads one step per lane.
+
+
+def _sizes2(zxbcdt, conv_weight, dt_bias, ngroups):
+    batch, length, total = zxbcdt.shape
+    conv_dim, width = conv_weight.shape
+    heads = dt_bias.shape[0]
+    d_inner = total - conv_dim - heads
+    return batch, length, d_inner, conv_dim, heads, d_inner // heads, (conv_dim - d_inner) // (2 * ngroups), width
+
+
+@torch.library.custom_op("hybrids::cpu_mamba2_block", mutates_args=(), device_types="cpu")
+def _block2(
+    zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None, dt_bias: torch.Tensor,
+    A: torch.Tensor, D: torch.Tensor, ngroups: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> y (batch, L, d_inner), and what the backward reads: the conv's output xBC (batch, L,
+    conv_dim), the step repeated per channel (batch, L, d_inner) and the states at chunk starts
+    (batch, L / CHUNK, N, d_inner)."""
+    batch, length, d_inner, conv_dim, heads, headdim, d_state, width = _sizes2(zxbcdt, conv_weight, dt_bias, ngroups)
+    zxbcdt, conv_bias = cpp_build.contiguous(zxbcdt, conv_bias)
+    total = zxbcdt.shape[-1]
+    xbc = zxbcdt.new_empty(batch, length, conv_dim)
+    _call("mamba_conv_forward", zxbcdt.dtype, zxbcdt[..., d_inner:], total, conv_weight.t().contiguous(), conv_bias,
+          xbc, batch, length, conv_dim, width)
+    dt = zxbcdt[..., d_inner + conv_dim:].repeat_interleave(headdim, dim=-1)  # (batch, L, d_inner)
+    per_channel = [t.repeat_interleave(headdim).contiguous() for t in (dt_bias, A, D)]
+    y = zxbcdt.new_empty(batch, length, d_inner)
+    checkpoints = zxbcdt.new_empty(batch, -(-length // CHUNK), d_state, d_inner)
+    _call("mamba_scan_forward", zxbcdt.dtype, xbc, dt, per_channel[0], per_channel[1], xbc, per_channel[2], None, y,
+          checkpoints, conv_dim, 0, conv_dim, d_inner, batch, length, d_inner, d_state, ngroups, 1, CHUNK)
+    return y, xbc, dt, checkpoints
+
+
+@_block2.register_fake
+def _(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, ngroups):
+    batch, length, d_inner, conv_dim, _, _, d_state, _ = _sizes2(zxbcdt, conv_weight, dt_bias, ngroups)
+    return (zxbcdt.new_empty(batch, length, d_inner), zxbcdt.new_empty(batch, length, conv_dim),
+            zxbcdt.new_empty(batch, length, d_inner), zxbcdt.new_empty(batch, -(-length // CHUNK), d_state, d_inner))
+
+
+@torch.library.custom_op("hybrids::cpu_mamba2_block_backward", mutates_args=(), device_types="cpu")
+def _block2_backward(
+    dy: torch.Tensor, zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None,
+    dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, ngroups: int, xbc: torch.Tensor, dt: torch.Tensor,
+    checkpoints: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of zxbcdt (zero in z's columns), conv_weight, conv_bias (empty without one),
+    dt_bias, A and D."""
+    batch, length, d_inner, conv_dim, heads, headdim, d_state, width = _sizes2(zxbcdt, conv_weight, dt_bias, ngroups)
+    dy, zxbcdt, conv_bias, xbc, dt, checkpoints = cpp_build.contiguous(dy, zxbcdt, conv_bias, xbc, dt, checkpoints)
+    total = zxbcdt.shape[-1]
+    per_channel = [t.repeat_interleave(headdim).contiguous() for t in (dt_bias, A, D)]
+    dzxbcdt = torch.empty_like(zxbcdt)
+    dzxbcdt[..., :d_inner].zero_()
+    dxbc, ddt = torch.empty_like(xbc), torch.empty_like(dt)  # dxbc: du in x's columns, dB and dC after
+    dA_part, dD_part, dbias_part = (xbc.new_empty(batch, d_inner) for _ in range(3))
+    _call("mamba_scan_backward", zxbcdt.dtype, xbc, dt, per_channel[0], per_channel[1], xbc, per_channel[2], None,
+          checkpoints, dy, dxbc, ddt, None, dxbc[..., d_inner:], dA_part, dD_part, dbias_part,
+          conv_dim, 0, conv_dim, d_inner, batch, length, d_inner, d_state, ngroups, 1, CHUNK)
+    dw_part = xbc.new_empty(batch, width, conv_dim)
+    dconv_bias_part = xbc.new_empty(batch, conv_dim) if conv_bias is not None else None
+    _call("mamba_conv_backward", zxbcdt.dtype, zxbcdt[..., d_inner:], total, conv_weight.t().contiguous(), conv_bias,
+          dxbc, dzxbcdt[..., d_inner:], dw_part, dconv_bias_part, batch, length, conv_dim, width)
+    dzxbcdt[..., d_inner + conv_dim:] = ddt.view(batch, length, heads, headdim).sum(-1)
+
+    def per_head(part):  # (batch, d_inner) -> (heads,)
+        return part.sum(0).view(heads, headdim).sum(-1)
+
+    return (dzxbcdt, dw_part.sum(0).t().contiguous(),
+            dconv_bias_part.sum(0) if dconv_bias_part is not None else zxbcdt.new_empty(0),
+            per_head(dbias_part), per_head(dA_part), per_head(dD_part))
+
+
+@_block2_backward.register_fake
+def _(dy, zxbcdt, conv_weight, conv_bias, dt_bias, A, D, ngroups, xbc, dt, checkpoints):
+    return (zxbcdt.new_empty(zxbcdt.shape), conv_weight.new_empty(conv_weight.shape),
+            conv_bias.new_empty(conv_bias.shape) if conv_bias is not None else zxbcdt.new_empty(0),
+            dt_bias.new_empty(dt_bias.shape), A.new_empty(A.shape), D.new_empty(D.shape))
+
+
+def _setup2(ctx, inputs, output):
+    zxbcdt, conv_weight, conv_bias, dt_bias, A, D, ngroups = inputs
+    ctx.save_for_backward(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, *output[1:])
+    ctx.ngroups, ctx.has_conv_bias = ngroups, conv_bias is not None
+    ctx.set_materialize_grads(False)
+
+
+def _backward2(ctx, dy, dxbc, ddt, dcheckpoints):
+    zxbcdt, conv_weight, conv_bias, dt_bias, A, D, xbc, dt, checkpoints = ctx.saved_tensors
+    dzxbcdt, dconv_weight, dconv_bias, ddt_bias, dA, dD = torch.ops.hybrids.cpu_mamba2_block_backward(
+        dy, zxbcdt, conv_weight, conv_bias, dt_bias, A, D, ctx.ngroups, xbc, dt, checkpoints)
+    return dzxbcdt, dconv_weight, dconv_bias if ctx.has_conv_bias else None, ddt_bias, dA, dD, None
+
+
+_block2.register_autograd(_backward2, setup_context=_setup2)

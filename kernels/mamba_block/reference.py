@@ -18,3 +18,18 @@ def mamba_block_reference(xz, conv_weight, conv_bias, x_proj_weight, dt_proj_wei
     y = selective_scan_reference(u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z, delta_bias=dt_bias,
                                  delta_softplus=True)
     return y.transpose(1, 2)  # (batch, L, dim)
+
+
+def mamba2_block_reference(zxbcdt, conv_weight, conv_bias, dt_bias, A, D, ngroups: int):
+    conv_dim, heads = conv_weight.shape[0], dt_bias.shape[0]
+    d_inner = zxbcdt.shape[-1] - conv_dim - heads
+    headdim, d_state = d_inner // heads, (conv_dim - d_inner) // (2 * ngroups)
+    xbc, dt = zxbcdt[..., d_inner:].transpose(1, 2).split([conv_dim, heads], dim=1)  # (batch, ., L)
+    x, B, C = causal_conv1d_reference(xbc, conv_weight, conv_bias, "silu").split(
+        [d_inner, ngroups * d_state, ngroups * d_state], dim=1)
+    grouped = lambda t: t.unflatten(1, (ngroups, d_state))  # noqa: E731  (batch, G, N, L)
+    y = selective_scan_reference(
+        x, dt.repeat_interleave(headdim, dim=1), A.repeat_interleave(headdim)[:, None].expand(d_inner, d_state),
+        grouped(B), grouped(C), D.repeat_interleave(headdim), delta_bias=dt_bias.repeat_interleave(headdim),
+        delta_softplus=True)
+    return y.transpose(1, 2)  # (batch, L, d_inner)

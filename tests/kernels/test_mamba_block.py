@@ -12,9 +12,9 @@ import torch
 
 from helpers import relative_rms
 from hybrids.kernels import cpp_build
-from hybrids.kernels.mamba_block import cpu_unavailable, mamba_block_cpu
+from hybrids.kernels.mamba_block import cpu_unavailable, mamba2_block_cpu, mamba_block_cpu
 from hybrids.kernels.mamba_block.cpp import CHUNK
-from hybrids.kernels.mamba_block.reference import mamba_block_reference
+from hybrids.kernels.mamba_block.reference import mamba2_block_reference, mamba_block_reference
 
 pytestmark = pytest.mark.skipif(cpp_build.unavailable_reason("mamba_inner") is not None, reason="no C++ compiler here")
 
@@ -38,16 +38,19 @@ def block_inputs(batch, length, dim, d_state, rank, width, dtype, bias=True, dt_
     ]
 
 
-def compare(inputs, out_tol, grad_tol):
-    y = mamba_block_cpu(*inputs)
-    ref = mamba_block_reference(*inputs)
+NAMES = ["xz", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_bias", "A", "D"]
+NAMES2 = ["zxbcdt", "conv_weight", "conv_bias", "dt_bias", "A", "D"]
+
+
+def compare(inputs, out_tol, grad_tol, fused=mamba_block_cpu, reference=mamba_block_reference, names=NAMES):
+    y = fused(*inputs)
+    ref = reference(*inputs)
     assert y.shape == ref.shape and y.dtype == ref.dtype
     assert relative_rms(y, ref) < out_tol
     dy = torch.randn_like(y)
-    present = [t for t in inputs if t is not None]
+    present = [t for t in inputs if isinstance(t, torch.Tensor)]
     grads = torch.autograd.grad(y, present, dy)
     ref_grads = torch.autograd.grad(ref, present, dy)
-    names = ["xz", "conv_weight", "conv_bias", "x_proj_weight", "dt_proj_weight", "dt_bias", "A", "D"]
     names = [n for n, t in zip(names, inputs) if t is not None]
     for name, a, b in zip(names, grads, ref_grads):
         assert a.shape == b.shape, name
@@ -102,3 +105,49 @@ def test_opcheck(bias):
 
     inputs = block_inputs(2, 21, 10, 3, 2, 3, torch.float64, bias=bias)
     torch.library.opcheck(torch.ops.hybrids.cpu_mamba_block.default, inputs)
+
+
+# -- Mamba-2 ---------------------------------------------------------------------------------------
+
+
+def block2_inputs(batch, length, heads, headdim, d_state, groups, width, dtype, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale).requires_grad_()
+
+    d_inner = heads * headdim
+    conv_dim = d_inner + 2 * groups * d_state
+    A = (-(torch.rand(heads, generator=g, dtype=dtype) * 3 + 0.1)).requires_grad_()
+    return [r(batch, length, d_inner + conv_dim + heads), r(conv_dim, width, scale=0.5), r(conv_dim) if bias else None,
+            r(heads, scale=0.5), A, r(heads), groups]
+
+
+SHAPES2 = {
+    # (batch, L, heads, headdim, d_state, groups, d_conv)
+    "heads-of-16": (2, 40, 8, 16, 16, 1, 4),  # a head per float32 vector block
+    "small-heads-two-groups": (2, 37, 4, 5, 16, 2, 4),  # blocks span heads; channels past the blocks
+    "runtime-d-state": (2, 35, 3, 7, 5, 1, 3),
+    "one-step": (1, 1, 2, 8, 16, 2, 4),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES2)
+@pytest.mark.parametrize("bias", [True, False])
+def test_mamba2_float64_equals_the_reference(shape, bias):
+    compare(block2_inputs(*SHAPES2[shape], torch.float64, bias=bias), 1e-12, 1e-11, mamba2_block_cpu,
+            mamba2_block_reference, NAMES2)
+
+
+@pytest.mark.parametrize("shape", ["heads-of-16", "small-heads-two-groups"])
+def test_mamba2_float32_equals_the_reference(shape):
+    compare(block2_inputs(*SHAPES2[shape], torch.float32), 1e-5, 1e-4, mamba2_block_cpu, mamba2_block_reference,
+            NAMES2)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_mamba2_opcheck(bias):
+    from hybrids.kernels.mamba_block import cpp  # noqa: F401
+
+    inputs = block2_inputs(2, 21, 3, 4, 3, 1, 3, torch.float64, bias=bias)
+    torch.library.opcheck(torch.ops.hybrids.cpu_mamba2_block.default, inputs)

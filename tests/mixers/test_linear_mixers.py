@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
+from hybrids.kernels import cpp_build
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
 from hybrids.parts.feature_maps import FavorPlus, TaylorExp, build_feature_map, orthogonal_gaussian_rows
 
@@ -245,6 +246,43 @@ def test_mamba2_has_mamba_ssm_parameter_names_and_no_decay_on_the_ssm():
 
 def test_mamba2_fused_path_is_not_taken_on_cpu():
     assert "CUDA" in Mamba2(32, headdim=16).fused_path_unavailable("cpu", torch.float32)
+
+
+@pytest.mark.skipif(cpp_build.unavailable_reason("mamba_inner") is not None, reason="no C++ compiler here")
+def test_mamba2_on_cpu_runs_the_fused_block_with_the_plain_path_s_gradients(monkeypatch):
+    """On CPU, forward takes hybrids.kernels.mamba_block's Mamba-2 block unless a backend is
+    forced or the fast path is off; outputs and every parameter's gradient are the path's on
+    linear_attention."""
+    import hybrids.mixers.mamba2 as mamba2_module
+
+    for name in (mamba2_module.LINEAR_BACKEND_ENV, mamba2_module.CONV_BACKEND_ENV):
+        monkeypatch.delenv(name, raising=False)
+    torch.manual_seed(0)
+    m = Mamba2(D, d_state=5, headdim=4, ngroups=2, d_conv=3).double()
+    with torch.no_grad():
+        m.D.add_(torch.randn_like(m.D))
+    x = torch.randn(2, 37, D, dtype=torch.float64)
+    zxbcdt, A = m.in_proj(x), -torch.exp(m.A_log)
+    assert m.cpu_block_unavailable(zxbcdt, A) is None
+    assert "use_fast_path" in Mamba2(D, headdim=8, use_fast_path=False).cpu_block_unavailable(zxbcdt, A)
+    assert "forced" in Mamba2(D, headdim=8, kernel_backend="chunk").cpu_block_unavailable(zxbcdt, A)
+    monkeypatch.setenv(mamba2_module.LINEAR_BACKEND_ENV, "chunk")
+    assert "forced" in m.cpu_block_unavailable(zxbcdt, A)
+    monkeypatch.delenv(mamba2_module.LINEAR_BACKEND_ENV)
+
+    calls = []
+    real = mamba2_module.mamba2_block_cpu
+    monkeypatch.setattr(mamba2_module, "mamba2_block_cpu", lambda *a: calls.append(1) or real(*a))
+    fused = m(x)
+    assert calls == [1]
+    fused_grads = torch.autograd.grad(fused.square().sum(), list(m.parameters()))
+    m.use_fast_path = False
+    plain = m(x)
+    assert calls == [1]
+    plain_grads = torch.autograd.grad(plain.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(fused, plain, rtol=1e-11, atol=1e-12)
+    for (name, _), a, b in zip(m.named_parameters(), fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=name)
 
 
 def chunk_scan_combined_stand_in(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
