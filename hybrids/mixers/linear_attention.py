@@ -42,15 +42,25 @@ the parallel pass agree.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hybrids.kernels import apply_rotary, at_least_float32, linear_attention, linear_attention_step, rotary_cos_sin
+from hybrids.kernels.linear import BACKEND_ENV as LINEAR_BACKEND_ENV
 from hybrids.kernels.linear import BACKENDS as LINEAR_BACKENDS
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.state_size import StateSize
-from hybrids.parts.feature_maps import FEATURE_MAPS, build_feature_map
+from hybrids.parts.feature_maps import FEATURE_MAPS, FeatureMap, build_feature_map
+
+# A forward from a zero state up to this length, with a map that has closed-form scores (Based's
+# Taylor map) and no decay, runs as masked attention on those scores: L^2 (f + V) multiply-adds
+# per head against the chunked kernel's L (64 (F + V) + 2 F V), with F = 1 + f + f^2 = 273 for
+# f = 16, so the quadratic form stays cheaper up to L of several hundred. At 256 its (L, L)
+# scores are 256 KiB per sequence and head in float32.
+QUADRATIC_MAX_LENGTH = 256
 
 DECAYS = (None, "retnet", "gla")
 
@@ -192,15 +202,20 @@ class LinearAttention(Mixer):
 
     # -- pieces shared by the parallel and the recurrent paths -----------------------------------
 
-    def _qkv(self, x: torch.Tensor, start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, x: torch.Tensor, start: int = 0, mapped: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, L, d_model) at positions ``start ..`` -> phi(q), phi(k) (B, H, L, F), rotated
-        with ``rotary``, and v (B, H, L, P [+ 1 ones column])."""
+        with ``rotary``, and v (B, H, L, P [+ 1 ones column]); q and k unmapped (B, H, L, f) if
+        not ``mapped``."""
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
+        # In (B, H, L, f) order before the map: a wide map's (B, H, L, F) features then come out
+        # in the order the kernel reads, instead of being copied there (4x the bytes for FAVOR+).
+        q = self.q_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2).contiguous()
+        k = self.k_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2).contiguous()
         v = self.v_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         if self.normalize:  # the normaliser's column: its output is q_t . z_t
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+        if not mapped:
+            return q, k, v
         q, k = self.feature_map(q), self.feature_map(k)
         if self.rotary:
             positions = torch.arange(start, start + length, device=x.device)
@@ -244,7 +259,32 @@ class LinearAttention(Mixer):
         None): the chunked kernel with its initial and final states, never ``step``."""
         return self._parallel(x, state, final_state=True)
 
+    def quadratic_unavailable(self, length: int) -> str | None:
+        """None if a forward over ``length`` positions from a zero state takes the quadratic form
+        (``_quadratic``), else why not."""
+        if self.feature_map.kernel_scores.__func__ is FeatureMap.kernel_scores:
+            return f"the {type(self.feature_map).__name__} map has no closed-form kernel"
+        if self.log_decay is not None or self.gk_proj is not None:
+            return "a decay (the quadratic form here has none)"
+        if self.kernel_backend is not None or os.environ.get(LINEAR_BACKEND_ENV):
+            return "a kernel backend is forced (kernel_backend or the environment variable)"
+        if length > QUADRATIC_MAX_LENGTH:
+            return f"longer than QUADRATIC_MAX_LENGTH = {QUADRATIC_MAX_LENGTH}"
+        return None
+
+    def _quadratic(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward from a zero state as masked attention with the map's closed-form scores
+        ``phi(q) phi(k)^T`` (B, H, L, L), the features never formed: what the kernel computes, at
+        ``feature_dim`` instead of ``features`` multiply-adds per pair of positions."""
+        q, k, v = self._qkv(x, mapped=False)
+        work = at_least_float32(x.dtype)
+        scores = self.feature_map.kernel_scores(q.to(work), k.to(work))
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+        return self._output(scores.masked_fill(~causal, 0.0) @ v.to(work), x)
+
     def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False):
+        if state is None and not final_state and self.quadratic_unavailable(x.shape[1]) is None:
+            return self._quadratic(x)
         start = 0 if state is None else state.get("position", 0)
         q, k, v = self._qkv(x, start)
         g = self._log_decay(x)

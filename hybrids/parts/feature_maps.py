@@ -26,7 +26,9 @@ Every map takes (..., dim) to (..., out_dim) and carries its own scaling, so the
   ``phi(x) = [1, x', vec(x' x'^T) / sqrt(2)]`` with ``x' = x / dim^(1/4)``, so that
   ``phi(q) . phi(k) = 1 + s + s^2 / 2`` with ``s = q.k / sqrt(dim)``: exactly the first three
   terms of ``exp(s)``, positive for every s (its least value is 1/2). ``out_dim = 1 + dim +
-  dim^2``, which is why Based projects q and k to a small ``dim`` (16) first.
+  dim^2``, which is why Based projects q and k to a small ``dim`` (16) first. That closed form is
+  its ``kernel_scores``: the scores of a quadratic (attention-like) pass cost ``dim``, not
+  ``out_dim``, multiply-adds per pair.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class FeatureMap(nn.Module):
     @property
     def out_dim(self) -> int:
         return self.dim
+
+    def kernel_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+        """``phi(q) phi(k)^T`` (..., Lq, Lk) from the unmapped q (..., Lq, dim) and k (..., Lk,
+        dim) in closed form, without forming the features; None where the map has none."""
+        return None
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, out_dim={self.out_dim}"
@@ -120,9 +127,18 @@ class FavorPlus(FeatureMap):
         self.projection.copy_(rows.to(self.projection.device, self.projection.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.dim**-0.25
-        projected = x @ self.projection.to(x.dtype).T  # (..., m)
-        return torch.exp(projected - 0.5 * (x * x).sum(-1, keepdim=True)) * self.num_features**-0.5
+        # exp(W x' - |x'|^2 / 2 - ln(m) / 2), x' = x / dim^(1/4), as one matrix product of
+        # [x, |x|^2, 1] (..., dim + 2) with [W / dim^(1/4), -1 / (2 sqrt(dim)), -ln(m) / 2] and one
+        # exp: the (..., m) tensors see no scaling, subtraction or product of their own (each a
+        # pass over the largest tensors of a Performer layer, forward and backward).
+        m = self.num_features
+        weights = torch.cat([
+            self.projection.to(x.dtype) * self.dim**-0.25,
+            x.new_full((m, 1), -0.5 * self.dim**-0.5),
+            x.new_full((m, 1), -0.5 * math.log(m)),
+        ], dim=1)  # (m, dim + 2)
+        augmented = torch.cat([x, (x * x).sum(-1, keepdim=True), torch.ones_like(x[..., :1])], dim=-1)
+        return torch.exp(augmented @ weights.T)  # (..., m)
 
 
 class TaylorExp(FeatureMap):
@@ -134,6 +150,10 @@ class TaylorExp(FeatureMap):
         x = x * self.dim**-0.25
         second = (x[..., :, None] * x[..., None, :]).flatten(-2) * 0.5**0.5  # (..., dim^2)
         return torch.cat([torch.ones_like(x[..., :1]), x, second], dim=-1)
+
+    def kernel_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        s = (q @ k.transpose(-1, -2)) * self.dim**-0.5
+        return 1 + s + 0.5 * s * s
 
 
 def build_feature_map(name: str, dim: int, num_features: int | None = None, redraw: bool = False,

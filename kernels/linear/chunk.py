@@ -149,9 +149,9 @@ def linear_attention_chunk(
     batch, heads, length, dk = q.shape
     dv = v.shape[-1]
     scale = resolve_scale(scale, dk)
-    state = q.new_zeros(batch, heads, dk, dv, dtype=work) if initial_state is None else initial_state.to(work)
     if length == 0:
         o = empty_output(q, k, v)
+        state = q.new_zeros(batch, heads, dk, dv, dtype=work) if initial_state is None else initial_state.to(work)
         return (o, state) if output_final_state else o
 
     size = min(chunk_size, length)
@@ -189,7 +189,13 @@ def linear_attention_chunk(
         carry = last.transpose(-1, -2).exp()  # (batch, heads, n, K, 1): scales the state's rows
 
     intra = scores @ v  # (batch, heads, n, C, V): the chunk's own keys and values
+    if n == 1 and initial_state is None and not output_final_state:
+        # One chunk from a zero state, no state asked for (a training forward at L <= C): the
+        # output is the chunk's own part. The (K, V) state products, zeros in and unused out,
+        # cost as much as the scores for a wide feature map (Based's 273, Performer's m).
+        return (scale * intra).reshape(batch, heads, size, dv)[:, :, :length].to(dtype_in)
     local = k_out.transpose(-1, -2) @ v  # (batch, heads, n, K, V): what each chunk adds to the state
+    state = q.new_zeros(batch, heads, dk, dv, dtype=work) if initial_state is None else initial_state.to(work)
     # Hand the state from chunk to chunk. The per-chunk pieces come from ``unbind``, whose
     # backward stacks the n gradients once; indexing ``local[:, :, c]`` instead would make every
     # one of the n select-backwards allocate and fill a whole (n, K, V) zero tensor: O(n^2).

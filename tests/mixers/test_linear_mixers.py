@@ -31,6 +31,49 @@ def test_taylor_features_are_the_second_order_expansion_of_the_softmax_kernel():
     torch.testing.assert_close((phi(q) * phi(k)).sum(-1), 1 + s + s**2 / 2, rtol=1e-12, atol=1e-12)
 
 
+def test_taylor_kernel_scores_are_the_features_dot_products_in_closed_form():
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(3, 7, 5, generator=g, dtype=torch.float64), torch.randn(3, 9, 5, generator=g, dtype=torch.float64)
+    phi = TaylorExp(5)
+    torch.testing.assert_close(phi.kernel_scores(q, k), phi(q) @ phi(k).transpose(-1, -2), rtol=1e-12, atol=1e-12)
+    assert FavorPlus(8).kernel_scores(q, k) is None  # no closed form: its features are random
+
+
+def test_based_trains_in_the_quadratic_form_up_to_its_length_limit(monkeypatch):
+    """Based's map (Taylor) with no decay: forward from a zero state runs as masked attention on
+    the closed-form scores up to QUADRATIC_MAX_LENGTH, with the chunked kernel's outputs and
+    gradients; past it, with a decay, a forced backend or another map, the kernel runs."""
+    import hybrids.mixers.linear_attention as module
+
+    monkeypatch.delenv(module.LINEAR_BACKEND_ENV, raising=False)
+    torch.manual_seed(0)
+    m = LinearAttention(D, heads=2, feature_map="taylor", feature_dim=4).double()
+    x = torch.randn(2, 23, D, dtype=torch.float64)
+    assert m.quadratic_unavailable(23) is None
+    assert "QUADRATIC_MAX_LENGTH" in m.quadratic_unavailable(module.QUADRATIC_MAX_LENGTH + 1)
+    assert "closed-form" in LinearAttention(D, heads=2, feature_map="favor").quadratic_unavailable(23)
+    assert "decay" in LinearAttention(D, heads=2, feature_map="taylor", decay="gla").quadratic_unavailable(23)
+    assert "forced" in LinearAttention(D, heads=2, feature_map="taylor", kernel_backend="chunk").quadratic_unavailable(23)
+
+    calls = []
+    real = LinearAttention._quadratic
+    monkeypatch.setattr(LinearAttention, "_quadratic", lambda self, x: calls.append(1) or real(self, x))
+    quadratic = m(x)
+    assert calls == [1]
+    grads = torch.autograd.grad(quadratic.square().sum(), list(m.parameters()))
+    m.kernel_backend = "chunk"
+    chunked = m(x)
+    assert calls == [1]
+    chunked_grads = torch.autograd.grad(chunked.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(quadratic, chunked, rtol=1e-11, atol=1e-12)
+    for (name, _), a, b in zip(m.named_parameters(), grads, chunked_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=name)
+    m.kernel_backend = None
+    monkeypatch.setattr(module, "QUADRATIC_MAX_LENGTH", 22)
+    m(x)
+    assert calls == [1]  # 23 > 22: the kernel
+
+
 def favor_error(num_features: int, orthogonal: bool, draws: int = 24) -> float:
     """RMS relative error of FAVOR+'s estimate of exp(q.k / sqrt(d)) over 256 pairs, d = 8.
 
