@@ -8,12 +8,14 @@ For every distinct (family, width, task) of the sweep (seed and learning rate do
 cost: the first run of each is taken), the run's model and data are built from its resolved
 config and one training step (forward, cross-entropy on the labelled positions, backward, AdamW)
 is timed on a fixed batch: median of ``--steps`` steps after ``--warmup``, one thread (each
-sweep worker runs single-threaded). Lightning's loop, validation, and start-up are not included:
+sweep worker runs single-threaded), each family's steps taking turns with attention's at the same
+point, so that "x attention" is a ratio of two medians measured side by side (a drift of the
+machine's speed over a run, 10-15% here, would otherwise enter the ratios). Lightning's loop, validation, and start-up are not included:
 compare this with a run's ``wall_s`` to see those. Rows are printed as a Markdown table, with
 each row's time as a multiple of attention's at the same width and task (where the sweep has an
-``attention`` family). ``--compile`` also times the step with the model compiled
+``attention`` family, with the attention time it was measured beside). ``--compile`` also times the step with the model compiled
 (``nn.Module.compile``, inductor; the compilation itself, on the first steps, is not timed), eager
-and compiled built alike and timed one after the other.
+and compiled built alike and timed taking turns.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def build(config: dict):
     return model, inputs, labels
 
 
-def step_seconds(config: dict, steps: int, warmup: int, compiled: bool = False) -> float:
+def training_step(config: dict, compiled: bool = False):
+    """A function running one training step of the run's model on a fixed batch."""
     torch.manual_seed(0)
     model, inputs, labels = build(config)
     if compiled:
@@ -59,14 +62,23 @@ def step_seconds(config: dict, steps: int, warmup: int, compiled: bool = False) 
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def median_seconds(steps: list, repeats: int, warmup: int) -> list[float]:
+    """The median time of each step function, the functions taking turns step by step: a drift
+    of the machine's speed during the measurement (other load, clock changes: 10-15% between
+    runs minutes apart here) then touches all of them alike, and their ratios stay put."""
     for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step in steps:
+            step()
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for step, kept in zip(steps, times):
+            start = time.perf_counter()
+            step()
+            kept.append(time.perf_counter() - start)
+    return [statistics.median(kept) for kept in times]
 
 
 def main() -> None:
@@ -79,24 +91,32 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     seen, attention = set(), {}
-    print(f"{args.sweep}: one training step, median of {args.steps} after {args.warmup}, 1 thread")
+    print(f"{args.sweep}: one training step, median of {args.steps} after {args.warmup}, 1 thread; "
+          "each family's steps alternate with attention's at the same point (x attention: the ratio of the two medians)")
     compiled_columns = " compiled ms / step | compiled / eager |" if args.compile else ""
-    print(f"| run shape | ms / step | x attention |{compiled_columns}")
-    print("| --- | ---: | ---: |" + (" ---: | ---: |" if args.compile else ""))
+    print(f"| run shape | ms / step | attention ms / step | x attention |{compiled_columns}")
+    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.compile else ""))
     for plan in expand(load_sweep(args.sweep)):
         shape = "-".join(str(plan.axes[k]) for k in plan.axes if k not in ("lr", "weight_decay", "seed"))
+        # Attention at the same point but the family: runs of the sweep list it first.
+        point = tuple((k, v) for k, v in plan.axes.items() if k not in ("family", "lr", "weight_decay", "seed"))
+        if plan.axes.get("family") == "attention":
+            attention[point] = plan.config
         if shape in seen or args.match not in plan.name:
             continue
         seen.add(shape)
-        eager = step_seconds(plan.config, args.steps, args.warmup)
-        # Attention's time at the same point but the family: runs of the sweep list it first.
-        point = tuple((k, v) for k, v in plan.axes.items() if k not in ("family", "lr", "weight_decay", "seed"))
-        if plan.axes.get("family") == "attention":
-            attention[point] = eager
-        ratio = f"{eager / attention[point]:.2f}" if point in attention else "-"
-        row = f"| {shape} | {eager * 1e3:.1f} | {ratio} |"
+        if point in attention and plan.axes.get("family") != "attention":
+            family, reference = median_seconds(
+                [training_step(plan.config), training_step(attention[point])], args.steps, args.warmup)
+            row = f"| {shape} | {family * 1e3:.1f} | {reference * 1e3:.1f} | {family / reference:.2f} |"
+        else:
+            (family,) = median_seconds([training_step(plan.config)], args.steps, args.warmup)
+            ratio = "1.00" if plan.axes.get("family") == "attention" else "-"
+            row = f"| {shape} | {family * 1e3:.1f} | {family * 1e3:.1f} | {ratio} |" if ratio == "1.00" else \
+                f"| {shape} | {family * 1e3:.1f} | - | - |"
         if args.compile:
-            compiled = step_seconds(plan.config, args.steps, args.warmup, compiled=True)
+            eager, compiled = median_seconds(
+                [training_step(plan.config), training_step(plan.config, compiled=True)], args.steps, args.warmup)
             row += f" {compiled * 1e3:.1f} | {compiled / eager:.2f} |"
         print(row, flush=True)
 

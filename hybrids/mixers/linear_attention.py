@@ -216,7 +216,7 @@ class LinearAttention(Mixer):
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
         if not mapped:
             return q, k, v
-        q, k = self.feature_map(q), self.feature_map(k)
+        q, k = self.feature_map(q), self.feature_map.keys(k)
         if self.rotary:
             positions = torch.arange(start, start + length, device=x.device)
             cos, sin = rotary_cos_sin(positions, self.feature_dim, self.rotary_base, dtype=q.dtype)
