@@ -207,10 +207,12 @@ class LinearAttention(Mixer):
         with ``rotary``, and v (B, H, L, P [+ 1 ones column]); q and k unmapped (B, H, L, f) if
         not ``mapped``."""
         batch, length, _ = x.shape
-        # In (B, H, L, f) order before the map: a wide map's (B, H, L, F) features then come out
-        # in the order the kernel reads, instead of being copied there (4x the bytes for FAVOR+).
-        q = self.q_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2).contiguous()
-        k = self.k_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2).contiguous()
+        q = self.q_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.heads, self.feature_dim).transpose(1, 2)
+        if self.features > self.feature_dim:
+            # In (B, H, L, f) order before a widening map: its (B, H, L, F) features then come out
+            # in the order the kernel reads, instead of being copied there (4x the bytes for FAVOR+).
+            q, k = q.contiguous(), k.contiguous()
         v = self.v_proj(x).view(batch, length, self.heads, self.head_dim).transpose(1, 2)
         if self.normalize:  # the normaliser's column: its output is q_t . z_t
             v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)

@@ -25,6 +25,8 @@ Paths:
   (not ``scan_backend``, ``HYBRIDS_SELECTIVE_SCAN_BACKEND`` nor ``HYBRIDS_CAUSAL_CONV1D_BACKEND``),
   2 <= d_conv <= 4 and not float64: mamba_ssm's fused
   ``mamba_inner_fn`` on the same parameters. Not exercised by the test suite (no GPU here).
+- On CPU, ``use_fast_path``, no backend forced and float32 or float64 throughout: our fused C++
+  block between the projections (``hybrids.kernels.mamba_block``), from a zero state.
 - ``prefill``: the unfused path with the kernels' initial and final states (conv tail, scan
   state), never the fused block, which returns no state.
 - ``step``: ``causal_conv1d_update`` and ``selective_state_update``.
@@ -81,7 +83,8 @@ class Mamba(Mixer):
         dt_scale: scale of dt_proj's initial weight.
         conv_bias: bias in the convolution.
         bias: biases in in_proj and out_proj.
-        use_fast_path: use mamba_ssm's fused kernel where it can run (CUDA, installed).
+        use_fast_path: use a fused block where one can run: mamba_ssm's on CUDA (installed), ours on CPU
+            (hybrids.kernels.mamba_block).
         scan_backend: force a ``selective_scan`` backend ("reference", "torch", "cpu", "triton",
             "extension"); None lets the dispatcher choose.
     """
@@ -182,7 +185,8 @@ class Mamba(Mixer):
             return "use_fast_path=False"
         if self.scan_backend is not None or os.environ.get(SCAN_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV):
             return "a kernel backend is forced (scan_backend or an environment variable)"
-        return cpu_block_unavailable(xz, A, self.conv1d.weight, self.x_proj.weight, self.dt_proj.weight, self.D)
+        return cpu_block_unavailable(xz, A, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                                     self.dt_proj.bias, self.D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xz = self.in_proj(x)  # (B, L, 2 * d_inner)

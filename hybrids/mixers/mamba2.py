@@ -25,7 +25,9 @@ three is weight-decayed.
 Paths: ``forward`` and ``prefill`` run the conv and the kernel (with their initial and final
 states for prefill); ``step`` runs ``causal_conv1d_update`` and ``linear_attention_step``. On
 CUDA with mamba-ssm installed, ``use_fast_path`` and not float64, ``forward`` runs the SSD part
-with mamba_ssm's ``mamba_chunk_scan_combined`` on the same parameters. The call is tested on
+with mamba_ssm's ``mamba_chunk_scan_combined`` on the same parameters; on CPU (``use_fast_path``, no
+backend forced, float32 or float64 throughout) the conv and the SSD run as one fused C++ block
+(``hybrids.kernels.mamba_block``), from a zero state. The call is tested on
 CPU against a stand-in written from that function's documented contract (same output as the
 path on our kernel); mamba_ssm's kernel itself has not run here (no GPU lent).
 """
@@ -73,7 +75,8 @@ class GatedRMSNorm(nn.Module):
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         work = at_least_float32(y.dtype)
         gated = (y.to(work) * F.silu(z.to(work))).unflatten(-1, (-1, self.group_size))
-        # torch's fused RMS norm (one kernel each way) rather than the mean-square written out.
+        # torch's rms_norm (fused where the torch version has a fused CPU kernel) rather than the
+        # mean-square written out.
         normed = F.rms_norm(gated, (self.group_size,), eps=self.eps)
         return (normed.flatten(-2) * self.weight.to(work)).to(y.dtype)
 
@@ -93,7 +96,8 @@ class Mamba2(Mixer):
         conv_bias: bias in the convolution.
         bias: biases in in_proj and out_proj.
         norm_eps: epsilon of the gated RMS norm.
-        use_fast_path: mamba_ssm's fused SSD kernel on CUDA where installed.
+        use_fast_path: a fused path where one can run: mamba_ssm's SSD kernel on CUDA (installed), our C++
+            block on CPU (hybrids.kernels.mamba_block).
         kernel_backend: force a ``linear_attention`` backend; None lets the dispatcher choose.
     """
 
@@ -196,7 +200,7 @@ class Mamba2(Mixer):
             return "use_fast_path=False"
         if self.kernel_backend is not None or os.environ.get(LINEAR_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV):
             return "a kernel backend is forced (kernel_backend or an environment variable)"
-        return cpu_block_unavailable(zxbcdt, A, self.conv1d.weight, self.dt_bias, self.D)
+        return cpu_block_unavailable(zxbcdt, A, self.conv1d.weight, self.conv1d.bias, self.dt_bias, self.D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_path_unavailable(x.device.type, x.dtype) is None:

@@ -1,12 +1,13 @@
 // The inside of a Mamba block on the CPU, in the projections' own (batch, L, channels) layout:
 // the causal depthwise convolution with its SiLU, and the selective scan with the step's bias and
 // softplus, the skip term D u and the silu(z) gate, each forward and backward. The matrix products
-// between them (x_proj, dt_proj) stay with torch (kernels/mamba_inner/cpp.py).
+// between them (x_proj, dt_proj) stay with torch (kernels/mamba_block/cpp.py).
 //
 // Why another scan beside selective_scan.cpp: that one takes (batch, dim, L) rows, one channel per
 // iteration with the d_state axis in the vector, so a step's output is a horizontal sum and a
 // Mamba block spends a tenth of its time transposing in and out of that layout. Here a vector holds
-// LANES neighbouring channels of one time step: the projections' rows are read as they are, every
+// LANES neighbouring channels of one time step (LANES = 16 floats, a 512-bit vector where the build
+// has AVX-512; with narrower vectors the compiler splits each lane loop in two or four): the projections' rows are read as they are, every
 // lane's recurrence is independent (no horizontal sums in the forward), and the d_state loop
 // carries LANES independent exps at a time.
 //

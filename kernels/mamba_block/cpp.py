@@ -24,9 +24,24 @@ import torch.nn.functional as F
 from hybrids.kernels import cpp_build
 
 # Steps between saved states. The backward keeps, per thread, one chunk of states and decays and
-# the chunk's dB and dC accumulators, each CHUNK x d_state x 16 floats (16 KiB at d_state 16): all
-# four stay in the L2 cache.
+# the chunk's dB and dC accumulators, CHUNK x d_state x 16 floats each (x groups for dB and dC):
+# 16 KiB at d_state 16 and one group, within the L2 cache; 64 KiB each at Mamba-2's default
+# d_state of 64.
 CHUNK = 16
+
+
+def _check(xz: torch.Tensor, tensors: dict, shapes: dict) -> None:
+    """The kernels read raw buffers: every tensor must have xz's dtype and the shape the block's
+    sizes give it (a float32 A beside float64 inputs would be read past its end)."""
+    if xz.ndim != 3:
+        raise ValueError(f"xz: expected (batch, L, channels), got shape {tuple(xz.shape)}")
+    for name, tensor in tensors.items():
+        if tensor is None:
+            continue
+        if tensor.dtype != xz.dtype:
+            raise TypeError(f"{name}: expected the input's dtype {xz.dtype}, got {tensor.dtype}")
+        if tuple(tensor.shape) != shapes[name]:
+            raise ValueError(f"{name}: expected shape {shapes[name]}, got {tuple(tensor.shape)}")
 
 
 def _call(symbol: str, dtype, *args) -> None:
@@ -48,13 +63,19 @@ def _block(
     """-> y (batch, L, dim), and what the backward reads: u (batch, L, dim), x_dbl (batch, L,
     R + 2N), dt (batch, L, dim) and the states at chunk starts (batch, L / CHUNK, N, dim)."""
     batch, length, dim, width, rank, d_state = _sizes(xz, conv_weight, dt_proj_weight, A)
+    _check(xz, {"conv_weight": conv_weight, "conv_bias": conv_bias, "x_proj_weight": x_proj_weight,
+                "dt_proj_weight": dt_proj_weight, "dt_bias": dt_bias, "A": A, "D": D},
+           {"conv_weight": (dim, width), "conv_bias": (dim,), "x_proj_weight": (rank + 2 * d_state, dim),
+            "dt_proj_weight": (dim, rank), "dt_bias": (dim,), "A": (dim, d_state), "D": (dim,)})
+    if xz.shape[-1] != 2 * dim:
+        raise ValueError(f"xz: expected 2 * dim = {2 * dim} channels (x and z), got {xz.shape[-1]}")
     xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D = cpp_build.contiguous(
         xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D)
     conv_wt, At = conv_weight.t().contiguous(), A.t().contiguous()  # (W, dim), (N, dim): a vector per tap / n
     u = xz.new_empty(batch, length, dim)
     _call("mamba_conv_forward", xz.dtype, xz, 2 * dim, conv_wt, conv_bias, u, batch, length, dim, width)
-    x_dbl = F.linear(u, x_proj_weight)  # (batch, L, R + 2N)
-    dt = F.linear(x_dbl[..., :rank], dt_proj_weight)  # (batch, L, dim), before its bias
+    x_dbl = F.linear(u, x_proj_weight).contiguous()  # (batch, L, R + 2N); the kernels read C order
+    dt = F.linear(x_dbl[..., :rank], dt_proj_weight).contiguous()  # (batch, L, dim), before its bias
     y = torch.empty_like(u)
     checkpoints = u.new_empty(batch, -(-length // CHUNK), d_state, dim)
     _call("mamba_scan_forward", xz.dtype, u, dt, dt_bias, At, x_dbl, D, xz[..., dim:], y, checkpoints,
@@ -157,6 +178,14 @@ def _block2(
     conv_dim), the step repeated per channel (batch, L, d_inner) and the states at chunk starts
     (batch, L / CHUNK, N, d_inner)."""
     batch, length, d_inner, conv_dim, heads, headdim, d_state, width = _sizes2(zxbcdt, conv_weight, dt_bias, ngroups)
+    if ngroups < 1 or heads < 1 or d_inner < 1 or d_inner % heads or heads % ngroups or d_state < 1 \
+            or conv_dim != d_inner + 2 * ngroups * d_state:
+        raise ValueError(f"zxbcdt ({zxbcdt.shape[-1]} channels), conv_weight ({conv_dim}), dt_bias ({heads} heads) and "
+                         f"ngroups ({ngroups}) do not make a Mamba-2 block: need d_inner + conv_dim + heads channels, "
+                         "conv_dim = d_inner + 2 ngroups d_state, heads dividing d_inner and ngroups dividing heads")
+    _check(zxbcdt, {"conv_weight": conv_weight, "conv_bias": conv_bias, "dt_bias": dt_bias, "A": A, "D": D},
+           {"conv_weight": (conv_dim, width), "conv_bias": (conv_dim,), "dt_bias": (heads,), "A": (heads,),
+            "D": (heads,)})
     zxbcdt, conv_bias = cpp_build.contiguous(zxbcdt, conv_bias)
     total = zxbcdt.shape[-1]
     xbc = zxbcdt.new_empty(batch, length, conv_dim)

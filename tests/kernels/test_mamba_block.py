@@ -85,11 +85,58 @@ def test_float32_equals_the_reference(shape):
 @pytest.mark.parametrize("dt_shift", [-30.0, -8.0, 8.0, 25.0])
 def test_steps_far_into_softplus_s_tails(dt_shift):
     """Step arguments around -30 (softplus ~ e^x, a relative accuracy test), +8, and past torch's
-    threshold of 20 (softplus(x) = x): float32 stays close to the float64 reference."""
+    threshold of 20 (softplus(x) = x): float32 outputs and gradients stay close to the float64
+    reference's."""
     inputs = block_inputs(2, 24, 16, 16, 2, 4, torch.float64, dt_shift=dt_shift)
     ref = mamba_block_reference(*inputs)
-    y = mamba_block_cpu(*[t.detach().float() if t is not None else None for t in inputs])
+    single = [t.detach().float().requires_grad_() if t is not None else None for t in inputs]
+    y = mamba_block_cpu(*single)
     assert relative_rms(y.double(), ref) < 1e-5
+    dy = torch.randn_like(ref)
+    present = [(a, b) for a, b in zip(inputs, single) if b is not None]
+    ref_grads = torch.autograd.grad(ref, [a for a, _ in present], dy)
+    grads = torch.autograd.grad(y, [b for _, b in present], dy.float())
+    for name, a, b in zip(NAMES, grads, ref_grads):
+        assert relative_rms(a.double(), b, floor=1e-30) < 1e-4, name
+
+
+@pytest.mark.parametrize("which", ["mamba", "mamba2"])
+def test_results_do_not_depend_on_the_number_of_threads(which):
+    """The forward splits (sequence, channel block) pairs and the backward sequences between
+    threads, each with its own work space and parts summed afterwards: one thread and two agree
+    (to the rounding of torch's own products between the kernels, which may split differently;
+    a race would show as an error of order one)."""
+    if which == "mamba":
+        inputs, fused = block_inputs(5, 40, 24, 16, 2, 4, torch.float32), mamba_block_cpu
+    else:
+        inputs, fused = block2_inputs(5, 40, 4, 8, 16, 2, 4, torch.float32), mamba2_block_cpu
+    present = [t for t in inputs if isinstance(t, torch.Tensor)]
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y = fused(*inputs)
+            results.append((y, *torch.autograd.grad(y.square().sum(), present)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert relative_rms(a, b) < 1e-6
+
+
+def test_the_operators_check_dtypes_and_shapes():
+    inputs = block_inputs(1, 5, 8, 4, 2, 4, torch.float64)
+    with pytest.raises(TypeError, match="A: expected the input's dtype torch.float64"):
+        mamba_block_cpu(*inputs[:6], inputs[6].float(), inputs[7])
+    with pytest.raises(ValueError, match="D: expected shape"):
+        mamba_block_cpu(*inputs[:7], inputs[7][:4])
+    with pytest.raises(ValueError, match="2 \\* dim"):
+        mamba_block_cpu(inputs[0][..., :15], *inputs[1:])
+    inputs2 = block2_inputs(1, 5, 4, 4, 3, 2, 4, torch.float64)
+    with pytest.raises(ValueError, match="do not make a Mamba-2 block"):
+        mamba2_block_cpu(*inputs2[:6], 3)
+    with pytest.raises(TypeError, match="dt_bias"):
+        mamba2_block_cpu(inputs2[0], inputs2[1], inputs2[2], inputs2[3].float(), *inputs2[4:])
 
 
 def test_availability_says_why_not():
@@ -128,6 +175,8 @@ SHAPES2 = {
     "heads-of-16": (2, 40, 8, 16, 16, 1, 4),  # a head per float32 vector block
     "small-heads-two-groups": (2, 37, 4, 5, 16, 2, 4),  # blocks span heads; channels past the blocks
     "runtime-d-state": (2, 35, 3, 7, 5, 1, 3),
+    "full-blocks-two-groups": (2, 37, 4, 16, 16, 2, 4),  # 32 channels a group: two float32 blocks each
+    "d-state-64": (2, 33, 4, 8, 64, 1, 4),  # mamba_ssm's (and Mamba2's) default d_state
     "one-step": (1, 1, 2, 8, 16, 2, 4),
 }
 
@@ -139,7 +188,7 @@ def test_mamba2_float64_equals_the_reference(shape, bias):
             mamba2_block_reference, NAMES2)
 
 
-@pytest.mark.parametrize("shape", ["heads-of-16", "small-heads-two-groups"])
+@pytest.mark.parametrize("shape", ["heads-of-16", "small-heads-two-groups", "full-blocks-two-groups", "d-state-64"])
 def test_mamba2_float32_equals_the_reference(shape):
     compare(block2_inputs(*SHAPES2[shape], torch.float32), 1e-5, 1e-4, mamba2_block_cpu, mamba2_block_reference,
             NAMES2)

@@ -39,6 +39,51 @@ def test_taylor_kernel_scores_are_the_features_dot_products_in_closed_form():
     assert FavorPlus(8).kernel_scores(q, k) is None  # no closed form: its features are random
 
 
+def test_favor_features_are_the_formula_and_keys_equal_them_transposed_in_memory():
+    """FAVOR+ as one augmented product and one exp equals exp(W x' - |x'|^2 / 2) / sqrt(m), and
+    the keys are the same values stored as a (..., m, L) tensor."""
+    g = torch.Generator().manual_seed(0)
+    phi = FavorPlus(8, num_features=20, seed=0).double()
+    x = torch.randn(2, 3, 11, 8, generator=g, dtype=torch.float64)
+    xs = x * 8**-0.25
+    formula = torch.exp(xs @ phi.projection.double().T - 0.5 * (xs * xs).sum(-1, keepdim=True)) / 20**0.5
+    torch.testing.assert_close(phi(x), formula, rtol=1e-12, atol=1e-14)
+    keys = phi.keys(x)
+    torch.testing.assert_close(keys, formula, rtol=1e-12, atol=1e-14)
+    assert keys.transpose(-1, -2).is_contiguous()
+
+
+@pytest.mark.parametrize("length", [64, 150])  # one chunk; three, the last padded
+def test_performer_over_several_chunks_equals_its_reference_kernel(length):
+    torch.manual_seed(0)
+    m = LinearAttention(D, heads=2, feature_map="favor", seed=0).double()
+    x = torch.randn(2, length, D, dtype=torch.float64)
+    out = m(x)
+    grads = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    m.kernel_backend = "reference"
+    ref = m(x)
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("kwargs", [{"normalize": False, "output_norm": True}, {"output_norm": True}])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_based_quadratic_form_variants(kwargs, dtype):
+    """Unnormalised (output norm instead) and normalised with an output norm, in float64 and
+    float32: the quadratic form equals the chunked kernel."""
+    torch.manual_seed(0)
+    m = LinearAttention(D, heads=2, feature_map="taylor", feature_dim=4, **kwargs).to(dtype)
+    x = torch.randn(2, 40, D, dtype=dtype)
+    assert m.quadratic_unavailable(40) is None
+    quadratic = m(x)
+    m.kernel_backend = "chunk"
+    chunked = m(x)
+    tol = 1e-11 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(quadratic, chunked, rtol=tol, atol=tol)
+
+
 def test_based_trains_in_the_quadratic_form_up_to_its_length_limit(monkeypatch):
     """Based's map (Taylor) with no decay: forward from a zero state runs as masked attention on
     the closed-form scores up to QUADRATIC_MAX_LENGTH, with the chunked kernel's outputs and
@@ -50,6 +95,7 @@ def test_based_trains_in_the_quadratic_form_up_to_its_length_limit(monkeypatch):
     m = LinearAttention(D, heads=2, feature_map="taylor", feature_dim=4).double()
     x = torch.randn(2, 23, D, dtype=torch.float64)
     assert m.quadratic_unavailable(23) is None
+    assert m.quadratic_unavailable(module.QUADRATIC_MAX_LENGTH) is None
     assert "QUADRATIC_MAX_LENGTH" in m.quadratic_unavailable(module.QUADRATIC_MAX_LENGTH + 1)
     assert "closed-form" in LinearAttention(D, heads=2, feature_map="favor").quadratic_unavailable(23)
     assert "decay" in LinearAttention(D, heads=2, feature_map="taylor", decay="gla").quadratic_unavailable(23)
