@@ -90,6 +90,7 @@ def plot_main(argv: list[str]) -> int:
     import pandas as pd
     from matplotlib.figure import Figure
 
+    from hybrids.lab.analysis.curves import plot_learning_curves
     from hybrids.lab.analysis.lengths import accuracy_by_length, length_columns, plot_accuracy_vs_length
     from hybrids.lab.analysis.plots import plot_accuracy_vs_state_size, plot_accuracy_vs_width
     from hybrids.lab.analysis.sweeps import axis_names, column_name, select_points, sweep_table, tuned_axes
@@ -149,6 +150,9 @@ def plot_main(argv: list[str]) -> int:
             points, report=args.report, fig=Figure(), higher_is_better=not lower_is_better
         ),
     }
+    # The chosen settings' validation curves, each seed a line: solved, plateaued or still
+    # climbing, as the table's learning column says in words.
+    figures["learning_curves"] = plot_learning_curves(table, points, fig=Figure())
     extra = []
     if length_columns(table.columns):
         # Induction runs tested at several lengths: accuracy against length, the lr chosen on

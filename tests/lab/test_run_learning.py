@@ -84,3 +84,31 @@ def test_points_still_improving_are_drawn_hollow():
         hollow = [c for c in ax.collections if isinstance(c, PathCollection) and (c.get_facecolors()[:, :3] == 1).all()]
         assert len(hollow) == 1 and hollow[0].get_offsets().shape[0] == 1  # only the still-improving point
         assert "open: not finished learning" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_learning_curves_draw_each_seed_of_the_chosen_setting_only(tmp_path):
+    """One line per finished run of the setting chosen at each point (not the other settings,
+    not a pruned run), in its family's colour, with a dot at its solving step."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from hybrids.lab.analysis.curves import chosen_runs, plot_learning_curves
+
+    rows = []
+    for family, lr, seed, status, solved in (("a", 1e-3, 0, "done", 200), ("a", 1e-3, 1, "done", None),
+                                             ("a", 3e-3, 0, "pruned", None), ("b", 1e-3, 0, "done", None)):
+        run_dir = tmp_path / f"{family}-{lr}-{seed}"
+        write_log(run_dir / "logs" / "version_0",
+                  [{"step": s - 1, "val/acc": a} for s, a in ((100, 0.3), (200, 0.995 if solved else 0.5), (300, 0.6))])
+        rows.append({"family": family, "task": "t", "d_model": 32, "lr": lr, "seed": seed, "status": status,
+                     "solved_step": solved, "run_dir": str(run_dir), "axis_names": "family,task,d_model,lr,seed"})
+    table = pd.DataFrame(rows)
+    points = pd.DataFrame({"family": ["a", "b"], "task": ["t", "t"], "d_model": [32, 32], "lr": [1e-3, 1e-3]})
+    chosen = chosen_runs(table, points)
+    assert [len(runs) for _, runs in chosen] == [2, 1]  # a's two seeds at lr 1e-3; the pruned run is left out
+    ax = plot_learning_curves(table, points, metric="val/acc", fig=Figure()).axes[0]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) > 1]
+    dots = [line for line in ax.get_lines() if len(line.get_xdata()) == 1]
+    assert len(lines) == 3 and [list(line.get_xdata()) for line in lines][0] == [100, 200, 300]
+    assert len(dots) == 1 and list(dots[0].get_xdata()) == [200]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["a", "b"]

@@ -235,7 +235,7 @@ def test_plot_command_writes_figures_and_tables(tmp_path, capsys):
     write_run(root, family="attn", mixers="Attention", d_model=32, seq_len=64, kv=4, lr=1e-2, status="failed")
     out = tmp_path / "out"
     assert plot_main([str(root), "--out", str(out)]) == 0
-    for name in ("accuracy_vs_width", "accuracy_vs_state_size"):
+    for name in ("accuracy_vs_width", "accuracy_vs_state_size", "learning_curves"):
         png, pdf = (out / f"{name}.png").read_bytes(), (out / f"{name}.pdf").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5000
         assert pdf.startswith(b"%PDF")
