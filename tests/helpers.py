@@ -67,3 +67,19 @@ def peak_memory(code: str, timeout: float = 300) -> list[int]:
     child = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, timeout=timeout, env=env)
     assert child.returncode == 0, child.stderr
     return [int(v) for v in child.stdout.strip().splitlines()[-1].split()]
+
+
+def outputs_and_parameter_gradients(module, x: torch.Tensor):
+    """``module(x)`` and the gradient of ``sum(module(x)^2)`` for each parameter, by name: what two
+    paths of one module must agree on."""
+    out = module(x)
+    grads = torch.autograd.grad(out.square().sum(), list(module.parameters()))
+    return out, dict(zip((name for name, _ in module.named_parameters()), grads))
+
+
+def assert_same_outputs_and_gradients(first, second, rtol: float, atol: float) -> None:
+    """Two results of :func:`outputs_and_parameter_gradients` agree: outputs to (rtol, atol),
+    each parameter's gradient to ten times those (named in the failure)."""
+    torch.testing.assert_close(first[0], second[0], rtol=rtol, atol=atol)
+    for name, grad in first[1].items():
+        torch.testing.assert_close(grad, second[1][name], rtol=10 * rtol, atol=10 * atol, msg=name)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrids.kernels import apply_rotary, rotary_cos_sin
+from helpers import assert_same_outputs_and_gradients, outputs_and_parameter_gradients
 from hybrids.kernels import cpp_build
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
 from hybrids.parts.feature_maps import FavorPlus, TaylorExp, build_feature_map, orthogonal_gaussian_rows
@@ -58,14 +59,9 @@ def test_performer_over_several_chunks_equals_its_reference_kernel(length):
     torch.manual_seed(0)
     m = LinearAttention(D, heads=2, feature_map="favor", seed=0).double()
     x = torch.randn(2, length, D, dtype=torch.float64)
-    out = m(x)
-    grads = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    out = outputs_and_parameter_gradients(m, x)
     m.kernel_backend = "reference"
-    ref = m(x)
-    ref_grads = torch.autograd.grad(ref.square().sum(), list(m.parameters()))
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert_same_outputs_and_gradients(out, outputs_and_parameter_gradients(m, x), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kwargs", [{"normalize": False, "output_norm": True}, {"output_norm": True}])
@@ -104,16 +100,12 @@ def test_based_trains_in_the_quadratic_form_up_to_its_length_limit(monkeypatch):
     calls = []
     real = LinearAttention._quadratic
     monkeypatch.setattr(LinearAttention, "_quadratic", lambda self, x: calls.append(1) or real(self, x))
-    quadratic = m(x)
+    quadratic = outputs_and_parameter_gradients(m, x)
     assert calls == [1]
-    grads = torch.autograd.grad(quadratic.square().sum(), list(m.parameters()))
     m.kernel_backend = "chunk"
-    chunked = m(x)
+    chunked = outputs_and_parameter_gradients(m, x)
     assert calls == [1]
-    chunked_grads = torch.autograd.grad(chunked.square().sum(), list(m.parameters()))
-    torch.testing.assert_close(quadratic, chunked, rtol=1e-11, atol=1e-12)
-    for (name, _), a, b in zip(m.named_parameters(), grads, chunked_grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=name)
+    assert_same_outputs_and_gradients(quadratic, chunked, rtol=1e-11, atol=1e-12)
     m.kernel_backend = None
     monkeypatch.setattr(module, "QUADRATIC_MAX_LENGTH", 22)
     m(x)
@@ -362,16 +354,12 @@ def test_mamba2_on_cpu_runs_the_fused_block_with_the_plain_path_s_gradients(monk
     calls = []
     real = mamba2_module.mamba2_block_cpu
     monkeypatch.setattr(mamba2_module, "mamba2_block_cpu", lambda *a: calls.append(1) or real(*a))
-    fused = m(x)
+    fused = outputs_and_parameter_gradients(m, x)
     assert calls == [1]
-    fused_grads = torch.autograd.grad(fused.square().sum(), list(m.parameters()))
     m.use_fast_path = False
-    plain = m(x)
+    plain = outputs_and_parameter_gradients(m, x)
     assert calls == [1]
-    plain_grads = torch.autograd.grad(plain.square().sum(), list(m.parameters()))
-    torch.testing.assert_close(fused, plain, rtol=1e-11, atol=1e-12)
-    for (name, _), a, b in zip(m.named_parameters(), fused_grads, plain_grads):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11, msg=name)
+    assert_same_outputs_and_gradients(fused, plain, rtol=1e-11, atol=1e-12)
 
 
 def chunk_scan_combined_stand_in(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
