@@ -132,6 +132,23 @@ def test_the_task_sweeps_expand_to_families_learning_rates_and_seeds(name, famil
     assert {p.config["data"]["init_args"]["order_seed"] for p in plans} == {0, 1}
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_expands_to_distinct_names(path):
+    plans = expand(load_sweep(path))
+    assert plans and len({p.name for p in plans}) == len(plans)
+
+
+def test_the_curriculum_contrast_differs_in_the_curriculum_only():
+    plans = expand(load_sweep(ROOT / "configs" / "sweeps" / "induction_curriculum_cpu.yaml"))
+    assert len(plans) == 3 * 2 * 3  # stacks x with / without x seeds
+    for plan in plans:
+        data = plan.config["data"]["init_args"]
+        with_it = plan.axes["curriculum"] == "with"
+        assert data.get("train_lengths") == ([64, 256] if with_it else None)
+        assert data.get("length_steps") == ([1000] if with_it else None)
+        assert plan.config["model"]["init_args"]["optim"]["lr"] == 1e-3 and data["batch_size"] == 32
+
+
 def test_dotted_keys_patch_the_family_chosen_and_seeds_reach_every_seed_key(tmp_path):
     path = write_sweep(
         tmp_path, choices=families(),
