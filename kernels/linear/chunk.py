@@ -171,22 +171,13 @@ def linear_attention_chunk(
 
     if g is None:
         scores = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (batch, heads, n, C, C)
-        q_in, k_out, carry = q, k, None
     elif g.ndim == 3:  # one log-decay per head and position
         b = chunks(g).cumsum(-1)  # (batch, heads, n, C)
         ratio = torch.where(causal, b[..., :, None] - b[..., None, :], minus_inf).exp()  # [t, s] = exp(b_t - b_s)
         scores = (q @ k.transpose(-1, -2)) * ratio
-        last = b[..., -1:]  # (batch, heads, n, 1): the chunk's total log-decay
-        q_in = q * b.exp()[..., None]
-        k_out = k * (last - b).exp()[..., None]
-        carry = last.exp()[..., None]  # (batch, heads, n, 1, 1): scales the whole state
     else:  # one log-decay per key dimension
         b = chunks(g).cumsum(-2)  # (batch, heads, n, C, K)
         scores = _vector_decay_scores(q, k, b, _sub_chunk(size, sub_chunk_size))
-        last = b[..., -1:, :]  # (batch, heads, n, 1, K)
-        q_in = q * b.exp()
-        k_out = k * (last - b).exp()
-        carry = last.transpose(-1, -2).exp()  # (batch, heads, n, K, 1): scales the state's rows
 
     intra = scores @ v  # (batch, heads, n, C, V): the chunk's own keys and values
     if n == 1 and initial_state is None and not output_final_state:
@@ -194,6 +185,21 @@ def linear_attention_chunk(
         # output is the chunk's own part. The (K, V) state products, zeros in and unused out,
         # cost as much as the scores for a wide feature map (Based's 273, Performer's m).
         return (scale * intra).reshape(batch, heads, size, dv)[:, :, :length].to(dtype_in)
+
+    # What crosses chunk boundaries: queries decayed from the chunk's start, keys decayed to its
+    # end, and the chunk's total decay applied to the state it receives.
+    if g is None:
+        q_in, k_out, carry = q, k, None
+    elif g.ndim == 3:
+        last = b[..., -1:]  # (batch, heads, n, 1): the chunk's total log-decay
+        q_in = q * b.exp()[..., None]
+        k_out = k * (last - b).exp()[..., None]
+        carry = last.exp()[..., None]  # (batch, heads, n, 1, 1): scales the whole state
+    else:
+        last = b[..., -1:, :]  # (batch, heads, n, 1, K)
+        q_in = q * b.exp()
+        k_out = k * (last - b).exp()
+        carry = last.transpose(-1, -2).exp()  # (batch, heads, n, K, 1): scales the state's rows
     local = k_out.transpose(-1, -2) @ v  # (batch, heads, n, K, V): what each chunk adds to the state
     state = q.new_zeros(batch, heads, dk, dv, dtype=work) if initial_state is None else initial_state.to(work)
     # Hand the state from chunk to chunk. The per-chunk pieces come from ``unbind``, whose

@@ -49,6 +49,28 @@ def _call(symbol: str, dtype, *args) -> None:
     cpp_build.function("mamba_inner", symbol, dtype)(*c_args, ctypes.c_int(torch.get_num_threads()))
 
 
+def _conv(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor | None) -> torch.Tensor:
+    """silu(causal depthwise conv1d) of x (batch, L, dim), a column slice of a C-order projection
+    output (its rows as long as that output's): (batch, L, dim) in C order."""
+    batch, length, dim = x.shape
+    u = x.new_empty(batch, length, dim)
+    _call("mamba_conv_forward", x.dtype, x, x.stride(1), conv_weight.t().contiguous(), conv_bias, u,
+          batch, length, dim, conv_weight.shape[1])
+    return u
+
+
+def _conv_backward(x, conv_weight, conv_bias, du, dx) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv's backward from du (batch, L, dim): the input's gradient written into dx (a slice
+    laid out as x), and the gradients of the weight and the bias (empty without one)."""
+    batch, length, dim = du.shape
+    width = conv_weight.shape[1]
+    dw_part = du.new_empty(batch, width, dim)  # per sequence, summed here
+    dbias_part = du.new_empty(batch, dim) if conv_bias is not None else None
+    _call("mamba_conv_backward", x.dtype, x, x.stride(1), conv_weight.t().contiguous(), conv_bias, du, dx, dw_part,
+          dbias_part, batch, length, dim, width)
+    return dw_part.sum(0).t().contiguous(), dbias_part.sum(0) if dbias_part is not None else du.new_empty(0)
+
+
 def _sizes(xz, conv_weight, dt_proj_weight, A):
     batch, length, _ = xz.shape
     dim, width = conv_weight.shape
@@ -71,9 +93,8 @@ def _block(
         raise ValueError(f"xz: expected 2 * dim = {2 * dim} channels (x and z), got {xz.shape[-1]}")
     xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D = cpp_build.contiguous(
         xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D)
-    conv_wt, At = conv_weight.t().contiguous(), A.t().contiguous()  # (W, dim), (N, dim): a vector per tap / n
-    u = xz.new_empty(batch, length, dim)
-    _call("mamba_conv_forward", xz.dtype, xz, 2 * dim, conv_wt, conv_bias, u, batch, length, dim, width)
+    At = A.t().contiguous()  # (N, dim): a vector of channels per n
+    u = _conv(xz[..., :dim], conv_weight, conv_bias)
     x_dbl = F.linear(u, x_proj_weight).contiguous()  # (batch, L, R + 2N); the kernels read C order
     dt = F.linear(x_dbl[..., :rank], dt_proj_weight).contiguous()  # (batch, L, dim), before its bias
     y = torch.empty_like(u)
@@ -102,7 +123,7 @@ def _block_backward(
     batch, length, dim, width, rank, d_state = _sizes(xz, conv_weight, dt_proj_weight, A)
     dy, xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D, u, x_dbl, dt, checkpoints = cpp_build.contiguous(
         dy, xz, conv_bias, x_proj_weight, dt_proj_weight, dt_bias, D, u, x_dbl, dt, checkpoints)
-    conv_wt, At = conv_weight.t().contiguous(), A.t().contiguous()
+    At = A.t().contiguous()
     dxz = torch.empty_like(xz)
     dx_dbl = torch.empty_like(x_dbl)
     du, ddt = torch.empty_like(u), torch.empty_like(u)
@@ -117,13 +138,9 @@ def _block_backward(
     d_dt_proj = (x_dbl.view(-1, rank + 2 * d_state)[:, :rank].t() @ ddt_flat).t().contiguous()  # (dim, R)
     d_x_proj = dx_dbl_flat.t() @ u.view(-1, dim)  # (R + 2N, dim)
     du.view(-1, dim).addmm_(dx_dbl_flat, x_proj_weight)  # the scan's du plus x_proj's
-    dw_part = u.new_empty(batch, width, dim)
-    dconv_bias_part = u.new_empty(batch, dim) if conv_bias is not None else None
-    _call("mamba_conv_backward", xz.dtype, xz, 2 * dim, conv_wt, conv_bias, du, dxz, dw_part, dconv_bias_part,
-          batch, length, dim, width)
-    return (dxz, dw_part.sum(0).t().contiguous(),
-            dconv_bias_part.sum(0) if dconv_bias_part is not None else xz.new_empty(0),
-            d_x_proj, d_dt_proj, dbias_part.sum(0), dA_part.sum(0).t().contiguous(), dD_part.sum(0))
+    dconv_weight, dconv_bias = _conv_backward(xz[..., :dim], conv_weight, conv_bias, du, dxz[..., :dim])
+    return (dxz, dconv_weight, dconv_bias, d_x_proj, d_dt_proj, dbias_part.sum(0), dA_part.sum(0).t().contiguous(),
+            dD_part.sum(0))
 
 
 @_block_backward.register_fake
@@ -187,10 +204,7 @@ def _block2(
            {"conv_weight": (conv_dim, width), "conv_bias": (conv_dim,), "dt_bias": (heads,), "A": (heads,),
             "D": (heads,)})
     zxbcdt, conv_bias = cpp_build.contiguous(zxbcdt, conv_bias)
-    total = zxbcdt.shape[-1]
-    xbc = zxbcdt.new_empty(batch, length, conv_dim)
-    _call("mamba_conv_forward", zxbcdt.dtype, zxbcdt[..., d_inner:], total, conv_weight.t().contiguous(), conv_bias,
-          xbc, batch, length, conv_dim, width)
+    xbc = _conv(zxbcdt[..., d_inner:d_inner + conv_dim], conv_weight, conv_bias)
     dt = zxbcdt[..., d_inner + conv_dim:].repeat_interleave(headdim, dim=-1)  # (batch, L, d_inner)
     per_channel = [t.repeat_interleave(headdim).contiguous() for t in (dt_bias, A, D)]
     y = zxbcdt.new_empty(batch, length, d_inner)
@@ -217,7 +231,6 @@ def _block2_backward(
     dt_bias, A and D."""
     batch, length, d_inner, conv_dim, heads, headdim, d_state, width = _sizes2(zxbcdt, conv_weight, dt_bias, ngroups)
     dy, zxbcdt, conv_bias, xbc, dt, checkpoints = cpp_build.contiguous(dy, zxbcdt, conv_bias, xbc, dt, checkpoints)
-    total = zxbcdt.shape[-1]
     per_channel = [t.repeat_interleave(headdim).contiguous() for t in (dt_bias, A, D)]
     dzxbcdt = torch.empty_like(zxbcdt)
     dzxbcdt[..., :d_inner].zero_()
@@ -226,18 +239,15 @@ def _block2_backward(
     _call("mamba_scan_backward", zxbcdt.dtype, xbc, dt, per_channel[0], per_channel[1], xbc, per_channel[2], None,
           checkpoints, dy, dxbc, ddt, None, dxbc[..., d_inner:], dA_part, dD_part, dbias_part,
           conv_dim, 0, conv_dim, d_inner, batch, length, d_inner, d_state, ngroups, 1, CHUNK)
-    dw_part = xbc.new_empty(batch, width, conv_dim)
-    dconv_bias_part = xbc.new_empty(batch, conv_dim) if conv_bias is not None else None
-    _call("mamba_conv_backward", zxbcdt.dtype, zxbcdt[..., d_inner:], total, conv_weight.t().contiguous(), conv_bias,
-          dxbc, dzxbcdt[..., d_inner:], dw_part, dconv_bias_part, batch, length, conv_dim, width)
+    xbc_columns = slice(d_inner, d_inner + conv_dim)
+    dconv_weight, dconv_bias = _conv_backward(zxbcdt[..., xbc_columns], conv_weight, conv_bias, dxbc,
+                                              dzxbcdt[..., xbc_columns])
     dzxbcdt[..., d_inner + conv_dim:] = ddt.view(batch, length, heads, headdim).sum(-1)
 
     def per_head(part):  # (batch, d_inner) -> (heads,)
         return part.sum(0).view(heads, headdim).sum(-1)
 
-    return (dzxbcdt, dw_part.sum(0).t().contiguous(),
-            dconv_bias_part.sum(0) if dconv_bias_part is not None else zxbcdt.new_empty(0),
-            per_head(dbias_part), per_head(dA_part), per_head(dD_part))
+    return dzxbcdt, dconv_weight, dconv_bias, per_head(dbias_part), per_head(dA_part), per_head(dD_part)
 
 
 @_block2_backward.register_fake
