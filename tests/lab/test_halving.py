@@ -159,6 +159,16 @@ def test_decide_waits_for_every_run_of_the_point():
     assert decide(runs, ["lr"], 0, 5, 0.5, lambda r: there[r.name], lambda r: [(5, 0.5)]) is None
 
 
+def test_a_run_that_paused_past_the_rung_is_scored_at_the_rung():
+    # r2 resumed from a checkpoint beyond the rung (step 5) and paused at its next validation
+    # (step 10); its later, better figure must not decide against r1's figure at step 5.
+    runs = [HalvingRun(f"r{lr}", Path("."), {"lr": lr, "seed": 0}, 20, "val/acc", "max") for lr in (1, 2)]
+    there = {"r1": 5, "r2": 10}
+    curves = {"r1": [(5, 0.5)], "r2": [(5, 0.4), (10, 0.9)]}
+    decision = decide(runs, ["lr"], 0, 5, 0.5, lambda r: there[r.name], lambda r: curves[r.name])
+    assert decision["scores"] == {"lr=1": [0.5], "lr=2": [0.4]} and decision["kept"] == ["lr=1"]
+
+
 # -- the sweep file ----------------------------------------------------------------------------
 
 

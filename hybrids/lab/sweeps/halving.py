@@ -160,7 +160,9 @@ def decide(
         up_to = reached(run)
         if up_to is None:
             return None
-        scores.setdefault(setting_of(run.axes, tuned), []).append(score_at(curve(run), up_to) if up_to else None)
+        # A run that paused past the rung (it resumed from a checkpoint beyond it after an
+        # interruption) is scored at the rung like the others: its last validation <= step.
+        scores.setdefault(setting_of(run.axes, tuned), []).append(score_at(curve(run), min(up_to, step)) if up_to else None)
     mode = runs[0].mode
     ranked = rank_settings(scores, mode)
     n_keep = kept_count(len(ranked), keep)
