@@ -37,6 +37,7 @@ def write_run(
     status: str = "done",
     target: dict[str, Any] | None = None,
     extra_metrics: dict[str, float] | None = None,
+    learning: str | None = None,
 ) -> Path:
     """One run's folder and status.json, as the sweep runner writes them (params and state size
     grow with the width, as they would)."""
@@ -56,6 +57,8 @@ def write_run(
         "wall_s": 1.5, "attempts": 1, "error": "CUDA out of memory" if failed else None,
         "returncode": 1 if failed else 0, "log_dir": "logs/version_0",
     }
+    if learning is not None:
+        record["learning"] = {"status": learning, "solved_step": 100 if learning == "solved" else None}
     folder = sweep / name
     folder.mkdir(parents=True)
     # allow_nan: a diverged run's NaN reaches the file as the runner's json.dumps writes it.
@@ -177,6 +180,29 @@ def test_ties_go_to_the_lower_learning_rate(tmp_path):
         write_run(tmp_path, lr=lr, seed=0, val=0.75, test={1e-3: 0.1, 3e-3: 0.2, 1e-2: 0.3}[lr])
     point = select_points(sweep_table(tmp_path)).iloc[0]
     assert point["lr"] == 1e-3 and point["test_acc_mean"] == 0.1
+
+
+@pytest.mark.parametrize("learning, flagged", [("still improving", True), ("plateaued", True), ("solved", False)])
+def test_a_choice_at_the_end_of_the_grid_is_flagged_unless_solved(tmp_path, learning, flagged):
+    # The highest of three learning rates wins on validation: the best may lie beyond the grid.
+    for lr, val in ((1e-3, 0.5), (3e-3, 0.6), (1e-2, 0.7)):
+        write_run(tmp_path, lr=lr, val=val, learning=learning)
+    points = select_points(sweep_table(tmp_path))
+    assert points.loc[0, "lr"] == 1e-2
+    assert points.loc[0, "grid_edge"] == ("lr at the grid's top" if flagged else "")
+    assert ("lr at the grid's top" in points_text(points, tuned=["lr"])) is flagged
+
+
+def test_a_choice_inside_the_grid_or_among_two_values_is_not_flagged(tmp_path):
+    for lr, val in ((1e-3, 0.5), (3e-3, 0.7), (1e-2, 0.6)):
+        write_run(tmp_path / "inside", lr=lr, val=val, learning="plateaued")
+    for lr, val in ((1e-3, 0.5), (3e-3, 0.7)):
+        write_run(tmp_path / "two", lr=lr, val=val, learning="plateaued")
+    for lr, val in ((1e-3, 0.7), (3e-3, 0.6), (1e-2, 0.5)):
+        write_run(tmp_path / "bottom", lr=lr, val=val, learning="still improving")
+    assert select_points(sweep_table(tmp_path / "inside")).loc[0, "grid_edge"] == ""
+    assert select_points(sweep_table(tmp_path / "two")).loc[0, "grid_edge"] == ""
+    assert select_points(sweep_table(tmp_path / "bottom")).loc[0, "grid_edge"] == "lr at the grid's bottom"
 
 
 def test_min_mode_selects_the_lowest_validation_bpb(tmp_path):

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from hybrids.lab.learning import learning_record, summary
+from hybrids.learning_status import SOLVED
 from hybrids.lab.run_status import as_seen
 from hybrids.lab.ordering import order_key
 
@@ -328,9 +329,11 @@ def select_points(
     the target columns when present) of the chosen runs, ``<metric>_mean`` of the chosen
     setting, ``n_settings`` (settings with a score), and the point's ``n_runs``, ``n_failed``
     (status "failed"), ``n_diverged`` (done but with a non-finite ``metric``), ``n_pruned``
-    (dropped by successive halving: only runs that are done are ever chosen from) and
-    ``n_pending`` (none of those: running, paused, interrupted). A point where nothing finished
-    is kept with NaN figures.
+    (dropped by successive halving: only runs that are done are ever chosen from),
+    ``n_pending`` (none of those: running, paused, interrupted), ``learning`` (whether the chosen
+    seeds finished learning) and ``grid_edge`` (:func:`grid_edge`: a tuned value chosen at an end
+    of the grid by runs that did not solve the task). A point where nothing finished is kept with
+    NaN figures.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
@@ -376,4 +379,26 @@ def _point_row(
     # says more about the budget than about the architecture.
     chosen_runs = runs if chosen else point.iloc[0:0]
     row["learning"] = summary(chosen_runs.get("learning", []), chosen_runs.get("solved_step", []))
+    row["grid_edge"] = grid_edge(point, tuned, setting, chosen_runs.get("learning", [])) if chosen else ""
     return row
+
+
+def grid_edge(point: pd.DataFrame, tuned: Sequence[str], setting: Sequence[Any], learning: Iterable[Any]) -> str:
+    """Which tuned axes were chosen at an end of the values the point tried (every run counts,
+    pruned ones too), e.g. ``"lr at the grid's top"``, when the chosen runs did not all solve the
+    task: the best value may then lie outside the grid, and the grid should be widened before the
+    row is compared. Axes with fewer than three values tried (weight decay's {0, 0.1}) are never
+    flagged: every choice among two is an end. "" when nothing is flagged."""
+    learning = list(learning)
+    if learning and all(status == SOLVED for status in learning):
+        return ""
+    notes = []
+    for axis, value in zip(tuned, setting):
+        tried = sorted({v for v in point[axis].dropna()}, key=order_key) if axis in point else []
+        if len(tried) < 3 or value is None:
+            continue
+        if value == tried[-1]:
+            notes.append(f"{axis} at the grid's top")
+        elif value == tried[0]:
+            notes.append(f"{axis} at the grid's bottom")
+    return "; ".join(notes)

@@ -50,7 +50,7 @@ def _rows(points: pd.DataFrame, report: str, tuned: Sequence[str]) -> list[list[
             f"{_cell(p.get(f'{col}_mean'), '.4f')} ± {_cell(p.get(f'{col}_sem'), '.4f')}",
             f"[{_cell(p.get(f'{col}_min'), '.4f')}, {_cell(p.get(f'{col}_max'), '.4f')}]",
             seeds,
-            _cell(p.get("learning")),
+            _cell(p.get("learning")) + (f"; {p['grid_edge']}" if isinstance(p.get("grid_edge"), str) and p.get("grid_edge") else ""),
         ])
     return rows
 
@@ -59,7 +59,8 @@ def points_text(points: pd.DataFrame, report: str = "test/acc", tuned: Sequence[
     """One line per point: family, seq_len, kv pairs, width, state size, params, the chosen tuned
     values, the reported metric's mean ± sem and [min, max] over seeds, the seeds counted
     (with the point's failed and pending runs, when any: a selection that may still change), and
-    whether the chosen runs finished learning (solved, plateaued, still improving).
+    whether the chosen runs finished learning (solved, plateaued, still improving), with any
+    tuned value chosen at an end of its grid by runs that did not solve the task.
     Columns are separated by two spaces or more, so each line splits back into its cells on runs
     of spaces."""
     lines = _rows(points, report, tuned)
