@@ -2,10 +2,11 @@
 needed. Several folders (sweeps run on the same terms, e.g. ``mqar_cpu`` and ``mqar_cpu_linear``)
 are read as one table, so that all their families share the figures.
 
-Writes into ``--out`` (default ``SWEEP_DIR/plots``; required with several folders): ``runs.csv`` (one row per run),
-``points.csv`` (one row per selected point) and ``points.md`` (the same as Markdown),
-``accuracy_vs_width.png/.pdf`` and
-``accuracy_vs_state_size.png/.pdf``, and prints the points table.
+Writes into ``--out`` (default ``SWEEP_DIR/plots``; required with several folders): ``runs.csv``
+(one row per run), ``points.csv`` (one row per selected point) and ``points.md`` (the same as
+Markdown), ``accuracy_vs_width.png/.pdf``, ``accuracy_vs_state_size.png/.pdf`` and
+``learning_curves.png/.pdf``, with ``--claims NAME`` the verdicts on a set of published
+orderings (``claims.md``, :mod:`hybrids.lab.analysis.claims`), and prints the points table.
 
 Exit status 0, or 2 with one ``error: <folder or option>: ...`` line and nothing written when there
 is nothing to plot: a folder that is missing, a file or holds no runs, or runs none of which
@@ -19,6 +20,10 @@ import sys
 from pathlib import Path
 
 from hybrids.cli.keyed_argparse import KeyedArgumentParser, text
+
+# The claim sets of hybrids.lab.analysis.published, named here so that --help answers without
+# loading pandas.
+CLAIM_SETS = ("induction", "mqar", "selective_copying")
 
 
 def _folder(value: str) -> Path:
@@ -41,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="metric reported for the selected setting")
     parser.add_argument("--tuned", type=text("an axis name, e.g. lr"), nargs="*", default=None,
                         help="tuned axes (default: those the runs list as tuned, e.g. lr)")
+    parser.add_argument("--claims", choices=sorted(CLAIM_SETS), default=None,
+                        help="check a set of published orderings against the selected points "
+                             "(hybrids.lab.analysis.published) and write claims.md")
     return parser
 
 
@@ -133,6 +141,20 @@ def plot_main(argv: list[str]) -> int:
         points = select_points(table, metric=args.metric, mode=args.mode, report=args.report, tuned=args.tuned)
     except ValueError as err:  # the runs' own axis lists disagree with their columns (hand-edited files)
         return _error(where, str(err))
+    # Induction runs tested at several lengths: accuracy against length, the lr chosen on
+    # --metric as for every other figure.
+    by_length = None
+    if length_columns(table.columns):
+        by_length = accuracy_by_length(table, metric=args.metric, mode=args.mode, tuned=args.tuned)
+    checked = None
+    if args.claims:  # checked before anything is written: a claim that cannot choose its rows is an error
+        from hybrids.lab.analysis.claims import Results, check, claims_markdown
+        from hybrids.lab.analysis.published import CLAIMS
+
+        try:
+            checked = check(CLAIMS[args.claims], Results(points, column_name(args.report), by_length))
+        except ValueError as err:  # a claim's family has several rows here (another task, say)
+            return _error("claims", f"{args.claims}: {err}")
     out = args.out if args.out is not None else args.sweep_dirs[0] / "plots"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -154,10 +176,7 @@ def plot_main(argv: list[str]) -> int:
     # climbing, as the table's learning column says in words.
     figures["learning_curves"] = plot_learning_curves(table, points, fig=Figure())
     extra = []
-    if length_columns(table.columns):
-        # Induction runs tested at several lengths: accuracy against length, the lr chosen on
-        # --metric as for every other figure.
-        by_length = accuracy_by_length(table, metric=args.metric, mode=args.mode, tuned=args.tuned)
+    if by_length is not None:
         by_length.to_csv(out / "lengths.csv", index=False)
         fig = Figure()
         plot_accuracy_vs_length(by_length, ax=fig.add_subplot())
@@ -171,6 +190,12 @@ def plot_main(argv: list[str]) -> int:
     tuned = args.tuned if args.tuned is not None else tuned_axes(table)
     (out / "points.md").write_text(points_markdown(points, report=args.report, tuned=tuned) + "\n")
     print(points_text(points, report=args.report, tuned=tuned))
+    if checked is not None:
+        (out / "claims.md").write_text(claims_markdown(checked) + "\n")
+        print(f"\npublished orderings ({args.claims}):")
+        for claim, verdict in checked:
+            print(f"  {verdict.outcome:>14}  {claim.source}: {claim.statement}")
+        extra.append("claims.md")
     written = ", ".join([*(f"{n}.png/.pdf" for n in figures), "runs.csv", "points.csv", *extra])
     print(f"\nwrote {written} and points.md to {out}")
     return 0

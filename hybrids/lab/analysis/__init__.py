@@ -7,6 +7,9 @@
 - :mod:`hybrids.lab.analysis.plots`: accuracy vs width and vs state size (with Pareto frontiers).
 - :mod:`hybrids.lab.analysis.lengths`: accuracy vs evaluation length (``test/acc@L``, induction heads),
   from sweeps (``accuracy_by_length``) or single runs (``run_lengths``).
+- :mod:`hybrids.lab.analysis.claims`: published orderings checked against selected points
+  (reproduced, not reproduced, undecided, not testable, not run); the claims themselves in
+  :mod:`hybrids.lab.analysis.published`.
 - :mod:`hybrids.cli.plot`: ``hybrids plot SWEEP_DIR``, writing the tables and figures.
 
 pandas and matplotlib load with this package, never with ``import hybrids``.

@@ -331,9 +331,9 @@ def select_points(
     (status "failed"), ``n_diverged`` (done but with a non-finite ``metric``), ``n_pruned``
     (dropped by successive halving: only runs that are done are ever chosen from),
     ``n_pending`` (none of those: running, paused, interrupted), ``learning`` (whether the chosen
-    seeds finished learning) and ``grid_edge`` (:func:`grid_edge`: a tuned value chosen at an end
-    of the grid by runs that did not solve the task). A point where nothing finished is kept with
-    NaN figures.
+    seeds finished learning; ``learning_statuses``: each seed's status, comma-separated) and
+    ``grid_edge`` (:func:`grid_edge`: a tuned value chosen at an end of the grid by runs that did
+    not solve the task). A point where nothing finished is kept with NaN figures.
     """
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
@@ -379,6 +379,10 @@ def _point_row(
     # says more about the budget than about the architecture.
     chosen_runs = runs if chosen else point.iloc[0:0]
     row["learning"] = summary(chosen_runs.get("learning", []), chosen_runs.get("solved_step", []))
+    # One status per chosen seed, comma-separated (hybrids.lab.analysis.claims reads them).
+    row["learning_statuses"] = ",".join(
+        s if isinstance(s, str) else "unknown" for s in chosen_runs.get("learning", pd.Series([], dtype=object))
+    )
     row["grid_edge"] = grid_edge(point, tuned, setting, chosen_runs.get("learning", [])) if chosen else ""
     return row
 
