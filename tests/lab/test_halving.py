@@ -153,6 +153,34 @@ def test_a_point_that_grows_a_seed_is_decided_again_with_the_pruned_runs_scored(
     assert grown.statuses["lr2-s0"]["status"] == "pruned"
 
 
+@pytest.mark.parametrize("grow", ["learning rate", "seed"])
+def test_a_decision_recorded_without_configs_is_made_again_when_the_grid_grows(tmp_path, grow):
+    """Decisions written before they recorded their configs: a new setting (or seed) of the point
+    must not be pruned by a decision that never scored it."""
+    fake = FakeSweep(tmp_path, lrs=[1, 2], seeds=(0,))
+    fake.go(Halving(rungs=(0.25,), keep=0.5))
+    path = tmp_path / "halving.json"
+    recorded = json.loads(path.read_text())
+    for decision in next(iter(recorded["points"].values())).values():
+        del decision["configs"]
+    path.write_text(json.dumps(recorded))
+    grown = FakeSweep.__new__(FakeSweep)
+    grown.__dict__.update(fake.__dict__)
+    lr, seed = (3, 0) if grow == "learning rate" else (1, 1)
+    run_dir = tmp_path / f"lr{lr}-s{seed}"
+    run_dir.mkdir()
+    grown.runs.append(HalvingRun(run_dir.name, run_dir, {"family": "a", "lr": lr, "seed": seed}, 64, "val/acc", "max"))
+    grown.batches = []
+    grown.go(Halving(rungs=(0.25,), keep=0.5))
+    assert grown.batches[0] == [(run_dir.name, 16)]
+    decision = next(iter(json.loads(path.read_text())["points"].values()))["0"]
+    if grow == "learning rate":  # the fastest learner wins once scored
+        assert decision["kept"] == ["lr=3", "lr=2"] and grown.statuses["lr3-s0"]["status"] == "done"
+        assert grown.statuses["lr1-s0"]["status"] == "pruned"
+    else:
+        assert decision["scores"]["lr=1"] == [0.16, 0.16] and len(decision["configs"]) == 3
+
+
 def test_decide_waits_for_every_run_of_the_point():
     runs = [HalvingRun(f"r{lr}", Path("."), {"lr": lr, "seed": 0}, 10, "val/acc", "max") for lr in (1, 2)]
     there = {"r1": 5, "r2": None}
@@ -254,17 +282,20 @@ def test_a_real_halving_sweep_prunes_on_validation_and_selects_only_survivors(tm
 # -- the protocol's sweep files ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, families, budget, data", [
-    ("mqar_tuned_cpu", 14 * 2, 3000, "MQAR"),  # 14 families x 2 widths
-    ("selective_copying_tuned_cpu", 4, 2560, "SelectiveCopying"),
-    ("induction_tuned_cpu", 3, 4000, "InductionHeads"),
+@pytest.mark.parametrize("name, families, widened, budget, data", [
+    # 14 families x 2 widths; the grid widened to lr 1e-2 for two families at width 64
+    ("mqar_tuned_cpu", 14 * 2, {("sliding_window", 64), ("rglru_local", 64)}, 3000, "MQAR"),
+    ("selective_copying_tuned_cpu", 4, set(), 2560, "SelectiveCopying"),
+    ("induction_tuned_cpu", 3, set(), 4000, "InductionHeads"),
 ])
-def test_the_protocol_sweeps_tune_every_family_on_the_default_grid_with_three_seeds(name, families, budget, data):
+def test_the_protocol_sweeps_tune_every_family_on_the_default_grid_with_three_seeds(name, families, widened, budget, data):
     spec = load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml")
     plans = expand(spec)
-    assert len(plans) == families * 6 * 3 and spec.tune == ["lr", "weight_decay"]
-    assert {(p.axes["lr"], p.axes["weight_decay"]) for p in plans} == {
-        (lr, wd) for lr in (3e-4, 1e-3, 3e-3) for wd in (0.0, 0.1)}
+    assert len(plans) == families * 6 * 3 + len(widened) * 2 * 3 and spec.tune == ["lr", "weight_decay"]
+    default = {(lr, wd) for lr in (3e-4, 1e-3, 3e-3) for wd in (0.0, 0.1)}
+    for point in {(p.axes.get("family"), p.axes.get("d_model")) for p in plans}:
+        grid = {(p.axes["lr"], p.axes["weight_decay"]) for p in plans if (p.axes.get("family"), p.axes.get("d_model")) == point}
+        assert grid == default | ({(1e-2, 0.0), (1e-2, 0.1)} if point in widened else set()), point
     assert spec.halving is not None and spec.halving.metric == "val/loss"
     for plan in plans:
         trainer, data_args = plan.config["trainer"], plan.config["data"]["init_args"]

@@ -243,7 +243,7 @@ def run_halving(
                 continue  # trained to the end
             hashes = sorted(str(r.config_hash) for r in members)
             decision = decisions.get(point, rung)
-            if decision is not None and decision.get("configs", hashes) != hashes:
+            if decision is not None and (decision.get("configs", hashes) != hashes or not _scored_all(decision, members, tuned)):
                 decision = None  # made on runs whose configs the sweep file has changed since
             if decision is None:
                 decision = decide(members, tuned, rung, steps[point][rung], halving.keep,
@@ -260,6 +260,20 @@ def run_halving(
             following[point] = survivors
         alive = following
         rung += 1
+
+
+def _scored_all(decision: Mapping[str, Any], members: Sequence[HalvingRun], tuned: Sequence[str]) -> bool:
+    """Whether ``decision`` scored exactly the point's runs now, as many per setting: a decision
+    recorded before decisions kept their configs must still be made again when the sweep file
+    grows the grid (another learning rate) or the seeds."""
+    scores = decision.get("scores")
+    if not isinstance(scores, dict):
+        return False
+    counts: dict[str, int] = {}
+    for run in members:
+        label = setting_label(setting_of(run.axes, tuned), tuned)
+        counts[label] = counts.get(label, 0) + 1
+    return counts == {label: len(values) if isinstance(values, list) else -1 for label, values in scores.items()}
 
 
 def _prune(run: HalvingRun, decision: Mapping[str, Any], read_status, write_status) -> None:
