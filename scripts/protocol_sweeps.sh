@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 27's comparisons under the tuning protocol, one family at a time, in an order that settles
 # the disputed claims first: the quick learners of MQAR, the curriculum's contrast on induction
-# heads, MQAR's recurrent families whose earlier chance-level results the issue questions (Mamba,
-# Mamba-2, then GLA and RetNet around selective copying), the tuned induction sweep, and the
-# remaining MQAR families. Resumable: run it again after an interruption (each sweep skips what is
+# heads and selective copying (short sweeps that complete a comparison each), MQAR's recurrent
+# families whose earlier chance-level results the issue questions (Mamba, Mamba-2, GLA, RetNet),
+# the tuned induction sweep, and the remaining MQAR families. Resumable: run it again after an interruption (each sweep skips what is
 # done; successive halving keeps its decisions). Each step prints its wall time.
 #
 #   nohup bash scripts/protocol_sweeps.sh > runs/sweeps/protocol.log 2>&1 &
@@ -16,9 +16,8 @@ PYTHON=${PYTHON:-python}
 mqar() { for family in "$@"; do echo "mqar_tuned_cpu:$family-d*"; done; }
 DEFAULT_QUEUE="$(mqar attention sliding_window based mamba_attention rglru_local mamba_swa)
 induction_curriculum_cpu:*
-$(mqar mamba mamba2)
 selective_copying_tuned_cpu:*
-$(mqar gla retnet)
+$(mqar mamba mamba2 gla retnet)
 induction_tuned_cpu:*
 $(mqar s4d s4 rglru performer)"
 QUEUE=${QUEUE:-$DEFAULT_QUEUE}
