@@ -33,16 +33,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))``; ``mlp=None`` leaves the MLP out.
+    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))``; ``mlp=None`` leaves the MLP out;
+    ``norm_eps`` is the RMSNorms' epsilon (None: torch's default).
 
     ``step`` runs the same computation for one token through the mixer's recurrent form.
     """
 
-    def __init__(self, d_model: int, mixer: nn.Module, mlp: nn.Module | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self, d_model: int, mixer: nn.Module, mlp: nn.Module | None = None, dropout: float = 0.0,
+        norm_eps: float | None = None,
+    ) -> None:
         super().__init__()
-        self.mixer_norm = nn.RMSNorm(d_model)
+        self.mixer_norm = nn.RMSNorm(d_model, eps=norm_eps)
         self.mixer = mixer
-        self.mlp_norm = nn.RMSNorm(d_model) if mlp is not None else None
+        self.mlp_norm = nn.RMSNorm(d_model, eps=norm_eps) if mlp is not None else None
         self.mlp = mlp
         self.dropout = nn.Dropout(dropout)
 

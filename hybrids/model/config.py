@@ -35,6 +35,9 @@ class StackConfig:
         reversible: reversible residual blocks (:mod:`hybrids.model.reversible`): two streams, and a
             backward pass that rebuilds each block's input from its output instead of keeping
             activations, so training memory stops growing with depth. Same parameters.
+        norm_eps: the epsilon of every RMSNorm of the stack (the blocks' and the final one);
+            None: torch's default, the machine epsilon of the input's dtype. Checkpoints from
+            elsewhere state theirs (1e-5 in Hugging Face's Mamba, 1e-6 in Gemma's).
     """
 
     vocab_size: int
@@ -47,6 +50,7 @@ class StackConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     reversible: bool = False
+    norm_eps: float | None = None
 
     # Errors are keyed as the CLI spells them: model.init_args.stack.<field>.
     @config_section("model", "stack")
@@ -71,6 +75,8 @@ class StackConfig:
             raise ConfigError("tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
         if not isinstance(self.reversible, bool):
             raise ConfigError("reversible", f"must be true or false, got {self.reversible!r}")
+        if self.norm_eps is not None and (not _is_number(self.norm_eps) or not 0 < self.norm_eps < 1):
+            raise ConfigError("norm_eps", f"must be a number in (0, 1) (or null for torch's default), got {self.norm_eps!r}")
 
     @property
     def mixer_specs(self) -> Mapping[str, Mapping[str, Any]]:

@@ -47,9 +47,9 @@ class HybridLM(nn.Module):
                 channel = MLP(d_model, hidden, config.mlp) if hidden > 0 else None
             except ValueError as err:
                 raise ConfigError("mlp", str(err)) from err
-            blocks.append(block_class(d_model, mixer, channel, config.dropout))
+            blocks.append(block_class(d_model, mixer, channel, config.dropout, config.norm_eps))
         self.blocks = nn.ModuleList(blocks)
-        self.norm = nn.RMSNorm(d_model)
+        self.norm = nn.RMSNorm(d_model, eps=config.norm_eps)
         self.head = nn.Linear(d_model, config.vocab_size, bias=False)
         # Rows of norm ~1 (std 1/sqrt(d)), so that the tied head's logits start at std ~1 at
         # every width and AdamW's steps (of size ~lr per element) move the embedding by a small

@@ -1,0 +1,65 @@
+"""Renaming a checkpoint's weights between transformers' names and the zoo's, with every tensor
+accounted for: a name neither side knows is an error that lists it, never a silent drop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class ConversionError(ValueError):
+    """A checkpoint or stack the conversion cannot carry over; the message names the part."""
+
+
+def unsupported(config: Mapping[str, Any], **allowed: Iterable[Any]) -> None:
+    """Refuse a config whose ``key`` holds a value outside ``allowed[key]`` (absent keys pass)."""
+    for key, values in allowed.items():
+        values = tuple(values)
+        if key in config and config[key] not in values:
+            raise ConversionError(f"{key}: {config[key]!r} has no counterpart in the zoo (supported: {values})")
+
+
+@dataclass(frozen=True)
+class NameMap:
+    """transformers name -> zoo name for every weight but the LM head, whose transformers name is
+    ``head``; a tied head is the embedding (absent from the checkpoint, or equal to it)."""
+
+    pairs: Mapping[str, str]
+    head: str
+    tied: bool
+
+    def to_zoo(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        missing = [name for name in self.pairs if name not in weights]
+        known = set(self.pairs) | {self.head}
+        unknown = sorted(name for name in weights if name not in known)
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing {_listed(missing)}")
+            if unknown:
+                parts.append(f"not converted (no counterpart in the zoo) {_listed(unknown)}")
+            raise ConversionError("the checkpoint's weights do not match its config: " + "; ".join(parts))
+        out = {zoo: weights[hf] for hf, zoo in self.pairs.items()}
+        if self.tied:
+            head = weights.get(self.head)
+            if head is not None and not torch.equal(head, out["embedding.weight"]):
+                raise ConversionError(f"tie_word_embeddings is true but {self.head} differs from the embedding")
+            out["head.weight"] = out["embedding.weight"]  # the zoo's state dict lists the tied head too
+        elif self.head not in weights:
+            raise ConversionError(f"tie_word_embeddings is false but the checkpoint has no {self.head}")
+        else:
+            out["head.weight"] = weights[self.head]
+        return out
+
+    def to_hf(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inverse = {zoo: hf for hf, zoo in self.pairs.items()}
+        out = {inverse[name]: tensor for name, tensor in weights.items() if name in inverse}
+        out[self.head] = weights["embedding.weight" if self.tied else "head.weight"]
+        return out
+
+
+def _listed(names: list[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")

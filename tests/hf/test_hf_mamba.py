@@ -1,0 +1,73 @@
+"""Hugging Face's Mamba in the zoo: a tiny random MambaForCausalLM saved with save_pretrained,
+loaded by hybrids.hf, gives the same logits (float32, 1e-5 relative) and the same greedy
+continuation through the zoo's prefill + step path. transformers is the outside oracle for the
+zoo's Mamba mixer here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers  # the test extra installs it (and the [hf] extra)
+
+from hybrids.hf import ConversionError, FolderError, load_hf, stack_and_weights
+
+
+def tiny_mamba(tmp_path, seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = transformers.MambaConfig(**{
+        "vocab_size": 61, "hidden_size": 24, "state_size": 5, "num_hidden_layers": 2, "expand": 2,
+        "conv_kernel": 4, "time_step_rank": 3, **overrides})
+    model = transformers.MambaForCausalLM(config).eval()
+    with torch.no_grad():  # away from the initialisation's special values (D = 1, zero biases)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def assert_logits_equal(ours, theirs):
+    scale = theirs.abs().max()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(scale))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False, "use_bias": True},
+                                       {"use_conv_bias": False, "conv_kernel": 3, "layer_norm_epsilon": 1e-3}])
+def test_logits_and_greedy_continuation_match_transformers(tmp_path, overrides):
+    theirs = tiny_mamba(tmp_path, **overrides)
+    ours = load_hf(tmp_path)
+    tokens = torch.randint(0, 61, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert_logits_equal(ours(tokens), theirs(tokens).logits)
+    prompt = tokens[:, :7]
+    theirs.generation_config.eos_token_id = None  # 32 tokens whatever they are (the config's eos is token 0)
+    expected = theirs.generate(prompt, max_new_tokens=32, do_sample=False, pad_token_id=0)
+    assert expected.shape == (2, 7 + 32)
+    assert len(set(expected[:, 7:].flatten().tolist())) > 4, "a continuation that varies (not one token repeated)"
+    assert torch.equal(ours.generate(prompt, 32), expected)
+
+
+def test_the_stack_is_the_zoo_s_mamba_without_mlp(tmp_path):
+    tiny_mamba(tmp_path, layer_norm_epsilon=1e-4)
+    stack, weights = stack_and_weights(tmp_path)
+    assert stack.pattern == "M" and stack.mlp_expand == 0 and stack.n_layers == 2 and stack.norm_eps == 1e-4
+    assert stack.mixers["M"]["init_args"] == {"d_state": 5, "d_conv": 4, "expand": 2, "dt_rank": 3,
+                                              "conv_bias": True, "bias": False}
+    assert weights["head.weight"] is weights["embedding.weight"]
+
+
+def test_refusals_name_the_part(tmp_path):
+    with pytest.raises(FolderError, match="config.json"):
+        stack_and_weights(tmp_path)
+    tiny_mamba(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    with pytest.raises(ConversionError, match="hidden_act: 'gelu'"):
+        stack_and_weights(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    with pytest.raises(ConversionError, match="model_type 'llama'"):
+        stack_and_weights(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.raises(ConversionError, match="not converted .*backbone.layers.1"):
+        stack_and_weights(tmp_path)
