@@ -26,12 +26,20 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FolderError(f"{folder}: no {CONFIG}; give the folder that save_pretrained (or a download) wrote")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(), object_hook=_special_floats)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise FolderError(f"{path}: not readable JSON ({err})") from err
     if not isinstance(config, dict) or "model_type" not in config:
         raise FolderError(f"{path}: no model_type; is it a transformers model's config?")
     return config
+
+
+def _special_floats(obj: dict[str, Any]) -> Any:
+    """transformers 5 writes floats JSON has no literal for (inf, nan) as ``{"__float__":
+    "Infinity"}``; read them back as floats."""
+    if len(obj) == 1 and "__float__" in obj:
+        return float(obj["__float__"])
+    return obj
 
 
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hybrids.hf.names import NameMap, unsupported
+from hybrids.hf.names import NameMap, backbone_names, unsupported
 from hybrids.model.config import StackConfig
 
 
@@ -54,12 +54,7 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
 
 def names(config: dict[str, Any]) -> NameMap:
     """transformers' weight names -> the zoo's, for every layer."""
-    pairs = {"backbone.embeddings.weight": "embedding.weight", "backbone.norm_f.weight": "norm.weight"}
-    for i in range(config["num_hidden_layers"]):
-        pairs[f"backbone.layers.{i}.norm.weight"] = f"blocks.{i}.mixer_norm.weight"
-        for weight in mixer_weights(config):
-            pairs[f"backbone.layers.{i}.mixer.{weight}"] = f"blocks.{i}.mixer.{weight}"
-    return NameMap(pairs, head="lm_head.weight", tied=bool(config.get("tie_word_embeddings", True)))
+    return backbone_names(config, mixer_weights(config))
 
 
 def weights(config: dict[str, Any], hf_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

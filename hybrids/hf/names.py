@@ -63,3 +63,16 @@ class NameMap:
 
 def _listed(names: list[str], limit: int = 6) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def backbone_names(config: Mapping[str, Any], mixer_weights: Iterable[str]) -> NameMap:
+    """The names of the Mamba-style models (``backbone.embeddings``, ``backbone.layers.{i}.norm``
+    and ``.mixer.*``, ``backbone.norm_f``, ``lm_head``) mapped to the zoo's: every layer one
+    pre-norm block whose mixer weights carry the same names on both sides."""
+    mixer_weights = list(mixer_weights)
+    pairs = {"backbone.embeddings.weight": "embedding.weight", "backbone.norm_f.weight": "norm.weight"}
+    for i in range(config["num_hidden_layers"]):
+        pairs[f"backbone.layers.{i}.norm.weight"] = f"blocks.{i}.mixer_norm.weight"
+        for weight in mixer_weights:
+            pairs[f"backbone.layers.{i}.mixer.{weight}"] = f"blocks.{i}.mixer.{weight}"
+    return NameMap(pairs, head="lm_head.weight", tied=bool(config.get("tie_word_embeddings", True)))

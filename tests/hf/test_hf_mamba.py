@@ -11,7 +11,8 @@ import pytest
 import torch
 import transformers  # the test extra installs it (and the [hf] extra)
 
-from hybrids.hf import ConversionError, FolderError, load_hf, stack_and_weights
+from hybrids.hf import ConversionError, FolderError, stack_and_weights
+from hf_parity import assert_parity, save_perturbed
 
 
 def tiny_mamba(tmp_path, seed=0, **overrides):
@@ -19,33 +20,13 @@ def tiny_mamba(tmp_path, seed=0, **overrides):
     config = transformers.MambaConfig(**{
         "vocab_size": 61, "hidden_size": 24, "state_size": 5, "num_hidden_layers": 2, "expand": 2,
         "conv_kernel": 4, "time_step_rank": 3, **overrides})
-    model = transformers.MambaForCausalLM(config).eval()
-    with torch.no_grad():  # away from the initialisation's special values (D = 1, zero biases)
-        for p in model.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    model.save_pretrained(tmp_path)
-    return model
-
-
-def assert_logits_equal(ours, theirs):
-    scale = theirs.abs().max()
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(scale))
+    return save_perturbed(transformers.MambaForCausalLM(config), tmp_path, seed)
 
 
 @pytest.mark.parametrize("overrides", [{}, {"tie_word_embeddings": False, "use_bias": True},
                                        {"use_conv_bias": False, "conv_kernel": 3, "layer_norm_epsilon": 1e-3}])
 def test_logits_and_greedy_continuation_match_transformers(tmp_path, overrides):
-    theirs = tiny_mamba(tmp_path, **overrides)
-    ours = load_hf(tmp_path)
-    tokens = torch.randint(0, 61, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        assert_logits_equal(ours(tokens), theirs(tokens).logits)
-    prompt = tokens[:, :7]
-    theirs.generation_config.eos_token_id = None  # 32 tokens whatever they are (the config's eos is token 0)
-    expected = theirs.generate(prompt, max_new_tokens=32, do_sample=False, pad_token_id=0)
-    assert expected.shape == (2, 7 + 32)
-    assert len(set(expected[:, 7:].flatten().tolist())) > 4, "a continuation that varies (not one token repeated)"
-    assert torch.equal(ours.generate(prompt, 32), expected)
+    assert_parity(tiny_mamba(tmp_path, **overrides), tmp_path, vocab_size=61)
 
 
 def test_the_stack_is_the_zoo_s_mamba_without_mlp(tmp_path):
