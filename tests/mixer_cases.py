@@ -28,6 +28,8 @@ MIXER_CASES = {
     "sparse-full": (SparseAttention, {"heads": 2, "kv_heads": 1, "window": None, "global_tokens": 3}),
     "mamba": (Mamba, {"d_state": 4, "expand": 2}),
     "mamba-dtrank": (Mamba, {"d_state": 3, "dt_rank": 3, "d_conv": 3, "expand": 1.5, "bias": True}),
+    # Falcon-Mamba's weightless RMS norms on x_proj's outputs (the unfused path throughout)
+    "mamba-falcon": (Mamba, {"d_state": 4, "dt_rank": 2, "ssm_input_norm_eps": 1e-3}),
     "rglru": (RGLRU, {}),
     "rglru-wide": (RGLRU, {"d_rnn": 24, "heads": 4, "d_conv": 2}),
     "linear-elu": (LinearAttention, {"heads": 2}),

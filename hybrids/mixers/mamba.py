@@ -10,6 +10,9 @@ One block, for x (batch, L, d_model)::
     y     = selective_scan(x, delta, A, B, C, D, z) # A = -exp(A_log), S4D-Real init -(1..d_state)
     out   = out_proj(y)
 
+Falcon-Mamba's variant (``ssm_input_norm_eps``) RMS-normalises dt, B and C, without weights,
+right after ``x_proj``.
+
 ``dt_proj``'s bias is handed to the scan as ``delta_bias`` (with ``delta_softplus``), as
 mamba_ssm does, so that the kernel fuses it. The recurrent state per sequence is the scan state
 ``h`` (d_inner, d_state), kept in float32, and the last ``d_conv - 1`` inputs of the
@@ -87,6 +90,10 @@ class Mamba(Mixer):
             (hybrids.kernels.mamba_block).
         scan_backend: force a ``selective_scan`` backend ("reference", "torch", "cpu", "triton",
             "extension"); None lets the dispatcher choose.
+        ssm_input_norm_eps: Falcon-Mamba's variant: the low-rank step, B and C (x_proj's three
+            outputs) each RMS-normalised without a weight, with this epsilon, before use. None
+            (Mamba) leaves them as they are. The fused blocks have no such norms, so a mixer
+            with it set runs the unfused path.
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class Mamba(Mixer):
         bias: bool = False,
         use_fast_path: bool = True,
         scan_backend: str | None = None,
+        ssm_input_norm_eps: float | None = None,
     ) -> None:
         super().__init__(d_model)
         if not isinstance(d_state, int) or d_state <= 0:
@@ -125,6 +133,9 @@ class Mamba(Mixer):
             raise ValueError(f"dt_init_floor: must be >= 0, got {dt_init_floor}")
         if scan_backend is not None and scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"scan_backend: unknown {scan_backend!r}; use one of {SCAN_BACKENDS} or None")
+        if ssm_input_norm_eps is not None and (isinstance(ssm_input_norm_eps, bool) or not 0 < ssm_input_norm_eps < 1):
+            raise ValueError(f"ssm_input_norm_eps: must be in (0, 1) or None, got {ssm_input_norm_eps!r}")
+        self.ssm_input_norm_eps = ssm_input_norm_eps
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
         self.d_inner = int(expand * d_model)
         self.use_fast_path, self.scan_backend = use_fast_path, scan_backend
@@ -161,11 +172,23 @@ class Mamba(Mixer):
     def _scan_kwargs(self) -> dict:
         return {} if self.scan_backend is None else {"backend": self.scan_backend}
 
+    def _ssm_inputs(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The conv's output u (..., d_inner) -> x_proj's low-rank step (..., dt_rank), B and C
+        (..., d_state), each RMS-normalised (in float32 or wider) where ssm_input_norm_eps is set."""
+        parts = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        if self.ssm_input_norm_eps is None:
+            return parts
+        return tuple(  # type: ignore[return-value]
+            F.rms_norm(_wide(p), (p.shape[-1],), eps=self.ssm_input_norm_eps).to(p.dtype) for p in parts
+        )
+
     def fused_path_unavailable(self, device_type: str, dtype: torch.dtype) -> str | None:
         """None if ``forward`` runs mamba_ssm's fused block on inputs of this device and dtype,
         else why not."""
         if not self.use_fast_path:
             return "use_fast_path=False"
+        if self.ssm_input_norm_eps is not None:
+            return "ssm_input_norm_eps is set (Falcon-Mamba's norms): the fused block has none"
         if device_type not in _FUSED_DEVICES:
             return f"mamba_ssm's fused block runs on CUDA tensors, got {device_type}"
         if self.scan_backend is not None or os.environ.get(SCAN_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV):
@@ -183,6 +206,8 @@ class Mamba(Mixer):
         output ``xz`` and ``A``, else why not."""
         if not self.use_fast_path:
             return "use_fast_path=False"
+        if self.ssm_input_norm_eps is not None:
+            return "ssm_input_norm_eps is set (Falcon-Mamba's norms): the fused block has none"
         if self.scan_backend is not None or os.environ.get(SCAN_BACKEND_ENV) or os.environ.get(CONV_BACKEND_ENV):
             return "a kernel backend is forced (scan_backend or an environment variable)"
         return cpu_block_unavailable(xz, A, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
@@ -216,7 +241,7 @@ class Mamba(Mixer):
         out = causal_conv1d(u, weight, self.conv1d.bias, activation="silu", initial_states=conv0,
                             return_final_states=final_state)
         u, conv = out if final_state else (out, None)  # (B, d_inner, L), its last d_conv - 1 inputs
-        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._ssm_inputs(u.transpose(1, 2))
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias goes to the scan
         # Only a given state goes to the scan, so that a prefill from zero can still run on a
         # backend that takes no initial_state (mamba_ssm's "extension").
@@ -261,7 +286,7 @@ class Mamba(Mixer):
         conv, ssm = state["conv"].clone(), state["ssm"].clone()
         u, z = self.in_proj(x).chunk(2, dim=-1)  # (B, d_inner) each
         u = causal_conv1d_update(u, conv, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")
-        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._ssm_inputs(u)
         dt = F.linear(dt, self.dt_proj.weight)
         A = -torch.exp(_wide(self.A_log))
         y = selective_state_update(

@@ -52,3 +52,19 @@ def test_refusals_name_the_part(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
     with pytest.raises(ConversionError, match="not converted .*backbone.layers.1"):
         stack_and_weights(tmp_path)
+
+
+def tiny_falcon_mamba(tmp_path, **overrides):
+    torch.manual_seed(0)
+    config = transformers.FalconMambaConfig(**{
+        "vocab_size": 61, "hidden_size": 24, "state_size": 5, "num_hidden_layers": 2, "expand": 2,
+        "conv_kernel": 4, "time_step_rank": 3, **overrides})
+    return save_perturbed(transformers.FalconMambaForCausalLM(config), tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"mixer_rms_eps": 1e-3, "tie_word_embeddings": False}])
+def test_falcon_mamba_matches_transformers(tmp_path, overrides):
+    ours = assert_parity(tiny_falcon_mamba(tmp_path, **overrides), tmp_path, vocab_size=61)
+    mixer = ours.blocks[0].mixer
+    assert mixer.ssm_input_norm_eps == overrides.get("mixer_rms_eps", 1e-6)
+    assert mixer.cpu_block_unavailable(torch.zeros(1, 2, 2 * mixer.d_inner), torch.zeros(1)).startswith("ssm_input_norm_eps")

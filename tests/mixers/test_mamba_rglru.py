@@ -395,3 +395,18 @@ def test_bad_argument_in_a_config_names_the_key():
     with pytest.raises(ConfigError) as info:
         build_mixer(spec, 16, "model.init_args.stack.mixers.R")
     assert "model.init_args.stack.mixers.R.init_args.heads" in str(info.value)
+
+
+def test_falcon_mamba_norms_normalise_dt_b_and_c_without_weights():
+    torch.manual_seed(0)
+    mixer = Mamba(16, d_state=4, dt_rank=3, ssm_input_norm_eps=1e-3).double()
+    u = torch.randn(2, 5, mixer.d_inner, dtype=torch.float64)
+    raw = mixer.x_proj(u).split([3, 4, 4], dim=-1)
+    for got, part in zip(mixer._ssm_inputs(u), raw):
+        torch.testing.assert_close(got, part / torch.sqrt(part.pow(2).mean(-1, keepdim=True) + 1e-3))
+    plain = Mamba(16, d_state=4, dt_rank=3).double()
+    plain.load_state_dict(mixer.state_dict())
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    assert not torch.allclose(plain(x), mixer(x)), "the norms change the output"
+    with pytest.raises(ValueError, match="ssm_input_norm_eps"):
+        Mamba(16, ssm_input_norm_eps=0.0)
