@@ -17,6 +17,8 @@ MIXER_CASES = {
     "attention": (Attention, {"heads": 4}),
     "attention-gqa-norope": (Attention, {"heads": 4, "kv_heads": 2, "rotary": False}),
     "attention-headdim": (Attention, {"heads": 2, "head_dim": 6, "kv_heads": 1}),
+    # RecurrentGemma's: half of each head rotates, a bias on the output projection only
+    "attention-partial-rotary": (Attention, {"heads": 2, "head_dim": 8, "kv_heads": 1, "rotary_dim": 4, "out_bias": True}),
     "s4-legs": (S4, {"d_state": 8}),  # l_max from the first input
     "s4-legt": (S4, {"d_state": 8, "measure": "legt", "l_max": 16}),
     "s4d-legs-zoh": (S4D, {"d_state": 8}),
@@ -26,12 +28,17 @@ MIXER_CASES = {
         SparseAttention, {"heads": 4, "kv_heads": 2, "window": 3, "random_blocks": 1, "block_size": 4}
     ),
     "sparse-full": (SparseAttention, {"heads": 2, "kv_heads": 1, "window": None, "global_tokens": 3}),
+    "sparse-window-partial-rotary": (SparseAttention, {"heads": 4, "kv_heads": 1, "window": 5, "rotary_dim": 2,
+                                                       "out_bias": True}),
     "mamba": (Mamba, {"d_state": 4, "expand": 2}),
     "mamba-dtrank": (Mamba, {"d_state": 3, "dt_rank": 3, "d_conv": 3, "expand": 1.5, "bias": True}),
     # Falcon-Mamba's weightless RMS norms on x_proj's outputs (the unfused path throughout)
     "mamba-falcon": (Mamba, {"d_state": 4, "dt_rank": 2, "ssm_input_norm_eps": 1e-3}),
     "rglru": (RGLRU, {}),
     "rglru-wide": (RGLRU, {"d_rnn": 24, "heads": 4, "d_conv": 2}),
+    # RecurrentGemma's: tanh GELU on the gate, the first input unscaled (the state counts tokens)
+    "rglru-recurrentgemma": (RGLRU, {"d_rnn": 16, "heads": 2, "gate_activation": "gelu_tanh",
+                                     "unscaled_first_input": True}),
     "linear-elu": (LinearAttention, {"heads": 2}),
     "performer": (LinearAttention, {"heads": 2, "feature_map": "favor", "num_features": 12, "seed": 0}),
     "based-taylor": (LinearAttention, {"heads": 2, "feature_map": "taylor", "feature_dim": 3}),

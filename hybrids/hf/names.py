@@ -76,3 +76,27 @@ def backbone_names(config: Mapping[str, Any], mixer_weights: Iterable[str]) -> N
         for weight in mixer_weights:
             pairs[f"backbone.layers.{i}.mixer.{weight}"] = f"blocks.{i}.mixer.{weight}"
     return NameMap(pairs, head="lm_head.weight", tied=bool(config.get("tie_word_embeddings", True)))
+
+
+class Ledger:
+    """A checkpoint's tensors read by name, each read remembered: a conversion that builds its
+    weights (concatenating, negating) reads through it and calls :meth:`finish`, which refuses
+    the tensors nobody read, by name."""
+
+    def __init__(self, weights: Mapping[str, torch.Tensor]) -> None:
+        self.weights, self.read = weights, set()
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self.weights:
+            raise ConversionError(f"the checkpoint's weights do not match its config: missing {name}")
+        self.read.add(name)
+        return self.weights[name]
+
+    def optional(self, name: str) -> torch.Tensor | None:
+        return self(name) if name in self.weights else None
+
+    def finish(self) -> None:
+        unread = sorted(set(self.weights) - self.read)
+        if unread:
+            raise ConversionError("the checkpoint's weights do not match its config: not converted (no counterpart "
+                                  f"in the zoo) {_listed(unread)}")

@@ -38,6 +38,10 @@ class Attention(Mixer):
         rotary_base: RoPE base frequency.
         bias: biases in the projections.
         dropout: dropout on attention weights while training.
+        rotary_dim: channels of each head that rotate (the first ones; RecurrentGemma rotates
+            half); None rotates all ``head_dim``.
+        out_bias: a bias in the output projection; None follows ``bias`` (RecurrentGemma has one
+            there only).
 
     The recurrent state is a :class:`~hybrids.parts.kv_cache.KVCache` holding the K and V of every
     token seen, so ``state_size`` grows linearly: ``2 * kv_heads * head_dim * seq_len`` (the live
@@ -56,6 +60,8 @@ class Attention(Mixer):
         rotary_base: float = 10000.0,
         bias: bool = False,
         dropout: float = 0.0,
+        rotary_dim: int | None = None,
+        out_bias: bool | None = None,
     ) -> None:
         super().__init__(d_model)
         kv_heads = heads if kv_heads is None else kv_heads
@@ -64,11 +70,16 @@ class Attention(Mixer):
         head_dim = resolve_head_dim(d_model, heads, head_dim, rotary)
         if heads % kv_heads:
             raise ValueError(f"kv_heads: heads={heads} is not divisible by kv_heads={kv_heads}")
+        if rotary_dim is not None and (isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int)
+                                       or not 0 < rotary_dim <= head_dim or rotary_dim % 2 or not rotary):
+            raise ValueError(f"rotary_dim: must be an even int in (0, head_dim={head_dim}], with rotary on (or None "
+                             f"for all channels), got {rotary_dim!r}")
+        rotary_dim = head_dim if rotary_dim is None else rotary_dim
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.rotary, self.rotary_base, self.dropout = rotary, rotary_base, dropout
+        self.rotary, self.rotary_base, self.dropout, self.rotary_dim = rotary, rotary_base, dropout, rotary_dim
         self.q_proj = nn.Linear(d_model, heads * head_dim, bias=bias)
         self.kv_proj = nn.Linear(d_model, 2 * kv_heads * head_dim, bias=bias)
-        self.out_proj = nn.Linear(heads * head_dim, d_model, bias=bias)
+        self.out_proj = nn.Linear(heads * head_dim, d_model, bias=bias if out_bias is None else out_bias)
 
     def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, L, d_model) -> q (B, H, L, hd), k and v (B, Hkv, L, hd), rotated from ``start``."""
@@ -78,7 +89,7 @@ class Attention(Mixer):
         if self.rotary:
             positions = torch.arange(start, start + length, device=x.device)
             # q's dtype, not x's: under autocast the projections run in bf16/fp16 while x is fp32.
-            cos, sin = rotary_cos_sin(positions, self.head_dim, self.rotary_base, dtype=q.dtype)
+            cos, sin = rotary_cos_sin(positions, self.rotary_dim, self.rotary_base, dtype=q.dtype)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 

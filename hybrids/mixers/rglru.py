@@ -94,6 +94,10 @@ class BlockDiagonalLinear(nn.Module):
         return torch.einsum("...hi,hij->...hj", blocks, self.weight).flatten(-2) + self.bias
 
 
+# The gate branch's activation: Griffin's GeLU, exact or in its tanh approximation (RecurrentGemma's).
+GATE_ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
 class RGLRU(Mixer):
     """Griffin's recurrent block with the RG-LRU (module docstring).
 
@@ -106,6 +110,17 @@ class RGLRU(Mixer):
         c: the fixed scale of the recurrence gate's exponent (8 in Griffin).
         a_min, a_max: ``a ** c`` starts uniform in [a_min, a_max].
         bias: biases in in_proj and out_proj (Griffin's linear layers have them).
+        gate_activation: the gate branch's ``"gelu"`` (exact) or ``"gelu_tanh"`` (its tanh
+            approximation: RecurrentGemma's).
+        delta_floor: the floor of ``-log a_t`` (module docstring; ``DELTA_FLOOR`` by default). A
+            checkpoint trained without one (RecurrentGemma's) computes the same function only
+            with a negligible floor (its converter sets 1e-30): gates driving ``-log a_t`` below
+            1e-6 occur there. Training with such a floor loses the floor's protection of the
+            gradients near ``a_t = 1``.
+        unscaled_first_input: leave a sequence's first input unscaled by ``sqrt(1 - a_t^2)``, as
+            Griffin's reference code and RecurrentGemma do (the paper's equation scales every
+            token). The state then counts the tokens seen (``position``), so that prefill and
+            step know which token is the first.
         scan_backend: run the recurrence on the selective scan with this backend; None runs it
             on ``linear_recurrence`` where that op has a backend (CPU), else on the selective
             scan with the dispatcher's choice.
@@ -122,6 +137,9 @@ class RGLRU(Mixer):
         a_max: float = 0.999,
         bias: bool = True,
         scan_backend: str | None = None,
+        gate_activation: str = "gelu",
+        unscaled_first_input: bool = False,
+        delta_floor: float = DELTA_FLOOR,
     ) -> None:
         super().__init__(d_model)
         d_rnn = round(4 * d_model / 3) if d_rnn is None else d_rnn
@@ -137,8 +155,17 @@ class RGLRU(Mixer):
             raise ValueError(f"a_min: need 0 < a_min <= a_max < 1, got a_min={a_min}, a_max={a_max}")
         if scan_backend is not None and scan_backend not in SCAN_BACKENDS:
             raise ValueError(f"scan_backend: unknown {scan_backend!r}; use one of {SCAN_BACKENDS} or None")
+        if gate_activation not in GATE_ACTIVATIONS:
+            raise ValueError(f"gate_activation: unknown {gate_activation!r}; use one of {tuple(GATE_ACTIVATIONS)}")
+        if not isinstance(unscaled_first_input, bool):
+            raise ValueError(f"unscaled_first_input: must be true or false, got {unscaled_first_input!r}")
         self.d_rnn, self.d_conv, self.heads, self.c = d_rnn, d_conv, heads, float(c)
         self.scan_backend = scan_backend
+        if isinstance(delta_floor, bool) or not isinstance(delta_floor, (int, float)) or not 0 < delta_floor <= 1e-3:
+            raise ValueError(f"delta_floor: must be in (0, 1e-3], got {delta_floor!r}")
+        self.gate_activation, self.unscaled_first_input = gate_activation, unscaled_first_input
+        self.delta_floor = float(delta_floor)
+        self._act = GATE_ACTIVATIONS[gate_activation]
 
         self.in_proj = nn.Linear(d_model, 2 * d_rnn, bias=bias)  # (recurrent branch, gate branch)
         self.conv1d = nn.Conv1d(d_rnn, d_rnn, d_conv, groups=d_rnn, padding=d_conv - 1)
@@ -166,16 +193,27 @@ class RGLRU(Mixer):
             i = both[..., block:].flatten(-2) + self.gate_x.bias
         return torch.sigmoid(r), torch.sigmoid(i)
 
-    def _recurrence_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conv output x (..., d_rnn) -> (a_t, the input term sqrt(1 - a_t^2) i_t x_t) of
+    def _input_scale(self, delta: torch.Tensor, first: bool) -> torch.Tensor:
+        """``sqrt(1 - a_t^2)`` from ``delta = -log a_t`` (..., [L,] d_rnn); with
+        ``unscaled_first_input``, 1 where ``first`` marks the rows' first token a sequence's
+        first (the L axis' first entry, or the whole row of a single step)."""
+        scale = torch.sqrt(-torch.expm1(-2 * delta))
+        if not (first and self.unscaled_first_input):
+            return scale
+        if scale.dim() == 2:  # one step (B, d_rnn)
+            return torch.ones_like(scale)
+        return torch.cat([torch.ones_like(scale[:, :1]), scale[:, 1:]], dim=1)
+
+    def _recurrence_inputs(self, x: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv output x (B, L, d_rnn) -> (a_t, the input term sqrt(1 - a_t^2) i_t x_t) of
         ``h_t = a_t h_{t-1} + ...``, float32 or wider, same shape."""
         r, i = self._gates(x)
         work = at_least_float32(x.dtype)
         # -log a_t floored at DELTA_FLOOR, as delta is on the selective-scan path: the same
         # function on both paths (and in step), and no infinite slope of sqrt(1 - a_t^2) at
         # a_t = 1, which a gate r_t rounding to 0 (float16) would otherwise turn into NaN gradients.
-        log_a = -(self.c * r.to(work) * F.softplus(-self.Lambda.to(work))).clamp(min=DELTA_FLOOR)
-        return log_a.exp(), torch.sqrt(-torch.expm1(2 * log_a)) * i.to(work) * x.to(work)
+        delta = (self.c * r.to(work) * F.softplus(-self.Lambda.to(work))).clamp(min=self.delta_floor)
+        return (-delta).exp(), self._input_scale(delta, first) * i.to(work) * x.to(work)
 
     def _uses_recurrence(self, device: torch.device, dtype: torch.dtype) -> bool:
         """Whether the parallel path runs on ``linear_recurrence`` (module docstring): where its
@@ -190,14 +228,13 @@ class RGLRU(Mixer):
         except BackendUnavailable:
             return False
 
-    def _scan_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Conv output x (..., d_rnn) -> (u, delta) of the selective scan, float32 or wider."""
+    def _scan_inputs(self, x: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv output x (B, [L,] d_rnn) -> (u, delta) of the selective scan, float32 or wider."""
         r, i = self._gates(x)
         work = at_least_float32(x.dtype)
         # -log a = softplus(-Lambda) > 0;  delta = -log a_t = c r_t softplus(-Lambda).
-        delta = (self.c * r.to(work) * F.softplus(-self.Lambda.to(work))).clamp(min=DELTA_FLOOR)
-        scale = torch.sqrt(-torch.expm1(-2 * delta))  # sqrt(1 - a_t^2)
-        return scale * i.to(work) * x.to(work) / delta, delta
+        delta = (self.c * r.to(work) * F.softplus(-self.Lambda.to(work))).clamp(min=self.delta_floor)
+        return self._input_scale(delta, first) * i.to(work) * x.to(work) / delta, delta
 
     def _unit(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A = -1 (d_rnn, 1) and the all-ones B = C for ``batch`` sequences."""
@@ -221,6 +258,7 @@ class RGLRU(Mixer):
         it]. ``state`` (None: zero) gives the conv's last d_conv - 1 inputs and the scan's h as
         the kernels' initial states; ``final_state`` asks the kernels for theirs."""
         batch, length, _ = x.shape
+        start = 0 if state is None else state.get("position", 0)  # tokens seen (counted where needed)
         rec, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, L, d_rnn) each
         rec = rec.transpose(1, 2)  # (B, d_rnn, L)
         weight = self.conv1d.weight[:, 0, :]  # (d_rnn, d_conv)
@@ -228,13 +266,13 @@ class RGLRU(Mixer):
         out = causal_conv1d(rec, weight, self.conv1d.bias, initial_states=conv0, return_final_states=final_state)
         rec, conv = out if final_state else (out, None)  # (B, d_rnn, L), its last d_conv - 1 inputs
         if self._uses_recurrence(x.device, x.dtype):
-            a, inputs = self._recurrence_inputs(rec.transpose(1, 2))  # (B, L, d_rnn) each
+            a, inputs = self._recurrence_inputs(rec.transpose(1, 2), start == 0)  # (B, L, d_rnn) each
             h0 = None if state is None else state["h"]
             out = linear_recurrence(a, inputs, initial_state=h0, return_last_state=final_state)
             h_seq, h_last = out if final_state else (out, None)  # (B, L, d_rnn) [, (B, d_rnn)]
-            y = self.out_proj(F.gelu(gate) * h_seq.to(gate.dtype))
-            return y if not final_state else (y, self._state_after(conv, h_last))
-        u, delta = self._scan_inputs(rec.transpose(1, 2))  # (B, L, d_rnn)
+            y = self.out_proj(self._act(gate) * h_seq.to(gate.dtype))
+            return y if not final_state else (y, self._state_after(conv, h_last, start + length))
+        u, delta = self._scan_inputs(rec.transpose(1, 2), start == 0)  # (B, L, d_rnn)
         A, ones = self._unit(batch, u)
         BC = ones[:, :, None, None].expand(batch, 1, 1, length)  # (B, groups=1, d_state=1, L)
         kwargs = {} if self.scan_backend is None else {"backend": self.scan_backend}
@@ -246,36 +284,46 @@ class RGLRU(Mixer):
             **kwargs,
         )  # (B, d_rnn, L) [, (B, d_rnn, 1)]
         h_seq, h_last = out if final_state else (out, None)
-        y = self.out_proj(F.gelu(gate) * h_seq.transpose(1, 2).to(gate.dtype))
-        return y if not final_state else (y, self._state_after(conv, h_last[:, :, 0]))
+        y = self.out_proj(self._act(gate) * h_seq.transpose(1, 2).to(gate.dtype))
+        return y if not final_state else (y, self._state_after(conv, h_last[:, :, 0], start + length))
 
-    def _state_after(self, conv: torch.Tensor, h: torch.Tensor) -> State:
+    def _state_after(self, conv: torch.Tensor, h: torch.Tensor, position: int) -> State:
         """The state in init_state's dtypes: the conv tail (B, d_rnn, d_conv - 1) in the
         parameters' dtype (a copy, not a view that keeps the whole prompt alive), h (B, d_rnn)
-        in float32 or wider."""
+        in float32 or wider, and with ``unscaled_first_input`` the tokens seen."""
         dtype = self._factory()["dtype"]
         conv = conv.to(dtype).clone(memory_format=torch.contiguous_format)
-        return {"conv": conv, "h": h.to(at_least_float32(dtype))}
+        state = {"conv": conv, "h": h.to(at_least_float32(dtype))}
+        if self.unscaled_first_input:
+            state["position"] = position
+        return state
 
     # -- recurrent -----------------------------------------------------------------------------
 
     def init_state(self, batch_size: int) -> State:
         factory = self._factory()
         h_dtype = at_least_float32(factory["dtype"])
-        return {
+        state = {
             "conv": torch.zeros(batch_size, self.d_rnn, self.d_conv - 1, **factory),
             "h": torch.zeros(batch_size, self.d_rnn, device=factory["device"], dtype=h_dtype),
         }
+        if self.unscaled_first_input:
+            state["position"] = 0  # tokens seen: the first is left unscaled
+        return state
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         # The kernels update states in place: work on copies, so the caller's state stays valid.
         conv, h = state["conv"].clone(), state["h"].clone()
         rec, gate = self.in_proj(x).chunk(2, dim=-1)  # (B, d_rnn) each
         rec = causal_conv1d_update(rec, conv, self.conv1d.weight[:, 0, :], self.conv1d.bias)
-        u, delta = self._scan_inputs(rec)
+        position = state.get("position", 0)
+        u, delta = self._scan_inputs(rec, position == 0)
         A, ones = self._unit(x.shape[0], u)
         y = selective_state_update(h[:, :, None], u, delta, A, ones, ones)  # writes h through the view
-        return self.out_proj(F.gelu(gate) * y.to(gate.dtype)), {"conv": conv, "h": h}
+        new_state = {"conv": conv, "h": h}
+        if self.unscaled_first_input:
+            new_state["position"] = position + 1
+        return self.out_proj(self._act(gate) * y.to(gate.dtype)), new_state
 
     state_size_rules = (StateSize("d_rnn + d_rnn * (d_conv - 1)",
                                   "RG-LRU state (d_rnn), conv inputs (d_rnn, d_conv - 1)"),)

@@ -27,7 +27,7 @@ class SparseAttention(Attention):
 
     Args:
         d_model: model width.
-        heads, kv_heads, head_dim, rotary, rotary_base, bias: as :class:`Attention`; the
+        heads, kv_heads, head_dim, rotary, rotary_base, bias, rotary_dim, out_bias: as :class:`Attention`; the
             projections are Attention's (``q_proj``, ``kv_proj``, ``out_proj``), so checkpoints
             look alike and weights load across the two classes.
         window: keys per query in the sliding window (the query itself included); ``None`` for
@@ -87,6 +87,8 @@ class SparseAttention(Attention):
         dropout: float = 0.0,
         backend: str | None = None,
         seed: int = 0,
+        rotary_dim: int | None = None,
+        out_bias: bool | None = None,
     ) -> None:
         if not isinstance(heads, int) or heads <= 0:
             raise ValueError(f"heads: must be a positive int, got {heads!r}")
@@ -107,7 +109,8 @@ class SparseAttention(Attention):
         # SparsePattern validates window, dilation, global_tokens, random_blocks, block_size and
         # seed with messages that start with the argument's name.
         pattern = SparsePattern(window, dilation, global_tokens, random_blocks, block_size, causal=True, seed=seed)
-        super().__init__(d_model, heads, kv_heads, head_dim, rotary, rotary_base, bias, dropout=0.0)
+        super().__init__(d_model, heads, kv_heads, head_dim, rotary, rotary_base, bias, dropout=0.0,
+                         rotary_dim=rotary_dim, out_bias=out_bias)
         self.pattern = pattern
         self.window, self.dilation, self.global_tokens = window, dilation, global_tokens
         self.random_blocks, self.block_size, self.backend, self.seed = random_blocks, block_size, backend, seed

@@ -8,25 +8,30 @@ from torch import nn
 
 from hybrids.mixers.base import State, prefill_by_steps
 
-MLP_KINDS = ("swiglu", "gelu")
+MLP_KINDS = ("swiglu", "gelu", "geglu", "geglu_tanh")
+# The gated kinds: ``act(x W_gate) * (x W_up)``, both halves from one ``up`` projection (gate first).
+GATES = {"swiglu": F.silu, "geglu": F.gelu, "geglu_tanh": lambda h: F.gelu(h, approximate="tanh")}
 
 
 class MLP(nn.Module):
-    """Channel mixer: SwiGLU (``silu(x W1) * (x W3)) W2``) or a plain GELU MLP of width ``hidden``."""
+    """Channel mixer of width ``hidden``: gated, ``(act(x W_gate) * (x W_up)) W_down`` with SiLU
+    (``swiglu``), GELU (``geglu``) or GELU's tanh approximation (``geglu_tanh``: Gemma's and
+    RecurrentGemma's), or a plain GELU MLP (``gelu``). ``bias`` adds biases to its projections
+    (RecurrentGemma's have them)."""
 
-    def __init__(self, d_model: int, hidden: int, kind: str = "swiglu") -> None:
+    def __init__(self, d_model: int, hidden: int, kind: str = "swiglu", bias: bool = False) -> None:
         super().__init__()
         if kind not in MLP_KINDS:
             raise ValueError(f"mlp: unknown kind {kind!r}; choose one of {MLP_KINDS}")
         self.kind = kind
-        self.up = nn.Linear(d_model, 2 * hidden if kind == "swiglu" else hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.up = nn.Linear(d_model, 2 * hidden if kind in GATES else hidden, bias=bias)
+        self.down = nn.Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
-        if self.kind == "swiglu":
+        if self.kind in GATES:
             gate, value = h.chunk(2, dim=-1)
-            h = F.silu(gate) * value
+            h = GATES[self.kind](gate) * value
         else:
             h = F.gelu(h)
         return self.down(h)

@@ -28,8 +28,10 @@ class StackConfig:
         pattern: one letter per layer, repeated (and cut) to ``n_layers``; e.g. ``"MMA"``.
         mixers: letter -> ``{class_path, init_args}`` spec of the mixer class for that letter;
             None = one attention mixer under ``"A"`` (:data:`DEFAULT_MIXERS`).
-        mlp: ``"swiglu"`` or ``"gelu"`` channel mixer after each mixer.
+        mlp: the channel mixer after each mixer: gated ``"swiglu"``, ``"geglu"`` or ``"geglu_tanh"``
+            (GELU's tanh approximation, as Gemma's), or a plain ``"gelu"`` MLP.
         mlp_expand: MLP hidden width as a multiple of ``d_model``; 0 leaves the MLP out.
+        mlp_bias: biases in the MLP's projections.
         dropout: residual dropout, in [0, 1).
         tie_embeddings: share the embedding matrix with the LM head.
         reversible: reversible residual blocks (:mod:`hybrids.model.reversible`): two streams, and a
@@ -38,6 +40,11 @@ class StackConfig:
         norm_eps: the epsilon of every RMSNorm of the stack (the blocks' and the final one);
             None: torch's default, the machine epsilon of the input's dtype. Checkpoints from
             elsewhere state theirs (1e-5 in Hugging Face's Mamba, 1e-6 in Gemma's).
+        embed_scale: the input embeddings are multiplied by it (Gemma's ``sqrt(d_model)``, rounded
+            to bfloat16 as Gemma does); None leaves them as they are. The tied head reads the
+            unscaled matrix.
+        logit_soft_cap: logits become ``cap * tanh(logits / cap)`` (Gemma's soft-capping), in
+            training and decoding alike; None leaves them uncapped.
     """
 
     vocab_size: int
@@ -47,10 +54,13 @@ class StackConfig:
     mixers: Mapping[str, Mapping[str, Any]] | None = None
     mlp: str = "swiglu"
     mlp_expand: float = 2.0
+    mlp_bias: bool = False
     dropout: float = 0.0
     tie_embeddings: bool = True
     reversible: bool = False
     norm_eps: float | None = None
+    embed_scale: float | None = None
+    logit_soft_cap: float | None = None
 
     # Errors are keyed as the CLI spells them: model.init_args.stack.<field>.
     @config_section("model", "stack")
@@ -75,6 +85,12 @@ class StackConfig:
             raise ConfigError("tie_embeddings", f"must be true or false, got {self.tie_embeddings!r}")
         if not isinstance(self.reversible, bool):
             raise ConfigError("reversible", f"must be true or false, got {self.reversible!r}")
+        if not isinstance(self.mlp_bias, bool):
+            raise ConfigError("mlp_bias", f"must be true or false, got {self.mlp_bias!r}")
+        for name in ("embed_scale", "logit_soft_cap"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not 0 < value < float("inf")):
+                raise ConfigError(name, f"must be a finite number > 0 (or null to leave it out), got {value!r}")
         if self.norm_eps is not None and (not _is_number(self.norm_eps) or not 0 < self.norm_eps < 1):
             raise ConfigError("norm_eps", f"must be a number in (0, 1) (or null for torch's default), got {self.norm_eps!r}")
 

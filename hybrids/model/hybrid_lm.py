@@ -44,7 +44,7 @@ class HybridLM(nn.Module):
         for letter in self.layer_letters:
             mixer = build_mixer(mixers[letter], d_model, key=f"mixers.{letter}")
             try:
-                channel = MLP(d_model, hidden, config.mlp) if hidden > 0 else None
+                channel = MLP(d_model, hidden, config.mlp, config.mlp_bias) if hidden > 0 else None
             except ValueError as err:
                 raise ConfigError("mlp", str(err)) from err
             blocks.append(block_class(d_model, mixer, channel, config.dropout, config.norm_eps))
@@ -62,14 +62,28 @@ class HybridLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) int64 -> logits (B, L, vocab_size)."""
-        return self.head(self.features(tokens))
+        return self.logits(self.features(tokens))
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (...) int64 -> input embeddings (..., d_model), scaled by ``embed_scale``."""
+        x = self.embedding(tokens)
+        scale = self.config.embed_scale
+        return x if scale is None else x * torch.tensor(scale, dtype=x.dtype, device=x.device)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Normalised hidden states (..., d_model) -> logits (..., vocab_size): the LM head, then
+        ``logit_soft_cap`` where set. Every path to logits (training on labelled positions
+        included) goes through here."""
+        logits = self.head(hidden)
+        cap = self.config.logit_soft_cap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) int64 -> the normalised last hidden states (B, L, d_model), which the
         LM head maps to logits. Training on sparse labels (MQAR labels a few positions per
         example) applies the head to the labelled positions only: with a large vocabulary the
         (B, L, vocab) logits are most of the step's cost."""
-        x = self._enter(self.embedding(tokens))
+        x = self._enter(self.embed(tokens))
         if self.config.reversible:
             x = reversible_stack(x, self.blocks)
         else:
@@ -103,12 +117,12 @@ class HybridLM(nn.Module):
 
     def step(self, tokens: torch.Tensor, states: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         """tokens (B,) -> logits (B, vocab_size) for the next token, and the updated states."""
-        x = self._enter(self.embedding(tokens))
+        x = self._enter(self.embed(tokens))
         new_states = []
         for block, state in zip(self.blocks, states):
             x, state = block.step(x, state)
             new_states.append(state)
-        return self.head(self._leave(x)), new_states
+        return self.logits(self._leave(x)), new_states
 
     def state_size(self, seq_len: int) -> int:
         """Total recurrent state elements per sequence after ``seq_len`` tokens (all layers)."""
@@ -124,14 +138,14 @@ class HybridLM(nn.Module):
         """tokens (B, L) -> logits (B, L, vocab_size) and every layer's state after them, each
         mixer running its parallel path; continues from ``states`` if given (chunked prefill)."""
         hidden, new_states = self.prefill_features(tokens, states)
-        return self.head(hidden), new_states
+        return self.logits(hidden), new_states
 
     def prefill_features(
         self, tokens: torch.Tensor, states: list[Any] | None = None
     ) -> tuple[torch.Tensor, list[Any]]:
         """:meth:`prefill` without the LM head: the normalised hidden states (B, L, d_model) and
         every layer's state (long-context evaluation applies the head to labelled positions only)."""
-        x = self._enter(self.embedding(tokens))
+        x = self._enter(self.embed(tokens))
         states = [None] * len(self.blocks) if states is None else states
         new_states = []
         for block, state in zip(self.blocks, states):
@@ -148,7 +162,7 @@ class HybridLM(nn.Module):
         new state is None)."""
         if self.config.reversible:
             raise ValueError("reversible: a reversible stack cannot carry states across segments (it only has a forward pass)")
-        x = self.embedding(tokens)
+        x = self.embed(tokens)
         new_states = []
         for block, state, carries in zip(self.blocks, states, carry):
             if carries:

@@ -111,7 +111,7 @@ def labelled_logits_chunked(
             labelled = y[:, start : start + chunk] != IGNORE_INDEX  # (b, c)
             if labelled.any():
                 where = labelled.nonzero()  # (n, 2): row, position within the chunk, row-major
-                part_logits.append(model.head(hidden[labelled]))
+                part_logits.append(model.logits(hidden[labelled]))
                 part_targets.append(y[:, start : start + chunk][labelled])
                 part_rows.append(where[:, 0] * length + start + where[:, 1])
         del states

@@ -196,7 +196,7 @@ class LanguageModel(L.LightningModule):
         chunk = getattr(self, "_eval_chunk", None)
         if first:
             hidden = self._segment_features(inputs, first[0], stage)
-            targets, logits = labels.flatten(), self.model.head(hidden).flatten(0, 1)
+            targets, logits = labels.flatten(), self.model.logits(hidden).flatten(0, 1)
             rows_of = lambda: torch.arange(  # noqa: E731
                 inputs.shape[0], device=inputs.device).repeat_interleave(inputs.shape[1])
         elif stage != "train" and chunk is not None and inputs.shape[1] > chunk:
@@ -215,11 +215,11 @@ class LanguageModel(L.LightningModule):
                 # The head over the labelled positions only (n, V): the same loss and accuracy as
                 # over all positions, without the (B, L, V) logits nothing reads.
                 targets = labels[labelled]
-                logits = self.model.head(hidden[labelled])
+                logits = self.model.logits(hidden[labelled])
                 rows_of = lambda: labelled.nonzero()[:, 0]  # noqa: E731  (the example of each target)
             else:
                 targets = labels.flatten()
-                logits = self.model.head(hidden).flatten(0, 1)
+                logits = self.model.logits(hidden).flatten(0, 1)
                 rows_of = lambda: torch.arange(  # noqa: E731
                     inputs.shape[0], device=inputs.device).repeat_interleave(inputs.shape[1])
         valid = targets != IGNORE_INDEX

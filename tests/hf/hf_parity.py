@@ -20,13 +20,16 @@ def save_perturbed(model, folder, seed: int = 0, scale: float = 0.3):
 
 
 def assert_parity(theirs, folder, vocab_size: int, length: int = 40, prompt: int = 7, new: int = 32):
-    """Logits within 1e-5 relative (of their largest magnitude) on random tokens, and the greedy
-    continuation of ``new`` tokens identical through the zoo's prefill + step path."""
+    """The zoo's float32 model loaded from ``folder``: logits within 1e-5 relative (of their
+    largest magnitude) of ``theirs`` on random tokens, and the greedy continuation of ``new``
+    tokens identical through the zoo's prefill + step path. ``theirs`` may be the float64 copy
+    of the saved model, where transformers' own float32 arithmetic is the less exact side."""
     ours = load_hf(folder)
     tokens = torch.randint(0, vocab_size, (2, length), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = theirs(tokens).logits
-        torch.testing.assert_close(ours(tokens), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+        got = ours(tokens).to(expected.dtype)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
     theirs.generation_config.eos_token_id = None  # `new` tokens whatever they are
     # An explicit mask: generate would otherwise take the pad token's occurrences in the prompt
     # for padding and mask them.
