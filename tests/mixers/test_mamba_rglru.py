@@ -410,3 +410,24 @@ def test_falcon_mamba_norms_normalise_dt_b_and_c_without_weights():
     assert not torch.allclose(plain(x), mixer(x)), "the norms change the output"
     with pytest.raises(ValueError, match="ssm_input_norm_eps"):
         Mamba(16, ssm_input_norm_eps=0.0)
+
+
+def test_rglru_unscaled_first_input_leaves_only_the_first_token_unscaled():
+    torch.manual_seed(0)
+    options = {"d_rnn": 12, "heads": 3, "delta_floor": 1e-30}
+    plain = RGLRU(16, **options).double()
+    griffin = RGLRU(16, unscaled_first_input=True, **options).double()
+    griffin.load_state_dict(plain.state_dict())
+    conv_out = torch.randn(2, 6, 12, dtype=torch.float64)
+    a, scaled = plain._recurrence_inputs(conv_out, first=True)
+    _, unscaled = griffin._recurrence_inputs(conv_out, first=True)
+    torch.testing.assert_close(unscaled[:, 1:], scaled[:, 1:])
+    torch.testing.assert_close(unscaled[:, 0], scaled[:, 0] / torch.sqrt(1 - a[:, 0] ** 2))
+    _, later = griffin._recurrence_inputs(conv_out, first=False)  # a prefill continuing a sequence
+    torch.testing.assert_close(later, scaled)
+    x = torch.randn(2, 6, 16, dtype=torch.float64)
+    assert griffin.init_state(2)["position"] == 0 and griffin.prefill(x)[1]["position"] == 6
+    with pytest.raises(ValueError, match="delta_floor"):
+        RGLRU(16, delta_floor=0.0)
+    with pytest.raises(ValueError, match="gate_activation"):
+        RGLRU(16, gate_activation="relu")
