@@ -95,6 +95,18 @@ class Ledger:
     def optional(self, name: str) -> torch.Tensor | None:
         return self(name) if name in self.weights else None
 
+    def head(self, name: str, embedding: torch.Tensor, tied: bool) -> torch.Tensor:
+        """The LM head: the embedding when ``tied`` (the checkpoint's copy, if it keeps one, must
+        equal it), else the checkpoint's ``name``."""
+        head = self.optional(name)
+        if tied:
+            if head is not None and not torch.equal(head, embedding):
+                raise ConversionError(f"tie_word_embeddings is true but {name} differs from the embedding")
+            return embedding
+        if head is None:
+            raise ConversionError(f"tie_word_embeddings is false but the checkpoint has no {name}")
+        return head
+
     def finish(self) -> None:
         unread = sorted(set(self.weights) - self.read)
         if unread:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from hybrids.hf.names import ConversionError, Ledger, unsupported
+from hybrids.hf.rope import rope_settings
 from hybrids.model.config import StackConfig
 
 LETTERS = {"recurrent": "R", "attention": "A"}
@@ -31,17 +32,6 @@ LETTERS = {"recurrent": "R", "attention": "A"}
 # where trained gates go below it. A normal float32 number keeps the scan path's division finite.
 DELTA_FLOOR = 1e-30
 ACTIVATIONS = {"gelu_pytorch_tanh": ("geglu_tanh", "gelu_tanh"), "gelu": ("geglu", "gelu")}
-
-
-def _rope(config: dict[str, Any]) -> tuple[float, float]:
-    """(rope_theta, partial_rotary_factor), from transformers 5's rope_parameters or older keys."""
-    rope = config.get("rope_parameters") or {}
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    factor = rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 0.5))
-    if rope.get("rope_type", "default") != "default":
-        raise ConversionError(f"rope_parameters.rope_type: {rope['rope_type']!r} has no counterpart in the zoo "
-                              "(supported: 'default')")
-    return float(theta), float(factor)
 
 
 def stack_config(config: dict[str, Any]) -> StackConfig:
@@ -53,7 +43,7 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
     mlp, gate = ACTIVATIONS[config.get("hidden_activation", "gelu_pytorch_tanh")]
     d_model, heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or d_model // heads
-    theta, factor = _rope(config)
+    theta, factor = rope_settings(config, default_factor=0.5)
     hidden = config["intermediate_size"] // 2
     mixers = {
         "R": {"class_path": "hybrids.mixers.RGLRU", "init_args": {
@@ -116,14 +106,6 @@ def weights(config: dict[str, Any], hf_weights: dict[str, torch.Tensor]) -> dict
         out[zoo + "mlp.up.bias"] = torch.cat([take(p + "gate_proj.bias"), take(p + "up_proj.bias")])
         out[zoo + "mlp.down.weight"] = take(p + "down_proj.weight")
         out[zoo + "mlp.down.bias"] = take(p + "down_proj.bias")
-    head = take.optional("lm_head.weight")
-    if stack.tie_embeddings:
-        if head is not None and not torch.equal(head, out["embedding.weight"]):
-            raise ConversionError("tie_word_embeddings is true but lm_head.weight differs from the embedding")
-        out["head.weight"] = out["embedding.weight"]
-    elif head is None:
-        raise ConversionError("tie_word_embeddings is false but the checkpoint has no lm_head.weight")
-    else:
-        out["head.weight"] = head
+    out["head.weight"] = take.head("lm_head.weight", out["embedding.weight"], stack.tie_embeddings)
     take.finish()
     return out
