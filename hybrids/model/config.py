@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hybrids.model.blocks import MLP_KINDS
+from hybrids.model.blocks import GATES, MLP_KINDS
+from hybrids.model.moe import MoEConfig
 from hybrids.errors import ConfigError, config_section
 
 
@@ -45,6 +46,10 @@ class StackConfig:
             unscaled matrix.
         logit_soft_cap: logits become ``cap * tanh(logits / cap)`` (Gemma's soft-capping), in
             training and decoding alike; None leaves them uncapped.
+        moe: a mixture of experts in place of the MLP of some blocks,
+            ``{experts, top_k, period, offset, aux_loss, normalize}``
+            (:class:`~hybrids.model.moe.MoEConfig`; its experts are MLPs of kind ``mlp`` and width
+            ``mlp_expand * d_model``); None: dense MLPs everywhere.
     """
 
     vocab_size: int
@@ -61,6 +66,7 @@ class StackConfig:
     norm_eps: float | None = None
     embed_scale: float | None = None
     logit_soft_cap: float | None = None
+    moe: Mapping[str, Any] | None = None
 
     # Errors are keyed as the CLI spells them: model.init_args.stack.<field>.
     @config_section("model", "stack")
@@ -91,6 +97,19 @@ class StackConfig:
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not 0 < value < float("inf")):
                 raise ConfigError(name, f"must be a finite number > 0 (or null to leave it out), got {value!r}")
+        if self.moe is not None:
+            if not isinstance(self.moe, Mapping):
+                raise ConfigError("moe", f"must map fields to values, e.g. {{experts: 8, top_k: 2}}, got {self.moe!r}")
+            try:
+                moe = MoEConfig.of(self.moe)
+            except ConfigError as err:
+                raise ConfigError(f"moe.{err.key}", err.message) from None
+            if self.mlp_expand == 0:
+                raise ConfigError("moe", "experts are MLPs of width mlp_expand * d_model: mlp_expand must be > 0")
+            if self.mlp not in GATES:
+                raise ConfigError("moe", f"experts are gated MLPs: mlp must be one of {sorted(GATES)}, got {self.mlp!r}")
+            if self.n_layers is not None and not any(moe.applies_to(i) for i in range(self.n_layers)):
+                raise ConfigError("moe", f"offset {moe.offset} leaves no block of {self.n_layers} with experts")
         if self.norm_eps is not None and (not _is_number(self.norm_eps) or not 0 < self.norm_eps < 1):
             raise ConfigError("norm_eps", f"must be a number in (0, 1) (or null for torch's default), got {self.norm_eps!r}")
 

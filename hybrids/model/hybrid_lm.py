@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hybrids.model.blocks import MLP, Block
+from hybrids.model.moe import MoE, MoEConfig
 from hybrids.model.config import DEFAULT_MIXERS, StackConfig  # noqa: F401  (DEFAULT_MIXERS: re-exported)
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.model.reversible import ReversibleBlock, reversible_stack
@@ -40,11 +41,15 @@ class HybridLM(nn.Module):
 
         self.embedding = nn.Embedding(config.vocab_size, d_model)
         block_class = ReversibleBlock if config.reversible else Block
+        moe = MoEConfig.of(config.moe) if config.moe is not None else None
         blocks = []
         for letter in self.layer_letters:
             mixer = build_mixer(mixers[letter], d_model, key=f"mixers.{letter}")
             try:
-                channel = MLP(d_model, hidden, config.mlp, config.mlp_bias) if hidden > 0 else None
+                if moe is not None and moe.applies_to(len(blocks)):
+                    channel = MoE(d_model, hidden, moe.experts, moe.top_k, config.mlp, moe.normalize)
+                else:
+                    channel = MLP(d_model, hidden, config.mlp, config.mlp_bias) if hidden > 0 else None
             except ValueError as err:
                 raise ConfigError("mlp", str(err)) from err
             blocks.append(block_class(d_model, mixer, channel, config.dropout, config.norm_eps))
@@ -63,6 +68,12 @@ class HybridLM(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) int64 -> logits (B, L, vocab_size)."""
         return self.logits(self.features(tokens))
+
+    def moe_aux_loss(self) -> torch.Tensor | None:
+        """The load-balancing loss of the last forward, averaged over the MoE layers
+        (:mod:`hybrids.model.moe`); None for a stack without experts."""
+        losses = [m.aux_loss for m in self.modules() if isinstance(m, MoE) and m.aux_loss is not None]
+        return torch.stack(losses).mean() if losses else None
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (...) int64 -> input embeddings (..., d_model), scaled by ``embed_scale``."""

@@ -22,6 +22,7 @@ from torch import nn
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.errors import ConfigError, StateSizeUnknown, config_section
 from hybrids.model import HybridLM, StackConfig
+from hybrids.model.moe import MoEConfig
 from hybrids.train.checkpoints import IDENTITY_KEY
 from hybrids.train.divergence import NEVER, DivergenceError
 from hybrids.train.long_context import LengthTooLong, labelled_logits_chunked
@@ -272,6 +273,12 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
+        aux = self.model.moe_aux_loss()
+        if aux is not None:
+            # The experts' load-balancing loss, weighted as the stack's moe.aux_loss says: part of
+            # what is minimised, not of the task's loss the metrics report.
+            self.log("train/moe_aux", aux.detach(), on_step=True, on_epoch=False)
+            loss = loss + MoEConfig.of(self.model.config.moe).aux_loss * aux
         bad = ~torch.isfinite(loss.detach()) | (loss.detach() > self.hparams.max_loss)
         first = bad & (self._diverged_at < 0)
         self._diverged_at.copy_(torch.where(first, self._step_on_device, self._diverged_at))
