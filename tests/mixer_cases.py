@@ -34,6 +34,8 @@ MIXER_CASES = {
     "mamba-dtrank": (Mamba, {"d_state": 3, "dt_rank": 3, "d_conv": 3, "expand": 1.5, "bias": True}),
     # Falcon-Mamba's weightless RMS norms on x_proj's outputs (the unfused path throughout)
     "mamba-falcon": (Mamba, {"d_state": 4, "dt_rank": 2, "ssm_input_norm_eps": 1e-3}),
+    # Jamba's: the same norms with weights
+    "mamba-jamba": (Mamba, {"d_state": 4, "dt_rank": 2, "ssm_input_norm_eps": 1e-3, "ssm_input_norm_weights": True}),
     "rglru": (RGLRU, {}),
     "rglru-wide": (RGLRU, {"d_rnn": 24, "heads": 4, "d_conv": 2}),
     # RecurrentGemma's: tanh GELU on the gate, the first input unscaled (the state counts tokens)

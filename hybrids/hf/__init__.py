@@ -14,13 +14,14 @@ from types import ModuleType
 
 import torch
 
-from hybrids.hf import bamba, falcon_mamba, mamba, mamba2, recurrent_gemma
+from hybrids.hf import bamba, falcon_mamba, jamba, mamba, mamba2, recurrent_gemma
 from hybrids.hf.folder import FolderError, read_config, read_weights
 from hybrids.hf.names import ConversionError
 from hybrids.model.config import StackConfig
 
 FAMILIES: dict[str, ModuleType] = {
     "mamba": mamba, "falcon_mamba": falcon_mamba, "mamba2": mamba2, "recurrent_gemma": recurrent_gemma, "bamba": bamba,
+    "jamba": jamba,
 }
 
 __all__ = ["FAMILIES", "ConversionError", "FolderError", "load_hf", "stack_and_weights"]

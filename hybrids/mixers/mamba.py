@@ -11,7 +11,7 @@ One block, for x (batch, L, d_model)::
     out   = out_proj(y)
 
 Falcon-Mamba's variant (``ssm_input_norm_eps``) RMS-normalises dt, B and C, without weights,
-right after ``x_proj``.
+right after ``x_proj``; Jamba's gives those norms weights (``ssm_input_norm_weights``).
 
 ``dt_proj``'s bias is handed to the scan as ``delta_bias`` (with ``delta_softplus``), as
 mamba_ssm does, so that the kernel fuses it. The recurrent state per sequence is the scan state
@@ -94,6 +94,8 @@ class Mamba(Mixer):
             outputs) each RMS-normalised without a weight, with this epsilon, before use. None
             (Mamba) leaves them as they are. The fused blocks have no such norms, so a mixer
             with it set runs the unfused path.
+        ssm_input_norm_weights: give those norms learned weights (``dt_norm``, ``b_norm``,
+            ``c_norm``, starting at 1), as Jamba's Mamba layers have; needs ``ssm_input_norm_eps``.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class Mamba(Mixer):
         use_fast_path: bool = True,
         scan_backend: str | None = None,
         ssm_input_norm_eps: float | None = None,
+        ssm_input_norm_weights: bool = False,
     ) -> None:
         super().__init__(d_model)
         if not isinstance(d_state, int) or d_state <= 0:
@@ -135,7 +138,10 @@ class Mamba(Mixer):
             raise ValueError(f"scan_backend: unknown {scan_backend!r}; use one of {SCAN_BACKENDS} or None")
         if ssm_input_norm_eps is not None and (isinstance(ssm_input_norm_eps, bool) or not 0 < ssm_input_norm_eps < 1):
             raise ValueError(f"ssm_input_norm_eps: must be in (0, 1) or None, got {ssm_input_norm_eps!r}")
-        self.ssm_input_norm_eps = ssm_input_norm_eps
+        if not isinstance(ssm_input_norm_weights, bool) or (ssm_input_norm_weights and ssm_input_norm_eps is None):
+            raise ValueError(f"ssm_input_norm_weights: true or false, and true only with ssm_input_norm_eps set, "
+                             f"got {ssm_input_norm_weights!r}")
+        self.ssm_input_norm_eps, self.ssm_input_norm_weights = ssm_input_norm_eps, ssm_input_norm_weights
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
         self.d_inner = int(expand * d_model)
         self.use_fast_path, self.scan_backend = use_fast_path, scan_backend
@@ -163,6 +169,10 @@ class Mamba(Mixer):
         A = torch.arange(1, d_state + 1, dtype=torch.float32).repeat(self.d_inner, 1)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(self.d_inner))
+        if ssm_input_norm_weights:  # Jamba's norms on dt, B and C
+            self.dt_norm = nn.Parameter(torch.ones(dt_rank))
+            self.b_norm = nn.Parameter(torch.ones(d_state))
+            self.c_norm = nn.Parameter(torch.ones(d_state))
         # The SSM's own parameters are not regularised (mamba_ssm's practice; hybrids.train.module reads it).
         for p in (self.A_log, self.D, self.dt_proj.bias):
             p._no_weight_decay = True
@@ -178,8 +188,10 @@ class Mamba(Mixer):
         parts = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         if self.ssm_input_norm_eps is None:
             return parts
+        weights = (self.dt_norm, self.b_norm, self.c_norm) if self.ssm_input_norm_weights else (None,) * 3
         return tuple(  # type: ignore[return-value]
-            F.rms_norm(_wide(p), (p.shape[-1],), eps=self.ssm_input_norm_eps).to(p.dtype) for p in parts
+            F.rms_norm(_wide(p), (p.shape[-1],), weight=None if w is None else _wide(w), eps=self.ssm_input_norm_eps).to(p.dtype)
+            for p, w in zip(parts, weights)
         )
 
     def fused_path_unavailable(self, device_type: str, dtype: torch.dtype) -> str | None:
