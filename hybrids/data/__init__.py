@@ -6,6 +6,7 @@ from hybrids.data.induction_heads import induction_heads
 from hybrids.data.labels import IGNORE_INDEX
 from hybrids.data.mqar import multiquery_ar
 from hybrids.data.selective_copying import selective_copying
+from hybrids.data.token_text import TokenizedText
 
 __all__ = [
     "IGNORE_INDEX",
@@ -13,6 +14,7 @@ __all__ = [
     "MQAR",
     "InductionHeads",
     "SelectiveCopying",
+    "TokenizedText",
     "induction_heads",
     "multiquery_ar",
     "selective_copying",

@@ -84,6 +84,11 @@ def without_corpus_check():
         _check_at_init = before
 
 
+def corpus_checked_at_init() -> bool:
+    """False inside :func:`without_corpus_check` (the text data modules read it at construction)."""
+    return _check_at_init
+
+
 def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
