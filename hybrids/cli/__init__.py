@@ -4,6 +4,7 @@
     hybrids generate ...                           continue a prompt from a checkpoint (:mod:`.generate`)
     hybrids sweep FILE ...                         run a sweep of many runs (:mod:`.sweep`)
     hybrids plot FOLDER ...                        tables and figures of runs and sweeps (:mod:`.plot`)
+    hybrids convert --from_hf DIR --out OUT        a Hugging Face checkpoint as a config and weights (:mod:`.convert`)
 
 Each subcommand's module is imported only when it runs, so ``hybrids sweep`` and ``hybrids plot``
 do not load Lightning.
@@ -21,6 +22,7 @@ COMMANDS = {
     "generate": "continue a prompt from a checkpoint, timing prefill and decode",
     "sweep": "train a sweep file's runs on equal terms (resumable)",
     "plot": "tables and figures of a folder of runs or sweeps",
+    "convert": "a Hugging Face checkpoint folder as a config and weights the CLI loads",
 }
 
 USAGE = """usage: hybrids COMMAND [ARGS]    (hybrids COMMAND --help for a command's arguments)
@@ -75,6 +77,10 @@ def main() -> None:
         from hybrids.cli.plot import plot_main
 
         sys.exit(plot_main(sys.argv[2:]))
+    if command == ["convert"]:
+        from hybrids.cli.convert import convert_main
+
+        sys.exit(convert_main(sys.argv[2:]))
     from hybrids.cli.fit import fit_main
 
     fit_main()

@@ -1,0 +1,120 @@
+"""``hybrids convert --from-hf DIR --out OUT``: a Hugging Face transformers checkpoint folder as a
+run the zoo's CLI uses (issue 28): ``OUT/config.yaml`` (the stack, and a TokenizedText data
+module reading text through the folder's tokenizer) and ``OUT/model.ckpt`` (the weights, under
+that config's run identity), so that
+
+    hybrids generate -c OUT/config.yaml --ckpt_path OUT/model.ckpt --prompt "..."
+    hybrids test -c OUT/config.yaml --ckpt_path OUT/model.ckpt
+    hybrids fit -c OUT/config.yaml --ckpt_path OUT/model.ckpt --load_weights_only true   # fine-tune
+
+work as for a run trained here. :func:`convert_hf` is the same from Python. Exit status 0, or 2
+with one ``error: <argument>: ...`` line and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from hybrids.cli.keyed_argparse import KeyedArgumentParser, text
+
+CONFIG_FILE, CHECKPOINT_FILE = "config.yaml", "model.ckpt"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = KeyedArgumentParser(prog="hybrids convert",
+                                 description="A Hugging Face checkpoint folder as a config and weights the CLI loads.")
+    parser.add_argument("--from_hf", "--from-hf", dest="from_hf", required=True, type=text("a folder"),
+                        help="the transformers checkpoint folder (config.json, safetensors, tokenizer.json)")
+    parser.add_argument("--out", required=True, type=text("a folder"), help="where config.yaml and model.ckpt go")
+    parser.add_argument("--tokenizer", type=text("a tokenizer.json or its folder"), default=None,
+                        help="the tokenizer (default: the one in --from_hf)")
+    parser.add_argument("--data_path", type=text("a text file or folder"), default=None,
+                        help="the corpus the config's data module reads (default: the standard library's source)")
+    parser.add_argument("--seq_len", type=int, default=256, help="tokens per training chunk in the config")
+    parser.add_argument("--batch_size", type=int, default=8, help="chunks per batch in the config")
+    return parser
+
+
+def run_config(stack, tokenizer: str, data_path: str | None, seq_len: int, batch_size: int, name: str) -> dict[str, Any]:
+    """The YAML-ready config of a converted model: the stack (the data module gives its
+    vocabulary), TokenizedText over the corpus, a CSV logger named after the model."""
+    fields = {k: v for k, v in dataclasses.asdict(stack).items() if k != "vocab_size"}
+    fields["mixers"] = {letter: dict(spec) for letter, spec in stack.mixers.items()}
+    return {
+        "seed_everything": 0,
+        "model": {"class_path": "hybrids.LanguageModel", "init_args": {"stack": fields}},
+        "data": {"class_path": "hybrids.data.TokenizedText", "init_args": {
+            "tokenizer": tokenizer, "path": data_path, "seq_len": seq_len, "batch_size": batch_size,
+            "vocab_size": stack.vocab_size}},
+        "trainer": {"logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"name": name}}},
+    }
+
+
+def convert_hf(source: str | Path, out: str | Path, tokenizer: str | Path | None = None, data_path: str | None = None,
+               seq_len: int = 256, batch_size: int = 8) -> tuple[Path, Path]:
+    """Write ``out/config.yaml`` and ``out/model.ckpt`` for the checkpoint in ``source`` (module
+    docstring); returns their paths. Raises :class:`hybrids.hf.ConversionError`,
+    :class:`hybrids.hf.FolderError` or :class:`hybrids.errors.ConfigError` naming the part at fault."""
+    import lightning
+    import torch
+    import yaml
+
+    from hybrids.cli.fit import build_cli
+    from hybrids.data.token_text import load_tokenizer
+    from hybrids.hf import stack_and_weights
+    from hybrids.hf.folder import read_config
+    from hybrids.train.checkpoints import IDENTITY_KEY
+
+    source, out = Path(source).resolve(), Path(out)
+    stack, weights = stack_and_weights(source)
+    tokenizer = str(Path(tokenizer).resolve()) if tokenizer is not None else str(source)
+    load_tokenizer(tokenizer)  # refused here, before anything is written, if it is not there
+    config = run_config(stack, tokenizer, data_path, seq_len, batch_size, f"hf_{read_config(source)['model_type']}")
+    out.mkdir(parents=True, exist_ok=True)
+    config_path, checkpoint_path = out / CONFIG_FILE, out / CHECKPOINT_FILE
+    # Written under temporary names and renamed once both exist: a refusal leaves nothing behind.
+    partial_config, partial_checkpoint = out / f".{CONFIG_FILE}.partial", out / f".{CHECKPOINT_FILE}.partial"
+    try:
+        partial_config.write_text(f"# hybrids convert --from_hf {source}\n" + yaml.safe_dump(config, sort_keys=False))
+        # The identity the CLI gives this config, so that generate/test accept the checkpoint as the run's.
+        argv = sys.argv
+        sys.argv = ["hybrids"]
+        try:
+            cli = build_cli(["-c", str(partial_config), "--trainer.logger=false"], run=False)
+        finally:
+            sys.argv = argv
+        cli.model.model.load_state_dict(weights, strict=True)
+        torch.save({"state_dict": cli.model.state_dict(), IDENTITY_KEY: cli.run_identity,
+                    "pytorch-lightning_version": lightning.__version__, "epoch": 0, "global_step": 0,
+                    "converted_from": str(source)}, partial_checkpoint)
+        partial_config.replace(config_path)
+        partial_checkpoint.replace(checkpoint_path)
+    finally:
+        partial_config.unlink(missing_ok=True)
+        partial_checkpoint.unlink(missing_ok=True)
+    return config_path, checkpoint_path
+
+
+def convert_main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from hybrids.errors import ConfigError
+    from hybrids.hf import ConversionError, FolderError
+
+    try:
+        config_path, checkpoint_path = convert_hf(args.from_hf, args.out, args.tokenizer, args.data_path,
+                                                  args.seq_len, args.batch_size)
+    except (ConversionError, FolderError) as err:
+        print(f"error: from_hf: {err}", file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        key = "tokenizer" if err.key == "tokenizer" else err.full_key
+        print(f"error: {key}: {err.message}", file=sys.stderr)
+        return 2
+    print(f"hybrids: wrote {config_path} and {checkpoint_path}\n"
+          f"  hybrids generate -c {config_path} --ckpt_path {checkpoint_path} --prompt \"...\"\n"
+          f"  hybrids test -c {config_path} --ckpt_path {checkpoint_path}")
+    return 0
