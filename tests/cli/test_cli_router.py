@@ -19,9 +19,9 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_command_without_loading_lightning():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("fit", "validate", "test", "predict", "generate", "sweep", "plot"):
+    for command in ("fit", "validate", "test", "predict", "generate", "sweep", "plot", "convert"):
         assert f"  {command} " in result.stdout
-    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "generate", "sweep", "plot"}
+    assert set(COMMANDS) == {"fit", "validate", "test", "predict", "generate", "sweep", "plot", "convert"}
     assert result.stdout.strip().endswith("LIGHT")
 
 
