@@ -3,9 +3,11 @@ writes ``config.json`` and ``model.safetensors`` that ``AutoModelForCausalLM.fro
 loads, for the stacks one of transformers' architectures expresses; any other is refused with a
 line naming the part that has no counterpart.
 
-Expressible so far: a pure Mamba stack (``MambaForCausalLM``; Falcon-Mamba's with
+Expressible: a pure Mamba stack (``MambaForCausalLM``; Falcon-Mamba's with
 ``ssm_input_norm_eps``) and a pure Mamba-2 stack (``Mamba2ForCausalLM``), without MLPs, embedding
-scale or soft cap. The hybrids (RecurrentGemma, Bamba, Jamba) are next.
+scale or soft cap; Mamba-2 with attention and SwiGLU MLPs (``BambaForCausalLM``); Mamba with
+Jamba's normed dt/B/C, attention without positions and SwiGLU or MoE MLPs (``JambaForCausalLM``;
+:mod:`hybrids.hf.export_hybrids`). RecurrentGemma is not exported yet.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from hybrids.hf import mamba, mamba2
 from hybrids.hf.names import ConversionError
 from hybrids.model.config import StackConfig
 
-MAMBA, MAMBA2 = "hybrids.mixers.Mamba", "hybrids.mixers.Mamba2"
+MAMBA, MAMBA2, ATTENTION = "hybrids.mixers.Mamba", "hybrids.mixers.Mamba2", "hybrids.mixers.Attention"
 # Runtime choices of the zoo's mixers that change no weight and no output.
 RUNTIME = {"use_fast_path", "scan_backend", "kernel_backend"}
 # Initialisation settings: they shape the weights' starting values only, not the function.
@@ -29,7 +31,8 @@ INIT = {"dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor", "A_init_rang
 
 def _class(spec: dict[str, Any]) -> str:
     path = str(spec.get("class_path", ""))
-    return {"hybrids.mixers.mamba.Mamba": MAMBA, "hybrids.mixers.mamba2.Mamba2": MAMBA2}.get(path, path)
+    return {"hybrids.mixers.mamba.Mamba": MAMBA, "hybrids.mixers.mamba2.Mamba2": MAMBA2,
+            "hybrids.mixers.attention.Attention": ATTENTION}.get(path, path)
 
 
 def _plain_stack(stack: StackConfig) -> None:
@@ -99,8 +102,8 @@ def hf_config(stack: StackConfig) -> tuple[str, dict[str, Any]]:
     kinds = set(classes.values())
     if len(kinds) != 1 or not kinds <= {MAMBA, MAMBA2}:
         others = sorted(kinds - {MAMBA, MAMBA2}) or sorted(kinds)
-        raise ConversionError(f"mixers: {others} in one stack: only pure Mamba or pure Mamba-2 stacks export so far "
-                              "(the hybrids' architectures come next)")
+        raise ConversionError(f"mixers: {others}: transformers' architectures here hold Mamba or Mamba-2 layers, "
+                              "alone or with Attention layers (Jamba, Bamba)")
     _plain_stack(stack)
     spec = next(stack.mixer_specs[letter] for letter in classes)
     specs = {repr(stack.mixer_specs[letter]) for letter in classes}
@@ -116,17 +119,27 @@ def export_hf(model, folder: str | Path) -> Path:
     transformers ties it on loading)."""
     from safetensors.torch import save_file
 
-    model_type, config = hf_config(model.config)
-    family = {"mamba": mamba, "falcon_mamba": mamba, "mamba2": mamba2}[model_type]
-    names = family.names(config)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    weights = names.to_hf(state)
-    if names.tied:
-        weights.pop(names.head, None)
+    stack = model.config
+    classes = {letter: _class(spec) for letter, spec in stack.mixer_specs.items() if letter in stack.pattern}
+    kinds = set(classes.values())
+    if len(kinds) > 1 and kinds <= {MAMBA, MAMBA2, ATTENTION}:
+        from hybrids.hf import export_hybrids
+
+        build = export_hybrids.bamba if MAMBA2 in kinds else export_hybrids.jamba
+        model_type, architecture, config, weights = build(model, classes)
+    else:
+        model_type, config = hf_config(stack)
+        family = {"mamba": mamba, "falcon_mamba": mamba, "mamba2": mamba2}[model_type]
+        names = family.names(config)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        weights = names.to_hf(state)
+        if names.tied:
+            weights.pop(names.head, None)
+        architecture = {"mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM",
+                        "mamba2": "Mamba2ForCausalLM"}[model_type]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    architecture = {"mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM", "mamba2": "Mamba2ForCausalLM"}
-    body = {**config, "model_type": model_type, "architectures": [architecture[model_type]]}
+    body = {**config, "model_type": model_type, "architectures": [architecture]}
     if "time_step_limit" in body:  # JSON has no infinity: transformers 5's encoding of it
         body["time_step_limit"] = [0.0, {"__float__": "Infinity"}]
     (folder / "config.json").write_text(json.dumps(body, indent=2))
