@@ -7,7 +7,7 @@ Expressible: a pure Mamba stack (``MambaForCausalLM``; Falcon-Mamba's with
 ``ssm_input_norm_eps``) and a pure Mamba-2 stack (``Mamba2ForCausalLM``), without MLPs, embedding
 scale or soft cap; Mamba-2 with attention and SwiGLU MLPs (``BambaForCausalLM``); Mamba with
 Jamba's normed dt/B/C, attention without positions and SwiGLU or MoE MLPs (``JambaForCausalLM``;
-:mod:`hybrids.hf.export_hybrids`). RecurrentGemma is not exported yet.
+:mod:`hybrids.hf.export_hybrids`); RG-LRU with local attention and GeGLU MLPs as RecurrentGemma.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from hybrids.hf.names import ConversionError
 from hybrids.model.config import StackConfig
 
 MAMBA, MAMBA2, ATTENTION = "hybrids.mixers.Mamba", "hybrids.mixers.Mamba2", "hybrids.mixers.Attention"
+RGLRU = "hybrids.mixers.RGLRU"
 # Runtime choices of the zoo's mixers that change no weight and no output.
 RUNTIME = {"use_fast_path", "scan_backend", "kernel_backend"}
 # Initialisation settings: they shape the weights' starting values only, not the function.
@@ -32,7 +33,8 @@ INIT = {"dt_min", "dt_max", "dt_init", "dt_scale", "dt_init_floor", "A_init_rang
 def _class(spec: dict[str, Any]) -> str:
     path = str(spec.get("class_path", ""))
     return {"hybrids.mixers.mamba.Mamba": MAMBA, "hybrids.mixers.mamba2.Mamba2": MAMBA2,
-            "hybrids.mixers.attention.Attention": ATTENTION}.get(path, path)
+            "hybrids.mixers.attention.Attention": ATTENTION, "hybrids.mixers.rglru.RGLRU": RGLRU,
+            "hybrids.mixers.sparse_attention.SparseAttention": "hybrids.mixers.SparseAttention"}.get(path, path)
 
 
 def _plain_stack(stack: StackConfig) -> None:
@@ -122,10 +124,11 @@ def export_hf(model, folder: str | Path) -> Path:
     stack = model.config
     classes = {letter: _class(spec) for letter, spec in stack.mixer_specs.items() if letter in stack.pattern}
     kinds = set(classes.values())
-    if len(kinds) > 1 and kinds <= {MAMBA, MAMBA2, ATTENTION}:
+    if (len(kinds) > 1 and kinds <= {MAMBA, MAMBA2, ATTENTION}) or RGLRU in kinds:
         from hybrids.hf import export_hybrids
 
-        build = export_hybrids.bamba if MAMBA2 in kinds else export_hybrids.jamba
+        build = (export_hybrids.recurrent_gemma if RGLRU in kinds else
+                 export_hybrids.bamba if MAMBA2 in kinds else export_hybrids.jamba)
         model_type, architecture, config, weights = build(model, classes)
     else:
         model_type, config = hf_config(stack)

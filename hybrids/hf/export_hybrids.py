@@ -192,3 +192,94 @@ def jamba(model, classes: dict[str, str]) -> tuple[str, str, dict[str, Any], dic
         else:
             _dense_mlp(state, zoo, out, f)
     return "jamba", "JambaForCausalLM", config, out
+
+
+RGLRU, SPARSE = "hybrids.mixers.RGLRU", "hybrids.mixers.SparseAttention"
+
+
+def recurrent_gemma(model, classes: dict[str, str]) -> tuple[str, str, dict[str, Any], dict[str, torch.Tensor]]:
+    """RG-LRU blocks and local attention as RecurrentGemma (the inverse of hybrids.hf.recurrent_gemma)."""
+    from hybrids.hf.recurrent_gemma import DELTA_FLOOR, LETTERS
+
+    stack, letters = model.config, model.layer_letters
+    if not set(classes.values()) <= {RGLRU, SPARSE} or RGLRU not in classes.values():
+        raise ConversionError("mixers: RecurrentGemma is RGLRU layers with SparseAttention (local) layers")
+    if stack.mlp != "geglu_tanh" or not stack.mlp_bias or not stack.mlp_expand:
+        raise ConversionError("mlp: RecurrentGemma's MLPs are geglu_tanh with biases (mlp_bias: true)")
+    if stack.logit_soft_cap is None:
+        raise ConversionError("logit_soft_cap: RecurrentGemma always soft-caps its logits; set one (30 in its checkpoints)")
+    expected_scale = float(torch.tensor(stack.d_model**0.5, dtype=torch.bfloat16))
+    if stack.embed_scale != expected_scale:
+        raise ConversionError(f"embed_scale: RecurrentGemma scales embeddings by sqrt(hidden_size) in bfloat16, "
+                              f"{expected_scale}; got {stack.embed_scale}")
+    if stack.moe is not None:
+        raise ConversionError("moe: RecurrentGemma has no experts")
+    r = next(letter for letter, c in classes.items() if c == RGLRU)
+    rargs = _args(stack, r)
+    wanted = {"bias": True, "gate_activation": "gelu_tanh", "unscaled_first_input": True, "c": 8.0}
+    for key, value in wanted.items():
+        if rargs.get(key, {"bias": True, "gate_activation": "gelu", "unscaled_first_input": False, "c": 8.0}[key]) != value:
+            raise ConversionError(f"mixers.{r}.{key}: RecurrentGemma's RG-LRU has {key} = {value!r}")
+    if rargs.get("delta_floor", 1e-6) > DELTA_FLOOR:
+        raise ConversionError(f"mixers.{r}.delta_floor: RecurrentGemma's RG-LRU has no floor on -log a; set "
+                              f"delta_floor: {DELTA_FLOOR} (the function then matches)")
+    d_rnn = rargs.get("d_rnn") or round(4 * stack.d_model / 3)
+    heads = rargs.get("heads", 1)
+    config: dict[str, Any] = {
+        "vocab_size": stack.vocab_size, "hidden_size": stack.d_model, "num_hidden_layers": len(letters),
+        "intermediate_size": 2 * int(round(stack.mlp_expand * stack.d_model)), "hidden_activation": "gelu_pytorch_tanh",
+        "rms_norm_eps": stack.norm_eps if stack.norm_eps is not None else float(torch.finfo(torch.float32).eps),
+        "tie_word_embeddings": stack.tie_embeddings, "logits_soft_cap": stack.logit_soft_cap,
+        "lru_width": d_rnn, "conv1d_width": rargs.get("d_conv", 4), "num_attention_heads": heads,
+        "block_types": [{v: k for k, v in LETTERS.items()}["A" if classes[x] == SPARSE else "R"] for x in stack.pattern],
+        "num_key_value_heads": heads, "head_dim": stack.d_model // heads, "attention_window_size": 2048,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    }
+    a = next((letter for letter, c in classes.items() if c == SPARSE), None)
+    if a is not None:
+        aargs = _args(stack, a)
+        head_dim = aargs.get("head_dim") or stack.d_model // aargs.get("heads", 4)
+        if aargs.get("heads", 4) != heads:
+            raise ConversionError(f"mixers.{a}.heads: RecurrentGemma's attention and RG-LRU gates share "
+                                  f"num_attention_heads; RGLRU has {heads}, attention {aargs.get('heads', 4)}")
+        for key, default in (("dilation", 1), ("global_tokens", 0), ("random_blocks", 0)):
+            if aargs.get(key, default) != default:
+                raise ConversionError(f"mixers.{a}.{key}: RecurrentGemma's attention is a plain sliding window")
+        if not aargs.get("rotary", True) or aargs.get("window", 64) is None:
+            raise ConversionError(f"mixers.{a}: RecurrentGemma's attention rotates and has a window")
+        if aargs.get("out_bias", aargs.get("bias", False)) is not True:
+            raise ConversionError(f"mixers.{a}.out_bias: RecurrentGemma's output projection has a bias")
+        config.update(num_key_value_heads=aargs.get("kv_heads") or heads, head_dim=head_dim,
+                      attention_window_size=aargs.get("window", 64), attention_bias=bool(aargs.get("bias", False)),
+                      rope_parameters={"rope_type": "default", "rope_theta": float(aargs.get("rotary_base", 10000.0)),
+                                       "partial_rotary_factor": (aargs.get("rotary_dim") or head_dim) / head_dim})
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    out: dict[str, torch.Tensor] = {"model.embed_tokens.weight": state["embedding.weight"],
+                                    "model.final_norm.weight": state["norm.weight"] - 1}
+    if not stack.tie_embeddings:
+        out["lm_head.weight"] = state["head.weight"]
+    for i, letter in enumerate(letters):
+        zoo, hf = f"blocks.{i}.", f"model.layers.{i}."
+        out[hf + "temporal_pre_norm.weight"] = state[zoo + "mixer_norm.weight"] - 1
+        out[hf + "channel_pre_norm.weight"] = state[zoo + "mlp_norm.weight"] - 1
+        m, t = zoo + "mixer.", hf + "temporal_block."
+        if classes[letter] == RGLRU:
+            x, y = state[m + "in_proj.weight"].chunk(2)
+            xb, yb = state[m + "in_proj.bias"].chunk(2)
+            out.update({t + "linear_x.weight": x, t + "linear_y.weight": y, t + "linear_x.bias": xb, t + "linear_y.bias": yb,
+                        t + "conv_1d.weight": state[m + "conv1d.weight"], t + "conv_1d.bias": state[m + "conv1d.bias"],
+                        t + "rg_lru.recurrent_gate_weight": state[m + "gate_a.weight"],
+                        t + "rg_lru.recurrent_gate_bias": state[m + "gate_a.bias"].reshape(heads, -1),
+                        t + "rg_lru.input_gate_weight": state[m + "gate_x.weight"],
+                        t + "rg_lru.input_gate_bias": state[m + "gate_x.bias"].reshape(heads, -1),
+                        t + "rg_lru.recurrent_param": -state[m + "Lambda"],
+                        t + "linear_out.weight": state[m + "out_proj.weight"], t + "linear_out.bias": state[m + "out_proj.bias"]})
+        else:
+            _split_kv(state, m, out, t)
+            out[t + "o_proj.bias"] = state[m + "out_proj.bias"]
+        gate, up = state[zoo + "mlp.up.weight"].chunk(2)
+        gb, ub = state[zoo + "mlp.up.bias"].chunk(2)
+        p = hf + "mlp_block."
+        out.update({p + "gate_proj.weight": gate, p + "up_proj.weight": up, p + "gate_proj.bias": gb, p + "up_proj.bias": ub,
+                    p + "down_proj.weight": state[zoo + "mlp.down.weight"], p + "down_proj.bias": state[zoo + "mlp.down.bias"]})
+    return "recurrent_gemma", "RecurrentGemmaForCausalLM", config, out

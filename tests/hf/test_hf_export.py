@@ -14,6 +14,7 @@ from hybrids.model import HybridLM, StackConfig
 from hf_parity import assert_parity
 
 MAMBA = {"class_path": "hybrids.mixers.Mamba", "init_args": {"d_state": 4, "dt_rank": 2}}
+RG_LRU = {"class_path": "hybrids.mixers.RGLRU", "init_args": {"d_rnn": 16, "heads": 2}}
 MAMBA2 = {"class_path": "hybrids.mixers.Mamba2", "init_args": {"d_state": 8, "headdim": 8, "ngroups": 2, "norm_eps": 1e-5}}
 
 
@@ -51,6 +52,11 @@ def test_exported_stacks_load_in_transformers_with_equal_logits(tmp_path, mixer,
     (dict(pattern="M", mixers={"M": MAMBA}, mlp_expand=2), "mlp_expand"),
     (dict(pattern="M", mixers={"M": MAMBA}, mlp_expand=0, logit_soft_cap=5.0), "logit_soft_cap"),
     (dict(pattern="M", mixers={"M": MAMBA2}, mlp_expand=0, norm_eps=1e-6), "one epsilon"),
+    (dict(pattern="R", mixers={"R": RG_LRU}, mlp="geglu_tanh", mlp_bias=True, logit_soft_cap=30.0, embed_scale=4.0),
+     "gate_activation"),
+    (dict(pattern="R", mixers={"R": {**RG_LRU, "init_args": {**RG_LRU["init_args"], "gate_activation": "gelu_tanh",
+                                                              "unscaled_first_input": True}}},
+          mlp="geglu_tanh", mlp_bias=True, logit_soft_cap=30.0, embed_scale=4.0), "delta_floor"),
 ])
 def test_stacks_without_a_counterpart_are_refused_by_name(tmp_path, stack, message):
     model = HybridLM(StackConfig(vocab_size=41, d_model=16, n_layers=2, **stack))
@@ -59,17 +65,21 @@ def test_stacks_without_a_counterpart_are_refused_by_name(tmp_path, stack, messa
     assert not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("family", ["bamba", "jamba"])
+@pytest.mark.parametrize("family", ["bamba", "jamba", "recurrent_gemma"])
 def test_hybrids_round_trip_through_the_zoo(tmp_path, family):
     """A tiny transformers hybrid imported into the zoo and exported again: transformers loads
     the export with logits equal and greedy decoding identical."""
     if family == "bamba":
         from test_hf_bamba import tiny_bamba as tiny
-    else:
+    elif family == "jamba":
         from test_hf_jamba import tiny_jamba as tiny
+    else:
+        from test_hf_recurrent_gemma import tiny_recurrent_gemma as tiny
     tiny(tmp_path / "original")
     ours = load_hf(tmp_path / "original")
     export_hf(ours, tmp_path / "exported")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
-    assert type(theirs).__name__ == {"bamba": "BambaForCausalLM", "jamba": "JambaForCausalLM"}[family]
-    assert_parity(theirs, tmp_path / "exported", vocab_size=53)
+    assert type(theirs).__name__ == {"bamba": "BambaForCausalLM", "jamba": "JambaForCausalLM",
+                                     "recurrent_gemma": "RecurrentGemmaForCausalLM"}[family]
+    # RecurrentGemma against transformers in float64 (its float32 RG-LRU is the less exact side).
+    assert_parity(theirs.double() if family == "recurrent_gemma" else theirs, tmp_path / "exported", vocab_size=53)
