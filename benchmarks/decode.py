@@ -2,6 +2,7 @@
 
     python benchmarks/decode.py                                 # the table and plot of results/2026-12-01-decode-cost.md
     python benchmarks/decode.py --contexts 1024 4096 --families attention mamba --steps 16
+    python benchmarks/decode.py --families --hf path/to/mamba-130m-hf --contexts 1024 4096   # converted checkpoints
 
 For each family, a 6-layer stack (SwiGLU MLPs, vocabulary 256) whose width is chosen so that its
 parameter count is nearest ``--params`` (10M by default), batch 1, float32, ``torch.no_grad``:
@@ -16,6 +17,9 @@ parameter count is nearest ``--params`` (10M by default), batch 1, float32, ``to
   only on the cache length, not on its contents).
 - **prefill**: a 2,048-token prompt through ``HybridLM.prefill`` against the same tokens stepped
   one at a time, in tokens per second.
+
+``--hf DIR ...`` adds Hugging Face checkpoint folders (``hybrids.hf.load_hf``: Mamba, Falcon-Mamba,
+Mamba-2, RecurrentGemma, Jamba, Bamba), each measured as it is, as family ``hf:<folder name>``.
 
 Results go to ``--out`` (JSON, one entry per measurement; a rerun skips the entries already there,
 so an interrupted run resumes) and a plot beside it (PNG).
@@ -77,7 +81,7 @@ def context_states(model: HybridLM, length: int, max_attention_prefill: int) -> 
     """Every layer's state after ``length`` tokens, and how it was made."""
     full_attention = all(type(b.mixer) is Attention for b in model.blocks)
     if not full_attention or length <= max_attention_prefill:
-        _, states = model.prefill(torch.randint(VOCAB, (1, length)))
+        _, states = model.prefill(torch.randint(model.config.vocab_size, (1, length)))
         return states, "prefill"
     states = []
     for block in model.blocks:
@@ -95,7 +99,7 @@ def decode_times(model: HybridLM, contexts: dict[int, list], steps: int, rounds:
     The rounds go round the contexts in turn, so that the machine's drift (a shared 2-core
     machine moves by 10-30% over minutes) falls on every context alike instead of on whichever
     was measured last."""
-    token = torch.randint(VOCAB, (1,))
+    token = torch.randint(model.config.vocab_size, (1,))
     best = {length: math.inf for length in contexts}
     for length, states in contexts.items():
         for _ in range(4):
@@ -114,7 +118,7 @@ def decode_times(model: HybridLM, contexts: dict[int, list], steps: int, rounds:
 
 
 def measure_prefill(model: HybridLM, length: int) -> dict:
-    tokens = torch.randint(VOCAB, (1, length))
+    tokens = torch.randint(model.config.vocab_size, (1, length))
     model.prefill(tokens[:, :16])  # warm-up
     prefill = best_time(lambda: model.prefill(tokens), 2)
 
@@ -134,7 +138,7 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for family in FAMILIES:
+    for family in dict.fromkeys(r["family"] for r in results):
         rows = sorted((r for r in results if r["family"] == family and r["kind"] == "decode"), key=lambda r: r["context"])
         if not rows:
             continue
@@ -148,14 +152,17 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
-    fig.suptitle("Decoding after a context, ~10M-parameter 6-layer stacks, batch 1, CPU")
+    converted = any(r["family"].startswith("hf:") for r in results)
+    fig.suptitle("Decoding after a context, batch 1, CPU" if converted else
+                 "Decoding after a context, ~10M-parameter 6-layer stacks, batch 1, CPU")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--hf", nargs="*", type=Path, default=[], help="Hugging Face checkpoint folders to measure too")
     parser.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
     parser.add_argument("--params", type=float, default=10e6)
     parser.add_argument("--steps", type=int, default=32)
@@ -169,9 +176,14 @@ def main() -> None:
 
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch 1")
+    models = {family: (lambda family=family: build(family, args.params)) for family in args.families}
+    for folder in args.hf:
+        from hybrids.hf import load_hf
+
+        models[f"hf:{folder.name}"] = lambda folder=folder: load_hf(folder)
     with torch.no_grad():
-        for family in args.families:
-            model = build(family, args.params)
+        for family, make in models.items():
+            model = make()
             params = model.num_parameters()
             width = model.config.d_model
             if (family, "prefill", args.prefill_length) not in done:
@@ -210,7 +222,7 @@ def print_tables(results: list[dict]) -> None:
     contexts = sorted({r["context"] for r in results if r["kind"] == "decode"})
     print("\n| family | params | " + " | ".join(f"{c:,}: ms/token, state" for c in contexts) + " | growth 1st->last |")
     print("| --- | ---: | " + " | ".join("---:" for _ in contexts) + " | ---: |")
-    for family in FAMILIES:
+    for family in dict.fromkeys(r["family"] for r in results):
         rows = {r["context"]: r for r in results if r["family"] == family and r["kind"] == "decode"}
         if not rows:
             continue
@@ -222,7 +234,8 @@ def print_tables(results: list[dict]) -> None:
         present = [rows[c]["ms_per_token"] for c in contexts if c in rows]
         growth = present[-1] / present[0] if len(present) > 1 else math.nan
         params = next(iter(rows.values()))["params"]
-        print(f"| {family} | {params / 1e6:.1f}M | " + " | ".join(cells) + f" | {growth:.2f}x |")
+        size = f"{params / 1e6:.1f}M" if params >= 1e5 else f"{params:,}"
+        print(f"| {family} | {size} | " + " | ".join(cells) + f" | {growth:.2f}x |")
     print("\n| family | prefill (tokens/s) | stepping (tokens/s) | prefill speed-up |")
     print("| --- | ---: | ---: | ---: |")
     for r in results:
