@@ -7,8 +7,12 @@ that config's run identity), so that
     hybrids test -c OUT/config.yaml --ckpt_path OUT/model.ckpt
     hybrids fit -c OUT/config.yaml --ckpt_path OUT/model.ckpt --load_weights_only true   # fine-tune
 
-work as for a run trained here. :func:`convert_hf` is the same from Python. Exit status 0, or 2
-with one ``error: <argument>: ...`` line and nothing written.
+work as for a run trained here. :func:`convert_hf` is the same from Python.
+
+``hybrids convert --to_hf -c CONFIG --ckpt_path CKPT --out DIR`` goes the other way: a run's
+checkpoint as a folder ``transformers.AutoModelForCausalLM.from_pretrained`` loads, for the stacks
+one of its architectures expresses (:mod:`hybrids.hf.export`). Exit status 0, or 2 with one
+``error: <argument>: ...`` line and nothing written.
 """
 
 from __future__ import annotations
@@ -27,8 +31,13 @@ CONFIG_FILE, CHECKPOINT_FILE = "config.yaml", "model.ckpt"
 def _parser() -> argparse.ArgumentParser:
     parser = KeyedArgumentParser(prog="hybrids convert",
                                  description="A Hugging Face checkpoint folder as a config and weights the CLI loads.")
-    parser.add_argument("--from_hf", "--from-hf", dest="from_hf", required=True, type=text("a folder"),
-                        help="the transformers checkpoint folder (config.json, safetensors, tokenizer.json)")
+    direction = parser.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from_hf", "--from-hf", dest="from_hf", type=text("a folder"),
+                           help="the transformers checkpoint folder (config.json, safetensors, tokenizer.json)")
+    direction.add_argument("--to_hf", "--to-hf", dest="to_hf", action="store_true",
+                           help="write the run's checkpoint (-c, --ckpt_path) in the transformers format")
+    parser.add_argument("-c", "--config", action="append", default=[], help="with --to_hf: the run's config")
+    parser.add_argument("--ckpt_path", type=text("a checkpoint file"), default=None, help="with --to_hf: the checkpoint")
     parser.add_argument("--out", required=True, type=text("a folder"), help="where config.yaml and model.ckpt go")
     parser.add_argument("--tokenizer", type=text("a tokenizer.json or its folder"), default=None,
                         help="the tokenizer (default: the one in --from_hf)")
@@ -99,10 +108,53 @@ def convert_hf(source: str | Path, out: str | Path, tokenizer: str | Path | None
     return config_path, checkpoint_path
 
 
+def export_run(configs: list[str], checkpoint: str, out: str | Path) -> Path:
+    """A run's checkpoint (its configs and a checkpoint file) in the transformers format in
+    ``out`` (:func:`hybrids.hf.export.export_hf`); ConversionError names what has no counterpart.
+    The checkpoint's weights are loaded strictly into the configs' stack (no identity check: any
+    checkpoint whose weights fit the stack exports)."""
+    from hybrids.cli.fit import build_cli
+    from hybrids.hf.export import export_hf, export_parts
+    from hybrids.train.checkpoints import read_checkpoint
+
+    argv = sys.argv
+    sys.argv = ["hybrids"]
+    try:
+        cli = build_cli([item for path in configs for item in ("-c", path)] + ["--trainer.logger=false"], run=False)
+    finally:
+        sys.argv = argv
+    export_parts(cli.model.model)  # refused here, before the checkpoint is read, if nothing expresses it
+    state = read_checkpoint(checkpoint, weights=True)["state_dict"]
+    stack = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    cli.model.model.load_state_dict(stack, strict=True)
+    return export_hf(cli.model.model.eval(), out)
+
+
 def convert_main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     from hybrids.errors import ConfigError
     from hybrids.hf import ConversionError, FolderError
+    from hybrids.train.checkpoints import CheckpointError
+
+    if args.to_hf:
+        if not args.config or args.ckpt_path is None:
+            parser.error("to_hf: needs the run's config (-c) and its checkpoint (--ckpt_path FILE)")
+        if Path(args.out).exists() and any(Path(args.out).iterdir()):
+            parser.error(f"out: {args.out} is not empty; give a new folder")
+        try:
+            folder = export_run(args.config, args.ckpt_path, args.out)
+        except ConversionError as err:
+            print(f"error: to_hf: {err}", file=sys.stderr)
+            return 2
+        except CheckpointError as err:
+            print(f"error: ckpt_path: {err}", file=sys.stderr)
+            return 2
+        print(f"hybrids: wrote {folder}/config.json and model.safetensors "
+              f"(transformers.AutoModelForCausalLM.from_pretrained('{folder}'))")
+        return 0
+    if args.config or args.ckpt_path:
+        parser.error("config: -c and --ckpt_path go with --to_hf")
 
     try:
         config_path, checkpoint_path = convert_hf(args.from_hf, args.out, args.tokenizer, args.data_path,

@@ -121,6 +121,20 @@ def export_hf(model, folder: str | Path) -> Path:
     transformers ties it on loading)."""
     from safetensors.torch import save_file
 
+    model_type, architecture, config, weights = export_parts(model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {**config, "model_type": model_type, "architectures": [architecture]}
+    if "time_step_limit" in body:  # JSON has no infinity: transformers 5's encoding of it
+        body["time_step_limit"] = [0.0, {"__float__": "Infinity"}]
+    (folder / "config.json").write_text(json.dumps(body, indent=2))
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def export_parts(model) -> tuple[str, str, dict[str, Any], dict[str, torch.Tensor]]:
+    """(model_type, architecture, config.json's fields, weights by transformers' names) of
+    ``model``, or ConversionError naming the part without a counterpart; writes nothing."""
     stack = model.config
     classes = {letter: _class(spec) for letter, spec in stack.mixer_specs.items() if letter in stack.pattern}
     kinds = set(classes.values())
@@ -140,11 +154,4 @@ def export_hf(model, folder: str | Path) -> Path:
             weights.pop(names.head, None)
         architecture = {"mamba": "MambaForCausalLM", "falcon_mamba": "FalconMambaForCausalLM",
                         "mamba2": "Mamba2ForCausalLM"}[model_type]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {**config, "model_type": model_type, "architectures": [architecture]}
-    if "time_step_limit" in body:  # JSON has no infinity: transformers 5's encoding of it
-        body["time_step_limit"] = [0.0, {"__float__": "Infinity"}]
-    (folder / "config.json").write_text(json.dumps(body, indent=2))
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return folder
+    return model_type, architecture, config, weights

@@ -80,3 +80,27 @@ def test_refusals_write_nothing(hf_folder, tmp_path, capsys):
     (folder / "tokenizer.json").unlink()
     assert convert_main(["--from_hf", str(folder), "--out", str(out)]) == 2
     assert "error: tokenizer:" in capsys.readouterr().err and (not out.exists() or not any(out.iterdir()))
+
+
+def test_a_converted_run_exports_back_to_transformers(hf_folder, tmp_path, capsys, monkeypatch):
+    folder, corpus = hf_folder
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["hybrids"])
+    run = tmp_path / "converted"
+    assert convert_main(["--from_hf", str(folder), "--out", str(run), "--data_path", str(corpus)]) == 0
+    exported = tmp_path / "exported"
+    assert convert_main(["--to_hf", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "model.ckpt"),
+                         "--out", str(exported)]) == 0
+    original = transformers.MambaForCausalLM.from_pretrained(folder).eval()
+    back = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+    tokens = torch.randint(0, 24, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(back(tokens).logits, original(tokens).logits)
+    # A stack no transformers architecture expresses: one keyed line, nothing read or written.
+    from helpers import ROOT
+
+    capsys.readouterr()
+    assert convert_main(["--to_hf", "-c", str(ROOT / "configs" / "transformer.yaml"), "--ckpt_path",
+                         str(run / "model.ckpt"), "--out", str(tmp_path / "refused")]) == 2
+    assert "error: to_hf: mixers: ['hybrids.mixers.Attention']" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
