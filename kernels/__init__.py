@@ -18,9 +18,11 @@ if __name__ == "kernels":
     from importlib import machinery as _machinery
     from importlib import util as _util
 
-    _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-    _elsewhere = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != _root]
+    _root = _os.path.dirname(_os.path.dirname(_os.path.realpath(__file__)))
+    _elsewhere = [p for p in _sys.path if _os.path.realpath(p or _os.curdir) != _root]
     _spec = _machinery.PathFinder.find_spec("kernels", _elsewhere)
+    if _spec is not None and _spec.origin and _os.path.realpath(_spec.origin) == _os.path.realpath(__file__):
+        _spec = None  # this folder again, under another spelling of its path
     if _spec is None or _spec.loader is None:
         raise ImportError("no module named 'kernels' outside this repository: its kernels/ folder is "
                           "hybrids.kernels, imported as such", name="kernels")

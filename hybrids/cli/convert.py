@@ -83,8 +83,12 @@ def convert_hf(source: str | Path, out: str | Path, tokenizer: str | Path | None
     tokenizer = str(Path(tokenizer).resolve()) if tokenizer is not None else str(source)
     load_tokenizer(tokenizer)  # refused here, before anything is written, if it is not there
     config = run_config(stack, tokenizer, data_path, seq_len, batch_size, f"hf_{read_config(source)['model_type']}")
-    out.mkdir(parents=True, exist_ok=True)
     config_path, checkpoint_path = out / CONFIG_FILE, out / CHECKPOINT_FILE
+    present = [p.name for p in (config_path, checkpoint_path) if p.exists()]
+    if present:
+        raise FileExistsError(f"{out} already holds {', '.join(present)}; give a new folder")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     # Written under temporary names and renamed once both exist: a refusal leaves nothing behind.
     partial_config, partial_checkpoint = out / f".{CONFIG_FILE}.partial", out / f".{CHECKPOINT_FILE}.partial"
     try:
@@ -105,14 +109,17 @@ def convert_hf(source: str | Path, out: str | Path, tokenizer: str | Path | None
     finally:
         partial_config.unlink(missing_ok=True)
         partial_checkpoint.unlink(missing_ok=True)
+        if created and out.exists() and not any(out.iterdir()):
+            out.rmdir()
     return config_path, checkpoint_path
 
 
 def export_run(configs: list[str], checkpoint: str, out: str | Path) -> Path:
     """A run's checkpoint (its configs and a checkpoint file) in the transformers format in
-    ``out`` (:func:`hybrids.hf.export.export_hf`); ConversionError names what has no counterpart.
-    The checkpoint's weights are loaded strictly into the configs' stack (no identity check: any
-    checkpoint whose weights fit the stack exports)."""
+    ``out`` (:func:`hybrids.hf.export.export_hf`); raises ConversionError naming what has no
+    counterpart (before the checkpoint is read) or CheckpointError. The checkpoint's weights are
+    loaded strictly into the configs' stack (no identity check: any checkpoint whose weights fit
+    the stack exports)."""
     from hybrids.cli.fit import build_cli
     from hybrids.hf.export import export_hf, export_parts
     from hybrids.train.checkpoints import read_checkpoint
@@ -165,6 +172,9 @@ def convert_main(argv: list[str]) -> int:
     except ConfigError as err:
         key = "tokenizer" if err.key == "tokenizer" else err.full_key
         print(f"error: {key}: {err.message}", file=sys.stderr)
+        return 2
+    except FileExistsError as err:
+        print(f"error: out: {err}", file=sys.stderr)
         return 2
     print(f"hybrids: wrote {config_path} and {checkpoint_path}\n"
           f"  hybrids generate -c {config_path} --ckpt_path {checkpoint_path} --prompt \"...\"\n"

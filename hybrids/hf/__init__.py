@@ -38,7 +38,10 @@ def stack_and_weights(folder: str | Path) -> tuple[StackConfig, dict[str, torch.
     """The checkpoint in ``folder`` as the zoo's stack config and state dict (zoo names)."""
     config = read_config(folder)
     family = _family(config)
-    return family.stack_config(config), family.weights(config, read_weights(folder))
+    try:
+        return family.stack_config(config), family.weights(config, read_weights(folder))
+    except KeyError as err:  # a key the family cannot do without (no default in transformers either)
+        raise ConversionError(f"{err.args[0]}: missing from config.json, which {config['model_type']} needs") from None
 
 
 def load_hf(folder: str | Path, dtype: torch.dtype = torch.float32):

@@ -52,7 +52,7 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
             "conv_bias": bool(config.get("mamba_conv_bias", True)), "bias": bool(config.get("mamba_proj_bias", False)),
             "norm_eps": eps}},
         "A": {"class_path": "hybrids.mixers.Attention", "init_args": {
-            "heads": a_heads, "kv_heads": config.get("num_key_value_heads", a_heads), "head_dim": a_head_dim,
+            "heads": a_heads, "kv_heads": config.get("num_key_value_heads", 8), "head_dim": a_head_dim,
             "rotary": True, "rotary_base": theta, "rotary_dim": int(a_head_dim * factor),
             "bias": bool(config.get("attention_bias", False))}},
     }

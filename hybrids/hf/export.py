@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from hybrids.hf import mamba, mamba2
-from hybrids.hf.names import ConversionError
+from hybrids.hf.names import ConversionError, integral
 from hybrids.model.config import StackConfig
 
 MAMBA, MAMBA2, ATTENTION = "hybrids.mixers.Mamba", "hybrids.mixers.Mamba2", "hybrids.mixers.Attention"
@@ -62,7 +62,8 @@ def _mamba_config(stack: StackConfig, spec: dict[str, Any], d_model: int) -> tup
     dt_rank = args.get("dt_rank", "auto")
     config = {
         "vocab_size": stack.vocab_size, "hidden_size": d_model, "num_hidden_layers": stack.n_layers,
-        "state_size": args.get("d_state", 16), "conv_kernel": args.get("d_conv", 4), "expand": args.get("expand", 2),
+        "state_size": args.get("d_state", 16), "conv_kernel": args.get("d_conv", 4),
+        "expand": integral(args.get("expand", 2), "mixers.expand"),
         "time_step_rank": -(-d_model // 16) if dt_rank == "auto" else dt_rank,
         "use_conv_bias": args.get("conv_bias", True), "use_bias": args.get("bias", False), "hidden_act": "silu",
         "layer_norm_epsilon": _eps(stack), "tie_word_embeddings": stack.tie_embeddings,
@@ -85,7 +86,8 @@ def _mamba2_config(stack: StackConfig, spec: dict[str, Any], d_model: int) -> tu
     headdim = args.get("headdim", 64)
     config = {
         "vocab_size": stack.vocab_size, "hidden_size": d_model, "num_hidden_layers": stack.n_layers,
-        "state_size": args.get("d_state", 64), "conv_kernel": args.get("d_conv", 4), "expand": args.get("expand", 2),
+        "state_size": args.get("d_state", 64), "conv_kernel": args.get("d_conv", 4),
+        "expand": integral(args.get("expand", 2), "mixers.expand"),
         "head_dim": headdim, "num_heads": d_inner // headdim, "n_groups": args.get("ngroups", 1),
         "use_conv_bias": args.get("conv_bias", True), "use_bias": args.get("bias", False), "hidden_act": "silu",
         "layer_norm_epsilon": eps, "tie_word_embeddings": stack.tie_embeddings, "time_step_limit": [0.0, float("inf")],
@@ -127,8 +129,16 @@ def export_hf(model, folder: str | Path) -> Path:
     body = {**config, "model_type": model_type, "architectures": [architecture]}
     if "time_step_limit" in body:  # JSON has no infinity: transformers 5's encoding of it
         body["time_step_limit"] = [0.0, {"__float__": "Infinity"}]
-    (folder / "config.json").write_text(json.dumps(body, indent=2))
-    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    # Written under temporary names and renamed once both exist: a failure leaves no half a model.
+    partial = [folder / ".model.safetensors.partial", folder / ".config.json.partial"]
+    try:
+        save_file(weights, str(partial[0]), metadata={"format": "pt"})
+        partial[1].write_text(json.dumps(body, indent=2))
+        partial[0].replace(folder / "model.safetensors")
+        partial[1].replace(folder / "config.json")
+    finally:
+        for path in partial:
+            path.unlink(missing_ok=True)
     return folder
 
 
@@ -136,7 +146,15 @@ def export_parts(model) -> tuple[str, str, dict[str, Any], dict[str, torch.Tenso
     """(model_type, architecture, config.json's fields, weights by transformers' names) of
     ``model``, or ConversionError naming the part without a counterpart; writes nothing."""
     stack = model.config
+    if stack.reversible:  # same parameter names, another function: refused before anything else
+        raise ConversionError("reversible: transformers has no reversible blocks")
     classes = {letter: _class(spec) for letter, spec in stack.mixer_specs.items() if letter in stack.pattern}
+    for kind in set(classes.values()):
+        specs = {json.dumps(stack.mixer_specs[letter].get("init_args") or {}, sort_keys=True, default=str)
+                 for letter, c in classes.items() if c == kind}
+        if len(specs) > 1:
+            raise ConversionError(f"mixers: layers of {kind} with different settings; transformers' models repeat "
+                                  "one layer of each kind")
     kinds = set(classes.values())
     if (len(kinds) > 1 and kinds <= {MAMBA, MAMBA2, ATTENTION}) or RGLRU in kinds:
         from hybrids.hf import export_hybrids

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from hybrids.hf.names import ConversionError
+from hybrids.hf.names import ConversionError, integral
 
 MAMBA, MAMBA2, ATTENTION = "hybrids.mixers.Mamba", "hybrids.mixers.Mamba2", "hybrids.mixers.Attention"
 
@@ -89,7 +89,7 @@ def bamba(model, classes: dict[str, str]) -> tuple[str, str, dict[str, Any], dic
         "mlp_bias": stack.mlp_bias, "attn_layer_indices": [i for i, x in enumerate(letters) if classes[x] == ATTENTION],
         "mamba_n_heads": d_inner // margs.get("headdim", 64), "mamba_d_head": margs.get("headdim", 64),
         "mamba_n_groups": margs.get("ngroups", 1), "mamba_d_state": margs.get("d_state", 64),
-        "mamba_d_conv": margs.get("d_conv", 4), "mamba_expand": margs.get("expand", 2),
+        "mamba_d_conv": margs.get("d_conv", 4), "mamba_expand": integral(margs.get("expand", 2), f"mixers.{m}.expand"),
         "mamba_conv_bias": margs.get("conv_bias", True), "mamba_proj_bias": margs.get("bias", False),
         "time_step_limit": [0.0, float("inf")],
     }
@@ -151,7 +151,7 @@ def jamba(model, classes: dict[str, str]) -> tuple[str, str, dict[str, Any], dic
         "num_attention_heads": aargs.get("heads", 4), "num_key_value_heads": aargs.get("kv_heads") or aargs.get("heads", 4),
         "attn_layer_period": a_period, "attn_layer_offset": a_offset,
         "mamba_d_state": margs.get("d_state", 16), "mamba_d_conv": margs.get("d_conv", 4),
-        "mamba_expand": margs.get("expand", 2),
+        "mamba_expand": integral(margs.get("expand", 2), f"mixers.{m}.expand"),
         "mamba_dt_rank": margs["dt_rank"] if margs.get("dt_rank", "auto") != "auto" else -(-stack.d_model // 16),
         "mamba_conv_bias": margs.get("conv_bias", True), "mamba_proj_bias": margs.get("bias", False),
         "num_experts": 1, "num_experts_per_tok": 1, "expert_layer_period": 1, "expert_layer_offset": 0,

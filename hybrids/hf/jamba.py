@@ -49,7 +49,7 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
             "conv_bias": bool(config.get("mamba_conv_bias", True)), "bias": bool(config.get("mamba_proj_bias", False)),
             "ssm_input_norm_eps": eps, "ssm_input_norm_weights": True}},
         "A": {"class_path": "hybrids.mixers.Attention", "init_args": {
-            "heads": heads, "kv_heads": config.get("num_key_value_heads", heads), "rotary": False}},
+            "heads": heads, "kv_heads": config.get("num_key_value_heads", 8), "rotary": False}},
     }
     pattern = "".join("A" if i % a_period == a_offset else "M" for i in range(n_layers))
     moe = None

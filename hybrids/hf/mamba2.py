@@ -42,7 +42,7 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
         "d_conv": config["conv_kernel"],
         "expand": config["expand"],
         "headdim": head_dim,
-        "ngroups": config.get("n_groups", 1),
+        "ngroups": config.get("n_groups", 8),  # transformers' defaults, for keys a config leaves out
         "conv_bias": bool(config.get("use_conv_bias", True)),
         "bias": bool(config.get("use_bias", False)),
         "norm_eps": float(config.get("layer_norm_epsilon", 1e-5)),
@@ -54,13 +54,13 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
         pattern="M",
         mixers={"M": {"class_path": "hybrids.mixers.Mamba2", "init_args": mixer}},
         mlp_expand=0,
-        tie_embeddings=bool(config.get("tie_word_embeddings", True)),
+        tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         norm_eps=float(config.get("layer_norm_epsilon", 1e-5)),
     )
 
 
 def names(config: dict[str, Any]) -> NameMap:
-    return backbone_names(config, mixer_weights(config))
+    return backbone_names({"tie_word_embeddings": False, **config}, mixer_weights(config))
 
 
 def weights(config: dict[str, Any], hf_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -22,6 +22,16 @@ def unsupported(config: Mapping[str, Any], **allowed: Iterable[Any]) -> None:
             raise ConversionError(f"{key}: {config[key]!r} has no counterpart in the zoo (supported: {values})")
 
 
+def integral(value: Any, key: str) -> int:
+    """``value`` as an int where it is one (transformers 5's configs refuse ``2.0`` for an int
+    field); a fraction has no counterpart."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConversionError(f"{key}: {value!r}; transformers takes an integer here")
+
+
 @dataclass(frozen=True)
 class NameMap:
     """transformers name -> zoo name for every weight but the LM head, whose transformers name is

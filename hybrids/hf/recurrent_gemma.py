@@ -47,7 +47,7 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
     hidden = config["intermediate_size"] // 2
     mixers = {
         "R": {"class_path": "hybrids.mixers.RGLRU", "init_args": {
-            "d_rnn": config["lru_width"], "d_conv": config["conv1d_width"], "heads": heads, "bias": True,
+            "d_rnn": config.get("lru_width") or d_model, "d_conv": config.get("conv1d_width", 4), "heads": heads, "bias": True,
             "gate_activation": gate, "unscaled_first_input": True, "delta_floor": DELTA_FLOOR}},
         "A": {"class_path": "hybrids.mixers.SparseAttention", "init_args": {
             "heads": heads, "kv_heads": config.get("num_key_value_heads", heads), "head_dim": head_dim,
@@ -67,7 +67,8 @@ def stack_config(config: dict[str, Any]) -> StackConfig:
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         # transformers keeps the normaliser in bfloat16, whatever the model's dtype.
         embed_scale=float(torch.tensor(d_model**0.5, dtype=torch.bfloat16)),
-        logit_soft_cap=float(config["logits_soft_cap"]) if config.get("logits_soft_cap") else None,
+        # transformers' default cap is 30 (a config without the key still caps).
+        logit_soft_cap=float(config.get("logits_soft_cap", 30.0)) if config.get("logits_soft_cap", 30.0) else None,
     )
 
 
@@ -75,11 +76,13 @@ def weights(config: dict[str, Any], hf_weights: dict[str, torch.Tensor]) -> dict
     take = Ledger(hf_weights)
     stack = stack_config(config)
     letters = [stack.pattern[i % len(stack.pattern)] for i in range(config["num_hidden_layers"])]
-    out = {"embedding.weight": take("model.embed_tokens.weight"), "norm.weight": 1 + take("model.final_norm.weight")}
+    # Gemma's norms multiply by 1 + weight, computed in float32 by transformers whatever the stored
+    # dtype: 1 + a bfloat16 weight in bfloat16 would lose most of the weight's digits.
+    out = {"embedding.weight": take("model.embed_tokens.weight"), "norm.weight": 1 + take("model.final_norm.weight").float()}
     for i, letter in enumerate(letters):
         hf, zoo = f"model.layers.{i}.", f"blocks.{i}."
-        out[zoo + "mixer_norm.weight"] = 1 + take(hf + "temporal_pre_norm.weight")
-        out[zoo + "mlp_norm.weight"] = 1 + take(hf + "channel_pre_norm.weight")
+        out[zoo + "mixer_norm.weight"] = 1 + take(hf + "temporal_pre_norm.weight").float()
+        out[zoo + "mlp_norm.weight"] = 1 + take(hf + "channel_pre_norm.weight").float()
         t, m = hf + "temporal_block.", zoo + "mixer."
         if letter == "R":
             out[m + "in_proj.weight"] = torch.cat([take(t + "linear_x.weight"), take(t + "linear_y.weight")])

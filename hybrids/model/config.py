@@ -106,6 +106,12 @@ class StackConfig:
                 raise ConfigError(f"moe.{err.key}", err.message) from None
             if self.mlp_expand == 0:
                 raise ConfigError("moe", "experts are MLPs of width mlp_expand * d_model: mlp_expand must be > 0")
+            if self.mlp_bias:
+                raise ConfigError("moe", "the experts have no biases: mlp_bias must be false with moe")
+            if self.reversible:
+                # A reversible stack runs its blocks without a graph in the forward pass: the
+                # load-balancing loss would reach the training loss as a constant.
+                raise ConfigError("moe", "not with reversible: true (the load-balancing loss would get no gradient)")
             if self.mlp not in GATES:
                 raise ConfigError("moe", f"experts are gated MLPs: mlp must be one of {sorted(GATES)}, got {self.mlp!r}")
             if self.n_layers is not None and not any(moe.applies_to(i) for i in range(self.n_layers)):

@@ -41,6 +41,7 @@ def test_the_stack(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"attn_layer_indices": [5]}, "attn_layer_indices: \\[5\\]"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}}, "rope_type: 'yarn'"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling: 'linear'"),
 ])
 def test_refusals_name_the_part(tmp_path, change, message):
     tiny_bamba(tmp_path)

@@ -45,6 +45,8 @@ def test_convert_then_generate_text_as_transformers_does(hf_folder, tmp_path, ca
     monkeypatch.setattr(sys, "argv", ["hybrids"])
     assert convert_main(["--from_hf", str(folder), "--out", str(out), "--data_path", str(corpus), "--seq_len", "16"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.ckpt"]
+    assert convert_main(["--from_hf", str(folder), "--out", str(out)]) == 2  # never over a conversion
+    assert "error: out:" in capsys.readouterr().err
     prompt = "the quick brown fox"
     capsys.readouterr()
     generate_main(["-c", str(out / "config.yaml"), "--ckpt_path", str(out / "model.ckpt"), "--prompt", prompt,

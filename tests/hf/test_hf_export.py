@@ -83,3 +83,20 @@ def test_hybrids_round_trip_through_the_zoo(tmp_path, family):
                                      "recurrent_gemma": "RecurrentGemmaForCausalLM"}[family]
     # RecurrentGemma against transformers in float64 (its float32 RG-LRU is the less exact side).
     assert_parity(theirs.double() if family == "recurrent_gemma" else theirs, tmp_path / "exported", vocab_size=53)
+
+
+def test_export_refuses_reversible_and_mixed_settings_and_coerces_integral_expand(tmp_path):
+    with pytest.raises(ConversionError, match="reversible"):
+        export_hf(HybridLM(StackConfig(vocab_size=41, d_model=16, n_layers=2, pattern="M", mixers={"M": MAMBA},
+                                       mlp_expand=0, reversible=True)), tmp_path)
+    other = {**MAMBA, "init_args": {**MAMBA["init_args"], "d_state": 8}}
+    with pytest.raises(ConversionError, match="different settings"):
+        export_hf(HybridLM(StackConfig(vocab_size=41, d_model=16, n_layers=2, pattern="MN",
+                                       mixers={"M": MAMBA, "N": other}, mlp_expand=0)), tmp_path)
+    fractional = {**MAMBA, "init_args": {**MAMBA["init_args"], "expand": 1.5}}
+    with pytest.raises(ConversionError, match="expand: 1.5"):
+        export_hf(zoo(fractional, norm_eps=1e-5), tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    floating = {**MAMBA, "init_args": {**MAMBA["init_args"], "expand": 2.0}}  # as YAML's 2.0 arrives
+    export_hf(zoo(floating, norm_eps=1e-5), tmp_path)
+    assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path).config.expand == 2

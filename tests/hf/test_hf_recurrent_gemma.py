@@ -71,3 +71,27 @@ def test_refusals_name_the_part(tmp_path, change, message):
     (tmp_path / "config.json").write_text(json.dumps({**config, **change}))
     with pytest.raises(ConversionError, match=message):
         stack_and_weights(tmp_path)
+
+
+def test_bfloat16_norm_weights_keep_their_digits(tmp_path):
+    # transformers computes 1 + weight in float32: the zoo's folded weight must too, not in bfloat16.
+    theirs = tiny_recurrent_gemma(tmp_path / "f32")
+    theirs.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    _, weights = stack_and_weights(tmp_path / "bf16")
+    stored = theirs.model.final_norm.weight.detach()
+    torch.testing.assert_close(weights["norm.weight"], 1 + stored.float(), rtol=0, atol=0)
+    assert weights["norm.weight"].dtype == torch.float32
+
+
+def test_defaults_of_keys_a_config_leaves_out_are_transformers(tmp_path):
+    tiny_recurrent_gemma(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("logits_soft_cap", "lru_width"):
+        config.pop(key, None)
+    (tmp_path / "config.json").write_text(json.dumps({**config}))
+    stack, _ = stack_and_weights(tmp_path)
+    assert stack.logit_soft_cap == 30.0 and stack.mixers["R"]["init_args"]["d_rnn"] == 32
+    del config["attention_window_size"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConversionError, match="attention_window_size: missing from config.json"):
+        stack_and_weights(tmp_path)

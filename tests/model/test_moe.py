@@ -91,6 +91,10 @@ def test_refusals_name_the_field(moe, key):
     assert err.value.key == key
     with pytest.raises(ConfigError, match="mlp_expand"):
         StackConfig(vocab_size=5, mlp_expand=0, moe={})
+    with pytest.raises(ConfigError, match="mlp_bias"):
+        StackConfig(vocab_size=5, mlp_bias=True, moe={})
+    with pytest.raises(ConfigError, match="reversible"):
+        StackConfig(vocab_size=5, reversible=True, moe={})
     assert MoEConfig().applies_to(0) and not MoEConfig(period=2, offset=1).applies_to(2)
 
 
