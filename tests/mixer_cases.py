@@ -17,8 +17,6 @@ MIXER_CASES = {
     "attention": (Attention, {"heads": 4}),
     "attention-gqa-norope": (Attention, {"heads": 4, "kv_heads": 2, "rotary": False}),
     "attention-headdim": (Attention, {"heads": 2, "head_dim": 6, "kv_heads": 1}),
-    # RecurrentGemma's: half of each head rotates, a bias on the output projection only
-    "attention-partial-rotary": (Attention, {"heads": 2, "head_dim": 8, "kv_heads": 1, "rotary_dim": 4, "out_bias": True}),
     "s4-legs": (S4, {"d_state": 8}),  # l_max from the first input
     "s4-legt": (S4, {"d_state": 8, "measure": "legt", "l_max": 16}),
     "s4d-legs-zoh": (S4D, {"d_state": 8}),
@@ -28,13 +26,13 @@ MIXER_CASES = {
         SparseAttention, {"heads": 4, "kv_heads": 2, "window": 3, "random_blocks": 1, "block_size": 4}
     ),
     "sparse-full": (SparseAttention, {"heads": 2, "kv_heads": 1, "window": None, "global_tokens": 3}),
+    # RecurrentGemma's local attention: half of each head rotates, a bias on the output only
     "sparse-window-partial-rotary": (SparseAttention, {"heads": 4, "kv_heads": 1, "window": 5, "rotary_dim": 2,
                                                        "out_bias": True}),
     "mamba": (Mamba, {"d_state": 4, "expand": 2}),
     "mamba-dtrank": (Mamba, {"d_state": 3, "dt_rank": 3, "d_conv": 3, "expand": 1.5, "bias": True}),
-    # Falcon-Mamba's weightless RMS norms on x_proj's outputs (the unfused path throughout)
-    "mamba-falcon": (Mamba, {"d_state": 4, "dt_rank": 2, "ssm_input_norm_eps": 1e-3}),
-    # Jamba's: the same norms with weights
+    # Jamba's RMS norms with weights on x_proj's outputs (Falcon-Mamba's are the same without
+    # weights; the unfused path throughout)
     "mamba-jamba": (Mamba, {"d_state": 4, "dt_rank": 2, "ssm_input_norm_eps": 1e-3, "ssm_input_norm_weights": True}),
     "rglru": (RGLRU, {}),
     "rglru-wide": (RGLRU, {"d_rnn": 24, "heads": 4, "d_conv": 2}),
