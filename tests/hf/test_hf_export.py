@@ -65,14 +65,17 @@ def test_stacks_without_a_counterpart_are_refused_by_name(tmp_path, stack, messa
     assert not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("family", ["bamba", "jamba", "recurrent_gemma"])
+@pytest.mark.parametrize("family", ["bamba", "jamba", "jamba-dense", "recurrent_gemma"])
 def test_hybrids_round_trip_through_the_zoo(tmp_path, family):
     """A tiny transformers hybrid imported into the zoo and exported again: transformers loads
     the export with logits equal and greedy decoding identical."""
     if family == "bamba":
         from test_hf_bamba import tiny_bamba as tiny
-    elif family == "jamba":
-        from test_hf_jamba import tiny_jamba as tiny
+    elif family.startswith("jamba"):
+        from test_hf_jamba import tiny_jamba
+
+        def tiny(folder):  # Mamba + attention with (jamba) or without (jamba-dense) experts
+            return tiny_jamba(folder, **({"num_experts": 1} if family == "jamba-dense" else {}))
     else:
         from test_hf_recurrent_gemma import tiny_recurrent_gemma as tiny
     tiny(tmp_path / "original")
@@ -80,6 +83,7 @@ def test_hybrids_round_trip_through_the_zoo(tmp_path, family):
     export_hf(ours, tmp_path / "exported")
     theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     assert type(theirs).__name__ == {"bamba": "BambaForCausalLM", "jamba": "JambaForCausalLM",
+                                     "jamba-dense": "JambaForCausalLM",
                                      "recurrent_gemma": "RecurrentGemmaForCausalLM"}[family]
     # RecurrentGemma against transformers in float64 (its float32 RG-LRU is the less exact side).
     assert_parity(theirs.double() if family == "recurrent_gemma" else theirs, tmp_path / "exported", vocab_size=53)
