@@ -21,13 +21,8 @@ setup-docs:
 demo: setup
 	$(VENV)/bin/hybrids fit -c configs/transformer.yaml
 
-# Two workers (pytest-xdist, in the test extra): the suite is mostly single-threaded Python and
-# subprocess start-up (each Lightning import also imports transformers through torchmetrics once
-# the [hf] extra is in), so two workers on two cores halve its wall time.
-PYTEST_WORKERS ?= 2
-
 test: setup-test
-	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 docs: setup-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site
