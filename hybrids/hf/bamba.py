@@ -9,11 +9,11 @@ projections are the zoo's packed ``up`` (gate first).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
+from hybrids.hf.mamba2 import check_time_step_limit
 from hybrids.hf.mamba2 import mixer_weights as mamba2_weights
 from hybrids.hf.names import ConversionError, Ledger, unsupported
 from hybrids.hf.rope import rope_settings
@@ -27,10 +27,7 @@ def _mamba2_flags(config: dict[str, Any]) -> dict[str, Any]:
 
 def stack_config(config: dict[str, Any]) -> StackConfig:
     unsupported(config, hidden_act=("silu",))
-    limit = config.get("time_step_limit", (0.0, math.inf))
-    if limit is not None and (float(limit[0]) != 0.0 or float(limit[1]) != math.inf):
-        raise ConversionError(f"time_step_limit: {list(limit)} has no counterpart in the zoo's Mamba2 "
-                              "(its steps are not clamped; supported: [0.0, inf])")
+    check_time_step_limit(config)
     d_model, n_layers = config["hidden_size"], config["num_hidden_layers"]
     d_inner = int(config.get("mamba_expand", 2) * d_model)
     heads, head_dim = config["mamba_n_heads"], config["mamba_d_head"]

@@ -26,12 +26,17 @@ def mixer_weights(config: dict[str, Any]) -> list[str]:
     return names
 
 
-def stack_config(config: dict[str, Any]) -> StackConfig:
-    unsupported(config, hidden_act=("silu",))
+def check_time_step_limit(config: dict[str, Any]) -> None:
+    """Refuse a clamp on the steps (the zoo's Mamba2 has none): only [0, inf] converts."""
     limit = config.get("time_step_limit", (0.0, math.inf))
     if limit is not None and (float(limit[0]) != 0.0 or float(limit[1]) != math.inf):
         raise ConversionError(f"time_step_limit: {list(limit)} has no counterpart in the zoo's Mamba2 "
                               "(its steps are not clamped; supported: [0.0, inf])")
+
+
+def stack_config(config: dict[str, Any]) -> StackConfig:
+    unsupported(config, hidden_act=("silu",))
+    check_time_step_limit(config)
     d_inner = int(config["expand"] * config["hidden_size"])
     heads, head_dim = config["num_heads"], config["head_dim"]
     if heads * head_dim != d_inner:

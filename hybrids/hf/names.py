@@ -42,26 +42,11 @@ class NameMap:
     tied: bool
 
     def to_zoo(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        missing = [name for name in self.pairs if name not in weights]
-        known = set(self.pairs) | {self.head}
-        unknown = sorted(name for name in weights if name not in known)
-        if missing or unknown:
-            parts = []
-            if missing:
-                parts.append(f"missing {_listed(missing)}")
-            if unknown:
-                parts.append(f"not converted (no counterpart in the zoo) {_listed(unknown)}")
-            raise ConversionError("the checkpoint's weights do not match its config: " + "; ".join(parts))
-        out = {zoo: weights[hf] for hf, zoo in self.pairs.items()}
-        if self.tied:
-            head = weights.get(self.head)
-            if head is not None and not torch.equal(head, out["embedding.weight"]):
-                raise ConversionError(f"tie_word_embeddings is true but {self.head} differs from the embedding")
-            out["head.weight"] = out["embedding.weight"]  # the zoo's state dict lists the tied head too
-        elif self.head not in weights:
-            raise ConversionError(f"tie_word_embeddings is false but the checkpoint has no {self.head}")
-        else:
-            out["head.weight"] = weights[self.head]
+        take = Ledger(weights)
+        out = {zoo: take(hf) for hf, zoo in self.pairs.items()}
+        # The zoo's state dict lists the tied head too (the embedding itself).
+        out["head.weight"] = take.head(self.head, out["embedding.weight"], self.tied)
+        take.finish()
         return out
 
     def to_hf(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -229,12 +229,17 @@ def _width(point: pd.Series) -> dict[str, Any]:
     return {"d_model": point["d_model"]} if "d_model" in point else {}
 
 
-def _length_rows(results: Results, name: str) -> pd.DataFrame | str:
+def _learnt_lengths(results: Results, name: str) -> pd.DataFrame | Verdict:
+    """``name``'s accuracy by evaluation length, sorted, where it solved the task at the training
+    length; else the verdict that settles a length claim (its learning, or nothing to read)."""
+    trained = solves(name)(results)
+    if trained.outcome != REPRODUCED:
+        return Verdict(trained.outcome, f"at the training length: {trained.evidence}")
     if results.lengths is None:
-        return "no test/acc@L figures: the sweep tested one length"
+        return Verdict(NOT_RUN, "no test/acc@L figures: the sweep tested one length")
     rows = _rows(results.lengths, name, {})
     if rows.empty:
-        return f"{name}: no such row"
+        return Verdict(NOT_RUN, f"{name}: no such row")
     return rows.sort_values("length")
 
 
@@ -242,12 +247,9 @@ def extrapolates(name: str, factor: int, threshold: float = 0.99) -> Callable[[R
     """``name`` solves the task at the training length and keeps ``threshold`` accuracy (mean over
     the chosen seeds) at every tested length up to ``factor`` times it."""
     def test(results: Results) -> Verdict:
-        trained = solves(name)(results)
-        if trained.outcome != REPRODUCED:
-            return Verdict(trained.outcome, f"at the training length: {trained.evidence}")
-        rows = _length_rows(results, name)
-        if isinstance(rows, str):
-            return Verdict(NOT_RUN, rows)
+        rows = _learnt_lengths(results, name)
+        if isinstance(rows, Verdict):
+            return rows
         limit = factor * int(rows["seq_len"].iloc[0])
         upto = rows[rows["length"] <= limit]
         figures = ", ".join(f"{int(r.length):,}: {r.acc_mean:.3f}" for r in upto.itertuples())
@@ -263,12 +265,9 @@ def fails_beyond(name: str, factor: int, threshold: float = 0.99) -> Callable[[R
     tested length beyond ``factor`` times it (a model that never learnt the task has nothing to
     lose: undecided or not reproduced, by its learning status)."""
     def test(results: Results) -> Verdict:
-        trained = solves(name)(results)
-        if trained.outcome != REPRODUCED:
-            return Verdict(trained.outcome, f"at the training length: {trained.evidence}")
-        rows = _length_rows(results, name)
-        if isinstance(rows, str):
-            return Verdict(NOT_RUN, rows)
+        rows = _learnt_lengths(results, name)
+        if isinstance(rows, Verdict):
+            return rows
         beyond = rows[(rows["length"] > factor * int(rows["seq_len"].iloc[0])) & rows["acc_mean"].notna()]
         if beyond.empty:
             return Verdict(NOT_RUN, f"{name}: no length tested beyond {factor}x the training length")
