@@ -9,6 +9,7 @@ from hybrids.mixers import SparseAttention
 from hybrids.mixers import Mamba, RGLRU
 from hybrids.mixers import LinearAttention, Mamba2, ShortConv
 from hybrids.mixers import LSHAttention, MemorizingAttention
+from hybrids.mixers import H3, BaseConv, Hyena
 from hybrids.parts.knn_memory import faiss_or_none
 
 D_MODEL = 16
@@ -47,6 +48,14 @@ MIXER_CASES = {
     "mamba2": (Mamba2, {"d_state": 4, "headdim": 8}),
     "mamba2-groups": (Mamba2, {"d_state": 3, "headdim": 4, "ngroups": 2, "d_conv": 3, "expand": 1.5}),
     "short-conv": (ShortConv, {}),
+    # Gated convolutions: H3's fixed state; Hyena's and BaseConv's long filters keep the history.
+    "h3": (H3, {"d_state": 4}),
+    "h3-heads-zoh": (H3, {"d_state": 6, "head_dim": 4, "discretization": "zoh", "init": "legs"}),
+    "hyena": (Hyena, {"l_max": 8, "filter_order": 8}),
+    "hyena-order3": (Hyena, {"l_max": 16, "order": 3, "filter_order": 6, "emb_dim": 5, "short_filter": 2,
+                             "filter_depth": 1}),
+    "base-conv": (BaseConv, {"l_max": 8, "filter_order": 8}),
+    "base-conv-explicit": (BaseConv, {"l_max": 64, "filter": "explicit", "bias": False}),
     "lsh": (LSHAttention, {"heads": 2, "n_buckets": 4, "n_hashes": 2, "chunk_size": 2}),
     # LENGTH 13 > segments of 4: the memory fills, and evicts (6 < 12 tokens of full segments).
     "memorizing": (MemorizingAttention, {"heads": 2, "segment_length": 4, "memory_size": 6, "top_k": 3}),

@@ -2,6 +2,9 @@
 
 from hybrids.mixers.attention import Attention
 from hybrids.mixers.base import Mixer, State, state_elements
+from hybrids.mixers.base_conv import BaseConv
+from hybrids.mixers.h3 import H3
+from hybrids.mixers.hyena import Hyena
 from hybrids.mixers.linear_attention import LinearAttention
 from hybrids.mixers.lsh_attention import LSHAttention
 from hybrids.mixers.mamba import Mamba
@@ -17,6 +20,9 @@ __all__ = [
     "S4",
     "S4D",
     "Attention",
+    "BaseConv",
+    "H3",
+    "Hyena",
     "LinearAttention",
     "LSHAttention",
     "Mamba",

@@ -69,18 +69,21 @@ _RULES: dict[Callable[[Any], bool], str] = {
 RANGES: dict[str, tuple[Callable[[Any], bool], bool]] = {
     **{name: (positive_int, False) for name in (
         "heads", "d_state", "d_conv", "headdim", "ngroups", "n_buckets", "n_hashes", "chunk_size",
-        "block_size", "dilation", "segment_length", "top_k", "hnsw_m", "ivf_lists", "ivf_probe", "gate_rank")},
+        "block_size", "dilation", "segment_length", "top_k", "hnsw_m", "ivf_lists", "ivf_probe", "gate_rank",
+        "filter_order", "short_filter")},
     **{name: (positive_int, True) for name in (
         "kv_heads", "head_dim", "d_rnn", "window", "l_max", "rank", "num_features", "feature_dim")},
-    **{name: (non_negative_int, False) for name in ("global_tokens", "random_blocks", "memory_size")},
+    **{name: (non_negative_int, False) for name in ("global_tokens", "random_blocks", "memory_size", "filter_depth")},
     "seed": (integer, True),  # torch.Generator.manual_seed takes any 64-bit integer
     **{name: (positive_number, False) for name in (
-        "rotary_base", "expand", "dt_min", "dt_max", "dt_scale", "norm_eps", "gate_temperature", "c")},
+        "rotary_base", "expand", "dt_min", "dt_max", "dt_scale", "norm_eps", "gate_temperature", "c",
+        "fast_decay_pct", "slow_decay_pct")},
     **{name: (non_negative_number, False) for name in ("dt_init_floor", "eps")},
     "B_clip": (positive_number, True),
     "dropout": (fraction, False),
     "a_min": (open_unit, False),
     "a_max": (open_unit, False),
+    "target": (open_unit, False),
 }
 
 

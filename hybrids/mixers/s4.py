@@ -53,21 +53,21 @@ from hybrids.kernels.ssm.hippo import DIAGONAL_INITS, MEASURES, diagonal_init, n
 REAL_FLOOR = 1e-4
 
 
-def _complex_parameter(value: torch.Tensor) -> nn.Parameter:
+def complex_parameter(value: torch.Tensor) -> nn.Parameter:
     """Complex values stored as a real (..., 2) parameter, so that .double()/.half() cast them."""
     return nn.Parameter(torch.view_as_real(value.to(torch.complex128).contiguous()).to(torch.float32).clone())
 
 
-def _as_complex(parameter: torch.Tensor) -> torch.Tensor:
+def as_complex(parameter: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(_wide(parameter).contiguous())
 
 
-def _diagonal(log_neg_real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
+def stable_diagonal(log_neg_real: torch.Tensor, imag: torch.Tensor) -> torch.Tensor:
     """Lambda = -exp(log_neg_real) + i imag, (H, N2) complex."""
     return torch.complex(-torch.exp(_wide(log_neg_real)), _wide(imag))
 
 
-def _no_weight_decay(*parameters: nn.Parameter) -> None:
+def no_weight_decay(*parameters: nn.Parameter) -> None:
     # The SSM's own parameters (dynamics, input matrix, step) are not regularised (S4's practice).
     for p in parameters:
         p._no_weight_decay = True
@@ -93,7 +93,7 @@ class _SSMMixer(Mixer):
         self.D = nn.Parameter(torch.randn(d_model))
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(d_model, 2 * d_model)
-        _no_weight_decay(self.log_dt)
+        no_weight_decay(self.log_dt)
 
     def _init_modes(self, Lambda: torch.Tensor, B: torch.Tensor) -> None:
         """Per-channel copies of the initial modes Lambda, B (N2,) and a random C (H, N2)."""
@@ -101,10 +101,10 @@ class _SSMMixer(Mixer):
         # Re(Lambda) = -exp(log_neg_real) < 0 keeps every mode stable whatever training does.
         self.log_neg_real = nn.Parameter(torch.log((-Lambda.real).clamp(min=REAL_FLOOR)).float())
         self.imag = nn.Parameter(Lambda.imag.float().clone())
-        self.B = _complex_parameter(B.expand(self.d_model, -1))
+        self.B = complex_parameter(B.expand(self.d_model, -1))
         C = torch.randn(self.d_model, self.d_state // 2, dtype=torch.complex128) * math.sqrt(0.5)
-        self.C = _complex_parameter(C)
-        _no_weight_decay(self.log_neg_real, self.imag, self.B)
+        self.C = complex_parameter(C)
+        no_weight_decay(self.log_neg_real, self.imag, self.B)
 
     # Subclasses provide the kernel, the SSM over a sequence (conv mode) and the discrete system
     # (recurrent mode).
@@ -230,7 +230,7 @@ class S4D(_SSMMixer):
         self.B.requires_grad_(learn_B)
 
     def _system(self):
-        return _diagonal(self.log_neg_real, self.imag), _as_complex(self.B), _as_complex(self.C), torch.exp(_wide(self.log_dt))
+        return stable_diagonal(self.log_neg_real, self.imag), as_complex(self.B), as_complex(self.C), torch.exp(_wide(self.log_dt))
 
     def kernel(self, length: int) -> torch.Tensor:
         Lambda, B, C, dt = self._system()
@@ -326,8 +326,8 @@ class S4(_SSMMixer):
         self.measure, self.rank = measure, rank
         system = nplr(measure, d_state, rank=rank, B_clip=B_clip)
         self._init_modes(system.Lambda, system.B)
-        self.P = _complex_parameter(system.P[:, None, :].expand(-1, d_model, -1))
-        _no_weight_decay(self.P)
+        self.P = complex_parameter(system.P[:, None, :].expand(-1, d_model, -1))
+        no_weight_decay(self.P)
         # The length C~ is attuned to; 0: not yet (the parameter holds C itself).
         self.register_buffer("l_max", torch.tensor(0, dtype=torch.long))
         # The same length as a Python int, so that reading it never syncs with a GPU; kept equal
@@ -338,8 +338,8 @@ class S4(_SSMMixer):
             self._attune(l_max)
 
     def _system(self, dtype: torch.dtype | None = None):
-        Lambda = _diagonal(self.log_neg_real, self.imag)
-        parts = (Lambda, _as_complex(self.P), _as_complex(self.B), _as_complex(self.C), torch.exp(_wide(self.log_dt)))
+        Lambda = stable_diagonal(self.log_neg_real, self.imag)
+        parts = (Lambda, as_complex(self.P), as_complex(self.B), as_complex(self.C), torch.exp(_wide(self.log_dt)))
         return parts if dtype is None else tuple(p.to(dtype) if p.is_complex() else p.double() for p in parts)
 
     def _length_key(self) -> int:
