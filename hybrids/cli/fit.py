@@ -175,6 +175,11 @@ class HybridsCLI(LightningCLI):
                 "leave it out: the model takes the data's"
             )
         if isinstance(self.model, LanguageModel):
+            # A task scored as an auto-encoder (MAD's compression) needs the stack's readout.
+            wanted, readout = getattr(self.datamodule, "readout", "tokens"), self.model.model.config.readout
+            if wanted != readout:
+                self.parser.error(f"model.init_args.stack.readout: {type(self.datamodule).__name__} needs readout "
+                                  f"{wanted!r}, got {readout!r}")
             self.model.run_identity = self.run_identity
             _check_segment_lengths(self.parser, self.model, self.datamodule)
 

@@ -130,6 +130,11 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
         (n, seq_len) int64."""
         raise NotImplementedError
 
+    def generate_training_at(self, num_examples: int, seq_len: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training set's examples: :meth:`generate_at` unless the task trains on other labels
+        than it is scored on (MAD's recall tasks label every next token in training)."""
+        return self.generate_at(num_examples, seq_len, seed)
+
     def check_length(self, seq_len: int) -> None:
         """ConfigError (any key) where the task's other arguments give no example of ``seq_len``
         tokens; each of ``train_lengths`` is checked with it, and the error keyed there."""
@@ -152,11 +157,11 @@ class SyntheticTask(ResumableOrder, L.LightningDataModule):
             # A length curriculum: the training examples split between the lengths, each drawn
             # from a seed of its own (hybrids.data.curriculum).
             pools = pool_sizes(self.num_train_examples, len(self.train_lengths))
-            sets = [self.generate_at(n, length, derive_seed(self._seed, "train", length))
+            sets = [self.generate_training_at(n, length, derive_seed(self._seed, "train", length))
                     for n, length in zip(pools, self.train_lengths)]
             self.train_set = LengthBatches(sets, self._batches_per_epoch())
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._tensor_set(self.num_train_examples, self._seed)
+            self.train_set = TensorDataset(*self.generate_training_at(self.num_train_examples, self.seq_len, self._seed))
         if stage in (None, "fit", "validate") and self.val_set is None:
             self.val_set = self._tensor_set(self.num_val_examples, self._seed + 2)
         if stage in (None, "test", "predict") and self.test_set is None:

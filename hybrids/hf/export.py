@@ -148,6 +148,8 @@ def export_parts(model) -> tuple[str, str, dict[str, Any], dict[str, torch.Tenso
     stack = model.config
     if stack.reversible:  # same parameter names, another function: refused before anything else
         raise ConversionError("reversible: transformers has no reversible blocks")
+    if stack.readout != "tokens":
+        raise ConversionError(f"readout: {stack.readout!r} (an auto-encoder) has no counterpart in transformers' causal LMs")
     classes = {letter: _class(spec) for letter, spec in stack.mixer_specs.items() if letter in stack.pattern}
     for kind in set(classes.values()):
         specs = {json.dumps(stack.mixer_specs[letter].get("init_args") or {}, sort_keys=True, default=str)

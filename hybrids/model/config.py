@@ -14,6 +14,7 @@ from typing import Any
 
 from hybrids.model.blocks import GATES, MLP_KINDS
 from hybrids.model.moe import MoEConfig
+from hybrids.model.readout import READOUTS
 from hybrids.errors import ConfigError, config_section
 
 
@@ -50,6 +51,10 @@ class StackConfig:
             ``{experts, top_k, period, offset, aux_loss, normalize}``
             (:class:`~hybrids.model.moe.MoEConfig`; its experts are MLPs of kind ``mlp`` and width
             ``mlp_expand * d_model``); None: dense MLPs everywhere.
+        readout: what the head reads: ``"tokens"``, each position's hidden state (a language
+            model); ``"last"``, an auto-encoder: the last position's hidden state, decoded by an
+            MLP into every position (:mod:`hybrids.model.readout`; MAD's compression task). A
+            ``"last"`` stack has no token-by-token decoding.
     """
 
     vocab_size: int
@@ -67,6 +72,7 @@ class StackConfig:
     embed_scale: float | None = None
     logit_soft_cap: float | None = None
     moe: Mapping[str, Any] | None = None
+    readout: str = "tokens"
 
     # Errors are keyed as the CLI spells them: model.init_args.stack.<field>.
     @config_section("model", "stack")
@@ -116,6 +122,10 @@ class StackConfig:
                 raise ConfigError("moe", f"experts are gated MLPs: mlp must be one of {sorted(GATES)}, got {self.mlp!r}")
             if self.n_layers is not None and not any(moe.applies_to(i) for i in range(self.n_layers)):
                 raise ConfigError("moe", f"offset {moe.offset} leaves no block of {self.n_layers} with experts")
+        if self.readout not in READOUTS:
+            raise ConfigError("readout", f"must be one of {READOUTS}, got {self.readout!r}")
+        if self.readout != "tokens" and self.reversible:
+            raise ConfigError("readout", f"{self.readout!r} is not implemented for reversible stacks")
         if self.norm_eps is not None and (not _is_number(self.norm_eps) or not 0 < self.norm_eps < 1):
             raise ConfigError("norm_eps", f"must be a number in (0, 1) (or null for torch's default), got {self.norm_eps!r}")
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from hybrids.model.blocks import MLP, Block
 from hybrids.model.moe import MoE, MoEConfig
+from hybrids.model.readout import PooledDecoder
 from hybrids.model.config import DEFAULT_MIXERS, StackConfig  # noqa: F401  (DEFAULT_MIXERS: re-exported)
 from hybrids.errors import ConfigError, StateSizeUnknown
 from hybrids.model.reversible import ReversibleBlock, reversible_stack
@@ -55,6 +56,8 @@ class HybridLM(nn.Module):
             blocks.append(block_class(d_model, mixer, channel, config.dropout, config.norm_eps))
         self.blocks = nn.ModuleList(blocks)
         self.norm = nn.RMSNorm(d_model, eps=config.norm_eps)
+        # An auto-encoder's decoder from the last position (readout "last"); None for an LM.
+        self.decoder = PooledDecoder(d_model, config.norm_eps) if config.readout == "last" else None
         self.head = nn.Linear(d_model, config.vocab_size, bias=False)
         # Rows of norm ~1 (std 1/sqrt(d)), so that the tied head's logits start at std ~1 at
         # every width and AdamW's steps (of size ~lr per element) move the embedding by a small
@@ -100,7 +103,10 @@ class HybridLM(nn.Module):
         else:
             for block in self.blocks:
                 x = block(x)
-        return self._leave(x)
+        hidden = self._leave(x)
+        if self.decoder is not None:
+            return self.decoder(hidden[:, -1], tokens.shape[1])
+        return hidden
 
     def _enter(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings (..., d_model) -> the blocks' input: both streams of a reversible stack."""
@@ -116,9 +122,15 @@ class HybridLM(nn.Module):
 
     # -- recurrent form -------------------------------------------------------------------------
 
+    def _check_token_readout(self) -> None:
+        if self.decoder is not None:
+            raise ValueError("readout: an auto-encoder stack (readout 'last') decodes a whole sequence from its last "
+                             "position; it has no token-by-token form (prefill, step, generate)")
+
     def init_state(self, batch_size: int, max_len: int | None = None) -> list[Any]:
         """One empty mixer state per block; ``max_len`` (the prompt plus the tokens to generate)
         lets mixers whose state grows (attention's KV cache) allocate it once."""
+        self._check_token_readout()
         states = []
         for block in self.blocks:
             init = block.mixer.init_state
@@ -156,6 +168,7 @@ class HybridLM(nn.Module):
     ) -> tuple[torch.Tensor, list[Any]]:
         """:meth:`prefill` without the LM head: the normalised hidden states (B, L, d_model) and
         every layer's state (long-context evaluation applies the head to labelled positions only)."""
+        self._check_token_readout()
         x = self._enter(self.embed(tokens))
         states = [None] * len(self.blocks) if states is None else states
         new_states = []
@@ -173,6 +186,7 @@ class HybridLM(nn.Module):
         new state is None)."""
         if self.config.reversible:
             raise ValueError("reversible: a reversible stack cannot carry states across segments (it only has a forward pass)")
+        self._check_token_readout()
         x = self.embed(tokens)
         new_states = []
         for block, state, carries in zip(self.blocks, states, carry):
