@@ -44,7 +44,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from hybrids.cli.fit_checks import first_line, text_problem, value_problem
+from hybrids.cli.fit_checks import config_paths, first_line, text_problem, value_problem
 from hybrids.cli.parse_errors import KeyedErrorParser
 from hybrids.data.loading import ResumableOrder
 from hybrids.learning_status import Criterion
@@ -81,8 +81,11 @@ class HybridsCLI(LightningCLI):
         parser.link_arguments("data.vocab_size", "model.init_args.stack.vocab_size", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True})
-        # `hybrids fit` with no config trains the default stack (attention) on MQAR.
-        parser.set_defaults({"model": {"class_path": "hybrids.LanguageModel"}, "data": {"class_path": "hybrids.data.MQAR"}})
+        # `hybrids fit` with no config trains the default stack (attention) on MQAR. The default data
+        # module is given as an argument by build_cli, not here: as a parser default its arguments
+        # would count as given, and a config naming another data module without all of its
+        # init_args would inherit MQAR's values for the names they share (seq_len, vocab_size).
+        parser.set_defaults({"model": {"class_path": "hybrids.LanguageModel"}})
         parser.add_argument(
             "--test_after_fit", type=bool, default=False,
             help="After fit, evaluate the final weights on the test set in the same process and log "
@@ -518,8 +521,42 @@ def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str, log_
     print("hybrids: " + " | ".join(parts), flush=True)
 
 
+DEFAULT_DATA = "hybrids.data.MQAR"
+
+
+def _names_data_class(args: list[str]) -> bool:
+    """Whether the command line or a ``-c`` config names the data module's class."""
+    for item in args:
+        if item in ("--data", "--data.class_path") or item.startswith(("--data=", "--data.class_path=")):
+            return True
+    for value in config_paths(args):
+        try:
+            path = Path(value)
+            text = path.read_text(encoding="utf-8") if path.is_file() else value
+            config = yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError):
+            continue  # the parser reports an unreadable config itself
+        if isinstance(config, dict) and config.get("data") is not None:
+            return True
+    return False
+
+
+def with_default_data(args: list[str], subcommand: bool = True) -> list[str]:
+    """``args`` with ``--data hybrids.data.MQAR`` first (after the subcommand, when ``args`` start
+    with one) when nothing names a data class, so that ``hybrids fit`` alone trains on MQAR,
+    while a config naming another data module gets that module's own defaults for what it leaves
+    out."""
+    if subcommand and (not args or args[0] not in ("fit", "validate", "test", "predict")):
+        return args  # --help, or an unknown subcommand: the parser answers
+    head, rest = (args[:1], args[1:]) if subcommand else ([], args)
+    if _names_data_class(rest):
+        return args
+    return [*head, "--data", DEFAULT_DATA, *rest]
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> HybridsCLI:
     """Parse ``args`` (default ``sys.argv[1:]``), instantiate, and run the subcommand if ``run``."""
+    args = with_default_data(list(sys.argv[1:] if args is None else args), subcommand=run)
     return HybridsCLI(
         LanguageModel,
         L.LightningDataModule,

@@ -157,3 +157,16 @@ def test_evaluating_last_without_checkpoint_is_an_error(in_tmp, capsys):
         build_cli(["test", "-c", str(config), *QUIET, "--ckpt_path=last"])
     assert info.value.code == 2
     assert "no last checkpoint" in capsys.readouterr().err
+
+
+def test_a_config_naming_a_data_module_gets_its_defaults_not_mqars(in_tmp):
+    # MQAR is the default data module; its values (seq_len 64, vocab 128) once leaked into any
+    # data module a config named without those init_args.
+    (in_tmp / "copying.yaml").write_text("data:\n  class_path: hybrids.data.SelectiveCopying\n")
+    cli = build_cli(["-c", "copying.yaml", *QUIET], run=False)
+    assert type(cli.datamodule).__name__ == "SelectiveCopying"
+    assert (cli.datamodule.seq_len, cli.datamodule.vocab_size) == (256, 16)
+    plain = build_cli([*QUIET], run=False)
+    assert type(plain.datamodule).__name__ == "MQAR" and plain.datamodule.seq_len == 64
+    longer = build_cli(["--data.init_args.seq_len=128", *QUIET], run=False)
+    assert type(longer.datamodule).__name__ == "MQAR" and longer.datamodule.seq_len == 128
