@@ -3,7 +3,8 @@
 # the disputed claims first: the quick learners of MQAR, the curriculum's contrast on induction
 # heads and selective copying (short sweeps that complete a comparison each), MQAR's recurrent
 # families whose earlier chance-level results the issue questions (Mamba, Mamba-2, GLA, RetNet),
-# the tuned induction sweep, and the remaining MQAR families. Resumable: run it again after an interruption (each sweep skips what is
+# the tuned induction sweep, the remaining MQAR families (the gated convolutions last), then MAD's
+# protocol (issue 29) family by family, and its iso-state comparison. Resumable: run it again after an interruption (each sweep skips what is
 # done; successive halving keeps its decisions). Each step prints its wall time.
 #
 #   nohup bash scripts/protocol_sweeps.sh > runs/sweeps/protocol.log 2>&1 &
@@ -14,12 +15,15 @@ set -uf  # -f: the --only globs are for the sweep, not for the shell
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 mqar() { for family in "$@"; do echo "mqar_tuned_cpu:$family-d*"; done; }
+mad() { for family in "$@"; do echo "mad_cpu:$family-*"; done; }
 DEFAULT_QUEUE="$(mqar attention sliding_window based mamba_attention rglru_local mamba_swa)
 induction_curriculum_cpu:*
 selective_copying_tuned_cpu:*
 $(mqar mamba mamba2 gla retnet)
 induction_tuned_cpu:*
-$(mqar s4d s4 rglru performer)"
+$(mqar s4d s4 rglru performer h3 hyena base_conv)
+$(mad attention sliding_window mamba mamba2 gla rglru hyena h3 hyena_attention mamba_attention)
+mad_cpu_iso_state:*"
 QUEUE=${QUEUE:-$DEFAULT_QUEUE}
 for step in $QUEUE; do
     sweep=${step%%:*} only=${step#*:}

@@ -190,6 +190,15 @@ def plot_main(argv: list[str]) -> int:
     tuned = args.tuned if args.tuned is not None else tuned_axes(table)
     (out / "points.md").write_text(points_markdown(points, report=args.report, tuned=tuned) + "\n")
     print(points_text(points, report=args.report, tuned=tuned))
+    from hybrids.lab.analysis.mad_score import mad_markdown, mad_scores, mad_tasks_in
+
+    if mad_tasks_in(points):  # a MAD sweep: the score per family and task
+        scores = mad_scores(points, report=args.report)
+        scores.to_csv(out / "mad_scores.csv", index=False)
+        (out / "mad_scores.md").write_text(mad_markdown(scores) + "\n")
+        print("\nMAD scores (mean over each task's settings of " + args.report + "):")
+        print(mad_markdown(scores).split("\n\n")[0])
+        extra += ["mad_scores.csv", "mad_scores.md"]
     if checked is not None:
         (out / "claims.md").write_text(claims_markdown(checked) + "\n")
         print(f"\npublished orderings ({args.claims}):")

@@ -105,3 +105,13 @@ def test_fit_refuses_compression_without_the_auto_encoder_readout(in_tmp, capsys
         build_cli(["fit", "-c", str(CONFIG), "--model.init_args.stack.readout=tokens", *QUIET])
     assert exit_.value.code == 2
     assert "model.init_args.stack.readout: Compression needs readout 'last', got 'tokens'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG.parent.glob("*.yaml")), ids=lambda p: p.stem)
+def test_mad_configs_fit_hyenas_filter_to_the_task_and_compression_reads_the_last_position(path):
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    stack, data = config["model"]["init_args"]["stack"], config["data"]
+    assert stack["mixers"]["H"]["init_args"]["l_max"] == data["init_args"]["seq_len"]
+    assert (stack.get("readout") == "last") == data["class_path"].endswith("Compression")

@@ -581,3 +581,36 @@ def test_a_run_finished_under_the_older_flat_spelling_is_not_run_again(tmp_path)
         write_run_folder(tmp_path / "runs", plan, None)
         assert is_finished(run) is adopted
         assert (read_json(run / "status.json")["config_hash"] == read_json(run / "run.json")["config_hash"]) is adopted
+
+
+MAD_FAMILIES = {"attention", "sliding_window", "mamba", "mamba2", "gla", "rglru", "hyena", "h3", "hyena_attention",
+                "mamba_attention"}
+
+
+def test_the_mad_sweep_covers_six_tasks_ten_families_and_mads_grid():
+    plans = expand(load_sweep(ROOT / "configs" / "sweeps" / "mad_cpu.yaml"))
+    tasks = ("recall", "fuzzy_recall", "noisy_recall", "selective_copying", "compression", "memorization")
+    assert {p.axes["family"] for p in plans} == MAD_FAMILIES
+    assert {t for p in plans for t in tasks if t in p.axes} == set(tasks)
+    assert all(any(p.axes.get(t) == "base" for p in plans) for t in tasks), "every task at its baseline"
+    assert {(p.axes["lr"], p.axes["weight_decay"]) for p in plans} == {(lr, wd) for lr in (1e-4, 5e-4, 1e-3)
+                                                                        for wd in (0.0, 0.1)}
+    assert all(p.tuned == ("lr", "weight_decay") for p in plans)
+    for plan in plans:
+        stack, data = plan.config["model"]["init_args"]["stack"], plan.config["data"]
+        is_compression = data["class_path"] == "hybrids.data.Compression"
+        assert (stack.get("readout") == "last") == is_compression
+        if "H" in stack["pattern"]:  # Hyena's filter spans the task's length
+            assert stack["mixers"]["H"]["init_args"]["l_max"] == data["init_args"]["seq_len"]
+
+
+def test_the_mad_iso_state_sweep_matches_every_family_to_one_state_size():
+    from hybrids.lab.sweeps.matching import solve_plan
+
+    spec = load_sweep(ROOT / "configs" / "sweeps" / "mad_cpu_iso_state.yaml")
+    plans = [p for p in expand(spec) if p.axes.get("recall") == "base" and p.axes["seed"] == 0
+             and p.axes["lr"] == 1e-3 and p.axes["weight_decay"] == 0.0]
+    assert {p.axes["family"] for p in plans} == {"mamba", "mamba2", "gla", "h3"}
+    for plan in plans:
+        solve_plan(plan, spec.match)
+        assert abs(plan.target["achieved"] - 8192) <= 0.1 * 8192, plan.name

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from hybrids.lab.analysis.mad_score import mad_tasks_in
 from hybrids.lab.analysis.sweeps import column_name
 
 
@@ -34,7 +35,8 @@ def _rows(points: pd.DataFrame, report: str, tuned: Sequence[str]) -> list[list[
     """Header and one row of cells per point (see :func:`points_text`)."""
     col = column_name(report)
     tuned = [t for t in tuned if t in points]
-    header = ["family", "seq_len", "kv", "width", "state size", "params", *tuned,
+    mad = mad_tasks_in(points)  # a MAD sweep: which task and setting each row is
+    header = ["family", *(["task"] if mad else []), "seq_len", "kv", "width", "state size", "params", *tuned,
               f"{report} mean ± sem", "[min, max]", "seeds", "learning"]
     rows = [header]
     for _, p in points.iterrows():
@@ -43,8 +45,9 @@ def _rows(points: pd.DataFrame, report: str, tuned: Sequence[str]) -> list[list[
                  if p.get(key, 0) and not (isinstance(p.get(key), float) and math.isnan(p.get(key)))]
         if notes:  # a selection among unfinished runs may still change
             seeds += f" ({', '.join(notes)})"
+        task = [next((f"{t}: {p[t]}" for t in mad if isinstance(p.get(t), str)), "-")] if mad else []
         rows.append([
-            _cell(p.get("family")), _integer(p.get("seq_len")), _integer(p.get("num_kv_pairs")),
+            _cell(p.get("family")), *task, _integer(p.get("seq_len")), _integer(p.get("num_kv_pairs")),
             _integer(p.get("d_model")), _integer(p.get("state_size")), _integer(p.get("params")),
             *(_cell(p.get(t), "g") for t in tuned),
             f"{_cell(p.get(f'{col}_mean'), '.4f')} ± {_cell(p.get(f'{col}_sem'), '.4f')}",
