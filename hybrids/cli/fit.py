@@ -44,7 +44,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from hybrids.cli.fit_checks import config_paths, first_line, text_problem, value_problem
+from hybrids.cli.fit_checks import first_line, text_problem, value_problem
 from hybrids.cli.parse_errors import KeyedErrorParser
 from hybrids.data.loading import ResumableOrder
 from hybrids.learning_status import Criterion
@@ -524,33 +524,15 @@ def print_summary(trainer: L.Trainer, model: L.LightningModule, stage: str, log_
 DEFAULT_DATA = "hybrids.data.MQAR"
 
 
-def _names_data_class(args: list[str]) -> bool:
-    """Whether the command line or a ``-c`` config names the data module's class."""
-    for item in args:
-        if item in ("--data", "--data.class_path") or item.startswith(("--data=", "--data.class_path=")):
-            return True
-    for value in config_paths(args):
-        try:
-            path = Path(value)
-            text = path.read_text(encoding="utf-8") if path.is_file() else value
-            config = yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError):
-            continue  # the parser reports an unreadable config itself
-        if isinstance(config, dict) and config.get("data") is not None:
-            return True
-    return False
-
-
 def with_default_data(args: list[str], subcommand: bool = True) -> list[str]:
     """``args`` with ``--data hybrids.data.MQAR`` first (after the subcommand, when ``args`` start
-    with one) when nothing names a data class, so that ``hybrids fit`` alone trains on MQAR,
-    while a config naming another data module gets that module's own defaults for what it leaves
-    out."""
+    with one), so that ``hybrids fit`` alone trains on MQAR. Given as the first argument, not as a
+    parser default: a config or a later argument naming another data module then gets that
+    module's own defaults for what it leaves out (jsonargparse keeps a default's init_args across a
+    change of class), and a config setting only MQAR's init_args still finds MQAR."""
     if subcommand and (not args or args[0] not in ("fit", "validate", "test", "predict")):
         return args  # --help, or an unknown subcommand: the parser answers
     head, rest = (args[:1], args[1:]) if subcommand else ([], args)
-    if _names_data_class(rest):
-        return args
     return [*head, "--data", DEFAULT_DATA, *rest]
 
 

@@ -68,14 +68,14 @@ def text_problem(args: list[str]) -> str | None:
             shown = item.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
             return (f"{key}: holds bytes that are not UTF-8 text ({shown}); configs and the run's records "
                     "are UTF-8, so values (paths included) must be too")
-    for value in config_paths(args):
+    for value in _config_paths(args):
         problem = _not_text(value)
         if problem:
             return f"config: {value}: {problem}" if value.strip() and "\n" not in value else f"config: {problem}"
     return None
 
 
-def config_paths(args: list[str]) -> Iterable[str]:
+def _config_paths(args: list[str]) -> Iterable[str]:
     for i, item in enumerate(args):
         if item in ("-c", "--config") and i + 1 < len(args):
             yield args[i + 1]

@@ -74,6 +74,7 @@ class BaseConv(Mixer):
         return self._parallel(x)
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self._decode_kernel.reset()  # a decoding session starts: read the weights as they are now
         return self._parallel(x, state, final_state=True)
 
     def _parallel(self, x: torch.Tensor, state: State | None = None, final_state: bool = False):
@@ -89,6 +90,7 @@ class BaseConv(Mixer):
         return y, {"history": kept.clone(memory_format=torch.contiguous_format)}
 
     def init_state(self, batch_size: int) -> State:
+        self._decode_kernel.reset()  # a decoding session starts: read the weights as they are now
         return {"history": torch.zeros(batch_size, self.d_model, 0, **self._factory())}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

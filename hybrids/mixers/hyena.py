@@ -86,6 +86,7 @@ class Hyena(Mixer):
         return self._parallel(x)
 
     def prefill(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        self._decode_kernel.reset()  # a decoding session starts: read the weights as they are now
         return self._parallel(x, state, final_state=True)
 
     def _streams(self, z: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -119,6 +120,7 @@ class Hyena(Mixer):
         return y, {"conv": conv, "history": history}
 
     def init_state(self, batch_size: int) -> State:
+        self._decode_kernel.reset()  # a decoding session starts: read the weights as they are now
         factory = self._factory()
         return {"conv": torch.zeros(batch_size, (self.order + 1) * self.d_model, self.short_filter - 1, **factory),
                 "history": torch.zeros(batch_size, self.order - 1, self.d_model, 0, **factory)}

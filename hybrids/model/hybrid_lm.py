@@ -105,6 +105,8 @@ class HybridLM(nn.Module):
                 x = block(x)
         hidden = self._leave(x)
         if self.decoder is not None:
+            if tokens.shape[1] == 0:
+                raise ValueError("tokens: an auto-encoder stack (readout 'last') needs at least one token to read its code from")
             return self.decoder(hidden[:, -1], tokens.shape[1])
         return hidden
 

@@ -97,12 +97,22 @@ class ImplicitFilter(nn.Module):
         return z.to(dtype), t.to(dtype)
 
     def forward(self, length: int) -> torch.Tensor:
-        """The first ``length`` taps of every channel's kernel: (channels, length)."""
+        """The first ``length`` taps of every channel's kernel: (channels, length), in float32 or
+        wider. The network runs in float32 at least whatever its parameters' dtype: in bfloat16
+        (8 bits of mantissa) the positions past about 256 would share their ``t``."""
         weight = self.ffn[0].weight
-        z, t = self.features(length, weight.dtype, weight.device)
-        h = self.ffn(z).transpose(0, 1)  # (channels, length)
+        work = torch.promote_types(weight.dtype, torch.float32)
+        z, t = self.features(length, work, weight.device)
+        h = z
+        for layer in self.ffn:
+            if isinstance(layer, nn.Linear):
+                bias = None if layer.bias is None else layer.bias.to(work)
+                h = nn.functional.linear(h, layer.weight.to(work), bias)
+            else:  # Sine
+                h = torch.sin(layer.frequency.to(work) * h)
+        h = h.transpose(0, 1)  # (channels, length)
         if self.modulate:
-            h = h * (torch.exp(-self.decay.to(h.dtype)[:, None] * t[None, :]) + self.shift)
+            h = h * (torch.exp(-self.decay.to(work)[:, None] * t[None, :]) + self.shift)
         return h
 
 

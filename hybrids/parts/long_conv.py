@@ -63,12 +63,20 @@ class ExplicitFilter(nn.Module):
 
 
 class DecodeKernel:
-    """A filter's taps for decoding, computed without gradients once per parameter version and
-    extended by doubling as the sequence grows (the first m taps never change with the length
-    asked for). ``get(filter, length)`` -> (channels, >= length), where ``filter(n)`` gives the
-    first n taps and ``filter.l_max`` caps the doubling of an explicit filter."""
+    """A filter's taps for decoding, computed without gradients and extended by doubling as the
+    sequence grows (the first m taps never change with the length asked for).
+    ``get(filter, length)`` -> (channels, >= length), where ``filter(n)`` gives the first n taps
+    and ``filter.l_max`` caps the doubling of an explicit filter.
+
+    The taps are recomputed when a parameter is replaced or updated through autograd's view
+    (its ``_version``), and always after :meth:`reset`, which the mixers call at the start of
+    every decoding session (``init_state``, ``prefill``): an in-place update through ``.data``
+    leaves no trace, so a cache kept across sessions could serve old weights."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self._key: tuple | None = None
         self._kernel: torch.Tensor | None = None
 

@@ -170,3 +170,12 @@ def test_a_config_naming_a_data_module_gets_its_defaults_not_mqars(in_tmp):
     assert type(plain.datamodule).__name__ == "MQAR" and plain.datamodule.seq_len == 64
     longer = build_cli(["--data.init_args.seq_len=128", *QUIET], run=False)
     assert type(longer.datamodule).__name__ == "MQAR" and longer.datamodule.seq_len == 128
+
+
+def test_a_config_setting_only_mqars_arguments_still_gets_mqar(in_tmp):
+    (in_tmp / "longer.yaml").write_text("data:\n  init_args: {seq_len: 128}\n")
+    cli = build_cli(["-c", "longer.yaml", *QUIET], run=False)
+    assert type(cli.datamodule).__name__ == "MQAR" and cli.datamodule.seq_len == 128
+    (in_tmp / "recall.yaml").write_text("data:\n  class_path: hybrids.data.InContextRecall\n  init_args: {vocab_size: 32}\n")
+    recall = build_cli(["-c", "recall.yaml", *QUIET], run=False)
+    assert (recall.datamodule.seq_len, recall.datamodule.vocab_size, recall.datamodule.num_train_examples) == (128, 32, 12_800)

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from hybrids.cli.fit import build_cli
-from hybrids.data import Compression, FuzzyInContextRecall, InContextRecall, Memorization, NoisyInContextRecall
+from hybrids.data import (
+    Compression,
+    FuzzyInContextRecall,
+    InContextRecall,
+    MADSelectiveCopying,
+    Memorization,
+    NoisyInContextRecall,
+)
 from hybrids.data.mad import fuzzy_in_context_recall, in_context_recall
 from hybrids.model.hybrid_lm import HybridLM
 from hybrids.model.readout import sinusoidal_positions
@@ -55,9 +62,11 @@ def test_memorization_sets_ask_the_same_facts():
     assert not torch.equal(other.train_set.tensors[1], task.train_set.tensors[1])
 
 
-def test_mad_tasks_count_as_solved_at_mads_threshold():
-    assert Compression.criterion.threshold == 0.999 and Compression.readout == "last"
-    assert getattr(InContextRecall, "readout", "tokens") == "tokens"
+@pytest.mark.parametrize("task", [InContextRecall, NoisyInContextRecall, FuzzyInContextRecall, MADSelectiveCopying,
+                                  Compression, Memorization], ids=lambda t: t.__name__)
+def test_mad_tasks_count_as_solved_at_mads_threshold(task):
+    assert task.criterion.threshold == 0.999
+    assert getattr(task, "readout", "tokens") == ("last" if task is Compression else "tokens")
 
 
 def test_the_last_position_readout_decodes_every_position_from_the_code():
@@ -78,6 +87,8 @@ def test_the_last_position_readout_decodes_every_position_from_the_code():
     for call in (lambda: model.init_state(1), lambda: model.prefill(tokens), lambda: model.generate(tokens, 2)):
         with pytest.raises(ValueError, match="^readout: an auto-encoder stack"):
             call()
+    with pytest.raises(ValueError, match="^tokens: an auto-encoder stack"):
+        model(tokens[:, :0])
     with pytest.raises(ConfigError) as err:
         HybridLM(12, readout="first")
     assert err.value.key.endswith("readout")

@@ -50,32 +50,49 @@ def test_a_task_score_is_the_mean_over_its_settings_of_the_validation_chosen_run
     points = select_points(sweep_table(mad_sweep))
     assert mad_tasks_in(points) == ["recall", "memorization"]
     scores = mad_scores(points).set_index(["family", "task"])
+    assert "d_model" in mad_scores(points).columns  # one width: a score per family and width
     attention = scores.loc[("attention", "recall")]
     # base: 0.98 (lr 1e-3 chosen on validation, not lr 1e-4's 1.0 on test); vocab64: (0.70 + 0.72) / 2.
     assert attention["score"] == pytest.approx((0.98 + 0.71) / 2)
     assert attention["score_sem"] == pytest.approx(math.sqrt(0 + 0.01**2) / 2)
-    assert (attention["settings"], attention["missing"], attention["improving"], attention["solved"]) == (2, 0, 1, 1)
+    assert (attention["settings"], attention["missing"], attention["not_finished"], attention["solved"]) == (2, 0, 1, 1)
     assert attention["state_size"] == "2,000-4,000" and attention["per_setting"] == "base=0.980, vocab64=0.710"
     assert scores.loc[("mamba", "recall")]["score"] == pytest.approx(0.65)
-    assert scores.loc[("mamba", "recall")]["improving"] == 0
+    assert scores.loc[("mamba", "recall")]["not_finished"] == 0
     text = mad_markdown(mad_scores(points))
     header, _, attention_row, mamba_row = text.split("\n")[:4]
-    assert header == "| family | recall | memorization | overall |"
-    assert attention_row == "| attention | 0.845 ± 0.005 (1/2 not finished) | 0.500 ± 0.000 | - |"
-    assert mamba_row == "| mamba | 0.650 ± 0.000 | not run | - |"
+    assert header == "| family | d_model | recall | memorization | overall |"
+    assert attention_row == "| attention | 64 | 0.845 ± 0.005 (1/2 not finished) | 0.500 ± 0.000 | - |"
+    assert mamba_row == "| mamba | 64 | 0.650 ± 0.000 | not run | - |"
 
 
 def test_a_missing_setting_leaves_the_score_out(mad_sweep):
     points = select_points(sweep_table(mad_sweep))
-    points.loc[(points["family"] == "mamba") & (points["recall"] == "vocab64"), "test_acc_mean"] = math.nan
-    row = mad_scores(points).set_index(["family", "task"]).loc[("mamba", "recall")]
+    failed = points.copy()
+    failed.loc[(failed["family"] == "mamba") & (failed["recall"] == "vocab64"), "test_acc_mean"] = math.nan
+    row = mad_scores(failed).set_index(["family", "task"]).loc[("mamba", "recall")]
     assert math.isnan(row["score"]) and row["missing"] == 1
-    assert "- (1/2 missing)" in mad_markdown(mad_scores(points))
+    assert "- (1/2 missing)" in mad_markdown(mad_scores(failed))
+    # A setting another family ran but this one did not (never run) counts as missing too.
+    absent = points[~((points["family"] == "mamba") & (points["recall"] == "vocab64"))]
+    row = mad_scores(absent).set_index(["family", "task"]).loc[("mamba", "recall")]
+    assert math.isnan(row["score"]) and (row["missing"], row["settings"], row["not_finished"]) == (1, 2, 1)
+    assert row["per_setting"] == "base=0.900, vocab64=-"
+
+
+def test_one_seed_gives_no_spread_and_duplicate_points_are_refused(mad_sweep):
+    points = select_points(sweep_table(mad_sweep))
+    points.loc[points["family"] == "mamba", "test_acc_sem"] = math.nan  # a single finished seed
+    row = mad_scores(points).set_index(["family", "task"]).loc[("mamba", "recall")]
+    assert math.isnan(row["score_sem"]) and row["score"] == pytest.approx(0.65)
+    assert "| mamba | 64 | 0.650 ± n/a |" in mad_markdown(mad_scores(points))
+    with pytest.raises(ValueError, match="several points at one setting"):
+        mad_scores(pd.concat([points, points[points["family"] == "mamba"]]))
 
 
 def test_the_overall_score_needs_all_six_tasks():
     rows = [{"family": "f", "task": t, "score": 0.5 + i / 10, "score_sem": 0.0, "settings": 1, "missing": 0,
-             "improving": 0, "still_improving": 0, "solved": 1, "state_size": "1", "params": "1",
+             "not_finished": 0, "still_improving": 0, "solved": 1, "state_size": "1", "params": "1",
              "per_setting": "base=1"} for i, t in enumerate(MAD_TASKS)]
     assert mad_markdown(pd.DataFrame(rows)).split("\n")[2].endswith("| 0.750 |")
     assert mad_markdown(pd.DataFrame(rows[:5])).split("\n")[2].endswith("| - |")
@@ -84,6 +101,6 @@ def test_the_overall_score_needs_all_six_tasks():
 def test_plot_writes_the_mad_scores(mad_sweep, capsys):
     assert plot_main([str(mad_sweep)]) == 0
     out = capsys.readouterr().out
-    assert "MAD scores" in out and "| attention | 0.845" in out
-    assert (mad_sweep / "plots" / "mad_scores.md").read_text().startswith("| family | recall | memorization |")
+    assert "MAD scores" in out and "| attention | 64 | 0.845" in out
+    assert (mad_sweep / "plots" / "mad_scores.md").read_text().startswith("| family | d_model | recall | memorization |")
     assert "recall: vocab64" in (mad_sweep / "plots" / "points.md").read_text()

@@ -613,4 +613,4 @@ def test_the_mad_iso_state_sweep_matches_every_family_to_one_state_size():
     assert {p.axes["family"] for p in plans} == {"mamba", "mamba2", "gla", "h3"}
     for plan in plans:
         solve_plan(plan, spec.match)
-        assert abs(plan.target["achieved"] - 8192) <= 0.1 * 8192, plan.name
+        assert abs(plan.target["achieved"] - 4096) <= 0.1 * 4096, plan.name

@@ -205,3 +205,45 @@ def test_decoding_keeps_the_whole_history_of_a_long_filter_and_a_fixed_state_for
             sizes.append(sum(v.numel() * (2 if v.is_complex() else 1) for v in state.values()))
         assert (sizes[-1] > sizes[0]) == grows, type(mixer).__name__
         assert sizes[-1] == mixer.state_size(20)
+
+
+@pytest.mark.parametrize("make", [lambda: Hyena(6, l_max=8, filter_order=8), lambda: BaseConv(6, l_max=8, filter_order=8)])
+def test_decoding_after_a_weight_update_reads_the_new_filter(make):
+    # The decode taps are cached; an update through .data leaves no version trace, so each decoding
+    # session (init_state, prefill) must read the weights afresh.
+    torch.manual_seed(5)
+    mixer = make()
+    x = torch.randn(1, 5, 6)
+
+    def run():
+        state = mixer.init_state(1)
+        outs = []
+        for t in range(5):
+            y, state = mixer.step(x[:, t], state)
+            outs.append(y)
+        return torch.stack(outs, 1)
+
+    before = run()
+    with torch.no_grad():
+        for p in mixer.filter.parameters():
+            p.data.add_(0.5)
+    after = run()
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, mixer(x), rtol=1e-4, atol=1e-5)
+    _, state = mixer.prefill(x[:, :3])
+    with torch.no_grad():
+        for p in mixer.filter.parameters():
+            p.data.mul_(0.5)
+    _, state = mixer.prefill(x[:, 3:4], state)  # a new prefill reads the halved weights
+    y, _ = mixer.step(x[:, 4], state)
+    torch.testing.assert_close(y, mixer(x)[:, 4], rtol=1e-4, atol=1e-5)
+
+
+def test_the_implicit_filter_keeps_positions_apart_in_bfloat16():
+    torch.manual_seed(6)
+    f = ImplicitFilter(4, l_max=1024).float()
+    h32 = f(1024)
+    h16 = f.to(torch.bfloat16)(1024)
+    assert h16.dtype == torch.float32  # computed in float32 from the bfloat16 weights
+    assert torch.allclose(h16, h32, atol=0.05, rtol=0.05)
+    assert (h16[:, 1:] != h16[:, :-1]).any(dim=0).all(), "every position gets a tap of its own"

@@ -13,10 +13,11 @@ One example (``seq_len`` tokens, left-padded)::
 - key sizes are drawn uniformly from ``1 .. k_motif_size`` (training) or are always
   ``k_motif_size`` (``fixed_key_size=True``: MAD's test sets); value sizes from
   ``1 .. v_motif_size``;
-- the probe pair is drawn first and shown once in the context, at the first pair that starts at
-  or after a position drawn uniformly; each other pair draws a key motif, which keeps its value
-  motif for the whole example (drawn the first time), or is noise (probability ``frac_noise``,
-  as many noise tokens as the pair would have had);
+- the probe pair is drawn first and shown in the context at the first pair that starts at or
+  after a position drawn uniformly, unless a random draw of the probe's key showed it earlier
+  (it may then appear again later, like any key); each other pair draws a key motif, which keeps
+  its value motif for the whole example (drawn the first time), or is noise (probability
+  ``frac_noise``, as many noise tokens as the pair would have had);
 - pairs are added while the example stays short enough for one more pair and the probe; the
   probe's key and value then end it, and pads fill the front;
 - scored: the value tokens of a key motif seen before, and the final value.

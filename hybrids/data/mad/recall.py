@@ -63,7 +63,8 @@ def check_labels(labels: str) -> None:
 
 
 def first_occurrences(keys: torch.Tensor) -> torch.Tensor:
-    """keys (n, P) int -> (n, P) bool: whether each key is the first of its value in its row."""
+    """keys (n, P) int -> (n, P) bool: whether each entry is the first occurrence of its key in
+    its row."""
     n, P = keys.shape
     position = torch.arange(P).expand(n, P)
     order = torch.argsort(keys * P + position, dim=1)  # by key, then position: stable by construction

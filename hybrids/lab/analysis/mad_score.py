@@ -21,7 +21,7 @@ import math
 import pandas as pd
 
 from hybrids.lab.analysis.sweeps import column_name
-from hybrids.learning_status import IMPROVING, SOLVED
+from hybrids.learning_status import IMPROVING, PLATEAUED, SOLVED
 
 MAD_TASKS = ("recall", "fuzzy_recall", "noisy_recall", "selective_copying", "compression", "memorization")
 
@@ -31,43 +31,66 @@ def mad_tasks_in(points: pd.DataFrame) -> list[str]:
     return [t for t in MAD_TASKS if t in points.columns and points[t].notna().any()]
 
 
-def _group_keys(points: pd.DataFrame) -> list[str]:
-    """family, and the matched size's target when the sweep matched sizes (a score per target)."""
-    return ["family", *(c for c in ("target",) if c in points.columns and points[c].notna().any())]
+def _group_keys(points: pd.DataFrame, task: str) -> list[str]:
+    """What a score is kept apart by: the family, and the matched size's target where the sweep
+    matched sizes (the width solved for it may differ between settings), else the width."""
+    size = "target" if "target" in points.columns and points["target"].notna().any() else "d_model"
+    return [c for c in ("family", size) if c in points.columns and points[c].notna().any()]
+
+
+def _not_finished(statuses: object) -> bool:
+    """Whether a setting's chosen runs are not all finished learning: some still improving, too
+    short to tell, unknown, or no chosen run at all."""
+    if not isinstance(statuses, str) or not statuses:
+        return True
+    return any(status not in (SOLVED, PLATEAUED) for status in statuses.split(","))
 
 
 def mad_scores(points: pd.DataFrame, report: str = "test/acc") -> pd.DataFrame:
     """One row per (family[, target], task): ``score`` (mean of the settings' ``<report>_mean``;
-    NaN when one is missing), ``score_sem`` (the settings' s.e.m.s combined, sqrt(sum sem^2) / n),
-    ``settings`` (how many), ``missing`` (settings without a figure), ``improving`` (settings whose
-    chosen runs are not all finished: some still improving or too short to tell), ``solved``
-    (settings solved on every chosen seed), ``state_size`` and ``params`` (their range over the
-    settings: a state can grow with the length), and ``per_setting`` (``label=figure`` pairs)."""
+    NaN when a setting has no figure, or is absent while another family of the sweep ran it),
+    ``score_sem`` (the settings' s.e.m.s combined, sqrt(sum sem^2) / n; NaN when a setting has a
+    single seed), ``settings`` (the task's settings in the sweep), ``missing`` (settings without a
+    figure), ``not_finished`` (settings whose chosen runs did not all finish learning: still
+    improving, too short to tell, or not run), ``still_improving``, ``solved`` (settings solved on
+    every chosen seed), ``state_size`` and ``params`` (their range over the settings: a state
+    can grow with the length), and ``per_setting`` (``label=figure`` pairs).
+
+    Raises ValueError when a family has two points at one setting that no axis tells apart (the
+    score would average them silently)."""
     mean_col, sem_col = f"{column_name(report)}_mean", f"{column_name(report)}_sem"
     rows = []
     for task in mad_tasks_in(points):
         part = points[points[task].notna()]
-        keys = _group_keys(part)
-        for key, group in part.groupby(keys, sort=False, dropna=False):
+        labels = list(dict.fromkeys(part[task]))  # every setting of the task that the sweep has
+        keys = _group_keys(part, task)
+        for key, group in part.groupby(keys, sort=False, dropna=False) if keys else [((), part)]:
             key = key if isinstance(key, tuple) else (key,)
-            values = pd.to_numeric(group[mean_col], errors="coerce")
-            sems = pd.to_numeric(group.get(sem_col, pd.Series(math.nan, index=group.index)), errors="coerce")
-            statuses = [str(s).split(",") if isinstance(s, str) and s else [] for s in group.get("learning_statuses", [])]
-            missing = int(values.isna().sum())
-            n = len(group)
+            if group[task].duplicated().any():
+                raise ValueError(f"{task}: {dict(zip(keys, key))} has several points at one setting; "
+                                 "give the axis that tells them apart")
+            by_label = {label: row for label, (_, row) in zip(group[task], group.iterrows())}
+            values = [pd.to_numeric(by_label[l][mean_col], errors="coerce") if l in by_label else math.nan
+                      for l in labels]
+            sems = [pd.to_numeric(by_label[l].get(sem_col, math.nan), errors="coerce") if l in by_label else math.nan
+                    for l in labels]
+            statuses = [by_label[l].get("learning_statuses") if l in by_label else None for l in labels]
+            missing = sum(1 for v in values if math.isnan(v))
+            n = len(labels)
+            complete = missing == 0
             rows.append({
                 **dict(zip(keys, key)),
                 "task": task,
-                "score": float(values.mean()) if missing == 0 else math.nan,
-                "score_sem": float(math.sqrt((sems.fillna(0) ** 2).sum()) / n) if missing == 0 else math.nan,
+                "score": sum(values) / n if complete else math.nan,
+                "score_sem": math.sqrt(sum(e**2 for e in sems)) / n if complete else math.nan,
                 "settings": n,
                 "missing": missing,
-                "improving": sum(1 for s in statuses if not s or any(x != SOLVED and x != "plateaued" for x in s)),
-                "still_improving": sum(1 for s in statuses if IMPROVING in s),
-                "solved": sum(1 for s in statuses if s and all(x == SOLVED for x in s)),
+                "not_finished": sum(1 for s in statuses if _not_finished(s)),
+                "still_improving": sum(1 for s in statuses if isinstance(s, str) and IMPROVING in s.split(",")),
+                "solved": sum(1 for s in statuses if isinstance(s, str) and s and all(x == SOLVED for x in s.split(","))),
                 "state_size": _span(group.get("state_size")),
                 "params": _span(group.get("params")),
-                "per_setting": ", ".join(f"{label}={_fmt(v)}" for label, v in zip(group[task], values)),
+                "per_setting": ", ".join(f"{label}={_fmt(v)}" for label, v in zip(labels, values)),
             })
     return pd.DataFrame(rows)
 
@@ -86,11 +109,15 @@ def _fmt(value: float) -> str:
 
 
 def _cell(row: pd.Series) -> str:
-    """"0.912 ± 0.010" and, when the score is not final, "(1/2 improving)"."""
-    text = f"{_fmt(row['score'])} ± {_fmt(row['score_sem'])}" if not math.isnan(row["score"]) else \
-        f"- ({row['missing']}/{row['settings']} missing)"
-    if row["improving"]:
-        text += f" ({row['improving']}/{row['settings']} not finished)"
+    """"0.912 ± 0.010" and, when the score is not final, "(1/2 not finished)"; "± n/a" when a
+    setting has one seed."""
+    if math.isnan(row["score"]):
+        text = f"- ({row['missing']}/{row['settings']} missing)"
+    else:
+        spread = "n/a" if math.isnan(row["score_sem"]) else _fmt(row["score_sem"])
+        text = f"{_fmt(row['score'])} ± {spread}"
+    if row["not_finished"]:
+        text += f" ({row['not_finished']}/{row['settings']} not finished)"
     return text
 
 
@@ -99,7 +126,7 @@ def mad_markdown(scores: pd.DataFrame) -> str:
     per-task details: settings, state sizes, parameters, each setting's figure."""
     if scores.empty:
         return "(no MAD task in these runs)"
-    keys = [k for k in ("family", "target") if k in scores.columns]
+    keys = [k for k in ("family", "target", "d_model") if k in scores.columns and scores[k].notna().any()]
     tasks = [t for t in MAD_TASKS if t in set(scores["task"])]
     header = [*keys, *tasks, "overall"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
@@ -109,7 +136,7 @@ def mad_markdown(scores: pd.DataFrame) -> str:
         cells = [_cell(by_task[t]) if t in by_task else "not run" for t in tasks]
         complete = len(by_task) == len(MAD_TASKS) and all(not math.isnan(by_task[t]["score"]) for t in MAD_TASKS)
         overall = _fmt(sum(by_task[t]["score"] for t in MAD_TASKS) / len(MAD_TASKS)) if complete else "-"
-        if complete and any(by_task[t]["improving"] for t in MAD_TASKS):
+        if complete and any(by_task[t]["not_finished"] for t in MAD_TASKS):
             overall += " (not final)"
         lines.append("| " + " | ".join([*(str(k) for k in key), *cells, overall]) + " |")
     lines += ["", "| " + " | ".join([*keys, "task", "settings", "state size", "params", "per setting", "solved",
@@ -119,5 +146,5 @@ def mad_markdown(scores: pd.DataFrame) -> str:
         lines.append("| " + " | ".join([*(str(row[k]) for k in keys), row["task"], str(row["settings"]),
                                          row["state_size"], row["params"], row["per_setting"],
                                          f"{row['solved']}/{row['settings']}",
-                                         f"{row['improving']}/{row['settings']}"]) + " |")
+                                         f"{row['not_finished']}/{row['settings']}"]) + " |")
     return "\n".join(lines)
