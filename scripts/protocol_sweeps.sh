@@ -19,6 +19,7 @@ mad() { for family in "$@"; do echo "mad_cpu:$family-*"; done; }
 DEFAULT_QUEUE="$(mqar attention sliding_window based mamba_attention rglru_local mamba_swa)
 induction_curriculum_cpu:*
 selective_copying_tuned_cpu:*
+$(mqar mamba_swa rglru_local)
 $(mqar mamba mamba2 gla retnet)
 induction_tuned_cpu:*
 $(mqar s4d s4 rglru performer h3 hyena base_conv)

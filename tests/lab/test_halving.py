@@ -283,19 +283,21 @@ def test_a_real_halving_sweep_prunes_on_validation_and_selects_only_survivors(tm
 
 
 @pytest.mark.parametrize("name, families, widened, budget, data", [
-    # 14 families x 2 widths; the grid widened to lr 1e-2 for two families at width 64
-    ("mqar_tuned_cpu", 14 * 2, {("sliding_window", 64), ("rglru_local", 64)}, 3000, "MQAR"),
-    ("selective_copying_tuned_cpu", 4, set(), 2560, "SelectiveCopying"),
-    ("induction_tuned_cpu", 3, set(), 4000, "InductionHeads"),
+    # 17 families x 2 widths; the grid widened where a row chose its top learning rate unsolved
+    ("mqar_tuned_cpu", 17 * 2, {("sliding_window", 64): (1e-2,), ("rglru_local", 64): (1e-2, 3e-2),
+                                ("mamba_swa", 64): (1e-2,), ("mamba_swa", 128): (1e-2,)}, 3000, "MQAR"),
+    ("selective_copying_tuned_cpu", 4, {}, 2560, "SelectiveCopying"),
+    ("induction_tuned_cpu", 3, {}, 4000, "InductionHeads"),
 ])
 def test_the_protocol_sweeps_tune_every_family_on_the_default_grid_with_three_seeds(name, families, widened, budget, data):
     spec = load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml")
     plans = expand(spec)
-    assert len(plans) == families * 6 * 3 + len(widened) * 2 * 3 and spec.tune == ["lr", "weight_decay"]
+    extra = sum(len(lrs) for lrs in widened.values())
+    assert len(plans) == families * 6 * 3 + extra * 2 * 3 and spec.tune == ["lr", "weight_decay"]
     default = {(lr, wd) for lr in (3e-4, 1e-3, 3e-3) for wd in (0.0, 0.1)}
     for point in {(p.axes.get("family"), p.axes.get("d_model")) for p in plans}:
         grid = {(p.axes["lr"], p.axes["weight_decay"]) for p in plans if (p.axes.get("family"), p.axes.get("d_model")) == point}
-        assert grid == default | ({(1e-2, 0.0), (1e-2, 0.1)} if point in widened else set()), point
+        assert grid == default | {(lr, wd) for lr in widened.get(point, ()) for wd in (0.0, 0.1)}, point
     assert spec.halving is not None and spec.halving.metric == "val/loss"
     for plan in plans:
         trainer, data_args = plan.config["trainer"], plan.config["data"]["init_args"]
