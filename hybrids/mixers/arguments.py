@@ -77,7 +77,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], bool]] = {
     "seed": (integer, True),  # torch.Generator.manual_seed takes any 64-bit integer
     **{name: (positive_number, False) for name in (
         "rotary_base", "expand", "dt_min", "dt_max", "dt_scale", "norm_eps", "gate_temperature", "c",
-        "fast_decay_pct", "slow_decay_pct")},
+        "fast_decay_pct", "slow_decay_pct", "frequency")},
     **{name: (non_negative_number, False) for name in ("dt_init_floor", "eps")},
     "B_clip": (positive_number, True),
     "dropout": (fraction, False),

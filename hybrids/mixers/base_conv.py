@@ -26,7 +26,7 @@ from torch import nn
 
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.state_size import StateSize
-from hybrids.parts.implicit_filter import ImplicitFilter
+from hybrids.parts.implicit_filter import ImplicitFilter, check_filter_fits
 from hybrids.parts.long_conv import DecodeKernel, ExplicitFilter, long_conv, long_conv_step
 
 FILTERS = ("implicit", "explicit")
@@ -63,6 +63,9 @@ class BaseConv(Mixer):
         self.l_max, self.filter_kind = l_max, filter
         self.proj = nn.Linear(d_model, d_model, bias=bias)
         if filter == "implicit":
+            check_filter_fits({"emb_dim": emb_dim, "filter_order": filter_order, "filter_depth": filter_depth},
+                              {"emb_dim": 3, "filter_order": 64, "filter_depth": 2},
+                              d_model, emb_dim, filter_order, filter_depth)
             self.filter = ImplicitFilter(d_model, l_max, emb_dim=emb_dim, width=filter_order, depth=filter_depth,
                                          frequency=frequency, modulate=modulate)
         else:

@@ -31,7 +31,7 @@ from torch import nn
 from hybrids.kernels import causal_conv1d, causal_conv1d_update
 from hybrids.mixers.base import Mixer, State
 from hybrids.mixers.state_size import StateSize
-from hybrids.parts.implicit_filter import ImplicitFilter
+from hybrids.parts.implicit_filter import ImplicitFilter, check_filter_fits
 from hybrids.parts.long_conv import DecodeKernel, long_conv, long_conv_step
 
 
@@ -71,6 +71,9 @@ class Hyena(Mixer):
         super().__init__(d_model)
         if isinstance(order, bool) or not isinstance(order, int) or order < 2:
             raise ValueError(f"order: must be an integer >= 2 (order - 1 long convolutions), got {order!r}")
+        check_filter_fits({"order": order, "emb_dim": emb_dim, "filter_order": filter_order, "filter_depth": filter_depth},
+                          {"order": 2, "emb_dim": 3, "filter_order": 64, "filter_depth": 2},
+                          (order - 1) * d_model, emb_dim, filter_order, filter_depth)
         self.order, self.short_filter, self.l_max = order, short_filter, l_max
         streams = (order + 1) * d_model
         self.in_proj = nn.Linear(d_model, streams, bias=bias)

@@ -116,6 +116,23 @@ class ImplicitFilter(nn.Module):
         return h
 
 
+def check_filter_fits(sizes: dict[str, int], defaults: dict[str, int], channels: int, emb_dim: int, width: int,
+                      depth: int) -> None:
+    """ValueError when the filter network's float32 parameters would not fit in the memory
+    available, checked before anything is built (a depth of 10^12 would otherwise loop for ever
+    building layers). Keyed at the mixer's argument furthest above its default: ``sizes`` and
+    ``defaults`` map the mixer's argument names to their values and defaults."""
+    from hybrids.memory import available_memory, format_bytes
+
+    need = 4 * (emb_dim * width + depth * (width * width + 2 * width) + width * channels + 2 * width)
+    available = available_memory("cpu")
+    if available is None or need <= available:
+        return
+    key = max(sizes, key=lambda name: max(sizes[name], 1) / max(defaults[name], 1))
+    raise ValueError(f"{key}: the filter network's parameters take {format_bytes(need)}, more than the "
+                     f"{format_bytes(available)} of memory available")
+
+
 def check_filter_arguments(**values) -> None:
     """ValueError naming the first of the filter's arguments that is out of range."""
     l_max, emb_dim = values["l_max"], values["emb_dim"]

@@ -221,6 +221,8 @@ def fit_cases(paths: Paths, corpus: Path) -> Iterator[Case]:
 
 
 YAML_FLOATS = {"nan": ".nan", "1e400": ".inf"}
+# Arguments a mixer cannot be built without, given beside the one under test.
+REQUIRED_MIXER_ARGUMENTS = {"Hyena": {"l_max": 16}, "BaseConv": {"l_max": 16}}
 
 
 def mixer_cases() -> Iterator[Case]:
@@ -243,9 +245,11 @@ def mixer_cases() -> Iterator[Case]:
                 values.pop("empty", None)
             # Inside YAML, NaN and infinity are spelled .nan and .inf ("nan" would be a string).
             values = {label: YAML_FLOATS.get(value, value) for label, value in values.items()}
+            required = {k: v for k, v in REQUIRED_MIXER_ARGUMENTS.get(cls.__name__, {}).items() if k != parameter.name}
+            others = "".join(f", {k}: {v}" for k, v in required.items())
             for label, value in values.items():
-                spec = "{A: {class_path: %s.%s, init_args: {%s: %s}}}" % (
-                    cls.__module__, cls.__qualname__, parameter.name, _yaml_scalar(value))
+                spec = "{A: {class_path: %s.%s, init_args: {%s: %s%s}}}" % (
+                    cls.__module__, cls.__qualname__, parameter.name, _yaml_scalar(value), others)
                 yield Case("fit", key, f"{cls.__name__} {label}", (f"--model.init_args.stack.mixers={spec}",))
 
 

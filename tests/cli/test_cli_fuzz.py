@@ -72,6 +72,10 @@ ACCEPTED: dict[str, set[str]] = {
     f"{MIXER}.chunk_size": {"LSHAttention very large"},
     **{f"{MIXER}.{name}": {"SparseAttention very large"} for name in ("window", "dilation", "block_size")},
     **{f"{MIXER}.{name}": {"SparseAttention zero", "SparseAttention very large"} for name in ("global_tokens", "random_blocks")},
+    # The implicit filter's l_max is a time scale (t runs from 0 to 1 over it), not a size.
+    f"{MIXER}.l_max": {"Hyena very large", "BaseConv very large"},
+    # No hidden layer after the first in the filter network.
+    f"{MIXER}.filter_depth": {"Hyena zero", "BaseConv zero"},
     # Seeds in [0, 2^64); no new tokens (a prefill timing); token 0 as the end token.
     "generate:seed": {"zero", "very large"},
     "generate:max_new_tokens": {"zero"},

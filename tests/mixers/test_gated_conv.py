@@ -185,6 +185,11 @@ def test_an_explicit_filter_refuses_sequences_longer_than_its_taps():
     (lambda: Hyena(8, l_max=16, filter_depth=-1), "filter_depth"),
     (lambda: Hyena(8, l_max=16, target=1.5), "target"),
     (lambda: BaseConv(8, l_max=16, filter="fft"), "filter"),
+    # Filter networks larger than any memory, refused before a layer is built (depth 10^12 looped).
+    (lambda: Hyena(8, l_max=16, filter_depth=10**12), "filter_depth"),
+    (lambda: Hyena(8, l_max=16, order=10**12), "order"),
+    (lambda: BaseConv(8, l_max=16, filter_order=10**9), "filter_order"),
+    (lambda: Hyena(8, l_max=16, frequency=float("nan")), "frequency"),
     (lambda: H3(8, d_state=5), "d_state"),
     (lambda: H3(8, head_dim=3), "head_dim"),
     (lambda: H3(8, init="hippo"), "init"),
