@@ -14,7 +14,6 @@ not a byte).
 
 from __future__ import annotations
 
-import copy
 
 import json
 from pathlib import Path
@@ -151,12 +150,10 @@ class TokenizedText(ResumableOrder, L.LightningDataModule):
                     corpus_shape(path)
                 except (FileNotFoundError, ValueError) as err:
                     raise ConfigError("path", str(err)) from err
-        # vocab_size as resolved from the tokenizer, not as given: the CLI records the arguments as
-        # given (null for the tokenizer's size) while the model's hparams carry the resolved size,
-        # and Lightning refuses to log the two modules' hparams together where a shared key differs.
+        # Not vocab_size: the CLI records the arguments as given (null for the tokenizer's size),
+        # the model's hparams carry the resolved size, and Lightning refuses to log the two
+        # modules' hparams together where a shared key differs. The run's config keeps the argument.
         self.save_hyperparameters(ignore=["vocab_size"])
-        self._set_hparams({"vocab_size": vocab_size})
-        self._hparams_initial = copy.deepcopy(self._hparams)
         self.path, self.seq_len, self.batch_size = path, seq_len, batch_size
         self.vocab_size, self.boundary = vocab_size, boundary_token
         self.num_workers = num_workers

@@ -105,9 +105,9 @@ def in_context_recall(
     slot_keys = torch.cat((keys, probe[:, None]), dim=1)  # (n, P)
     slot_values = value_of.gather(1, slot_keys)
     is_noise = torch.cat((noise, torch.zeros(n, 1, dtype=torch.bool)), dim=1)
-    seq = torch.empty(n, 2 * P, dtype=torch.long)
-    seq[:, 0::2] = torch.where(is_noise, torch.cat((noise_tokens[..., 0], probe[:, None]), 1), slot_keys)
-    seq[:, 1::2] = torch.where(is_noise, torch.cat((noise_tokens[..., 1], probe[:, None]), 1), slot_values)
+    seq = torch.stack((slot_keys, slot_values), dim=2)  # (n, P, 2): key, value per slot
+    seq[:, :-1][noise] = noise_tokens[noise]  # noise slots (never the probe's) hold two noise tokens
+    seq = seq.flatten(1)  # (n, 2P)
 
     # Noise slots count as keys of their own (n_keys + slot), so they never make a pair "seen".
     distinct = torch.where(is_noise, n_keys + torch.arange(P).expand(n, P), slot_keys)
