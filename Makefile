@@ -2,10 +2,11 @@
 #   make demo   trains the default stack: installs what training needs, nothing else
 #   make test   installs the test extras and runs the suite
 #   make docs   installs the docs extra and builds the site with --strict (as CI does)
+#   make kernel-matrix  compiles every Triton kernel configuration for sm_80 and sm_90 (CI; ~6 min)
 VENV ?= .venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test docs setup setup-test setup-docs
+.PHONY: demo test kernel-matrix docs setup setup-test setup-docs
 
 # Training dependencies only (torch, Lightning, jsonargparse, einops, matplotlib, pandas, triton).
 setup:
@@ -23,6 +24,11 @@ demo: setup
 
 test: setup-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+# The full ahead-of-time compile matrix (every dtype, tile size and shape; make test compiles
+# each kernel branch once). tests/kernels/test_triton_compile.py has the why.
+kernel-matrix: setup-test
+	$(VENV)/bin/python -m pytest tests/kernels/test_triton_compile.py --kernel-matrix full -q
 
 docs: setup-docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site

@@ -21,6 +21,14 @@ def in_tmp(tmp_path, monkeypatch):
     return tmp_path
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--kernel-matrix", choices=("smoke", "full"), default="smoke",
+        help="tests/kernels/test_triton_compile.py: compile every Triton kernel branch once (smoke, the "
+             "default) or every dtype, tile and shape of hybrids.kernels.gpu_report.cases() (full; CI runs it)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -15,6 +15,12 @@ ptxas, and must
 The distinct specialisations are compiled once, in one process per core sharing one fresh
 Triton cache (module fixture). A kernel added to a Triton module without cases fails
 ``test_every_triton_kernel_has_cases``.
+
+Two sizes of the check. ``make test`` compiles every entry kernel in every constexpr branch
+(variant and decay) on both architectures, in float32 at its largest tile (:func:`smoke_cases`,
+44 cases, under a minute). ``--kernel-matrix full`` (``make kernel-matrix``; CI runs it after
+``make test``) compiles all of :func:`hybrids.kernels.gpu_report.cases`: every dtype, tile size
+and aligned or ragged shape (792 cases, 392 distinct compilations, about 5.5 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -46,25 +52,48 @@ from hybrids.kernels.triton_launch import TritonLaunch  # noqa: E402
 CASES = gpu_report.cases()
 
 
+def smoke_cases(cases: list[gpu_report.KernelCase]) -> list[gpu_report.KernelCase]:
+    """Every kernel, variant and decay on both architectures once: float32 (the largest shared
+    memory and register footprint of the dtypes) at the op's largest tile, aligned shapes."""
+    largest = {op: max(c.size for c in cases if c.op == op) for op in {c.op for c in cases}}
+    return [c for c in cases if c.dtype == "float32" and c.shape == "aligned" and c.size == largest[c.op]]
+
+
+def selected_cases(config: pytest.Config) -> list[gpu_report.KernelCase]:
+    return CASES if config.getoption("--kernel-matrix") == "full" else smoke_cases(CASES)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.name == "test_compiles_fits_in_shared_memory_and_does_not_spill":
+        metafunc.parametrize("case", selected_cases(metafunc.config), ids=lambda c: c.id)
+
+
 @pytest.fixture(scope="module")
-def compiled(tmp_path_factory):
-    """Every case compiled once per session (shared by the workers of a pytest-xdist run
-    through the session's temporary folder, like the interpreter tests' results)."""
+def compiled(request, tmp_path_factory):
+    """Every selected case compiled once per session (shared by the workers of a pytest-xdist
+    run through the session's temporary folder, like the interpreter tests' results)."""
     from filelock import FileLock  # a dependency of torch
 
+    selected = selected_cases(request.config)
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent
-    cache = root / "triton_compile_cases.json"
+    cache = root / f"triton_compile_cases_{request.config.getoption('--kernel-matrix')}.json"
     with FileLock(str(cache) + ".lock"):
         if not cache.exists():
-            results = gpu_report.compile_cases(CASES)
+            results = gpu_report.compile_cases(selected)
             cache.write_text(json.dumps({case.id: dataclasses.asdict(stats) for case, stats in results.items()}))
         saved = json.loads(cache.read_text())
-    return {case: CompiledStats(**saved[case.id]) for case in CASES}
+    return {case: CompiledStats(**saved[case.id]) for case in selected}
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_the_smoke_matrix_covers_every_kernel_branch_on_both_architectures():
+    smoke = smoke_cases(CASES)
+    branches = lambda found: {(c.kernel, c.arch, c.variant, c.decay) for c in found}  # noqa: E731
+    assert branches(smoke) == branches(CASES)
+    assert len(smoke) == len(branches(CASES)), "one case per branch"
+
+
 def test_compiles_fits_in_shared_memory_and_does_not_spill(case, compiled):
     stats = compiled[case]
     problems = stats.problems(case.arch_spec)

@@ -5,6 +5,8 @@ import pytest
 
 from hybrids import LanguageModel
 from hybrids.data import MQAR
+from hybrids.learning_status import Criterion
+from hybrids.train.callbacks import StopWhenSolved
 
 
 @pytest.mark.slow
@@ -15,8 +17,11 @@ def test_attention_stack_learns_mqar(in_tmp):
     model = LanguageModel(
         stack=dict(vocab_size=data.vocab_size, d_model=64, n_layers=2, pattern="A", mixers={"A": {"class_path": "hybrids.mixers.Attention", "init_args": {"heads": 2}}}, mlp_expand=0), optim=dict(lr=3e-3, warmup_steps=50),
     )
+    # Up to 8 epochs of 250 steps, validated every 125 and stopped at the first validation past
+    # 0.95 (it takes a few hundred steps; the whole budget would be ~2 minutes of CPU).
     trainer = L.Trainer(max_epochs=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+                        enable_model_summary=False, accelerator="cpu", val_check_interval=125,
+                        callbacks=[StopWhenSolved(Criterion(threshold=0.95))])
     trainer.fit(model, data)
     before = 1 / data.num_kv_pairs  # guessing among the values in context
     accuracy = float(trainer.callback_metrics["val/acc"])
