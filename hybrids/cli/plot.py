@@ -23,7 +23,7 @@ from hybrids.cli.keyed_argparse import KeyedArgumentParser, text
 
 # The claim sets of hybrids.lab.analysis.published, named here so that --help answers without
 # loading pandas.
-CLAIM_SETS = ("induction", "mqar", "selective_copying")
+CLAIM_SETS = ("induction", "mad", "mqar", "selective_copying")
 
 
 def _folder(value: str) -> Path:

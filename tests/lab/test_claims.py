@@ -12,8 +12,9 @@ import pytest
 from hybrids.cli.plot import CLAIM_SETS, plot_main
 from hybrids.lab.analysis.claims import (
     NOT_REPRODUCED, NOT_RUN, NOT_TESTABLE, REPRODUCED, UNDECIDED, Results, all_of, at_least, beats, check,
-    claims_markdown, extrapolates, fails_beyond, grows, on_frontier, solves,
+    claims_markdown, extrapolates, fails_beyond, grows, mad_score_at_least, on_frontier, solves,
 )
+from hybrids.lab.analysis.mad_score import MAD_TASKS
 from hybrids.lab.analysis.published import CLAIMS
 from hybrids.lab.sweeps import expand, load_sweep
 from helpers import ROOT
@@ -157,3 +158,61 @@ def test_plot_writes_the_claims(tmp_path, capsys):
         write_run(root, family="gla", mixers="LinearAttention", seed=seed, seq_len=128, kv=8)
     assert plot_main([str(root), "--out", str(out), "--claims", "mqar"]) == 2
     assert "error: claims:" in capsys.readouterr().err
+
+
+def mad_point(family, task, setting, mean, sem=0.01, learning="plateaued", seeds=2, pending=0):
+    return {"family": family, "d_model": 64, task: setting, "state_size": 1000, "params": 5000,
+            "test_acc_mean": mean, "test_acc_sem": sem, "n_seeds": seeds, "n_pending": pending,
+            "learning_statuses": ",".join([learning] * seeds)}
+
+
+def mad_points(family, mean, learning="plateaued", tasks=MAD_TASKS, **overrides):
+    """One setting per task (two for recall) at ``mean``; ``overrides[task]`` replaces a task's mean."""
+    rows = []
+    for task in tasks:
+        for setting in (("base", "vocab64") if task == "recall" else ("base",)):
+            rows.append(mad_point(family, task, setting, overrides.get(task, mean), learning=learning))
+    return rows
+
+
+def test_mad_score_claims_compare_the_mean_over_tasks():
+    hybrid, part = mad_points("hybrid", 0.80), mad_points("part", 0.70)
+    assert verdict(mad_score_at_least("hybrid", "part"), *hybrid, *part) == REPRODUCED
+    # The part ahead on one task only (recall 1.0): (1.0 + 5 * 0.70) / 6 = 0.75 overall, behind.
+    ahead_once = mad_points("part", 0.70, recall=1.0)
+    assert verdict(mad_score_at_least("hybrid", "part"), *hybrid, *ahead_once) == REPRODUCED
+    behind = mad_points("hybrid", 0.60)
+    assert verdict(mad_score_at_least("hybrid", "part"), *behind, *part) == NOT_REPRODUCED
+    # On one task: the part ahead there although behind overall.
+    assert verdict(mad_score_at_least("hybrid", "part", task="recall"), *hybrid, *ahead_once) == NOT_REPRODUCED
+    # The hybrid behind while a task of it was still learning: more steps could move it.
+    still = mad_points("hybrid", 0.60, learning="still improving")
+    assert verdict(mad_score_at_least("hybrid", "part"), *still, *part) == UNDECIDED
+    result = mad_score_at_least("hybrid", "part")(Results(pd.DataFrame([*still, *part])))
+    assert "hybrid MAD score (mean of the six tasks) 0.6000" in result.evidence and "not finished 6/6" in result.evidence
+
+
+def test_mad_score_claims_wait_for_every_task_and_pending_run():
+    part = mad_points("part", 0.70)
+    five = mad_points("hybrid", 0.80, tasks=MAD_TASKS[:-1])
+    result = mad_score_at_least("hybrid", "part")(Results(pd.DataFrame([*five, *part])))
+    assert result.outcome == NOT_RUN and "no score on memorization" in result.evidence
+    # One task is enough for a per-task claim.
+    assert verdict(mad_score_at_least("hybrid", "part", task="recall"), *five, *part) == REPRODUCED
+    pending = mad_points("hybrid", 0.80)
+    pending[0]["n_pending"] = 1
+    result = mad_score_at_least("hybrid", "part")(Results(pd.DataFrame([*pending, *part])))
+    assert result.outcome == NOT_RUN and "1 run(s) pending" in result.evidence
+    assert verdict(mad_score_at_least("absent", "part"), *part) == NOT_RUN
+    # Two widths of a family: the claim cannot tell which to compare.
+    wide = [{**row, "d_model": 128} for row in mad_points("hybrid", 0.9)]
+    with pytest.raises(ValueError, match="several d_models"):
+        mad_score_at_least("hybrid", "part")(Results(pd.DataFrame([*mad_points("hybrid", 0.8), *wide, *part])))
+
+
+def test_every_shipped_mad_claim_is_decided_by_the_mad_sweep():
+    plans = expand(load_sweep(ROOT / "configs" / "sweeps" / "mad_cpu.yaml"))
+    settings = sorted({(p.axes["family"], task, p.axes[task]) for p in plans for task in MAD_TASKS if task in p.axes})
+    rows = [mad_point(f, task, setting, 0.3 + 0.005 * i) for i, (f, task, setting) in enumerate(settings)]
+    for claim, result in check(CLAIMS["mad"], Results(pd.DataFrame(rows))):
+        assert result.outcome != NOT_RUN, (claim.statement, result.evidence)

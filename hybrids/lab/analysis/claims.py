@@ -17,6 +17,9 @@ the sweep's ``family`` axis, or for sweeps over base config files the ``base`` a
   the same with "not behind by more than the noise". A row whose seeds were still improving can
   therefore still decide a claim in the direction its learning would not change.
 - "A solves the task" needs every chosen seed solved (the task's threshold, 0.99 accuracy).
+- MAD claims compare MAD scores (:func:`mad_score_at_least`): the mean over a task's settings,
+  or over the six tasks, of the chosen runs' test figures; a task counts as finished when every
+  setting's chosen runs finished learning.
 - Length claims (induction heads) read :func:`hybrids.lab.analysis.accuracy_by_length`: the
   accuracy of the chosen seeds at each evaluation length.
 
@@ -33,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from hybrids.lab.analysis.mad_score import MAD_TASKS, mad_scores
 from hybrids.learning_status import SOLVED
 
 REPRODUCED, NOT_REPRODUCED, UNDECIDED = "reproduced", "not reproduced", "undecided"
@@ -193,6 +197,50 @@ def _combine(verdicts: Sequence[Verdict]) -> Verdict:
 def all_of(*tests: Callable[[Results], Verdict]) -> Callable[[Results], Verdict]:
     """Every part must hold (:func:`_combine`)."""
     return lambda results: _combine([t(results) for t in tests])
+
+
+def _mad_row(results: Results, name: str, task: str | None) -> _Row | str:
+    """``name``'s MAD score as a row: on ``task``, or overall (the mean over the six tasks). Its
+    "seeds" are the tasks: each task counts solved (every setting solved), plateaued (every
+    setting finished learning) or not finished; the spread combines the tasks' s.e.m.s."""
+    label = f"{name} MAD score" + (f" on {task}" if task else " (mean of the six tasks)")
+    mine = _rows(results.points, name, {})
+    if mine.empty:
+        return f"{label}: no such row"
+    pending = int(pd.to_numeric(mine.get("n_pending", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+    if pending:
+        return f"{label}: {pending} run(s) pending"
+    scores = mad_scores(results.points, report=results.report)
+    scores = scores[scores["family"].astype(str) == name] if not scores.empty else scores
+    if scores.empty:
+        return f"{label}: no MAD task in its runs"
+    sizes = [k for k in ("target", "d_model") if k in scores.columns and scores[k].nunique() > 1]
+    if sizes:
+        raise ValueError(f"{label}: scores at several {sizes[0]}s; compare one sweep size at a time")
+    by_task = {row["task"]: row for _, row in scores.iterrows()}
+    tasks = [task] if task else list(MAD_TASKS)
+    missing = [t for t in tasks if t not in by_task or math.isnan(by_task[t]["score"])]
+    if missing:
+        return f"{label}: no score on {', '.join(missing)}"
+    chosen = [by_task[t] for t in tasks]
+    sems = [row["score_sem"] for row in chosen]
+    sem = math.sqrt(sum(e**2 for e in sems)) / len(chosen) if all(math.isfinite(e) for e in sems) else math.nan
+    statuses = tuple(SOLVED if row["solved"] == row["settings"] else "plateaued" if not row["not_finished"]
+                     else "not finished" for row in chosen)
+    return _Row(label, sum(row["score"] for row in chosen) / len(chosen), sem, len(chosen), statuses)
+
+
+def mad_score_at_least(a: str, b: str, task: str | None = None) -> Callable[[Results], Verdict]:
+    """``a``'s MAD score (:mod:`hybrids.lab.analysis.mad_score`) not behind ``b``'s by more than the
+    noise, on ``task`` or overall (the six tasks' mean; "not run" until every task has a score).
+    Each row counts as finished when every setting of every task it covers finished learning."""
+    def test(results: Results) -> Verdict:
+        rows = [_mad_row(results, name, task) for name in (a, b)]
+        missing = [r for r in rows if isinstance(r, str)]
+        if missing:
+            return Verdict(NOT_RUN, "; ".join(missing))
+        return _order(rows[0], rows[1], strict=False)
+    return test
 
 
 def on_frontier(name: str, among: Sequence[str]) -> Callable[[Results], Verdict]:
