@@ -3,7 +3,7 @@
 # the disputed claims first: the quick learners of MQAR, the curriculum's contrast on induction
 # heads and selective copying (short sweeps that complete a comparison each), MQAR's recurrent
 # families whose earlier chance-level results the issue questions (Mamba, Mamba-2, GLA, RetNet),
-# the tuned induction sweep, the remaining MQAR families (the gated convolutions last), then MAD's
+# selective copying's still-improving rows at four times the budget, the tuned induction sweep, the remaining MQAR families (the gated convolutions last), then MAD's
 # protocol (issue 29) family by family, and its iso-state comparison. Resumable: run it again after an interruption (each sweep skips what is
 # done; successive halving keeps its decisions). Each step prints its wall time.
 #
@@ -21,6 +21,7 @@ induction_curriculum_cpu:*
 selective_copying_tuned_cpu:*
 $(mqar mamba_swa rglru_local)
 $(mqar mamba mamba2 gla retnet)
+selective_copying_long_cpu:*
 induction_tuned_cpu:*
 $(mqar s4d s4 rglru performer h3 hyena base_conv)
 $(mad attention sliding_window mamba mamba2 gla rglru hyena h3 hyena_attention mamba_attention)

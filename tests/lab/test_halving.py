@@ -312,3 +312,15 @@ def test_only_must_select_whole_points_under_halving(tmp_path, capsys):
     path = write(tmp_path, settings=TINY, lr=[1e-4, 1e-3], weight_decay=[0.0], halving={"rungs": [0.25]})
     assert sweep_main([str(path), "--dry-run", "--only", "lr1e-3-*"]) == 2
     assert "error: only: with halving, select whole points" in capsys.readouterr().err
+
+
+def test_the_long_selective_copying_sweep_trains_the_tuned_sweeps_stacks_four_times_longer():
+    tuned = {(p.axes["base"], p.axes["seed"]): p.config
+             for p in expand(load_sweep(ROOT / "configs" / "sweeps" / "selective_copying_tuned_cpu.yaml"))}
+    long = expand(load_sweep(ROOT / "configs" / "sweeps" / "selective_copying_long_cpu.yaml"))
+    assert {(p.axes["family"], p.axes["seed"]) for p in long} == set(tuned)
+    for plan in long:
+        same = tuned[plan.axes["family"], plan.axes["seed"]]
+        stack, data = plan.config["model"]["init_args"]["stack"], plan.config["data"]
+        assert stack == same["model"]["init_args"]["stack"], plan.name  # the same model, family by family
+        assert data == same["data"] and plan.config["trainer"]["max_steps"] == 4 * same["trainer"]["max_steps"]
