@@ -3,9 +3,12 @@
 # the disputed claims first: the quick learners of MQAR, the curriculum's contrast on induction
 # heads and selective copying (short sweeps that complete a comparison each), MQAR's recurrent
 # families whose earlier chance-level results the issue questions (Mamba, Mamba-2, GLA, RetNet),
-# selective copying's still-improving rows at four times the budget, the tuned induction sweep, the remaining MQAR families (the gated convolutions last), then MAD's
-# protocol (issue 29) family by family, and its iso-state comparison. Resumable: run it again after an interruption (each sweep skips what is
-# done; successive halving keeps its decisions). Each step prints its wall time.
+# selective copying's still-improving rows at four times the budget, the tuned induction sweep,
+# the remaining MQAR families (the gated convolutions last), then MAD's protocol (issue 29) family
+# by family (first those its claims compare: attention, Hyena, the striped hybrids and their
+# parts, H3) and its iso-state comparison. Resumable: run it again after an interruption (each
+# sweep skips what is done; successive halving keeps its decisions). Each step prints its wall
+# time.
 #
 #   nohup bash scripts/protocol_sweeps.sh > runs/sweeps/protocol.log 2>&1 &
 #   PYTHON=.venv/bin/python QUEUE="mqar_tuned_cpu:mamba-d*" bash scripts/protocol_sweeps.sh   # one step
@@ -24,7 +27,7 @@ $(mqar mamba mamba2 gla retnet)
 selective_copying_long_cpu:*
 induction_tuned_cpu:*
 $(mqar s4d s4 rglru performer h3 hyena base_conv)
-$(mad attention sliding_window mamba mamba2 gla rglru hyena h3 hyena_attention mamba_attention)
+$(mad attention hyena hyena_attention mamba mamba_attention h3 mamba2 gla rglru sliding_window)
 mad_cpu_iso_state:*"
 QUEUE=${QUEUE:-$DEFAULT_QUEUE}
 for step in $QUEUE; do
