@@ -2,7 +2,7 @@
 #   make demo   trains the default stack: installs what training needs, nothing else
 #   make test   installs the test extras and runs the suite
 #   make docs   installs the docs extra and builds the site with --strict (as CI does)
-#   make kernel-matrix  compiles every Triton kernel configuration for sm_80 and sm_90 (CI; ~6 min)
+#   make kernel-matrix  compiles every Triton kernel configuration for sm_80 and sm_90 (CI; ~2.5 min)
 VENV ?= .venv
 PYTEST_ARGS ?=
 
