@@ -26,7 +26,7 @@ test: setup-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The full ahead-of-time compile matrix (every dtype, tile size and shape; make test compiles
-# each kernel branch once). tests/kernels/test_triton_compile.py has the why.
+# each kernel's programs at one size). tests/kernels/test_triton_compile.py has the why.
 kernel-matrix: setup-test
 	$(VENV)/bin/python -m pytest tests/kernels/test_triton_compile.py --kernel-matrix full -q
 

@@ -16,9 +16,9 @@ The distinct specialisations are compiled once, in one process per core sharing 
 Triton cache (module fixture). A kernel added to a Triton module without cases fails
 ``test_every_triton_kernel_has_cases``.
 
-Two sizes of the check. ``make test`` compiles every entry kernel in every constexpr branch
-(variant and decay) on both architectures, in float32 at its largest tile (:func:`smoke_cases`,
-44 cases, under a minute). ``--kernel-matrix full`` (``make kernel-matrix``; CI runs it after
+Two sizes of the check. ``make test`` compiles every entry kernel once per program it can be
+(:func:`branch`: architecture, dtype and every constexpr but the tile sizes) at the op's largest
+size (:func:`smoke_cases`, 132 cases, about a minute). ``--kernel-matrix full`` (``make kernel-matrix``; CI runs it after
 ``make test``) compiles all of :func:`hybrids.kernels.gpu_report.cases`: every dtype, tile size
 and aligned or ragged shape (792 cases, 392 distinct compilations, about 2.5 minutes on a quiet
 2-core machine).
@@ -53,11 +53,26 @@ from hybrids.kernels.triton_launch import TritonLaunch  # noqa: E402
 CASES = gpu_report.cases()
 
 
+# The launch's tile sizes: chosen by the launchers from the dtype and size, not branches of the code.
+_TILE_CONSTEXPR = re.compile(r"^(BT|BK|BV|BLOCK_\w+)$")
+
+
+def branch(case: gpu_report.KernelCase) -> tuple:
+    """What makes a different program of a kernel, tile sizes aside: the architecture, the dtype
+    and every other constexpr of the launch (the scan's HAS_D, HAS_Z, SOFTPLUS, STORE_STATES ...;
+    linear attention's G_MODE, and PRECISION and HALF_DOTS, which follow the dtype)."""
+    constexprs = gpu_report.build_launch(case).constexprs
+    return (case.kernel, case.arch, case.dtype,
+            tuple(sorted((k, v) for k, v in constexprs.items() if not _TILE_CONSTEXPR.match(k))))
+
+
 def smoke_cases(cases: list[gpu_report.KernelCase]) -> list[gpu_report.KernelCase]:
-    """Every kernel, variant and decay on both architectures once: float32 (the largest shared
-    memory and register footprint of the dtypes) at the op's largest tile, aligned shapes."""
-    largest = {op: max(c.size for c in cases if c.op == op) for op in {c.op for c in cases}}
-    return [c for c in cases if c.dtype == "float32" and c.shape == "aligned" and c.size == largest[c.op]]
+    """One case per :func:`branch`: the op's largest size (the largest tiles the launchers choose
+    for that dtype), aligned shapes first."""
+    chosen: dict[tuple, gpu_report.KernelCase] = {}
+    for case in sorted(cases, key=lambda c: (-c.size, c.shape != "aligned")):
+        chosen.setdefault(branch(case), case)
+    return [c for c in cases if c in chosen.values()]
 
 
 def selected_cases(config: pytest.Config) -> list[gpu_report.KernelCase]:
@@ -90,9 +105,11 @@ def compiled(request, tmp_path_factory):
 
 def test_the_smoke_matrix_covers_every_kernel_branch_on_both_architectures():
     smoke = smoke_cases(CASES)
-    branches = lambda found: {(c.kernel, c.arch, c.variant, c.decay) for c in found}  # noqa: E731
-    assert branches(smoke) == branches(CASES)
-    assert len(smoke) == len(branches(CASES)), "one case per branch"
+    assert {branch(c) for c in smoke} == {branch(c) for c in CASES}
+    assert len(smoke) == len({branch(c) for c in CASES}), "one case per branch"
+    # Every dtype of every kernel on both architectures, and linear attention's decays.
+    assert {(c.kernel, c.arch, c.dtype, c.variant, c.decay) for c in smoke} == \
+        {(c.kernel, c.arch, c.dtype, c.variant, c.decay) for c in CASES}
 
 
 def test_compiles_fits_in_shared_memory_and_does_not_spill(case, compiled):

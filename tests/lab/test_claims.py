@@ -216,3 +216,20 @@ def test_every_shipped_mad_claim_is_decided_by_the_mad_sweep():
     rows = [mad_point(f, task, setting, 0.3 + 0.005 * i) for i, (f, task, setting) in enumerate(settings)]
     for claim, result in check(CLAIMS["mad"], Results(pd.DataFrame(rows))):
         assert result.outcome != NOT_RUN, (claim.statement, result.evidence)
+
+
+def test_a_single_seed_setting_keeps_the_other_settings_spread():
+    # sem 0.1 per setting: the overall noise (0.115) covers a gap of 0.10, so "at least" holds.
+    part = [{**row, "test_acc_sem": 0.1} for row in mad_points("part", 0.80)]
+    hybrid = [{**row, "test_acc_sem": 0.1} for row in mad_points("hybrid", 0.70)]
+    assert verdict(mad_score_at_least("hybrid", "part"), *hybrid, *part) == REPRODUCED
+    # One of the hybrid's settings lost a seed (no spread): it counts 0, the other settings' spread
+    # stays, and the verdict does not flip on the lost seed (it would with the whole row at 0).
+    hybrid[0] = {**hybrid[0], "test_acc_sem": math.nan, "n_seeds": 1, "learning_statuses": "plateaued"}
+    result = mad_score_at_least("hybrid", "part")(Results(pd.DataFrame([*hybrid, *part])))
+    assert result.outcome == REPRODUCED, result.evidence
+    # A per-task claim waits only for its task's pending runs.
+    pending = mad_points("hybrid", 0.9)
+    next(r for r in pending if "memorization" in r)["n_pending"] = 2
+    assert verdict(mad_score_at_least("hybrid", "part", task="recall"), *pending, *part) == REPRODUCED
+    assert verdict(mad_score_at_least("hybrid", "part"), *pending, *part) == NOT_RUN

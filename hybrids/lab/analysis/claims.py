@@ -202,11 +202,14 @@ def all_of(*tests: Callable[[Results], Verdict]) -> Callable[[Results], Verdict]
 def _mad_row(results: Results, name: str, task: str | None) -> _Row | str:
     """``name``'s MAD score as a row: on ``task``, or overall (the mean over the six tasks). Its
     "seeds" are the tasks: each task counts solved (every setting solved), plateaued (every
-    setting finished learning) or not finished; the spread combines the tasks' s.e.m.s."""
+    setting finished learning) or not finished; the spread combines the tasks' s.e.m.s, a
+    single-seed setting's counted 0 (``score_sem_lower``)."""
     label = f"{name} MAD score" + (f" on {task}" if task else " (mean of the six tasks)")
     mine = _rows(results.points, name, {})
     if mine.empty:
         return f"{label}: no such row"
+    if task is not None and task in mine.columns:
+        mine = mine[mine[task].notna()]  # a per-task claim waits only for that task's runs
     pending = int(pd.to_numeric(mine.get("n_pending", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
     if pending:
         return f"{label}: {pending} run(s) pending"
@@ -223,8 +226,8 @@ def _mad_row(results: Results, name: str, task: str | None) -> _Row | str:
     if missing:
         return f"{label}: no score on {', '.join(missing)}"
     chosen = [by_task[t] for t in tasks]
-    sems = [row["score_sem"] for row in chosen]
-    sem = math.sqrt(sum(e**2 for e in sems)) / len(chosen) if all(math.isfinite(e) for e in sems) else math.nan
+    # A single-seed setting's unknown spread counts 0, as in _noise, without hiding the others'.
+    sem = math.sqrt(sum(row["score_sem_lower"] ** 2 for row in chosen)) / len(chosen)
     statuses = tuple(SOLVED if row["solved"] == row["settings"] else "plateaued" if not row["not_finished"]
                      else "not finished" for row in chosen)
     return _Row(label, sum(row["score"] for row in chosen) / len(chosen), sem, len(chosen), statuses)

@@ -50,7 +50,7 @@ def mad_scores(points: pd.DataFrame, report: str = "test/acc") -> pd.DataFrame:
     """One row per (family[, target], task): ``score`` (mean of the settings' ``<report>_mean``;
     NaN when a setting has no figure, or is absent while another family of the sweep ran it),
     ``score_sem`` (the settings' s.e.m.s combined, sqrt(sum sem^2) / n; NaN when a setting has a
-    single seed), ``settings`` (the task's settings in the sweep), ``missing`` (settings without a
+    single seed), ``score_sem_lower`` (the same with a single seed's spread counted 0), ``settings`` (the task's settings in the sweep), ``missing`` (settings without a
     figure), ``not_finished`` (settings whose chosen runs did not all finish learning: still
     improving, too short to tell, or not run), ``still_improving``, ``solved`` (settings solved on
     every chosen seed), ``state_size`` and ``params`` (their range over the settings: a state
@@ -83,6 +83,9 @@ def mad_scores(points: pd.DataFrame, report: str = "test/acc") -> pd.DataFrame:
                 "task": task,
                 "score": sum(values) / n if complete else math.nan,
                 "score_sem": math.sqrt(sum(e**2 for e in sems)) / n if complete else math.nan,
+                # The same with a single-seed setting's unknown spread counted 0 (the claims' rule):
+                # one seed lost in one setting then keeps the other settings' spread.
+                "score_sem_lower": math.sqrt(sum(e**2 for e in sems if math.isfinite(e))) / n if complete else math.nan,
                 "settings": n,
                 "missing": missing,
                 "not_finished": sum(1 for s in statuses if _not_finished(s)),

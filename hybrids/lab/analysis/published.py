@@ -31,7 +31,7 @@ SAMBA = "Samba (Ren et al., 2024)"
 GRIFFIN = "Griffin (De et al., 2024)"
 JAMBA = "Jamba (Lieber et al., 2024)"
 MAMBA = "Mamba (Gu and Dao, 2023)"
-MAD = "MAD (Poli et al., ICML 2024), abstract"
+MAD = "MAD (Poli et al., ICML 2024): its abstract's hybrids-outscale-their-parts finding, read on MAD scores"
 
 
 def _mqar() -> list[Claim]:
@@ -77,9 +77,10 @@ INDUCTION = [
 
 
 def _mad() -> list[Claim]:
-    # The abstract: hybrid (striped) architectures found through MAD outperform Transformer++,
-    # Hyena and Mamba in scaling, and MAD scores predict that ordering; so a striped hybrid's MAD
-    # score should be at least its parts'.
+    # An inference from the abstract, not a figure of the paper (its per-task scores could not be
+    # retrieved): hybrid (striped) architectures found through MAD outperform Transformer++, Hyena
+    # and Mamba in scaling, and MAD scores track compute-optimal perplexity; so a striped hybrid's
+    # MAD score should be at least its parts'.
     claims = []
     for hybrid, parts, words in (("hyena_attention", ("hyena", "attention"), "Hyena + attention"),
                                  ("mamba_attention", ("mamba", "attention"), "Mamba + attention")):
