@@ -18,15 +18,16 @@ Triton cache (module fixture). A kernel added to a Triton module without cases f
 
 Two sizes of the check. ``make test`` compiles every entry kernel once per program it can be
 (:func:`branch`: architecture, dtype and every constexpr but the tile sizes) at the op's largest
-size (:func:`smoke_cases`, 132 cases, about a minute). ``--kernel-matrix full`` (``make kernel-matrix``; CI runs it after
-``make test``) compiles all of :func:`hybrids.kernels.gpu_report.cases`: every dtype, tile size
-and aligned or ragged shape (792 cases, 392 distinct compilations, about 2.5 minutes on a quiet
-2-core machine).
+size (:func:`smoke_cases`, 132 cases, about a minute). ``--kernel-matrix full`` (``make
+kernel-matrix``; CI runs it after ``make test``) compiles all of
+:func:`hybrids.kernels.gpu_report.cases`: every dtype, tile size and aligned or ragged shape (792
+cases, 392 distinct compilations, about 2.5 minutes on a quiet 2-core machine).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -57,6 +58,7 @@ CASES = gpu_report.cases()
 _TILE_CONSTEXPR = re.compile(r"^(BT|BK|BV|BLOCK_\w+)$")
 
 
+@functools.cache  # collection, the fixture and the coverage test all ask for the same cases
 def branch(case: gpu_report.KernelCase) -> tuple:
     """What makes a different program of a kernel, tile sizes aside: the architecture, the dtype
     and every other constexpr of the launch (the scan's HAS_D, HAS_Z, SOFTPLUS, STORE_STATES ...;
@@ -72,7 +74,8 @@ def smoke_cases(cases: list[gpu_report.KernelCase]) -> list[gpu_report.KernelCas
     chosen: dict[tuple, gpu_report.KernelCase] = {}
     for case in sorted(cases, key=lambda c: (-c.size, c.shape != "aligned")):
         chosen.setdefault(branch(case), case)
-    return [c for c in cases if c in chosen.values()]
+    kept = set(chosen.values())
+    return [c for c in cases if c in kept]
 
 
 def selected_cases(config: pytest.Config) -> list[gpu_report.KernelCase]:
