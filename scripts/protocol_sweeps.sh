@@ -10,6 +10,11 @@
 # sweep skips what is done; successive halving keeps its decisions). Each step prints its wall
 # time.
 #
+# runs/ is not in git and a session's checkout is fresh, so each step first restores the sweep's
+# records from results/runs/NAME (where earlier sessions committed them) and saves them there
+# after it ends: commit results/runs to keep them (hybrids.lab.sweeps.archive says what is kept;
+# checkpoints are not, so a run caught mid-way trains again from its start).
+#
 #   nohup bash scripts/protocol_sweeps.sh > runs/sweeps/protocol.log 2>&1 &
 #   PYTHON=.venv/bin/python QUEUE="mqar_tuned_cpu:mamba-d*" bash scripts/protocol_sweeps.sh   # one step
 #
@@ -33,9 +38,12 @@ QUEUE=${QUEUE:-$DEFAULT_QUEUE}
 for step in $QUEUE; do
     sweep=${step%%:*} only=${step#*:}
     start=$(date +%s)
+    archive="results/runs/$sweep" folder="runs/sweeps/$sweep"
+    if [ -d "$archive" ]; then "$PYTHON" -m hybrids.lab.sweeps.archive restore "$archive" "$folder"; fi
     echo "=== $(date -u +%FT%TZ) $sweep --only '$only'"
     "$PYTHON" -m hybrids sweep "configs/sweeps/$sweep.yaml" --workers "${WORKERS:-2}" --only "$only"
     status=$?
+    "$PYTHON" -m hybrids.lab.sweeps.archive save "$folder" "$archive"
     echo "=== $(date -u +%FT%TZ) $sweep --only '$only': exit $status after $(( $(date +%s) - start )) s"
     if [ "$status" -ge 128 ]; then exit "$status"; fi  # stopped by a signal: stop here, resume later
     if [ "$status" -eq 2 ]; then echo "=== a bad sweep file or selection: fix it and run again" >&2; exit 2; fi
