@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 27's comparisons under the tuning protocol, one family at a time, in an order that settles
-# the disputed claims first: the quick learners of MQAR, the curriculum's contrast on induction
-# heads and selective copying (short sweeps that complete a comparison each), MQAR's recurrent
-# families whose earlier chance-level results the issue questions (Mamba, Mamba-2, GLA, RetNet),
-# selective copying's still-improving rows at four times the budget, the tuned induction sweep,
-# the remaining MQAR families (the gated convolutions last), then MAD's protocol (issue 29) family
-# by family (first those its claims compare: attention, Hyena, the striped hybrids and their
-# parts, H3) and its iso-state comparison. Resumable: run it again after an interruption (each
+# the disputed claims first: MQAR's quick learners and the recurrent families whose earlier
+# chance-level results the issue questions (Mamba, Mamba-2), the warm-up ablation on Mamba's
+# plateau, GLA, RetNet and the hybrids, selective copying's still-improving rows at four times the
+# budget, the tuned induction sweep, the remaining MQAR families (the gated convolutions last),
+# then MAD's protocol (issue 29) family by family (first those its claims compare: attention,
+# Hyena, the striped hybrids and their parts, H3) and its iso-state comparison. (The induction
+# curriculum and tuned selective-copying sweeps, whose pages are written, were run before the
+# records were kept in results/runs.) Resumable: run it again after an interruption (each
 # sweep skips what is done; successive halving keeps its decisions). Each step prints its wall
 # time.
 #
@@ -24,11 +25,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 mqar() { for family in "$@"; do echo "mqar_tuned_cpu:$family-d*"; done; }
 mad() { for family in "$@"; do echo "mad_cpu:$family-*"; done; }
-DEFAULT_QUEUE="$(mqar attention sliding_window based mamba_attention rglru_local mamba_swa)
-induction_curriculum_cpu:*
-selective_copying_tuned_cpu:*
-$(mqar mamba_swa rglru_local)
-$(mqar mamba mamba2 gla retnet)
+DEFAULT_QUEUE="$(mqar attention sliding_window based mamba_attention mamba mamba2)
+mqar_warmup_cpu:*
+$(mqar gla retnet rglru_local mamba_swa)
 selective_copying_long_cpu:*
 induction_tuned_cpu:*
 $(mqar s4d s4 rglru performer h3 hyena base_conv)
