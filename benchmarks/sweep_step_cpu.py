@@ -3,6 +3,7 @@
     python benchmarks/sweep_step_cpu.py                                      # mqar_cpu, one seed and lr
     python benchmarks/sweep_step_cpu.py configs/sweeps/mqar_cpu.yaml --match d64 --steps 10
     python benchmarks/sweep_step_cpu.py configs/sweeps/mqar_tuned_cpu.yaml --compile   # eager and compiled
+    python benchmarks/sweep_step_cpu.py configs/sweeps/mqar_tuned_cpu.yaml --forced fft_conv=fft   # a backend's share
 
 For every distinct (family, width, task) of the sweep (seed and learning rate do not change the
 cost: the first run of each is taken), the run's model and data are built from its resolved
@@ -15,7 +16,9 @@ compare this with a run's ``wall_s`` to see those. Rows are printed as a Markdow
 each row's time as a multiple of attention's at the same width and task (where the sweep has an
 ``attention`` family, with the attention time it was measured beside). ``--compile`` also times the step with the model compiled
 (``nn.Module.compile``, inductor; the compilation itself, on the first steps, is not timed), eager
-and compiled built alike and timed taking turns.
+and compiled built alike and timed taking turns. ``--forced OP=NAME`` also times the step with
+that op's backend forced (``HYBRIDS_<OP>_BACKEND=NAME`` set around each of its steps), taking
+turns with the automatic choice: "forced / auto" is what the automatic choice saves.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import statistics
 import time
 
@@ -65,6 +69,23 @@ def training_step(config: dict, compiled: bool = False):
     return step
 
 
+def forcing(step, variable: str, value: str):
+    """``step`` run with the environment variable set (dispatchers read it at each call)."""
+
+    def run():
+        before = os.environ.get(variable)
+        os.environ[variable] = value
+        try:
+            step()
+        finally:
+            if before is None:
+                del os.environ[variable]
+            else:
+                os.environ[variable] = before
+
+    return run
+
+
 def median_seconds(steps: list, repeats: int, warmup: int) -> list[float]:
     """The median time of each step function, the functions taking turns step by step: a drift
     of the machine's speed during the measurement (other load, clock changes: 10-15% between
@@ -88,14 +109,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="time the compiled model too")
+    parser.add_argument("--forced", metavar="OP=NAME", help="time each shape also with this kernel backend forced")
     args = parser.parse_args()
+    if args.forced:
+        op, _, name = args.forced.partition("=")
+        if not op or not name:
+            parser.error(f"--forced: expected OP=NAME (e.g. fft_conv=fft), got {args.forced!r}")
+        forced_variable = f"HYBRIDS_{op.upper()}_BACKEND"
     torch.set_num_threads(1)
     seen, attention = set(), {}
     print(f"{args.sweep}: one training step, median of {args.steps} after {args.warmup}, 1 thread; "
           "each family's steps alternate with attention's at the same point (x attention: the ratio of the two medians)")
     compiled_columns = " compiled ms / step | compiled / eager |" if args.compile else ""
-    print(f"| run shape | ms / step | attention ms / step | x attention |{compiled_columns}")
-    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.compile else ""))
+    forced_columns = f" {args.forced} ms / step | forced / auto |" if args.forced else ""
+    print(f"| run shape | ms / step | attention ms / step | x attention |{compiled_columns}{forced_columns}")
+    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.compile else "") + (" ---: | ---: |" if args.forced else ""))
     for plan in expand(load_sweep(args.sweep)):
         shape = "-".join(str(plan.axes[k]) for k in plan.axes if k not in ("lr", "weight_decay", "seed"))
         # Attention at the same point but the family: runs of the sweep list it first.
@@ -118,6 +146,11 @@ def main() -> None:
             eager, compiled = median_seconds(
                 [training_step(plan.config), training_step(plan.config, compiled=True)], args.steps, args.warmup)
             row += f" {compiled * 1e3:.1f} | {compiled / eager:.2f} |"
+        if args.forced:
+            auto, forced = median_seconds(
+                [training_step(plan.config), forcing(training_step(plan.config), forced_variable, name)],
+                args.steps, args.warmup)
+            row += f" {forced * 1e3:.1f} | {forced / auto:.2f} |"
         print(row, flush=True)
 
 

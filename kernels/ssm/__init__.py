@@ -11,7 +11,7 @@ FFT convolution.
 - :mod:`.krylov`: ``dense_ssm_state``, the state a dense system reaches after a sequence (log
   depth), which carries ``dplr_ssm``'s state.
 - :mod:`.fftconv`: ``fft_conv`` (``y = k * u + D u`` in O(L log L)) and ``direct_conv``, its O(L^2)
-  reference.
+  reference, which the CPU also takes for sequences of at most 128 (faster there).
 
 Sums are over N/2 state modes kept by conjugate symmetry: a real system has its complex modes in
 conjugate pairs, so every sum over the N modes is the kept half plus its conjugate. Each sum has a
@@ -42,10 +42,19 @@ VANDERMONDE = Op(
         Backend("chunked", f"{_PACKAGE}.vandermonde:vandermonde", priority=10),
     ),
 )
+
+
+def _short_conv(call) -> str | None:
+    from hybrids.kernels.ssm.fftconv import prefers_direct
+
+    return prefers_direct(call)
+
+
 FFT_CONV = Op(
     "fft_conv",
     (
-        Backend("direct", f"{_PACKAGE}.fftconv:direct_conv", priority=0, automatic=()),
+        # The reference, and on the CPU the faster path for short sequences.
+        Backend("direct", f"{_PACKAGE}.fftconv:direct_conv", priority=20, automatic=("cpu",), prefers=_short_conv),
         Backend("fft", f"{_PACKAGE}.fftconv:fft_conv", priority=10),
     ),
 )
