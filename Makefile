@@ -22,8 +22,9 @@ setup-docs:
 demo: setup
 	$(VENV)/bin/hybrids fit -c configs/transformer.yaml
 
+# --durations: the slowest tests in every log, to keep the suite near 15 minutes on 2 cores.
 test: setup-test
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest --durations=20 $(PYTEST_ARGS)
 
 # The full ahead-of-time compile matrix (every dtype, tile size and shape; make test compiles
 # each kernel's programs at one size). tests/kernels/test_triton_compile.py has the why.
