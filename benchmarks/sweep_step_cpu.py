@@ -18,7 +18,8 @@ each row's time as a multiple of attention's at the same width and task (where t
 (``nn.Module.compile``, inductor; the compilation itself, on the first steps, is not timed), eager
 and compiled built alike and timed taking turns. ``--forced OP=NAME`` also times the step with
 that op's backend forced (``HYBRIDS_<OP>_BACKEND=NAME`` set around each of its steps), taking
-turns with the automatic choice: "forced / auto" is what the automatic choice saves.
+turns with the automatic choice (its own time, "auto", beside it): "forced / auto" is what the
+automatic choice saves.
 """
 
 from __future__ import annotations
@@ -115,15 +116,22 @@ def main() -> None:
         op, _, name = args.forced.partition("=")
         if not op or not name:
             parser.error(f"--forced: expected OP=NAME (e.g. fft_conv=fft), got {args.forced!r}")
-        forced_variable = f"HYBRIDS_{op.upper()}_BACKEND"
+        from hybrids.kernels.dispatch import REGISTRY
+        import hybrids.kernels  # noqa: F401  (registers every op)
+
+        if op not in REGISTRY:
+            parser.error(f"--forced: unknown op {op!r}; ops: {', '.join(sorted(REGISTRY))}")
+        forced_variable = REGISTRY[op].env
+        if os.environ.get(forced_variable):
+            parser.error(f"--forced: {forced_variable} is set, so the automatic choice would not be timed; unset it")
     torch.set_num_threads(1)
     seen, attention = set(), {}
     print(f"{args.sweep}: one training step, median of {args.steps} after {args.warmup}, 1 thread; "
           "each family's steps alternate with attention's at the same point (x attention: the ratio of the two medians)")
     compiled_columns = " compiled ms / step | compiled / eager |" if args.compile else ""
-    forced_columns = f" {args.forced} ms / step | forced / auto |" if args.forced else ""
+    forced_columns = f" auto ms / step | {args.forced} ms / step | forced / auto |" if args.forced else ""
     print(f"| run shape | ms / step | attention ms / step | x attention |{compiled_columns}{forced_columns}")
-    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.compile else "") + (" ---: | ---: |" if args.forced else ""))
+    print("| --- | ---: | ---: | ---: |" + (" ---: | ---: |" if args.compile else "") + (" ---: | ---: | ---: |" if args.forced else ""))
     for plan in expand(load_sweep(args.sweep)):
         shape = "-".join(str(plan.axes[k]) for k in plan.axes if k not in ("lr", "weight_decay", "seed"))
         # Attention at the same point but the family: runs of the sweep list it first.
@@ -150,7 +158,7 @@ def main() -> None:
             auto, forced = median_seconds(
                 [training_step(plan.config), forcing(training_step(plan.config), forced_variable, name)],
                 args.steps, args.warmup)
-            row += f" {forced * 1e3:.1f} | {forced / auto:.2f} |"
+            row += f" {auto * 1e3:.1f} | {forced * 1e3:.1f} | {forced / auto:.2f} |"
         print(row, flush=True)
 
 

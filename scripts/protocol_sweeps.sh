@@ -19,7 +19,8 @@
 #   nohup bash scripts/protocol_sweeps.sh > runs/sweeps/protocol.log 2>&1 &
 #   PYTHON=.venv/bin/python QUEUE="mqar_tuned_cpu:mamba-d*" bash scripts/protocol_sweeps.sh   # one step
 #
-# Stop it with SIGTERM to its process group (kill -- -PGID): running runs save their checkpoints.
+# Stop it with SIGTERM to its process group (kill -- -PGID): running runs save their checkpoints
+# and the step's records are saved to results/runs before it exits.
 set -uf  # -f: the --only globs are for the sweep, not for the shell
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -34,15 +35,24 @@ $(mqar s4d s4 rglru performer h3 hyena base_conv)
 $(mad attention hyena hyena_attention mamba mamba_attention h3 mamba2 gla rglru sliding_window)
 mad_cpu_iso_state:*"
 QUEUE=${QUEUE:-$DEFAULT_QUEUE}
+# A stop by a signal (the sweep gets it too, through the process group) waits for the sweep to
+# save its checkpoints and for this script to save the records, then exits with the signal's code.
+stop=""
+trap 'stop=130' INT
+trap 'stop=143' TERM
+trap 'stop=129' HUP
 for step in $QUEUE; do
     sweep=${step%%:*} only=${step#*:}
     start=$(date +%s)
     archive="results/runs/$sweep" folder="runs/sweeps/$sweep"
-    if [ -d "$archive" ]; then "$PYTHON" -m hybrids.lab.sweeps.archive restore "$archive" "$folder"; fi
+    if [ -d "$archive" ]; then
+        "$PYTHON" -m hybrids.lab.sweeps.archive restore "$archive" "$folder" || exit 1
+    fi
     echo "=== $(date -u +%FT%TZ) $sweep --only '$only'"
     "$PYTHON" -m hybrids sweep "configs/sweeps/$sweep.yaml" --workers "${WORKERS:-2}" --only "$only"
     status=$?
-    "$PYTHON" -m hybrids.lab.sweeps.archive save "$folder" "$archive"
+    if [ -d "$folder" ]; then "$PYTHON" -m hybrids.lab.sweeps.archive save "$folder" "$archive"; fi
+    if [ -n "$stop" ]; then exit "$stop"; fi
     echo "=== $(date -u +%FT%TZ) $sweep --only '$only': exit $status after $(( $(date +%s) - start )) s"
     if [ "$status" -ge 128 ]; then exit "$status"; fi  # stopped by a signal: stop here, resume later
     if [ "$status" -eq 2 ]; then echo "=== a bad sweep file or selection: fix it and run again" >&2; exit 2; fi

@@ -4,7 +4,8 @@ Per channel c, with kernel ``h`` (channels, L) and the skip weight ``D`` (channe
 
     y[c, t] = sum_{s <= t} h[c, t - s] u[c, s] + D[c] u[c, t]
 
-Training runs it through the FFT (``hybrids.kernels.fft_conv``, O(L log L)). Such a filter has
+Training runs it through ``hybrids.kernels.fft_conv``: the FFT (O(L log L)), or on the CPU for
+sequences of at most 128 the direct sum, which is faster there. Such a filter has
 no recurrent form unless it is distilled into one, so decoding keeps the whole history of the
 convolution's inputs: the state after L tokens is ``channels * L`` numbers, like attention's
 cache, and each step costs O(L). ``long_conv`` continues from a history in parallel (a chunked

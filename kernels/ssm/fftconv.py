@@ -85,9 +85,12 @@ def direct_conv(
     ``u``'s dtype.
 
     Each channel's sum is a product with its (L, L) Toeplitz matrix, ``T[s, t] = k[t - s]`` for
-    s <= t (with the bidirectional ``k[1][s - t - 1]`` for s > t), built as windows of the
-    zero-padded kernel (a view, whose backward is a sum over the windows: indexing the kernel
-    with an (L, L) table of lags instead made the backward a scatter 2-4x slower)."""
+    s <= t (with the bidirectional ``k[1][s - t - 1]`` for s > t), built from the windows of the
+    zero-padded kernel (``unfold``, then one flipped copy), whose backward sums over the windows:
+    indexing the kernel with an (L, L) table of lags instead made the backward a scatter, and the
+    direct sum lost to the FFT at length 128. The product runs with autocast off, so that
+    ``bf16-mixed`` training keeps these sums in float32 as the FFT path does."""
+    check_conv_arguments(u, k, D, bidirectional)
     work = at_least_float32(u.dtype)
     u_in, u, k = u, u.to(work), k.to(work)
     D = None if D is None else D.to(work)
@@ -98,7 +101,8 @@ def direct_conv(
     if bidirectional:
         # The future's lag s - t - 1 >= 0 is the causal matrix of k[1] delayed by one, transposed.
         matrix = matrix + _toeplitz(F.pad(k[1], (1, 0))[..., :length]).transpose(1, 2)
-    y = torch.matmul(u.transpose(0, 1), matrix).transpose(0, 1)  # (H, B, s) @ (H, s, t) -> (B, H, t)
+    with torch.autocast(u.device.type, enabled=False):
+        y = torch.matmul(u.transpose(0, 1), matrix).transpose(0, 1)  # (H, B, s) @ (H, s, t) -> (B, H, t)
     if D is not None:
         y = y + u * D[:, None]
     return y.to(u_in.dtype)
@@ -109,13 +113,13 @@ def _toeplitz(k: torch.Tensor) -> torch.Tensor:
     length = k.shape[-1]
     padded = F.pad(k, (length - 1, 0))  # padded[j + L - 1] = k[j]; zeros at negative lags
     # windows[h, i, t] = padded[i + t] = k[t - (L - 1 - i)]: row i is the source s = L - 1 - i.
-    return padded.unfold(-1, length, 1).flip(1)
+    return padded.unfold(-1, length, 1).flip(-2)
 
 
 # The direct sum's batched (H, L, L) matrix products beat the FFT's transforms of length 2L on
-# the CPU up to here: forward and backward, one thread, (batch, H, L) = (256, 32, 64) 3.8 against
-# 13.9 ms; (64, 128, 64) 4.1 against 11.9; (64, 128, 128) 15.6 against 29.8; at (64, 64, 256)
-# they are even (29.8 against 33.9) and beyond it the FFT wins (docs/kernels.md).
+# the CPU up to here: forward and backward, one thread, the FFT's time over the direct sum's at
+# (batch, H, L) = (256, 32, 64) 2.8x, (64, 128, 64) 2.7x, (64, 128, 128) 1.7x, (64, 64, 256)
+# 1.1x, (64, 64, 512) 0.47x (benchmarks/conv_cpu.py; results/2026-12-07-direct-convolution-cpu.md).
 DIRECT_MAX_LENGTH = 128
 
 

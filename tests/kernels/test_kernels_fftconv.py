@@ -32,7 +32,8 @@ def test_direct_conv_is_its_definition(bidirectional):
     torch.testing.assert_close(direct_conv(u, k, D, bidirectional), loop_conv(u, k, D, bidirectional), rtol=1e-12, atol=1e-12)
 
 
-def test_the_cpu_takes_the_direct_sum_for_short_sequences_and_the_fft_beyond():
+def test_the_cpu_takes_the_direct_sum_for_short_sequences_and_the_fft_beyond(monkeypatch):
+    monkeypatch.delenv(FFT_CONV.env, raising=False)
     assert FFT_CONV.select("cpu", None, length=1) == "direct"
     assert FFT_CONV.select("cpu", None, length=DIRECT_MAX_LENGTH) == "direct"
     assert FFT_CONV.select("cpu", None, length=DIRECT_MAX_LENGTH + 1) == "fft"
@@ -50,31 +51,48 @@ def test_fft_conv_matches_direct(length, bidirectional):
     torch.testing.assert_close(fft_conv(u, k, D, bidirectional, backend="fft"), expected, rtol=1e-10, atol=1e-10)
 
 
-def test_causal_fft_conv_is_causal_and_shift_equivariant():
+@pytest.mark.parametrize("backend", ["fft", "direct"])
+def test_causal_fft_conv_is_causal_and_shift_equivariant(backend):
     u = torch.zeros(1, 1, 16, dtype=torch.float64)
     u[..., 5] = 1.0
     k = torch.randn(1, 16, dtype=torch.float64)
-    y = fft_conv(u, k)
+    y = fft_conv(u, k, backend=backend)
     torch.testing.assert_close(y[..., :5], torch.zeros(1, 1, 5, dtype=torch.float64), rtol=0, atol=1e-12)
     torch.testing.assert_close(y[0, 0, 5:], k[0, :11], rtol=1e-10, atol=1e-10)
 
 
-def test_bidirectional_reaches_the_future():
+@pytest.mark.parametrize("backend", ["fft", "direct"])
+def test_bidirectional_reaches_the_future(backend):
     u = torch.zeros(1, 1, 8, dtype=torch.float64)
     u[..., 6] = 1.0
     k = torch.randn(2, 1, 8, dtype=torch.float64)
-    y = fft_conv(u, k, bidirectional=True)
+    y = fft_conv(u, k, bidirectional=True, backend=backend)
     # y[t] for t < 6 sees u[6] through k[1][6 - t - 1].
     torch.testing.assert_close(y[0, 0, :6], k[1, 0, :6].flip(0), rtol=1e-10, atol=1e-10)
 
 
-def test_gradients_match_direct():
-    u = torch.randn(2, 3, 33, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(3, 33, dtype=torch.float64, requires_grad=True)
-    grads = torch.autograd.grad(fft_conv(u, k, backend="fft").square().sum(), (u, k))
-    expected = torch.autograd.grad(direct_conv(u, k).square().sum(), (u, k))
-    for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["causal", "bidirectional"])
+def test_gradients_match_direct_and_the_definition(bidirectional):
+    torch.manual_seed(1)
+    u = torch.randn(2, 3, 9, dtype=torch.float64, requires_grad=True)
+    shape = (2, 3, 9) if bidirectional else (3, 9)
+    k = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    D = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    loss = lambda y: (y * torch.linspace(-1, 1, 9, dtype=torch.float64)).square().sum()  # noqa: E731
+    want = torch.autograd.grad(loss(loop_conv(u, k, D, bidirectional)), (u, k, D))
+    for backend in ("fft", "direct"):
+        got = torch.autograd.grad(loss(fft_conv(u, k, D, bidirectional, backend=backend)), (u, k, D))
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-9)
+
+
+def test_the_direct_sum_stays_in_float32_under_autocast():
+    torch.manual_seed(2)
+    u, k = torch.randn(2, 3, 64), torch.randn(3, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = direct_conv(u, k)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, fft_conv(u, k, backend="fft"), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backend", ["fft", "direct"])
