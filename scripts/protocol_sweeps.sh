@@ -16,7 +16,7 @@
 # after it ends: commit results/runs to keep them (hybrids.lab.sweeps.archive says what is kept;
 # checkpoints are not, so a run caught mid-way trains again from its start).
 #
-#   nohup bash scripts/protocol_sweeps.sh > runs/sweeps/protocol.log 2>&1 &
+#   mkdir -p runs/sweeps && PYTHON=.venv/bin/python setsid nohup bash scripts/protocol_sweeps.sh >> runs/sweeps/protocol.log 2>&1 &
 #   PYTHON=.venv/bin/python QUEUE="mqar_tuned_cpu:mamba-d*" bash scripts/protocol_sweeps.sh   # one step
 #
 # Stop it with SIGTERM to its process group (kill -- -PGID): running runs save their checkpoints
