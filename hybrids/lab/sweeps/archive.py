@@ -67,7 +67,8 @@ def records(sweep_dir: Path) -> Iterator[Path]:
             yield path.relative_to(sweep_dir)
 
 
-def _status(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict | None:
+    # hybrids.lab.sweeps.execute.read_json, without importing the runner (pandas, Lightning).
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -76,7 +77,7 @@ def _status(path: Path) -> dict | None:
 
 
 def _listed_runs(sweep_dir: Path) -> set[str] | None:
-    manifest = _status(sweep_dir / "manifest.json")
+    manifest = _read_json(sweep_dir / "manifest.json")
     runs = manifest.get("runs") if manifest else None
     return set(runs) if isinstance(runs, list) else None
 
@@ -104,7 +105,7 @@ def save(sweep_dir: str | Path, archive_dir: str | Path) -> int:
             continue
         target = archive_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        status = _status(sweep_dir / relative) if relative.name == "status.json" else None
+        status = _read_json(sweep_dir / relative) if relative.name == "status.json" else None
         if status is not None and status.get("status") == "running":
             # Saved mid-run: in the archive no process will ever finish it.
             status = {**status, "status": "interrupted", "note": "saved to the archive while it was running"}
@@ -157,7 +158,7 @@ def restore(archive_dir: str | Path, sweep_dir: str | Path) -> int:
         local = sweep_dir / run.name
         if (local / "status.json").exists():
             continue  # the sweep folder has its own record of this run
-        status = _status(run / "status.json")
+        status = _read_json(run / "status.json")
         ended = status is not None and status.get("status") in ENDED
         for path in run_records(run) if ended else [p for p in (run / "run.json", run / "config.yaml") if p.is_file()]:
             copy(path, local / path.relative_to(run))
